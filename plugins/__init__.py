@@ -1,0 +1,1 @@
+"""Built-in model and component plugins (installed as ``ssl_bench.plugins``)."""

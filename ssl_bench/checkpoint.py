@@ -1,0 +1,165 @@
+"""Checkpoint files: safe loading, atomic saving, and load reports.
+
+* :func:`safe_load` reads ``.pt``/``.pth``/``.bin`` with ``torch.load(weights_only=True)``
+  plus an allow-list of harmless globals (``argparse.Namespace``, which the official AudioMAE
+  files carry), and ``.safetensors`` with safetensors; it never unpickles arbitrary code.
+* :func:`atomic_save` writes to a temporary file in the same directory and renames it, so a
+  crash never leaves half a checkpoint.
+* :class:`CheckpointReport` says what was loaded, missing and unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "ssl-bench"
+FORMAT_VERSION = 1
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class CheckpointReport:
+    path: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def short(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+        parts = [f"{self.path}: {self.format} checkpoint, {len(self.loaded)} tensors loaded"]
+        if self.missing:
+            parts.append(f"missing {len(self.missing)}: {short(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected {len(self.unexpected)}: {short(self.unexpected)}")
+        return "; ".join(parts)
+
+
+def safe_load(path: str | Path) -> Any:
+    """Load a checkpoint file without executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - safetensors is a dependency
+            raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from None
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or unsafe pickles all end here
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({msg})") from None
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def save_model(model: nn.Module, path: str | Path, **extra: Any) -> Path:
+    """Save an :class:`~ssl_bench.model.SSLModel` in the ssl-bench format (config + weights)."""
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": getattr(model, "config", None),
+        "model": model.state_dict(),
+        **extra,
+    }
+    return atomic_save(payload, path)
+
+
+def is_ssl_bench(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, fmt: str,
+               strict: bool = False) -> CheckpointReport:
+    """``load_state_dict`` with shape checks that name the file and the keys."""
+    own = model.state_dict()
+    bad = [
+        f"{k} {tuple(v.shape)} (model expects {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if bad:
+        raise CheckpointError(f"{path}: shapes do not fit: " + "; ".join(bad[:6]) + (" ..." if len(bad) > 6 else ""))
+    result = model.load_state_dict(state, strict=False)
+    report = CheckpointReport(
+        str(path), fmt,
+        loaded=[k for k in state if k in own],
+        missing=list(result.missing_keys),
+        unexpected=list(result.unexpected_keys),
+    )
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError(str(report))
+    return report
+
+
+def load_into(model: nn.Module, path: str | Path, strict: bool = False) -> CheckpointReport:
+    """Load an ssl-bench checkpoint (or a bare state dict with our key names) into ``model``."""
+    obj = safe_load(path)
+    if is_ssl_bench(obj):
+        state, fmt = obj["model"], FORMAT
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, fmt = obj, "state-dict"
+    else:
+        raise CheckpointError(f"{path}: not an ssl-bench checkpoint or state dict")
+    if getattr(model, "head", 1) is None and any(k.startswith("head.") for k in state):
+        # a fine-tuned checkpoint: make room for its head before loading
+        n = state["head.1.weight"].shape[0]
+        model.set_head(n)
+    return load_state(model, state, path, fmt, strict=strict)

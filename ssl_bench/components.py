@@ -1,0 +1,229 @@
+"""The interfaces every ssl-bench component implements.
+
+A *component* is one part of a model (frontend, encoder, masker, decoder, objective) or a
+downstream *task*. Plugins register factories for them by name (see :mod:`ssl_bench.hookspecs`);
+the core only ever talks to them through the protocols below, so a new masker or decoder is a
+plugin of a few dozen lines.
+
+Component factories follow one convention, which is what makes ``--set encoder.depth=6`` work:
+
+* the factory (usually the component class) has a ``Config`` attribute that is a dataclass;
+  every field is a tunable setting with a default;
+* it is called as ``factory(cfg, ctx)`` with an instance of that ``Config`` and a
+  :class:`BuildContext` describing what the rest of the model looks like (input size,
+  encoder width, patch grid, ...).
+
+Tasks are registered the same way; their factory is called as ``factory(data_dir=...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+#: The kinds of thing a plugin can register, in the order a model is built.
+COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective")
+KINDS = COMPONENT_KINDS + ("model", "task")
+
+#: Token layouts an encoder can use.  Index of the token at grid cell (t, f):
+#: ``time-major``: t * n_freq + f (AudioMAE);  ``freq-major``: f * n_time + t (AST, SSAST).
+TIME_MAJOR = "time-major"
+FREQ_MAJOR = "freq-major"
+
+
+# --------------------------------------------------------------------------- build context
+@dataclass
+class BuildContext:
+    """What a component factory may need to know about the rest of the model.
+
+    Filled in progressively while :func:`ssl_bench.create_model` builds the parts in the
+    order of :data:`COMPONENT_KINDS`: the frontend sets ``num_frames``/``num_bins``, the
+    encoder sets ``encoder_dim``, ``grid``, ``layout``, ``patch_dim`` and
+    ``num_prefix_tokens`` for the decoder and objective that follow.
+    """
+
+    num_frames: int = 1024  # spectrogram frames the model is built for (T)
+    num_bins: int = 128  # mel bins (F)
+    encoder_dim: int | None = None
+    grid: tuple[int, int] | None = None  # (n_time, n_freq) patches for num_frames x num_bins
+    layout: str = TIME_MAJOR
+    patch_dim: int | None = None  # values in one reconstruction target patch
+    num_prefix_tokens: int = 0  # cls / distillation tokens in front of the patch tokens
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- outputs
+class EncoderOutput(NamedTuple):
+    """What an encoder returns.
+
+    ``tokens``: ``[B, P + L_kept, D]`` (P prefix tokens, then the kept patch tokens in the
+    order of ``ids_keep``).  ``ids_keep``: ``[B, L_kept]`` indices (in the encoder's token
+    order) of the patch tokens that were encoded, or ``None`` when all were.
+    """
+
+    tokens: torch.Tensor
+    ids_keep: torch.Tensor | None
+    num_prefix_tokens: int
+
+
+class PretrainOutput(NamedTuple):
+    """``loss``: scalar; ``pred``: ``[B, L, patch_dim]``; ``mask``: ``[B, L]`` (1 = masked)."""
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    mask: torch.Tensor
+
+
+# --------------------------------------------------------------------------- protocols
+@runtime_checkable
+class Frontend(Protocol):
+    """Waveform to normalised log-mel spectrogram.
+
+    ``forward(waveform[B, N], sample_rate) -> spec[B, T, F]`` with ``T == num_frames`` (padded
+    or cropped) and ``F == num_bins``.  Works on whole batches on any device.
+    ``sample_rate`` is the rate it expects (audio is resampled to it before).
+    ``with_length(num_frames)`` returns the same frontend producing a different length
+    (used to cache full-length features and crop afterwards).
+    """
+
+    sample_rate: int
+    num_bins: int
+    num_frames: int
+
+    def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Spectrogram patches to token embeddings.
+
+    * ``grid_for(num_frames, num_bins) -> (n_time, n_freq)``: the patch grid for an input size.
+    * ``layout``: :data:`TIME_MAJOR` or :data:`FREQ_MAJOR`, the order of patch tokens.
+    * ``patchify(spec[B, T, F]) -> [B, L, patch_dim]``: reconstruction targets, in token order.
+    * ``forward(spec[B, T, F], mask=None) -> EncoderOutput``: ``mask`` is ``[B, L]`` bool with
+      True = drop; every row masks the same number of tokens; the encoder runs the visible
+      tokens only.
+    * ``pool(out: EncoderOutput) -> [B, D]``: the clip embedding (mean of patch tokens, cls...).
+    * ``dim``, ``depth``, ``num_prefix_tokens``;
+      ``layer_id(param_name) -> int`` in ``0..depth+1`` for layer-wise lr decay
+      (0 = embeddings, i+1 = block i, depth+1 = everything after the blocks).
+    """
+
+    dim: int
+    depth: int
+    layout: str
+    num_prefix_tokens: int
+
+    def grid_for(self, num_frames: int, num_bins: int) -> tuple[int, int]: ...
+    def patchify(self, spec: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, spec: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput: ...
+    def pool(self, out: EncoderOutput) -> torch.Tensor: ...
+    def layer_id(self, name: str) -> int: ...
+
+
+@runtime_checkable
+class Masker(Protocol):
+    """Chooses which patch tokens to hide.
+
+    ``__call__(batch_size, grid, layout, device, generator=None) -> mask[B, L]`` bool,
+    True = masked/dropped, with the same count of True in every row, honouring ``layout``
+    (e.g. a time masker hides whole time rows whatever the token order).
+    """
+
+    def __call__(
+        self,
+        batch_size: int,
+        grid: tuple[int, int],
+        layout: str,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """Encoded visible tokens back to per-patch predictions.
+
+    ``forward(out: EncoderOutput, mask[B, L], grid) -> pred[B, L, patch_dim]`` in the
+    encoder's token order; mask tokens fill the hidden positions.
+    """
+
+    def __call__(self, out: EncoderOutput, mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """``forward(pred[B, L, P], target[B, L, P], mask[B, L]) -> scalar loss``."""
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class Clip:
+    """One labelled audio example.
+
+    ``path``: the audio file; ``labels``: class indices (one for multi-class tasks);
+    ``key``: a stable identifier (relative path) used for caching and error messages.
+    """
+
+    path: Path
+    labels: tuple[int, ...]
+    key: str
+
+
+@dataclass
+class Split:
+    """One train/test partition of a task (a fold, or the official split).
+
+    ``valid`` may be ``None``: the harness then carves a stratified validation set out of
+    ``train`` (never out of ``test``).
+    """
+
+    name: str
+    train: list[Clip]
+    test: list[Clip]
+    valid: list[Clip] | None = None
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A downstream task.
+
+    Attributes: ``name``, ``classes`` (label names, index = class id), ``multilabel``,
+    ``sample_rate`` (rate the clips are resampled to, 16000), ``clip_seconds`` (length
+    clips are padded/cropped to), ``metrics`` (names in :mod:`ssl_bench.metrics`, first is
+    the primary one), ``split_protocol`` (a short human description recorded in every
+    result row), ``norm_stats`` (``(mean, std)`` of the log-mel features if known, else
+    ``None``: the harness computes them on the training split).
+
+    ``prepare()`` makes the data available (finds it, downloads it, or builds it) and raises
+    a clear error naming what is missing; ``splits()`` returns the partitions.
+    """
+
+    name: str
+    classes: list[str]
+    multilabel: bool
+    sample_rate: int
+    clip_seconds: float
+    metrics: list[str]
+    split_protocol: str
+    norm_stats: tuple[float, float] | None
+
+    def prepare(self) -> None: ...
+    def splits(self) -> list[Split]: ...
+
+
+class Component(nn.Module):
+    """Optional base class for components: stores ``cfg`` and ``ctx``."""
+
+    Config: type
+
+    def __init__(self, cfg: Any = None, ctx: BuildContext | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else self.Config()
+        self.ctx = ctx if ctx is not None else BuildContext()

@@ -1,0 +1,381 @@
+"""Configuration: dataclass configs, YAML files, dotted overrides, sweeps and hashing.
+
+A resolved configuration is a plain nested dict, saved as ``config.yaml`` with every run::
+
+    model: audiomae          preset: tiny          task: synthetic        seed: 0
+    frontend:  {name: kaldi-fbank, num_bins: 128, ...}
+    encoder:   {name: vit, dim: 768, depth: 12, heads: 12, ...}
+    masker:    {name: random, ratio: 0.8}
+    decoder:   {name: shifted-window, ...}      (null when the model has none)
+    objective: {name: masked-mse, norm_pix: true}
+    pretrain:  {epochs: ..., batch_size: ..., blr: ...}
+    finetune:  {..., masker: {name: time-frequency, ...} or null}
+    linear:    {...}
+    data:      {...}
+
+*Slots* (``frontend``, ``encoder``, ``masker``, ``decoder``, ``objective`` and
+``finetune.masker``) hold a component: ``--set decoder=global`` chooses one by name (its
+kind is the key), ``--set decoder.depth=4`` tunes it.  Settings come in layers, later
+winning: the model's defaults, the model's recipe for the task, the size preset, YAML
+files, then ``--set``.  Component choices are settled over all layers first, then values are
+applied; a value from the model's own layers that the chosen component does not have is
+dropped (a preset written for another decoder), while an unknown key from the user is an
+error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import Registry, RegistryError, get_registry
+
+#: Slot path -> component kind.
+SLOTS = {
+    "frontend": "frontend",
+    "encoder": "encoder",
+    "masker": "masker",
+    "decoder": "decoder",
+    "objective": "objective",
+    "finetune.masker": "masker",
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message says which and what is valid."""
+
+
+# --------------------------------------------------------------------------- protocol configs
+@dataclass
+class PretrainConfig:
+    """Masked-autoencoder pretraining (MAE recipe defaults; model presets refine them)."""
+
+    enabled: bool = True  # False: no pretraining, the encoder stays randomly initialised
+    epochs: int = 32
+    batch_size: int = 512  # global batch (per step, after accumulation)
+    accum_steps: int = 1
+    blr: float = 1.5e-4  # lr = blr * batch_size / 256
+    lr: float | None = None  # absolute lr; overrides blr
+    min_lr: float = 0.0
+    warmup_epochs: float = 3.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = None
+    corpus: str | None = None  # a folder of unlabeled audio to pretrain on instead of the split's training audio
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass
+class FinetuneConfig:
+    """Supervised fine-tuning of encoder + pooling + linear head."""
+
+    enabled: bool = True
+    epochs: int = 60
+    batch_size: int = 32
+    accum_steps: int = 1
+    blr: float = 1e-3
+    lr: float | None = None
+    min_lr: float = 1e-6
+    warmup_epochs: float = 4.0
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    mixup: float = 0.0  # probability a training clip is mixed with another
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    specaug_freq: int = 0  # max width of one frequency mask (bins), 0 = off
+    specaug_time: int = 0  # max width of one time mask (frames), 0 = off
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    masker: Any = None  # slot: structured token dropping while training (None = off)
+
+
+@dataclass
+class LinearConfig:
+    """Linear probe on frozen, pooled encoder embeddings."""
+
+    enabled: bool = True
+    C: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    max_iter: int = 1000
+    batch_size: int = 64  # for embedding extraction
+
+
+@dataclass
+class DataConfig:
+    valid_fraction: float = 0.1  # carved from the training split when a task has no validation set
+    cache: bool = True  # cache frontend features on disk
+    strict: bool = False  # unreadable clips are errors instead of counted skips
+    num_workers: int = 0
+
+
+@dataclass
+class RunSettings:
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False
+    deterministic: bool = False
+
+
+SECTIONS: dict[str, type] = {
+    "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "linear": LinearConfig,
+    "data": DataConfig,
+}
+TOP_LEVEL = {"model", "preset", "task", "checkpoint"} | {f.name for f in dataclasses.fields(RunSettings)}
+
+
+# --------------------------------------------------------------------------- parsing helpers
+def parse_value(text: str) -> Any:
+    """``"0.8"`` -> 0.8, ``"true"`` -> True, ``"[1, 2]"`` -> [1, 2], ``"null"`` -> None."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _split_top_commas(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def parse_overrides(items: list[str] | None) -> list[dict[str, Any]]:
+    """``["masker.ratio=0.7,0.8", "encoder.depth=2"]`` -> one dict per run (cartesian product)."""
+    axes: list[list[tuple[str, Any]]] = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. encoder.depth=6)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        values = [parse_value(v.strip()) for v in _split_top_commas(raw)]
+        axes.append([(key, v) for v in values])
+    return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted keys.  A slot given as a dict yields its ``name`` under the slot key."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and (path in SLOTS or path in SECTIONS):
+            value = dict(value)
+            if path in SLOTS and "name" in value:
+                out[path] = value.pop("name")
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return flatten(data)
+
+
+# --------------------------------------------------------------------------- component configs
+def config_class(factory: Any) -> type:
+    cfg = getattr(factory, "Config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"component factory {factory!r} has no Config dataclass")
+    return cfg
+
+
+def component_defaults(registry: Registry, kind: str, name: str) -> dict[str, Any]:
+    entry = registry.get(kind, name)
+    return {"name": name, **_asdict(config_class(entry.factory)())}
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def instantiate_config(registry: Registry, kind: str, slot: dict[str, Any]) -> Any:
+    """A slot dict -> the component's ``Config`` instance (tuples restored)."""
+    entry = registry.get(kind, slot["name"])
+    cls = config_class(entry.factory)
+    values = {k: v for k, v in slot.items() if k != "name"}
+    for f in dataclasses.fields(cls):
+        if f.name in values and isinstance(values[f.name], list) and "tuple" in str(f.type):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------- resolution
+@dataclass
+class Layer:
+    """One source of settings: dotted keys, and whether unknown keys are errors."""
+
+    values: dict[str, Any]
+    source: str
+    strict: bool = True
+
+
+def resolve(
+    model: str,
+    preset: str | None = None,
+    task: str | None = None,
+    files: list[str | Path] | None = None,
+    overrides: dict[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Build the fully resolved configuration of one run (see module docstring)."""
+    registry = registry or get_registry()
+    spec = registry.get("model", model).factory
+    presets = getattr(spec, "presets", {}) or {}
+    if preset is None:
+        preset = getattr(spec, "default_preset", None)
+    if preset is not None and preset not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        raise ConfigError(f"unknown preset {preset!r} for model {model!r}; available: {known}")
+
+    layers = [Layer({k: v for k, v in spec.components.items()}, f"model {model}", strict=False)]
+    layers.append(Layer(dict(getattr(spec, "settings", {}) or {}), f"model {model} settings", strict=False))
+    recipes = getattr(spec, "recipes", {}) or {}
+    if task is not None and task in recipes:
+        layers.append(Layer(dict(recipes[task]), f"model {model} recipe for {task}", strict=False))
+    if preset is not None:
+        layers.append(Layer(dict(presets[preset]), f"preset {preset}", strict=False))
+    for f in files or []:
+        layers.append(Layer(load_yaml(f), f"file {f}"))
+    if overrides:
+        layers.append(Layer(dict(overrides), "--set"))
+
+    # 1. settle which component fills each slot
+    choice: dict[str, str | None] = {slot: None for slot in SLOTS}
+    for layer in layers:
+        for key, value in layer.values.items():
+            if key in SLOTS:
+                choice[key] = None if value in (None, "none", "null", "") else str(value)
+    tree: dict[str, Any] = {"model": model, "preset": preset, "task": task, "checkpoint": None}
+    tree.update(_asdict(RunSettings()))
+    for name, cls in SECTIONS.items():
+        tree[name] = _asdict(cls())
+    for slot, name in choice.items():
+        kind = SLOTS[slot]
+        value = None
+        if name is not None:
+            try:
+                value = component_defaults(registry, kind, name)
+            except RegistryError as exc:
+                raise ConfigError(f"{slot}={name}: {exc}") from None
+        _set(tree, slot, value)
+
+    # 2. apply values, in layer order
+    for layer in layers:
+        for key, value in layer.values.items():
+            if key in SLOTS:
+                continue
+            _apply(tree, key, value, layer)
+    return tree
+
+
+def _get(tree: dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _apply(tree: dict[str, Any], key: str, value: Any, layer: Layer) -> None:
+    parts = key.split(".")
+    if len(parts) == 1:
+        if key in TOP_LEVEL:
+            tree[key] = value
+            return
+        return _unknown(key, sorted(TOP_LEVEL | set(SECTIONS) | set(SLOTS)), layer)
+    # the longest slot or section that prefixes the key owns it
+    for n in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:n])
+        leaf = ".".join(parts[n:])
+        if owner in SLOTS or owner in SECTIONS:
+            node = _get(tree, owner)
+            if node is None:
+                if layer.strict:
+                    raise ConfigError(f"{layer.source}: {key}: {owner} is not set for this model; choose one with {owner}=NAME")
+                return
+            if leaf not in node or leaf == "name" or (owner in SECTIONS and owner + "." + leaf in SLOTS):
+                valid = sorted(k for k in node if k != "name" and f"{owner}.{k}" not in SLOTS)
+                return _unknown(key, [f"{owner}.{k}" for k in valid], layer)
+            node[leaf] = list(value) if isinstance(value, tuple) else value
+            return
+    return _unknown(key, sorted(TOP_LEVEL | set(SECTIONS) | set(SLOTS)), layer)
+
+
+def _unknown(key: str, valid: list[str], layer: Layer) -> None:
+    if layer.strict:
+        raise ConfigError(f"{layer.source}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def config_hash(tree: dict[str, Any], keys: list[str] | None = None) -> str:
+    """A short, stable hash of (part of) a resolved config."""
+    data = tree if keys is None else {k: _get(tree, k) for k in keys}
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def dump_yaml(tree: dict[str, Any]) -> str:
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
+
+
+def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """Every leaf of a resolved config as ``dotted.key -> value`` (slot names under the slot key)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                path = f"{prefix}.{k}" if prefix else k
+                if k == "name" and prefix in SLOTS:
+                    out[prefix] = v
+                else:
+                    walk(v, path)
+        elif isinstance(node, (list, tuple)):
+            out[prefix] = json.dumps(list(node))
+        else:
+            out[prefix] = node
+
+    walk(tree, "")
+    return out

@@ -1,0 +1,58 @@
+"""Plugin hooks.  A plugin implements any of these with ``@ssl_bench.hookimpl``.
+
+Every hook receives a ``register(name, factory)`` callback and calls it once per thing it
+brings, so a plugin reads like a list of what it adds::
+
+    from ssl_bench import hookimpl
+
+    @hookimpl
+    def register_maskers(register):
+        register("checkerboard", CheckerboardMasker)
+
+Factories follow the convention in :mod:`ssl_bench.components`: a ``Config`` dataclass and
+a call ``factory(cfg, ctx)``.  Model factories are :class:`ssl_bench.model.ModelSpec`
+objects; task factories are called as ``factory(data_dir=...)``.  Registering a name that
+another plugin already registered is an error naming both plugins.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("ssl_bench")
+hookimpl = pluggy.HookimplMarker("ssl_bench")
+
+
+@hookspec
+def register_frontends(register):
+    """Register waveform-to-spectrogram frontends (e.g. ``kaldi-fbank``)."""
+
+
+@hookspec
+def register_maskers(register):
+    """Register masking strategies (``random``, ``time``, ``frequency``, ...)."""
+
+
+@hookspec
+def register_encoders(register):
+    """Register encoders: spectrogram patches to token embeddings."""
+
+
+@hookspec
+def register_decoders(register):
+    """Register pretraining decoders: visible tokens plus mask tokens to patch predictions."""
+
+
+@hookspec
+def register_objectives(register):
+    """Register pretraining objectives (``masked-mse``, ...)."""
+
+
+@hookspec
+def register_models(register):
+    """Register model presets: :class:`ssl_bench.model.ModelSpec` objects."""
+
+
+@hookspec
+def register_tasks(register):
+    """Register downstream tasks: factories called as ``factory(data_dir=None)``."""

@@ -1,0 +1,179 @@
+"""Model presets and the assembled model.
+
+A *model* is a :class:`ModelSpec`: which registered component fills each slot, the default
+settings, size presets and per-task recipes.  :func:`build_model` turns a resolved config
+into an :class:`SSLModel`, an ``nn.Module`` with ``.frontend``, ``.encoder``, ``.masker``,
+``.decoder`` (``None`` when the model has none), ``.objective`` and, once a task sets it,
+``.head``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .components import BuildContext, EncoderOutput, PretrainOutput
+from .config import SLOTS, ConfigError, instantiate_config, resolve
+from .registry import Registry, get_registry
+
+
+@dataclass
+class ModelSpec:
+    """What a model plugin registers with ``register_models``.
+
+    ``components``: slot -> component name, e.g. ``{"frontend": "kaldi-fbank", "encoder":
+    "vit", "masker": "random", "decoder": "shifted-window", "objective": "masked-mse"}``.
+    ``settings``: dotted defaults for components and protocols (``"pretrain.blr": 2e-4``).
+    ``presets``: size presets, each dotted overrides (``{"tiny": {"encoder.dim": 64}}``).
+    ``recipes``: task name -> dotted overrides (the paper's fine-tuning recipe per dataset).
+    ``load_checkpoint(model, path) -> CheckpointReport``: imports foreign checkpoint formats.
+    ``notes``: free text shown by ``ssl-bench plugins`` (provenance, unknown paper values).
+    """
+
+    components: dict[str, str | None]
+    settings: dict[str, Any] = field(default_factory=dict)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_preset: str | None = None
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load_checkpoint: Callable[..., Any] | None = None
+    description: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class ClassifierHead(nn.Sequential):
+    """LayerNorm + Linear on the pooled embedding (AudioMAE ``fc_norm``/``head``, AST ``mlp_head``)."""
+
+    def __init__(self, dim: int, num_classes: int, eps: float = 1e-6):
+        super().__init__(nn.LayerNorm(dim, eps=eps), nn.Linear(dim, num_classes))
+        nn.init.trunc_normal_(self[1].weight, std=2e-5)
+        nn.init.zeros_(self[1].bias)
+
+
+class SSLModel(nn.Module):
+    """A frontend, an encoder and (for pretraining) a masker, a decoder and an objective."""
+
+    def __init__(self, config: dict[str, Any], parts: dict[str, nn.Module | None], ctx: BuildContext):
+        super().__init__()
+        self.config = config
+        self.ctx = ctx
+        self.frontend = parts.get("frontend")
+        self.encoder = parts["encoder"]
+        self.masker = parts.get("masker")
+        self.decoder = parts.get("decoder")
+        self.objective = parts.get("objective")
+        self.finetune_masker = parts.get("finetune.masker")
+        self.head: ClassifierHead | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config["model"]
+
+    # ------------------------------------------------------------------ pretraining
+    def grid(self, spec: torch.Tensor) -> tuple[int, int]:
+        return self.encoder.grid_for(spec.shape[1], spec.shape[2])
+
+    def forward_pretrain(
+        self, spec: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> PretrainOutput:
+        """Mask, encode the visible patches, decode, and score the masked patches.
+
+        ``spec``: ``[B, T, F]``; ``mask``: optional ``[B, L]`` (1/True = masked) to fix the mask.
+        """
+        if self.decoder is None or self.objective is None or self.masker is None:
+            raise ConfigError(
+                f"model {self.name!r} has no masker/decoder/objective for pretraining; "
+                "choose them with decoder=NAME, masker=NAME, objective=NAME"
+            )
+        grid = self.grid(spec)
+        if mask is None:
+            mask = self.masker(spec.shape[0], grid, self.encoder.layout, spec.device, generator)
+        mask = mask.to(device=spec.device).bool()
+        if mask.shape != (spec.shape[0], grid[0] * grid[1]):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {(spec.shape[0], grid[0] * grid[1])}")
+        out = self.encoder(spec, mask)
+        pred = self.decoder(out, mask, grid)
+        target = self.encoder.patchify(spec)
+        loss = self.objective(pred.float(), target.float(), mask)
+        return PretrainOutput(loss, pred, mask.to(pred.dtype))
+
+    # ------------------------------------------------------------------ downstream
+    def encode(self, spec: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+        return self.encoder(spec, mask)
+
+    def embed(self, spec: torch.Tensor) -> torch.Tensor:
+        """The pooled clip embedding ``[B, D]`` that linear probes use."""
+        return self.encoder.pool(self.encoder(spec))
+
+    def set_head(self, num_classes: int) -> ClassifierHead:
+        """Attach a new classification head (LayerNorm + Linear) for ``num_classes``."""
+        self.head = ClassifierHead(self.encoder.dim, num_classes)
+        return self.head
+
+    def classify(self, spec: torch.Tensor, drop_tokens: bool = False) -> torch.Tensor:
+        """Logits ``[B, classes]``.  ``drop_tokens``: apply the fine-tuning masker (training)."""
+        if self.head is None:
+            raise RuntimeError("call set_head(num_classes) first")
+        mask = None
+        if drop_tokens and self.finetune_masker is not None:
+            grid = self.grid(spec)
+            mask = self.finetune_masker(spec.shape[0], grid, self.encoder.layout, spec.device)
+        return self.head(self.encoder.pool(self.encoder(spec, mask)))
+
+
+def build_model(config: dict[str, Any], registry: Registry | None = None) -> SSLModel:
+    """Instantiate every slot of a resolved config, in order, sharing a :class:`BuildContext`."""
+    registry = registry or get_registry()
+    ctx = BuildContext()
+    parts: dict[str, nn.Module | None] = {}
+    for slot, kind in SLOTS.items():
+        node = config.get(slot) if "." not in slot else config["finetune"].get("masker")
+        if node is None:
+            parts[slot] = None
+            continue
+        entry = registry.get(kind, node["name"])
+        cfg = instantiate_config(registry, kind, node)
+        try:
+            parts[slot] = entry.factory(cfg, ctx)
+        except TypeError as exc:
+            raise ConfigError(f"{slot} {node['name']!r} could not be built from {node}: {exc}") from exc
+    if parts.get("encoder") is None:
+        raise ConfigError(f"model {config['model']!r} has no encoder")
+    return SSLModel(config, parts, ctx)
+
+
+def create_model(
+    name: str,
+    preset: str | None = None,
+    checkpoint: str | Path | None = None,
+    task: str | None = None,
+    registry: Registry | None = None,
+    **overrides: Any,
+) -> SSLModel:
+    """Build a registered model by name.
+
+    ``overrides`` use the dotted keys of ``--set``; pass them with ``**{"encoder.depth": 2}``
+    or, for component choices, as keywords (``decoder="global"``).  ``checkpoint``: a file
+    the model's importer understands (official releases or ssl-bench checkpoints).
+    """
+    registry = registry or get_registry()
+    config = resolve(name, preset=preset, task=task, overrides=overrides, registry=registry)
+    model = build_model(config, registry)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, registry)
+        model.config["checkpoint"] = str(checkpoint)
+    return model
+
+
+def load_checkpoint(model: SSLModel, path: str | Path, registry: Registry | None = None) -> Any:
+    """Load ``path`` into ``model`` with the model's importer (or the ssl-bench format)."""
+    from .checkpoint import load_into
+
+    registry = registry or get_registry()
+    spec = registry.get("model", model.name).factory
+    if spec.load_checkpoint is not None:
+        return spec.load_checkpoint(model, Path(path))
+    return load_into(model, Path(path))

@@ -1,0 +1,116 @@
+"""Shared transformer building blocks.
+
+Parameter names follow the ViT convention the official AudioMAE and AST checkpoints use
+(``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``), so importers map
+keys one to one.  Attention always goes through ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample; ``p`` may be changed after construction (fine-tuning)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def set_drop_path(module: nn.Module, rate: float) -> None:
+    """Set stochastic depth on every :class:`DropPath` in ``module``, linearly over depth."""
+    paths = [m for m in module.modules() if isinstance(m, DropPath)]
+    for i, m in enumerate(paths):
+        m.p = rate * i / max(len(paths) - 1, 1)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module] = nn.GELU, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (rows ordered q, k, v)."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm ``Block``): ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """MAE initialisation: xavier-uniform Linear weights, zero biases, unit LayerNorm."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------- sin-cos tables
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """MAE 1-D sin-cos embedding: ``[sin(p*w) | cos(p*w)]``, ``w_k = 1 / 10000^(2k/dim)``."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, rows: int, cols: int) -> np.ndarray:
+    """MAE 2-D table for a ``rows x cols`` grid in row-major order, ``[rows*cols, dim]``.
+
+    The first half of the channels encodes the column index, the second half the row index
+    (MAE's ``meshgrid(w, h)`` convention).
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs dim divisible by 4, got {dim}")
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    return np.concatenate([sincos_1d(dim // 2, c), sincos_1d(dim // 2, r)], axis=1)

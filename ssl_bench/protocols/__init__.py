@@ -1,0 +1,1 @@
+"""Training protocols: pretrain, finetune, linear probe."""

@@ -1,0 +1,248 @@
+"""Plugin discovery and the name -> factory registry.
+
+Plugins come from three places:
+
+* the ``ssl_bench`` entry-point group (the built-ins are declared there too, so they use
+  the same API as third-party plugins); ``SSL_BENCH_LOAD_PLUGINS=a,b`` loads only the named
+  third-party entry points (empty: none); the built-ins always load;
+* single-file plugins in ``--plugins-dir DIR`` or ``SSL_BENCH_PLUGINS_DIR`` (``os.pathsep``
+  separated);
+* objects added in code with :meth:`Registry.add_plugin` (tests, notebooks).
+
+Each plugin is loaded and called on its own: one that fails to import, misspells a hook or
+raises in a hook is reported in one line naming it and the cause, and everything else keeps
+working.  A name registered twice is an error naming both plugins whenever it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .components import KINDS
+
+ENTRY_POINT_GROUP = "ssl_bench"
+DISTRIBUTION = "ssl-bench"
+
+#: Built-in plugin modules, loaded directly when the package's entry points are not
+#: visible (running from a source tree that was never installed).
+BUILTIN_MODULES = {
+    "audio": "ssl_bench.plugins.audio",
+    "audiomae": "ssl_bench.plugins.audiomae",
+    "ast": "ssl_bench.plugins.ast",
+    "synthetic": "ssl_bench.tasks.synthetic",
+    "esc50": "ssl_bench.tasks.esc50",
+    "speechcommands": "ssl_bench.tasks.speechcommands",
+    "audioset": "ssl_bench.tasks.audioset",
+    "folder": "ssl_bench.tasks.folder",
+    "hear": "ssl_bench.tasks.hear",
+}
+
+HOOKS = {f"register_{kind}s": kind for kind in KINDS}
+
+
+class RegistryError(LookupError):
+    """An unknown or ambiguous name; the message lists what exists."""
+
+
+@dataclass
+class Entry:
+    kind: str
+    name: str
+    factory: Any
+    plugin: str
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    origin: str  # "built-in", "package NAME VERSION", "file PATH", "code"
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Registry:
+    """Holds every registered factory, by kind and name."""
+
+    def __init__(self, *, entry_points: bool = True, plugins_dirs: list[str | Path] | None = None):
+        self.pm = pluggy.PluginManager("ssl_bench")
+        self.pm.add_hookspecs(hookspecs)
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self.conflicts: dict[tuple[str, str], list[str]] = {}
+        self.plugins: dict[str, PluginInfo] = {}
+        self.errors: list[str] = []
+        if entry_points:
+            self._load_entry_points()
+        dirs = list(plugins_dirs or [])
+        env_dirs = os.environ.get("SSL_BENCH_PLUGINS_DIR")
+        if env_dirs:
+            dirs += [d for d in env_dirs.split(os.pathsep) if d]
+        for d in dirs:
+            self.load_plugins_dir(d)
+
+    # ------------------------------------------------------------------ loading
+    def _load_entry_points(self) -> None:
+        wanted = os.environ.get("SSL_BENCH_LOAD_PLUGINS")
+        wanted_set = None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
+        seen_builtin = set()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            builtin = dist_name is not None and dist_name.lower() == DISTRIBUTION
+            if builtin:
+                if ep.name in seen_builtin:
+                    continue  # the same distribution seen twice on sys.path
+                seen_builtin.add(ep.name)
+            elif wanted_set is not None and ep.name not in wanted_set:
+                continue
+            origin = "built-in" if builtin else f"package {dist_name} {dist.version if dist else ''}".strip()
+            self._load_module(ep.name, origin, ep.load)
+        for name, module in BUILTIN_MODULES.items():
+            if name not in seen_builtin:
+                self._load_module(name, "built-in", lambda m=module: importlib.import_module(m))
+
+    def load_plugins_dir(self, directory: str | Path) -> None:
+        """Load every ``*.py`` file in ``directory`` as a single-file plugin."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            self._error(str(directory), f"plugins directory {directory} does not exist")
+            return
+        for path in sorted(directory.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+
+            def load(path=path):
+                mod_name = f"ssl_bench_plugin_{path.stem}"
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(mod_name, None)
+                    raise
+                return module
+
+            self._load_module(path.stem, f"file {path}", load)
+
+    def _load_module(self, name: str, origin: str, load: Callable[[], Any]) -> None:
+        try:
+            module = load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+            self.plugins[name] = PluginInfo(name, origin, error=f"failed to import: {_cause(exc)}")
+            self._error(name, f"failed to import: {_cause(exc)}")
+            return
+        self.add_plugin(module, name=name, origin=origin)
+
+    def add_plugin(self, plugin: Any, name: str | None = None, origin: str = "code") -> None:
+        """Register a plugin object (module, class or instance with ``@hookimpl`` functions)."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        info = PluginInfo(name, origin)
+        self.plugins[name] = info
+        if self.pm.is_registered(plugin):
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - e.g. a hook with wrong argument names
+            info.error = _cause(exc)
+            self._error(name, info.error)
+            return
+        unknown = [
+            hc.name for hc in self.pm.get_hookcallers(plugin) or [] if not hc.has_spec()
+        ]
+        if unknown:
+            info.error = "unknown hook " + ", ".join(sorted(unknown)) + "; valid hooks: " + ", ".join(sorted(HOOKS))
+            self._error(name, info.error)
+            self.pm.unregister(plugin)
+            return
+        self.pm.check_pending()  # every remaining hook has a spec; kept as a safety net
+        for hc in self.pm.get_hookcallers(plugin) or []:
+            kind = HOOKS[hc.name]
+            for impl in hc.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                try:
+                    impl.function(**{arg: self._register_fn(kind, name, info) for arg in impl.argnames})
+                except Exception as exc:  # noqa: BLE001 - a raising hook only loses its own plugin
+                    info.error = f"{hc.name} raised {_cause(exc)}"
+                    self._error(name, info.error)
+
+    def _register_fn(self, kind: str, plugin: str, info: PluginInfo) -> Callable[[str, Any], None]:
+        def register(name: str, factory: Any) -> None:
+            existing = self.entries[kind].get(name)
+            if existing is not None and existing.plugin != plugin:
+                owners = self.conflicts.setdefault((kind, name), [existing.plugin])
+                owners.append(plugin)
+                self._error(plugin, f"{kind} {name!r} is already registered by plugin {existing.plugin!r}")
+                return
+            self.entries[kind][name] = Entry(kind, name, factory, plugin)
+            info.registered.setdefault(kind, []).append(name)
+
+        return register
+
+    def _error(self, plugin: str, message: str) -> None:
+        line = f"ssl-bench: plugin {plugin!r}: {message}"
+        self.errors.append(line)
+        print(line, file=sys.stderr)
+
+    # ------------------------------------------------------------------ lookup
+    def get(self, kind: str, name: str) -> Entry:
+        if kind not in self.entries:
+            raise RegistryError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+        if (kind, name) in self.conflicts:
+            owners = " and ".join(repr(p) for p in self.conflicts[(kind, name)])
+            raise RegistryError(f"{kind} {name!r} is registered by plugins {owners}; uninstall or rename one")
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            known = ", ".join(sorted(self.entries[kind])) or "none"
+            raise RegistryError(f"unknown {kind} {name!r}; available: {known}") from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every plugin with origin, registrations and error, for ``ssl-bench plugins``."""
+        out = []
+        for info in self.plugins.values():
+            out.append(
+                {
+                    "name": info.name,
+                    "origin": info.origin,
+                    "registered": {k: sorted(v) for k, v in info.registered.items()},
+                    "error": info.error,
+                }
+            )
+        return out
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, created on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
+
+
+def set_registry(registry: Registry | None) -> Registry | None:
+    """Replace the process-wide registry (tests, ``--plugins-dir``); returns the old one."""
+    global _REGISTRY
+    old, _REGISTRY = _REGISTRY, registry
+    return old

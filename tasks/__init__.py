@@ -1,0 +1,1 @@
+"""Built-in task plugins (installed as ``ssl_bench.tasks``)."""
