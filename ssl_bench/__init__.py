@@ -42,8 +42,8 @@ def list_plugins():
 
 
 def __getattr__(name):
-    if name == "results":
-        from . import results
+    if name == "results":  # imported lazily: pandas is slow to import
+        import importlib
 
-        return results
+        return importlib.import_module(".results", __name__)
     raise AttributeError(name)

@@ -1,0 +1,249 @@
+"""The ``ssl-bench`` command line (also ``python -m ssl_bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+PROTOCOLS = ("pretrain", "finetune", "linear")
+
+
+def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None) -> None:
+    p.add_argument("--model", "-m", required=True, help="registered model name (see `ssl-bench plugins`)")
+    p.add_argument("--task", "-t", required=True, help="task name, or a comma list of tasks")
+    p.add_argument("--preset", "-p", help="size preset of the model (tiny, small, base, ...)")
+    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
+                   help="YAML file of settings (repeatable; later files win)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. encoder.depth=6 or decoder=global; "
+                        "a comma list (masker.ratio=0.7,0.8) runs once per value")
+    p.add_argument("--data-dir", help="where the task's data lives (or is downloaded/built)")
+    p.add_argument("--results", default=os.environ.get("SSL_BENCH_RESULTS", "results"),
+                   help="results root (default: ./results or $SSL_BENCH_RESULTS)")
+    if protocols_default is not None:
+        p.add_argument("--protocols", default=protocols_default,
+                       help=f"comma list of {', '.join(PROTOCOLS)} (default: {protocols_default})")
+    p.add_argument("--checkpoint", help="start from this checkpoint (official or ssl-bench) instead of pretraining")
+    p.add_argument("--splits", help="comma list of split names to run (default: all, e.g. every fold)")
+    p.add_argument("--seed", type=int, help="random seed (default 0; also --set seed=N)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--strict", action="store_true", help="unreadable clips are errors instead of counted skips")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start pretraining afresh instead of continuing from the last checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssl-bench",
+        description="Benchmark self-supervised audio representations: pretrain, fine-tune and "
+                    "linear-probe models such as AudioMAE and AST on audio tasks.",
+    )
+    parser.add_argument("--plugins-dir", action="append", default=[], metavar="DIR",
+                        help="also load single-file plugins from DIR (or $SSL_BENCH_PLUGINS_DIR)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="pretrain, fine-tune and linear-probe a model on a task, split by split")
+    _common_run_args(p, ",".join(PROTOCOLS))
+    for name, proto, text in (
+        ("pretrain", "pretrain", "only pretrain (checkpoints are cached and reused by config hash)"),
+        ("finetune", "finetune", "only fine-tune (from --checkpoint, or from random initialisation)"),
+        ("probe", "linear", "only linear-probe (from --checkpoint, or the random-init encoder)"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        _common_run_args(sp, None)
+        sp.set_defaults(protocols=proto)
+
+    p = sub.add_parser("results", help="show the results table")
+    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
+    p.add_argument("--compare", nargs="+", metavar="KEY", help="config keys to pivot on (e.g. masker.ratio)")
+    p.add_argument("--format", "-f", default="table", choices=["table", "md", "csv", "latex"])
+    p.add_argument("--raw", action="store_true", help="every row instead of mean ± std over splits and seeds")
+    p.add_argument("--model", help="only this model")
+    p.add_argument("--task", help="only this task")
+
+    p = sub.add_parser("plugins", help="list plugins, where they come from and what they register")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("bench", help="speed benchmark: frontend, pretraining step, data loading, memory")
+    p.add_argument("--preset", default="tiny", help="model preset to time (tiny or base)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    p.add_argument("--out", "-o", default="bench.json", help="JSON file to write (default bench.json)")
+
+    p = sub.add_parser("reconstruct", help="PNG of original / masked input / reconstruction for an audio file")
+    p.add_argument("audio", help="audio file (any rate; resampled)")
+    p.add_argument("--model", "-m", default="audiomae")
+    p.add_argument("--preset", "-p")
+    p.add_argument("--checkpoint", help="pretrained checkpoint with a decoder (official pretrained.pth or ours)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--mask-ratio", type=float, help="override the masker's ratio")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", "-o", default="reconstruction.png")
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import ConfigError, parse_overrides, resolve
+    from .runner import run_experiment
+
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(PROTOCOLS)}")
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    sweeps = parse_overrides(args.overrides)
+    extra: dict[str, Any] = {}
+    if args.seed is not None:
+        extra["seed"] = args.seed
+    if args.device:
+        extra["device"] = args.device
+    if args.strict:
+        extra["data.strict"] = True
+    # resolve everything first: a typo in the last sweep value fails before any training
+    configs = [
+        resolve(args.model, preset=args.preset, task=task, files=args.config, overrides={**sweep, **extra})
+        for task in tasks
+        for sweep in sweeps
+    ]
+    run_dirs = []
+    for config in configs:
+        run_dirs.append(
+            run_experiment(
+                config,
+                data_dir=args.data_dir,
+                results_root=args.results,
+                protocols=protocols,
+                checkpoint=args.checkpoint,
+                splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
+                resume=args.resume,
+                progress=not args.quiet,
+            )
+        )
+    if _is_main_process():
+        _print_runs(args.results, [Path(d).name for d in run_dirs if d is not None])
+    return 0
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _print_runs(root: str, run_ids: list[str]) -> None:
+    from . import results
+
+    df = results.load(root)
+    df = df[df["run_id"].isin(run_ids)]
+    if df.empty:
+        print("no result rows were written")
+        return
+    varying = results.varying_columns(df)
+    index = varying + ["task", "protocol", "init", "metric"]
+    per_split = df.pivot_table(index=index, columns="split", values="value", aggfunc="mean")
+    s = results.summary(df, by=varying).set_index(index)
+    per_split["mean ± std"] = [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(s.loc[per_split.index, "mean"],
+                                                                     s.loc[per_split.index, "std"])]
+    print()
+    print(results.format_table(per_split.round(4)))
+    print(f"\nresults written to {', '.join(str(Path(root) / r) for r in run_ids)}")
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from . import results
+
+    df = results.load(args.root)
+    if args.model:
+        df = df[df["model"] == args.model]
+    if args.task:
+        df = df[df["task"] == args.task]
+    if df.empty:
+        print(f"no results under {args.root}")
+        return 0
+    if args.compare:
+        table = results.compare(df, args.compare)
+    elif args.raw:
+        table = df[[c for c in results.ROW_KEYS if c in df.columns]]
+    else:
+        table = results.summary(df)
+    print(results.format_table(table, args.format))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    info = get_registry().describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for p in info:
+        print(f"{p['name']}  ({p['origin']})")
+        for kind, names in sorted(p["registered"].items()):
+            print(f"    {kind + 's':<11} {', '.join(names)}")
+        if p["error"]:
+            print(f"    error: {p['error']}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(preset=args.preset, device=args.device, quick=args.quick, out=args.out)
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .config import parse_overrides
+    from .model import create_model
+    from .reconstruct import reconstruct
+
+    sweeps = parse_overrides(args.overrides)
+    if len(sweeps) != 1:
+        raise ValueError("reconstruct takes single values in --set, not comma lists")
+    model = create_model(args.model, preset=args.preset, checkpoint=args.checkpoint, **sweeps[0])
+    out = reconstruct(model, args.audio, args.output, seed=args.seed, mask_ratio=args.mask_ratio)
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "pretrain": cmd_run, "finetune": cmd_run, "probe": cmd_run,
+    "results": cmd_results, "plugins": cmd_plugins, "bench": cmd_bench, "reconstruct": cmd_reconstruct,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .registry import Registry, RegistryError, set_registry
+
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, RegistryError, CheckpointError,
+                                                    FileNotFoundError, ValueError, KeyError, OSError)
+    try:
+        if args.plugins_dir:
+            set_registry(Registry(plugins_dirs=args.plugins_dir))
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("ssl-bench: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    except user_errors as exc:
+        if args.debug or os.environ.get("SSL_BENCH_DEBUG"):
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"ssl-bench: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

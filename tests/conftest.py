@@ -1,0 +1,41 @@
+"""Shared fixtures.
+
+* ``device``: the torch device model tests run on; ``SSL_BENCH_TEST_DEVICE=cuda`` reruns them on
+  a GPU (scripts/gpu_check.sh).
+* Installed third-party plugins are not loaded during tests (``SSL_BENCH_LOAD_PLUGINS`` is set
+  to the empty string): tests see the built-ins and what they register themselves.
+* Caches and datasets go to a per-session temporary directory, never the user's home.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("SSL_BENCH_LOAD_PLUGINS", "")
+os.environ.pop("SSL_BENCH_PLUGINS_DIR", None)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ssl-bench-home")
+    old = {k: os.environ.get(k) for k in ("SSL_BENCH_DATA", "SSL_BENCH_CACHE")}
+    os.environ["SSL_BENCH_DATA"] = str(root / "data")
+    os.environ["SSL_BENCH_CACHE"] = str(root / "cache")
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def device() -> torch.device:
+    dev = torch.device(os.environ.get("SSL_BENCH_TEST_DEVICE", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("SSL_BENCH_TEST_DEVICE=cuda but no CUDA device is available")
+    return dev
