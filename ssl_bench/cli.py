@@ -98,6 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if bad or not protocols:
         raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(PROTOCOLS)}")
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    from .registry import get_registry
+
+    for task in tasks:
+        get_registry().get("task", task)  # an unknown task fails before any work, listing the known ones
     sweeps = parse_overrides(args.overrides)
     extra: dict[str, Any] = {}
     if args.seed is not None:
