@@ -1,0 +1,101 @@
+"""Validation sets carved out of training data: stratified and deterministic.
+
+Tasks without an official validation set (ESC-50 folds, a user's folder) get one from the
+training split only, never from the test split, so model selection cannot see test data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from .components import Clip
+
+
+def _stratum(clip: Clip, multilabel: bool, label_counts: Counter) -> tuple[int, ...]:
+    if not clip.labels:
+        return ()
+    if not multilabel:
+        return (clip.labels[0],)
+    # Multi-label: stratify on the clip's rarest label, the usual cheap approximation of
+    # iterative stratification; it keeps rare classes represented on both sides.
+    return (min(clip.labels, key=lambda c: (label_counts[c], c)),)
+
+
+def _order_key(clip: Clip, seed: int) -> str:
+    # A per-clip hash instead of a shuffle of the input list: the result then depends only on
+    # the set of clips and the seed, not on the order a task happened to list them in.
+    return hashlib.sha1(f"{seed}:{clip.key}".encode()).hexdigest()
+
+
+def carve_validation(
+    clips: Sequence[Clip], fraction: float, seed: int, multilabel: bool = False
+) -> tuple[list[Clip], list[Clip]]:
+    """Split ``clips`` into ``(train, valid)`` with about ``fraction`` of them in ``valid``.
+
+    Stratified by class (by each clip's rarest label when ``multilabel``), deterministic
+    for a given ``seed``, and independent of the input order.  When ``fraction > 0`` and there
+    are at least two clips, both parts are non-empty; classes with a single clip keep it in
+    ``train`` where possible.  Both lists keep the input order.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    clips = list(clips)
+    n = len(clips)
+    if fraction == 0.0 or n < 2:
+        return clips, []
+    target = min(max(1, int(round(fraction * n))), n - 1)
+
+    label_counts: Counter = Counter(c for clip in clips for c in clip.labels)
+    strata: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, clip in enumerate(clips):
+        strata[_stratum(clip, multilabel, label_counts)].append(i)
+    keys = sorted(strata)
+    for k in keys:
+        strata[k].sort(key=lambda i: (_order_key(clips[i], seed), clips[i].key))
+
+    # Largest-remainder allocation of `target` over the strata, proportional to their size.
+    quota = {k: fraction * len(strata[k]) for k in keys}
+    alloc = {k: min(int(quota[k]), len(strata[k]) - 1) if len(strata[k]) > 1 else 0 for k in keys}
+    remaining = target - sum(alloc.values())
+    if remaining < 0:  # int(quota) can exceed the rounded target only by rounding; trim
+        for k in sorted(keys, key=lambda k: quota[k] - alloc[k]):
+            while remaining < 0 and alloc[k] > 0:
+                alloc[k] -= 1
+                remaining += 1
+
+    def tie(k):  # deterministic, seed-dependent tie-break between equal remainders
+        return hashlib.sha1(f"{seed}:{k}".encode()).hexdigest()
+
+    # First pass keeps at least one clip of each stratum in train; the second may not.
+    for keep_one in (True, False):
+        order = sorted(keys, key=lambda k: (-(quota[k] - alloc[k]), tie(k)))
+        while remaining > 0:
+            progressed = False
+            for k in order:
+                limit = len(strata[k]) - (1 if keep_one else 0)
+                if remaining > 0 and alloc[k] < limit:
+                    alloc[k] += 1
+                    remaining -= 1
+                    progressed = True
+            if not progressed:
+                break
+
+    valid_idx = set()
+    for k in keys:
+        valid_idx.update(strata[k][: alloc[k]])
+    train = [c for i, c in enumerate(clips) if i not in valid_idx]
+    valid = [c for i, c in enumerate(clips) if i in valid_idx]
+    return train, valid
+
+
+def label_histogram(clips: Sequence[Clip], num_classes: int) -> np.ndarray:
+    """Number of clips carrying each class, ``[num_classes]``."""
+    hist = np.zeros(num_classes, dtype=np.int64)
+    for clip in clips:
+        for c in clip.labels:
+            hist[c] += 1
+    return hist

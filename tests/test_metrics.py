@@ -1,0 +1,117 @@
+"""Metrics and validation splits: values checked against hand computations and sklearn."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from ssl_bench.components import Clip
+from ssl_bench.metrics import AUC_EPS, d_prime_from_auc, evaluate
+from ssl_bench.splits import carve_validation
+
+
+# --------------------------------------------------------------------------- metrics
+def test_accuracy_multiclass_by_hand():
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    targets = np.array([0, 2, 1, 1])
+    assert evaluate(["accuracy"], scores, targets) == {"accuracy": 0.75}
+
+
+def test_multilabel_accuracy_counts_top_class_among_positives():
+    scores = np.array([[0.9, 0.8, 0.1], [0.1, 0.2, 0.7]])
+    targets = np.array([[0, 1, 0], [0, 0, 1]])
+    assert evaluate(["accuracy"], scores, targets)["accuracy"] == 0.5
+
+
+def test_map_auc_dprime_match_sklearn_and_skip_classes_without_positives():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(40, 5))
+    targets = (rng.random((40, 5)) < 0.3).astype(int)
+    targets[:, 3] = 0  # no positives: excluded from mAP and AUC
+    targets[:, 4] = 1  # no negatives: excluded from AUC only
+    scores[:, 0] += 2 * targets[:, 0]  # a learnable class
+    out = evaluate(["mAP", "AUC", "d_prime"], scores, targets)
+    ap = [average_precision_score(targets[:, k], scores[:, k]) for k in (0, 1, 2, 4)]
+    auc = [roc_auc_score(targets[:, k], scores[:, k]) for k in (0, 1, 2)]
+    assert out["mAP"] == pytest.approx(np.mean(ap))
+    assert out["AUC"] == pytest.approx(np.mean(auc))
+    from scipy.stats import norm
+
+    assert out["d_prime"] == pytest.approx(math.sqrt(2) * norm.ppf(np.mean(auc)))
+    assert list(out) == ["mAP", "AUC", "d_prime"]
+
+
+def test_multiclass_targets_are_one_hot_for_map():
+    scores = np.array([[2.0, 1.0], [0.5, 1.5], [1.0, 0.0], [0.0, 3.0]])
+    targets = np.array([0, 1, 0, 1])
+    out = evaluate(["accuracy", "mAP", "AUC"], scores, targets)
+    assert out == {"accuracy": 1.0, "mAP": 1.0, "AUC": 1.0}
+
+
+def test_perfect_auc_gives_finite_dprime_and_chance_gives_zero():
+    assert d_prime_from_auc(0.5) == pytest.approx(0.0, abs=1e-12)
+    big = d_prime_from_auc(1.0)
+    assert math.isfinite(big) and big == pytest.approx(d_prime_from_auc(1 - AUC_EPS))
+    assert math.isnan(d_prime_from_auc(float("nan")))
+
+
+@pytest.mark.parametrize(
+    "names, scores, targets, match",
+    [
+        (["top5"], np.zeros((2, 2)), np.array([0, 1]), "unknown metric 'top5'; available: accuracy, mAP"),
+        (["accuracy"], np.zeros((2, 2)), np.array([0, 2]), r"class ids must lie in \[0, 2\)"),
+        (["accuracy"], np.zeros((3, 2)), np.array([0, 1]), "targets has 2 entries, scores has 3"),
+        (["accuracy"], np.zeros(3), np.array([0, 1, 0]), r"scores must be \[N, C\]"),
+        (["accuracy"], np.array([[np.nan, 0.0]]), np.array([0]), "NaN"),
+        (["mAP"], np.zeros((2, 3)), np.zeros((2, 2)), "do not match"),
+        (["mAP"], np.zeros((0, 3)), np.zeros(0, dtype=int), "zero examples"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(names, scores, targets, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        evaluate(names, scores, targets)
+
+
+# --------------------------------------------------------------------------- splits
+def _clips(labels_per_clip):
+    return [Clip(Path(f"/d/{i}.wav"), tuple(lab), f"{i}.wav") for i, lab in enumerate(labels_per_clip)]
+
+
+def test_carve_validation_is_stratified_deterministic_and_order_free():
+    clips = _clips([(c,) for c in range(5) for _ in range(20)])
+    train, valid = carve_validation(clips, 0.1, seed=3)
+    assert len(valid) == 10 and len(train) == 90
+    assert Counter(c.labels[0] for c in valid) == {c: 2 for c in range(5)}
+    assert {c.key for c in train}.isdisjoint(c.key for c in valid)
+    again = carve_validation(list(reversed(clips)), 0.1, seed=3)[1]
+    assert {c.key for c in again} == {c.key for c in valid}
+    other = carve_validation(clips, 0.1, seed=4)[1]
+    assert {c.key for c in other} != {c.key for c in valid}
+    # Input order is preserved in both parts.
+    assert [c.key for c in train] == [c.key for c in clips if c in set(train)]
+
+
+def test_carve_validation_never_empty_and_keeps_singletons_in_train():
+    clips = _clips([(0,), (0,), (0,), (1,)])
+    train, valid = carve_validation(clips, 0.01, seed=0)
+    assert len(valid) == 1 and valid[0].labels == (0,)
+    assert any(c.labels == (1,) for c in train)
+    train, valid = carve_validation(_clips([(0,), (1,)]), 0.5, seed=0)
+    assert len(train) == 1 and len(valid) == 1
+    assert carve_validation(_clips([(0,)]), 0.5, seed=0) == (_clips([(0,)]), [])
+    assert carve_validation(clips, 0.0, seed=0) == (clips, [])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        carve_validation(clips, 1.0, seed=0)
+
+
+def test_carve_validation_multilabel_covers_rare_labels():
+    labels = [(0, 1)] * 30 + [(0, 2)] * 10 + [(0,)] * 20
+    train, valid = carve_validation(_clips(labels), 0.2, seed=1, multilabel=True)
+    assert len(valid) == 12
+    assert any(2 in c.labels for c in valid) and any(2 in c.labels for c in train)
+    assert any(1 in c.labels for c in valid)
