@@ -25,6 +25,8 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     missing, unreadable, empty, or holds NaN/inf samples.
     """
     path = Path(path)
+    if not path.is_file():  # soundfile reports a missing file as an opaque "System error"
+        raise AudioError(f"{path}: no such audio file")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except FileNotFoundError:

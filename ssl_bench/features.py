@@ -1,0 +1,401 @@
+"""Frontend feature cache: decode and transform each clip once, read it back memory-mapped.
+
+:func:`extract` turns a list of clips into a :class:`FeatureSet` of raw (un-normalised,
+un-padded) log-mel spectrograms.  With a ``cache_dir`` the result is stored under
+``cache_dir/<hash>/``::
+
+    features.bin    float32, all clips' frames concatenated: [sum(T_i), F]
+    index.npy       int64 [n_kept, 3]: (position in the clip list, frame offset, frames)
+    manifest.json   format version, frontend config, clip keys, skipped clips, shapes
+
+The hash covers the clip list (paths, sizes and modification times), the clip length and the
+frontend's class and config except the settings that act after the cache (normalisation
+statistics and the number of frames the model takes), so changing any audio file or any
+spectrogram setting gives a new entry, while re-running, a second epoch, or a different
+``num_frames`` reads the existing one.  Entries are written to a temporary directory and
+renamed into place, so a crash leaves nothing half-written and concurrent writers are safe
+(the first rename wins, the others discard their copy).
+
+Unreadable, empty or NaN clips are skipped with a warning naming the file and counted in
+:attr:`FeatureSet.skipped` (or raise :class:`~ssl_bench.audio.AudioError` with ``strict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .audio import AudioError, fit_length, load_audio
+from .components import Clip
+
+#: Bumped whenever the on-disk layout or the way features are computed changes.
+CACHE_VERSION = 1
+
+#: Frontend config fields that act after the cache and so do not change what is stored.
+POST_CACHE_FIELDS = frozenset({"mean", "std", "num_frames"})
+
+
+class SkippedClipWarning(UserWarning):
+    """A clip that could not be used (unreadable, empty, NaN) and was left out."""
+
+
+def default_cache_dir() -> Path:
+    """``$SSL_BENCH_CACHE/features`` or ``~/.cache/ssl-bench/features``."""
+    base = os.environ.get("SSL_BENCH_CACHE")
+    return Path(base) / "features" if base else Path.home() / ".cache" / "ssl-bench" / "features"
+
+
+# --------------------------------------------------------------------------- the feature set
+class FeatureSet:
+    """Raw log-mel features of the clips that could be read, in clip-list order.
+
+    ``fs[i]`` is a ``[T_i, F]`` float32 tensor for ``fs.clips[i]``; ``fs.skipped`` lists
+    ``(key, reason)`` of the clips left out; ``fs.path`` is the cache entry (None when held in
+    memory) and ``fs.from_cache`` says whether it was read rather than computed.
+    """
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        index: np.ndarray,
+        clips: list[Clip],
+        skipped: list[tuple[str, str]],
+        path: Path | None = None,
+        from_cache: bool = False,
+    ):
+        self.data = data  # [sum T_i, F] (np.memmap when cached)
+        self.index = index  # [n, 3] int64: (source position, offset, frames)
+        self.clips = clips
+        self.skipped = skipped
+        self.path = path
+        self.from_cache = from_cache
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"feature index {i} out of range for {len(self)} clips")
+        _, offset, frames = self.index[i]
+        # np.array copies out of the (read-only) memmap so the tensor owns writable memory.
+        return torch.from_numpy(np.array(self.data[offset : offset + frames], dtype=np.float32))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Frames of each kept clip, ``[n]``."""
+        return self.index[:, 2].copy()
+
+    @property
+    def num_bins(self) -> int:
+        return int(self.data.shape[1])
+
+    def __repr__(self) -> str:
+        where = f"cache {self.path}" if self.path else "memory"
+        return f"FeatureSet({len(self)} clips, {len(self.skipped)} skipped, {self.data.shape[1]} bins, {where})"
+
+
+# --------------------------------------------------------------------------- hashing
+def _config_dict(frontend: Any) -> dict[str, Any]:
+    cfg = getattr(frontend, "cfg", None)
+    if cfg is None:
+        raise TypeError(f"frontend {type(frontend).__name__} has no .cfg; cannot key the feature cache")
+    if dataclasses.is_dataclass(cfg):
+        values = dataclasses.asdict(cfg)
+    elif isinstance(cfg, dict):
+        values = dict(cfg)
+    else:
+        values = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
+    return {k: values[k] for k in sorted(values) if k not in POST_CACHE_FIELDS}
+
+
+def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None) -> str:
+    """Content hash of (clip list with file sizes and mtimes, clip length, frontend config)."""
+    h = hashlib.sha256()
+    head = {
+        "version": CACHE_VERSION,
+        "frontend": f"{type(frontend).__module__}.{type(frontend).__qualname__}",
+        "config": _config_dict(frontend),
+        "clip_seconds": clip_seconds,
+    }
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for clip in clips:
+        path = Path(clip.path)
+        try:
+            st = path.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"  # still hashed: the entry records it as skipped
+        h.update(f"\n{path.resolve()}\t{stamp}".encode())
+    return h.hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------- computing
+def _decode(clip: Clip, sample_rate: int, num_samples: int | None) -> np.ndarray:
+    wave = load_audio(clip.path, sample_rate)
+    if num_samples is not None:
+        wave = fit_length(wave, num_samples)
+    return wave
+
+
+def _skip(clip: Clip, reason: str, strict: bool, skipped: list[tuple[str, str]]) -> None:
+    if strict:
+        raise AudioError(reason if str(clip.path) in reason else f"{clip.path}: {reason}")
+    warnings.warn(f"skipping clip {clip.key}: {reason}", SkippedClipWarning, stacklevel=3)
+    skipped.append((clip.key, reason))
+
+
+def _compute(
+    clips: Sequence[Clip],
+    frontend: Any,
+    clip_seconds: float | None,
+    device: str | torch.device,
+    batch_size: int,
+    strict: bool,
+    progress: bool,
+    sink,
+) -> list[tuple[str, str]]:
+    """Decode and transform ``clips`` in batches; ``sink(position, features[T, F])`` per clip."""
+    sample_rate = int(frontend.cfg.sample_rate)
+    num_samples = None if clip_seconds is None else int(round(clip_seconds * sample_rate))
+    skipped: list[tuple[str, str]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(clips), desc="features", unit="clip", leave=False)
+
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        # Same-length waves run as one batch; ragged ones (clip_seconds=None) one by one.
+        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for item in pending:
+            groups.setdefault(item[1].shape[0], []).append(item)
+        for items in groups.values():
+            batch = torch.from_numpy(np.stack([w for _, w in items])).to(device)
+            with torch.no_grad():
+                feats = frontend.compute(batch).float().cpu().numpy()
+            for (pos, _), f in zip(items, feats):
+                if not np.isfinite(f).all():
+                    _skip(clips[pos], f"{clips[pos].path}: features contain NaN or infinite values", strict, skipped)
+                    continue
+                sink(pos, f)
+        pending.clear()
+
+    for pos, clip in enumerate(clips):
+        try:
+            pending.append((pos, _decode(clip, sample_rate, num_samples)))
+        except AudioError as exc:
+            _skip(clip, str(exc), strict, skipped)
+        if len(pending) >= batch_size:
+            flush()
+        if bar is not None:
+            bar.update(1)
+    flush()
+    if bar is not None:
+        bar.close()
+    return skipped
+
+
+def _in_memory(clips, frontend, clip_seconds, device, batch_size, strict, progress) -> FeatureSet:
+    parts: dict[int, np.ndarray] = {}
+    skipped = _compute(clips, frontend, clip_seconds, device, batch_size, strict, progress,
+                       lambda pos, f: parts.__setitem__(pos, f))
+    order = sorted(parts)
+    index = np.zeros((len(order), 3), dtype=np.int64)
+    offset = 0
+    for row, pos in enumerate(order):
+        index[row] = (pos, offset, parts[pos].shape[0])
+        offset += parts[pos].shape[0]
+    num_bins = parts[order[0]].shape[1] if order else int(getattr(frontend.cfg, "num_bins", 0))
+    data = np.concatenate([parts[p] for p in order]) if order else np.zeros((0, num_bins), np.float32)
+    return FeatureSet(data.astype(np.float32, copy=False), index, [clips[p] for p in order], skipped)
+
+
+def _write_entry(tmp: Path, clips, frontend, clip_seconds, device, batch_size, strict, progress) -> None:
+    rows: list[tuple[int, int, int]] = []
+    offset = 0
+    num_bins = [None]
+    # Kept clips are finished in increasing position order within each batch, but batches
+    # group by length; rows are sorted afterwards so the index follows the clip list.
+    with open(tmp / "features.bin", "wb") as out:
+
+        def sink(pos: int, f: np.ndarray) -> None:
+            nonlocal offset
+            f = np.ascontiguousarray(f, dtype=np.float32)
+            if num_bins[0] is None:
+                num_bins[0] = f.shape[1]
+            out.write(f.tobytes())
+            rows.append((pos, offset, f.shape[0]))
+            offset += f.shape[0]
+
+        skipped = _compute(clips, frontend, clip_seconds, device, batch_size, strict, progress, sink)
+        out.flush()
+        os.fsync(out.fileno())
+    rows.sort()
+    index = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    np.save(tmp / "index.npy", index)
+    manifest = {
+        "version": CACHE_VERSION,
+        "frontend": f"{type(frontend).__module__}.{type(frontend).__qualname__}",
+        "config": _config_dict(frontend),
+        "clip_seconds": clip_seconds,
+        "num_clips": len(clips),
+        "num_kept": len(rows),
+        "total_frames": offset,
+        "num_bins": num_bins[0] if num_bins[0] is not None else int(getattr(frontend.cfg, "num_bins", 0)),
+        "keys": [c.key for c in clips],
+        "skipped": skipped,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+
+
+def _entry_ok(entry: Path) -> bool:
+    """Whether ``entry`` is a complete cache entry of the current format."""
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        size = (entry / "features.bin").stat().st_size
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("version") == CACHE_VERSION and (entry / "index.npy").exists()
+            and size == int(manifest["total_frames"]) * int(manifest["num_bins"]) * 4)
+
+
+def _read_entry(entry: Path, clips: Sequence[Clip], strict: bool, warn: bool = True) -> FeatureSet | None:
+    """The cached FeatureSet, or None when the entry is unusable (then it is rebuilt)."""
+    if not _entry_ok(entry):
+        return None
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        index = np.load(entry / "index.npy")
+    except (OSError, ValueError):
+        return None
+    if manifest.get("keys") != [c.key for c in clips]:
+        return None
+    total, bins = int(manifest["total_frames"]), int(manifest["num_bins"])
+    data_path = entry / "features.bin"
+    skipped = [tuple(s) for s in manifest.get("skipped", [])]
+    if strict and skipped:
+        key, reason = skipped[0]
+        raise AudioError(reason if key in reason else f"{key}: {reason}")
+    for key, reason in skipped if warn else ():
+        warnings.warn(f"skipping clip {key}: {reason} (cached)", SkippedClipWarning, stacklevel=3)
+    data = (np.memmap(data_path, dtype=np.float32, mode="r", shape=(total, bins))
+            if total else np.zeros((0, bins), np.float32))
+    kept = [clips[int(p)] for p in index[:, 0]]
+    return FeatureSet(data, index, kept, skipped, path=entry, from_cache=True)
+
+
+def extract(
+    clips: Sequence[Clip],
+    frontend: Any,
+    *,
+    clip_seconds: float | None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    strict: bool = False,
+    progress: bool = True,
+) -> FeatureSet:
+    """Raw log-mel features of ``clips``, computed once and cached.
+
+    Each clip is decoded with :func:`ssl_bench.audio.load_audio` at
+    ``frontend.cfg.sample_rate`` (mono, resampled), zero-padded or cropped to
+    ``clip_seconds`` (``None`` keeps every clip's own length), and transformed with
+    ``frontend.compute(waveform[B, N]) -> [B, T, F]`` on ``device`` in batches of
+    ``batch_size``.  With ``cache_dir`` the features are stored there (see the module
+    docstring) and a later call with the same clips and frontend settings reads them back
+    memory-mapped; with ``cache_dir=None`` they are kept in memory only.
+
+    Clips that cannot be used are skipped with a :class:`SkippedClipWarning` and listed in
+    ``.skipped``; with ``strict=True`` the first one raises :class:`AudioError` instead.
+    """
+    clips = list(clips)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if cache_dir is None:
+        return _in_memory(clips, frontend, clip_seconds, device, batch_size, strict, progress)
+
+    cache_dir = Path(cache_dir)
+    entry = cache_dir / cache_key(clips, frontend, clip_seconds)
+    if entry.is_dir():
+        fs = _read_entry(entry, clips, strict)
+        if fs is not None:
+            return fs
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=cache_dir))
+    try:
+        _write_entry(tmp, clips, frontend, clip_seconds, device, batch_size, strict, progress)
+        _install(tmp, entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    fs = _read_entry(entry, clips, strict=False, warn=False)  # _compute already warned
+    if fs is None:  # pragma: no cover - only if the entry vanished between rename and read
+        raise RuntimeError(f"feature cache entry {entry} could not be read back")
+    fs.from_cache = False
+    return fs
+
+
+def _install(tmp: Path, entry: Path) -> None:
+    """Rename ``tmp`` to ``entry``; if another writer got there first, keep theirs."""
+    try:
+        os.rename(tmp, entry)
+        return
+    except OSError:
+        if not entry.exists():
+            raise
+    # An entry exists: valid (a concurrent writer won) or stale/corrupt (replace it).
+    if _entry_ok(entry):
+        return
+    stale = entry.with_name(f".stale-{entry.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(entry, stale)
+    except OSError:
+        return  # someone else is replacing it right now; theirs will do
+    shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if not entry.exists():
+            raise
+
+
+def norm_stats(features: FeatureSet, max_frames: int | None = 2_000_000) -> tuple[float, float]:
+    """``(mean, std)`` over every frame and bin of the raw log-mel features.
+
+    With more than ``max_frames`` frames in total, an evenly spaced subset of clips is used
+    (the statistics of a large corpus settle long before every clip is read).
+    """
+    if len(features) == 0:
+        raise ValueError("cannot compute normalisation statistics of an empty feature set")
+    lengths = features.index[:, 2]
+    order = np.arange(len(features))
+    if max_frames is not None and lengths.sum() > max_frames:
+        step = int(np.ceil(lengths.sum() / max_frames))
+        order = order[::step]
+    total, s, ss = 0, 0.0, 0.0
+    for i in order:
+        _, offset, frames = features.index[i]
+        x = np.asarray(features.data[offset : offset + frames], dtype=np.float64)
+        total += x.size
+        s += x.sum()
+        ss += np.square(x).sum()
+    mean = s / total
+    var = max(ss / total - mean * mean, 0.0)
+    return float(mean), float(np.sqrt(var))

@@ -1,0 +1,210 @@
+"""Feature cache: batched extraction, memory-mapped cache, hashing, bad clips, concurrency."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from ssl_bench import features as F
+from ssl_bench.audio import AudioError
+from ssl_bench.components import Clip
+
+
+def real_frontend(num_bins: int = 32):
+    """The registered kaldi-fbank frontend when helper H1's plugin is there, else None."""
+    try:
+        from ssl_bench.plugins.audio import KaldiFbank  # noqa: WPS433
+    except ImportError:
+        return None
+    return KaldiFbank(KaldiFbank.Config(num_bins=num_bins, num_frames=None), None)
+
+
+class StandInFbank:
+    """Per-clip torchaudio kaldi.fbank with the contract's arguments (the reference)."""
+
+    @dataclass
+    class Config:
+        sample_rate: int = 16000
+        num_bins: int = 32
+        frame_length_ms: float = 25.0
+        frame_shift_ms: float = 10.0
+        num_frames: int | None = None
+        mean: float | None = None
+        std: float | None = None
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg or self.Config()
+        self.calls = 0
+
+    def compute(self, waveform: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = []
+        for w in waveform:
+            w = w - w.mean()
+            out.append(torchaudio.compliance.kaldi.fbank(
+                w[None], htk_compat=True, sample_frequency=self.cfg.sample_rate, use_energy=False,
+                window_type="hanning", num_mel_bins=self.cfg.num_bins, dither=0.0,
+                frame_shift=self.cfg.frame_shift_ms, frame_length=self.cfg.frame_length_ms))
+        return torch.stack(out)
+
+
+def _write(path: Path, seconds: float, sr: int = 16000, freq: float = 440.0, channels: int = 1) -> Path:
+    t = np.arange(int(seconds * sr)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * freq * t)
+    sf.write(path, np.stack([wave] * channels, axis=1) if channels > 1 else wave, sr)
+    return path
+
+
+@pytest.fixture
+def clips(tmp_path):
+    d = tmp_path / "audio"
+    d.mkdir()
+    out = []
+    for i, (secs, sr, ch) in enumerate([(1.0, 16000, 1), (0.6, 22050, 2), (1.4, 8000, 1), (1.0, 44100, 1)]):
+        p = _write(d / f"c{i}.wav", secs, sr=sr, freq=300 + 200 * i, channels=ch)
+        out.append(Clip(p, (i % 2,), f"c{i}.wav"))
+    return out
+
+
+def test_extract_matches_per_clip_reference_and_fits_length(clips):
+    fe = StandInFbank()
+    fs = F.extract(clips, fe, clip_seconds=1.0, batch_size=3, progress=False)
+    assert len(fs) == 4 and fs.skipped == [] and fs.path is None
+    assert fe.calls == 2  # batches of 3 + 1, not one call per clip
+    ref = StandInFbank()
+    from ssl_bench.audio import fit_length, load_audio
+
+    for i, clip in enumerate(clips):
+        wave = fit_length(load_audio(clip.path, 16000), 16000)
+        expect = ref.compute(torch.from_numpy(wave)[None])[0]
+        assert fs[i].shape == (98, 32)  # 1 s at a 10 ms shift, 25 ms window
+        assert torch.allclose(fs[i], expect, atol=1e-5)
+    assert [c.key for c in fs.clips] == [c.key for c in clips]
+
+
+def test_cache_second_call_reads_instead_of_decoding(clips, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    fe = StandInFbank()
+    first = F.extract(clips, fe, clip_seconds=1.0, cache_dir=cache, progress=False)
+    assert not first.from_cache and first.path.parent == cache
+    assert sorted(p.name for p in first.path.iterdir()) == ["features.bin", "index.npy", "manifest.json"]
+    assert [p.name for p in cache.iterdir()] == [first.path.name]  # no temp dirs left
+
+    def no_decode(*a, **k):
+        raise AssertionError("audio decoded although the cache holds the features")
+
+    monkeypatch.setattr(F, "load_audio", no_decode)
+    # mean/std/num_frames act after the cache: the same entry is used.
+    fe2 = StandInFbank(replace(fe.cfg, mean=-4.0, std=4.0, num_frames=512))
+    second = F.extract(clips, fe2, clip_seconds=1.0, cache_dir=cache, progress=False)
+    assert second.from_cache and second.path == first.path
+    assert isinstance(second.data, np.memmap)
+    for i in range(len(clips)):
+        assert torch.equal(first[i], second[i])
+    assert fe2.calls == 0
+
+
+def test_cache_key_follows_audio_and_spectrogram_settings(clips):
+    fe = StandInFbank()
+    base = F.cache_key(clips, fe, 1.0)
+    assert F.cache_key(clips, StandInFbank(replace(fe.cfg, mean=1.0, num_frames=7)), 1.0) == base
+    assert F.cache_key(clips, StandInFbank(replace(fe.cfg, num_bins=64)), 1.0) != base
+    assert F.cache_key(clips, fe, 2.0) != base
+    assert F.cache_key(clips[:3], fe, 1.0) != base
+    st = clips[0].path.stat()
+    os.utime(clips[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    assert F.cache_key(clips, fe, 1.0) != base
+
+
+def test_bad_clips_are_skipped_with_a_warning_or_raise_when_strict(clips, tmp_path):
+    d = clips[0].path.parent
+    (d / "garbage.wav").write_bytes(b"this is not audio")
+    sf.write(d / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    sf.write(d / "nan.wav", np.array([0.0, np.nan, 0.1] * 100, dtype=np.float32), 16000, subtype="FLOAT")
+    bad = [Clip(d / n, (0,), n) for n in ("garbage.wav", "empty.wav", "nan.wav", "missing.wav")]
+    mixed = [clips[0], bad[0], clips[1], bad[1], bad[2], bad[3]]
+    with pytest.warns(F.SkippedClipWarning) as rec:
+        fs = F.extract(mixed, StandInFbank(), clip_seconds=1.0, cache_dir=tmp_path / "c", progress=False)
+    assert [c.key for c in fs.clips] == ["c0.wav", "c1.wav"]
+    assert [k for k, _ in fs.skipped] == ["garbage.wav", "empty.wav", "nan.wav", "missing.wav"]
+    reasons = dict(fs.skipped)
+    assert "cannot decode" in reasons["garbage.wav"] and "empty" in reasons["empty.wav"]
+    assert "NaN" in reasons["nan.wav"] and "no such audio file" in reasons["missing.wav"]
+    assert all(str(d / k) in r for k, r in fs.skipped)  # each reason names the file
+    skips = [str(w.message) for w in rec if issubclass(w.category, F.SkippedClipWarning)]
+    assert len(skips) == 4 and "garbage.wav" in skips[0]
+    # A cached read reports the same skips; strict mode refuses the entry.
+    with pytest.warns(F.SkippedClipWarning):
+        again = F.extract(mixed, StandInFbank(), clip_seconds=1.0, cache_dir=tmp_path / "c", progress=False)
+    assert again.from_cache and again.skipped == fs.skipped
+    with pytest.raises(AudioError, match="garbage.wav"):
+        F.extract(mixed, StandInFbank(), clip_seconds=1.0, cache_dir=tmp_path / "c", strict=True, progress=False)
+    with pytest.raises(AudioError, match="garbage.wav"):
+        F.extract(mixed, StandInFbank(), clip_seconds=1.0, strict=True, progress=False)
+
+
+def test_ragged_lengths_without_clip_seconds(clips):
+    fs = F.extract(clips, StandInFbank(), clip_seconds=None, progress=False)
+    assert fs.lengths.tolist() == [98, 58, 138, 98]  # 1.0, 0.6, 1.4, 1.0 s
+
+
+def test_concurrent_writers_share_one_entry(clips, tmp_path):
+    cache = tmp_path / "cache"
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(F.extract(clips, StandInFbank(), clip_seconds=1.0, cache_dir=cache, progress=False))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [p.name for p in cache.iterdir()] == [results[0].path.name]
+    for fs in results[1:]:
+        assert torch.equal(fs[2], results[0][2])
+
+
+def test_corrupt_entry_is_rebuilt(clips, tmp_path):
+    cache = tmp_path / "cache"
+    fs = F.extract(clips, StandInFbank(), clip_seconds=1.0, cache_dir=cache, progress=False)
+    expect = fs[1].clone()
+    del fs
+    with open(cache / F.cache_key(clips, StandInFbank(), 1.0) / "features.bin", "r+b") as f:
+        f.truncate(100)
+    again = F.extract(clips, StandInFbank(), clip_seconds=1.0, cache_dir=cache, progress=False)
+    assert not again.from_cache and torch.equal(again[1], expect)
+
+
+def test_norm_stats_equal_numpy_over_all_frames(clips):
+    fs = F.extract(clips, StandInFbank(), clip_seconds=1.0, progress=False)
+    allx = np.concatenate([fs[i].numpy() for i in range(len(fs))]).astype(np.float64)
+    mean, std = F.norm_stats(fs)
+    assert mean == pytest.approx(allx.mean(), rel=1e-6) and std == pytest.approx(allx.std(), rel=1e-6)
+    sub_mean, _ = F.norm_stats(fs, max_frames=200)  # every other clip
+    assert sub_mean == pytest.approx(np.concatenate([fs[0].numpy(), fs[2].numpy()]).mean(), rel=1e-5)
+
+
+def test_real_frontend_matches_stand_in_when_available(clips):
+    fe = real_frontend()
+    if fe is None:
+        pytest.skip("plugins/audio KaldiFbank not available yet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", F.SkippedClipWarning)
+        fs = F.extract(clips, fe, clip_seconds=1.0, progress=False)
+    ref = F.extract(clips, StandInFbank(), clip_seconds=1.0, progress=False)
+    for i in range(len(fs)):
+        assert (fs[i] - ref[i]).abs().max() <= 1e-3
