@@ -1,0 +1,29 @@
+"""Built-in audio components: the Kaldi fbank frontend, maskers and the masked-MSE objective."""
+
+from __future__ import annotations
+
+from ssl_bench import hookimpl
+
+from .frontend import KaldiFbank
+from .maskers import FrequencyMasker, RandomMasker, TimeFrequencyMasker, TimeMasker
+from .objectives import MaskedMSE
+
+__all__ = ["KaldiFbank", "RandomMasker", "TimeMasker", "FrequencyMasker", "TimeFrequencyMasker", "MaskedMSE"]
+
+
+@hookimpl
+def register_frontends(register):
+    register("kaldi-fbank", KaldiFbank)
+
+
+@hookimpl
+def register_maskers(register):
+    register("random", RandomMasker)
+    register("time", TimeMasker)
+    register("frequency", FrequencyMasker)
+    register("time-frequency", TimeFrequencyMasker)
+
+
+@hookimpl
+def register_objectives(register):
+    register("masked-mse", MaskedMSE)
