@@ -32,6 +32,8 @@ class ModelSpec:
     ``recipes``: task name -> dotted overrides (the paper's fine-tuning recipe per dataset).
     ``load_checkpoint(model, path) -> CheckpointReport``: imports foreign checkpoint formats.
     ``notes``: free text shown by ``ssl-bench plugins`` (provenance, unknown paper values).
+    ``checkpoint_overrides(path) -> dict``: optional; dotted settings a checkpoint dictates
+    (sizes, strides, input length read from it), applied before the model is built.
     """
 
     components: dict[str, str | None]
@@ -42,6 +44,7 @@ class ModelSpec:
     load_checkpoint: Callable[..., Any] | None = None
     description: str = ""
     notes: dict[str, str] = field(default_factory=dict)
+    checkpoint_overrides: Callable[[Path], dict[str, Any]] | None = None
 
 
 class ClassifierHead(nn.Sequential):
@@ -160,12 +163,32 @@ def create_model(
     the model's importer understands (official releases or ssl-bench checkpoints).
     """
     registry = registry or get_registry()
+    if checkpoint is not None:
+        overrides = {**checkpoint_settings(name, checkpoint, task, registry), **overrides}
     config = resolve(name, preset=preset, task=task, overrides=overrides, registry=registry)
     model = build_model(config, registry)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, registry)
         model.config["checkpoint"] = str(checkpoint)
     return model
+
+
+def checkpoint_settings(name: str, checkpoint: str | Path, task: str | None = None,
+                        registry: Registry | None = None) -> dict[str, Any]:
+    """Dotted settings that ``checkpoint`` dictates for model ``name`` (its spec's
+    ``checkpoint_overrides`` hook), for the ``--set`` layer under the user's own overrides.
+
+    Keys the model's recipe for ``task`` sets are left to the recipe (an AudioSet checkpoint's
+    1024 frames do not override the ESC-50 recipe's 512; the importer adapts the weights).
+    """
+    registry = registry or get_registry()
+    spec = registry.get("model", name).factory
+    hook = getattr(spec, "checkpoint_overrides", None)
+    if hook is None:
+        return {}
+    found = dict(hook(Path(checkpoint)))
+    recipe = (getattr(spec, "recipes", None) or {}).get(task, {}) if task else {}
+    return {k: v for k, v in found.items() if k not in recipe}
 
 
 def load_checkpoint(model: SSLModel, path: str | Path, registry: Registry | None = None) -> Any:
