@@ -1,0 +1,232 @@
+"""Dataset downloads: resumable, verified, unpacked atomically, with a clear offline message.
+
+::
+
+    archive = download(url, dest_dir / "master.zip", sha256=None)
+    unpack(archive, dest_dir / "esc50")
+
+A partial download is kept as ``<name>.part`` and resumed with an HTTP ``Range`` request.
+An archive is unpacked into a temporary sibling directory and renamed into place, so an
+interrupted unpack never leaves a half-filled dataset behind.  When the network is
+unreachable (or ``SSL_BENCH_OFFLINE=1``), :class:`DownloadError` says which URL to fetch
+and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download that failed or could not be verified; says what to do by hand."""
+
+
+def offline() -> bool:
+    """True when ``SSL_BENCH_OFFLINE`` is set to a true value: never touch the network."""
+    return os.environ.get("SSL_BENCH_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def manual_instructions(url: str, destination: Path, expect: str | None = None) -> str:
+    """The sentence every failed download ends with."""
+    tail = f" so that {expect} exists" if expect else ""
+    return f"download {url} yourself and unpack it into {destination}{tail}, or pass --data-dir pointing at an existing copy"
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file (``sha256``, ``md5``, ...)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path, sha256: str | None = None, md5: str | None = None) -> None:
+    """Raise :class:`DownloadError` if ``path`` does not have the given checksum(s)."""
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected:
+            actual = file_digest(path, algorithm)
+            if actual.lower() != expected.lower():
+                raise DownloadError(f"{path}: {algorithm} is {actual}, expected {expected}; the file is corrupt or changed")
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+    manual_hint: str | None = None,
+) -> Path:
+    """Fetch ``url`` to ``dest`` (resuming a previous ``dest.part``), verify it, return ``dest``.
+
+    An existing ``dest`` that passes verification is returned as is.  A checksum mismatch
+    deletes the bad file and raises.  Network failures raise :class:`DownloadError` that
+    names the URL and where the file should go (``manual_hint`` replaces that advice).
+    """
+    dest = Path(dest)
+    hint = manual_hint or f"download {url} yourself and save it as {dest}"
+    if dest.exists():
+        verify(dest, sha256, md5)
+        return dest
+    if offline():
+        raise DownloadError(f"offline (SSL_BENCH_OFFLINE is set): {hint}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "ssl-bench"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the part file is already complete
+            response = None
+        else:
+            raise DownloadError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; {hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DownloadError(f"cannot download {url}: {reason}; {hint}") from None
+
+    if response is not None:
+        with response:
+            resumed = have and response.status == 206
+            mode = "ab" if resumed else "wb"
+            if not resumed:
+                have = 0  # the server ignored the Range header: start over
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False)
+            try:
+                with open(part, mode) as out:
+                    while True:
+                        try:
+                            block = response.read(CHUNK)
+                        except OSError as exc:
+                            raise DownloadError(
+                                f"download of {url} interrupted after {out.tell()} bytes ({exc}); "
+                                f"run again to resume, or {hint}"
+                            ) from None
+                        if not block:
+                            break
+                        out.write(block)
+                        if bar is not None:
+                            bar.update(len(block))
+            finally:
+                if bar is not None:
+                    bar.close()
+            if total is not None and part.stat().st_size < total:
+                raise DownloadError(
+                    f"download of {url} stopped at {part.stat().st_size} of {total} bytes; run again to resume, or {hint}"
+                )
+    try:
+        verify(part, sha256, md5)
+    except DownloadError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def _safe_members_tar(tar: tarfile.TarFile, target: Path) -> list[tarfile.TarInfo]:
+    root = target.resolve()
+    members = []
+    for m in tar.getmembers():
+        if m.issym() or m.islnk() or m.isdev():
+            continue  # datasets need none; links could point outside the target
+        path = (target / m.name).resolve()
+        if path != root and root not in path.parents:
+            raise DownloadError(f"archive member {m.name!r} would be written outside {target}")
+        members.append(m)
+    return members
+
+
+def unpack(archive: str | Path, destination: str | Path) -> Path:
+    """Unpack a .zip / .tar(.gz|.bz2|.xz) archive into ``destination``, atomically.
+
+    The archive is extracted into a temporary sibling directory that is renamed to
+    ``destination`` when complete; an existing non-empty ``destination`` is left alone.
+    Members that would land outside the destination are refused.
+    """
+    archive, destination = Path(archive), Path(destination)
+    if destination.exists() and any(destination.iterdir()):
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.unpack-", dir=destination.parent))
+    try:
+        name = archive.name.lower()
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as z:
+                root = tmp.resolve()
+                for info in z.infolist():
+                    path = (tmp / info.filename).resolve()
+                    if path != root and root not in path.parents:
+                        raise DownloadError(f"archive member {info.filename!r} would be written outside {destination}")
+                z.extractall(tmp)
+        elif any(name.endswith(ext) for ext in (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+            with tarfile.open(archive) as tar:
+                members = _safe_members_tar(tar, tmp)
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: also strip odd modes
+                    tar.extractall(tmp, members=members, filter="data")
+                else:  # pragma: no cover - older Pythons
+                    tar.extractall(tmp, members=members)
+        else:
+            raise DownloadError(f"{archive}: unknown archive type (expected .zip or .tar.*)")
+        try:
+            os.rename(tmp, destination)
+        except OSError:
+            if not (destination.exists() and any(destination.iterdir())):
+                raise
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise DownloadError(f"{archive}: cannot unpack ({exc}); delete it and download again") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return destination
+
+
+def fetch_dataset(
+    url: str,
+    destination: str | Path,
+    *,
+    archive_name: str,
+    expect: str,
+    sha256: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+    keep_archive: bool = False,
+) -> Path:
+    """Download ``url`` and unpack it into ``destination`` unless ``destination/expect`` exists.
+
+    The archive is stored next to ``destination`` (``<destination>.<archive_name>``) while
+    downloading, so an interrupted download resumes; it is deleted after a successful unpack
+    unless ``keep_archive``.
+    """
+    destination = Path(destination)
+    if (destination / expect).exists():
+        return destination
+    hint = manual_instructions(url, destination, str(destination / expect))
+    archive = destination.parent / f"{destination.name}.{archive_name}"
+    download(url, archive, sha256=sha256, md5=md5, progress=progress, manual_hint=hint)
+    unpack(archive, destination)
+    if not (destination / expect).exists():
+        raise DownloadError(f"{url} unpacked into {destination} but {expect} is not there; {hint}")
+    if not keep_archive:
+        archive.unlink(missing_ok=True)
+    return destination

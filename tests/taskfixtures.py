@@ -1,0 +1,212 @@
+"""Tiny datasets in each real on-disk layout, generated for tests (nothing is downloaded).
+
+Every builder writes a few short clips per class whose content depends on the class (a tone
+whose pitch encodes the class), so end-to-end runs have something learnable, and returns the
+directory to pass as ``--data-dir``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+#: The real ESC-50 category names of the first targets, in target order.
+ESC50_CATEGORIES = ["dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow"]
+ESC10_TARGETS = {0, 1}  # dog and rooster are ESC-10 classes in the real metadata
+
+
+def tone(label: int, seconds: float = 1.0, sr: int = 16000, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """A noisy tone whose frequency encodes ``label``: float32 ``[N]`` or ``[N, channels]``."""
+    rng = np.random.default_rng([label, seed])
+    t = np.arange(int(round(seconds * sr))) / sr
+    f = 300.0 * (1.5 ** label) * rng.uniform(0.97, 1.03)
+    wave = 0.4 * np.sin(2 * np.pi * f * t) + 0.02 * rng.standard_normal(t.shape)
+    wave = wave.astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def write_wav(path: Path, wave: np.ndarray, sr: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave, sr, subtype="PCM_16")
+    return path
+
+
+# --------------------------------------------------------------------------- ESC-50
+def make_esc50(root: Path, num_classes: int = 3, per_fold: int = 1, seconds: float = 1.0,
+               sr: int = 44100, folds: int = 5) -> Path:
+    """``root/ESC-50-master`` exactly like the public archive (names, columns, esc10 flags)."""
+    base = root / "ESC-50-master"
+    rows = []
+    for target in range(num_classes):
+        for fold in range(1, folds + 1):
+            for k in range(per_fold):
+                src = 100032 + 1000 * target + 10 * fold + k
+                take = "ABC"[k % 3]
+                name = f"{fold}-{src}-{take}-{target}.wav"
+                write_wav(base / "audio" / name, tone(target, seconds, sr, seed=fold * 10 + k), sr)
+                rows.append([name, fold, target, ESC50_CATEGORIES[target],
+                             str(target in ESC10_TARGETS), src, take])
+    rows.sort()
+    (base / "meta").mkdir(parents=True, exist_ok=True)
+    with open(base / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        w.writerows(rows)
+    return base
+
+
+# --------------------------------------------------------------------------- Speech Commands
+def make_speechcommands(root: Path, words=("yes", "no", "up"), speakers: int = 5, seconds: float = 1.0,
+                        sr: int = 16000) -> Path:
+    """Speech Commands v0.02 layout: ``<word>/<speaker>_nohash_<n>.wav``, the two list files,
+    ``_background_noise_/`` (not a class), and the README the archive ships."""
+    rows = {"validation": [], "testing": []}
+    for label, word in enumerate(words):
+        for s in range(speakers):
+            speaker = f"{0xA0 + s:08x}"
+            rel = f"{word}/{speaker}_nohash_0.wav"
+            # Short clips happen in the real data (< 1 s): make one per word.
+            length = seconds * (0.7 if s == 0 else 1.0)
+            write_wav(root / rel, tone(label, length, sr, seed=s), sr)
+            if s == speakers - 1:
+                rows["testing"].append(rel)
+            elif s == speakers - 2:
+                rows["validation"].append(rel)
+    write_wav(root / "_background_noise_" / "white_noise.wav",
+              (0.1 * np.random.default_rng(0).standard_normal(sr * 2)).astype(np.float32), sr)
+    (root / "_background_noise_" / "README.md").write_text("noise\n")
+    (root / "validation_list.txt").write_text("\n".join(rows["validation"]) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(rows["testing"]) + "\n")
+    (root / "README.md").write_text("Speech Commands fixture\n")
+    (root / "LICENSE").write_text("CC BY 4.0\n")
+    return root
+
+
+# --------------------------------------------------------------------------- AudioSet
+AUDIOSET_LABELS = [("/m/09x0r", "Speech"), ("/m/04rlf", "Music"), ("/m/0jbk", "Animal"), ("/m/07yv9", "Vehicle")]
+
+
+def make_audioset(root: Path, per_split: int = 6, seconds: float = 1.0, sr: int = 16000,
+                  missing: int = 1) -> Path:
+    """AudioSet with the official CSVs and per-split audio folders.
+
+    ``class_labels_indices.csv``, ``balanced_train_segments.csv``,
+    ``unbalanced_train_segments.csv``, ``eval_segments.csv`` (3 comment lines, then
+    ``YTID, start_seconds, end_seconds, positive_labels``); audio at
+    ``audio/<split>/<YTID>.wav`` (a common mirror layout; ``Y<YTID>.wav`` also works).
+    ``missing`` clips per split are listed but have no audio.
+    """
+    with open(root / "class_labels_indices.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "mid", "display_name"])
+        for i, (mid, name) in enumerate(AUDIOSET_LABELS):
+            w.writerow([i, mid, name])
+    for split, csv_name in (("balanced_train", "balanced_train_segments.csv"),
+                            ("unbalanced_train", "unbalanced_train_segments.csv"),
+                            ("eval", "eval_segments.csv")):
+        lines = [f"# Segments csv created Sun Mar  5 10:54:31 2017",
+                 f"# num_ytids={per_split}, num_segs={per_split}, num_unique_labels=4, num_positive_labels=9",
+                 "# YTID, start_seconds, end_seconds, positive_labels"]
+        for i in range(per_split):
+            ytid = f"{split[:2]}{i:03d}abcdE"[:11]
+            first = i % len(AUDIOSET_LABELS)
+            labels = [AUDIOSET_LABELS[first][0]]
+            if i % 2:
+                labels.append(AUDIOSET_LABELS[(first + 1) % len(AUDIOSET_LABELS)][0])
+            lines.append(f'{ytid}, 30.000, 40.000, "{",".join(labels)}"')
+            if i >= per_split - missing:
+                continue
+            wave = sum(tone(AUDIOSET_LABELS.index(next(x for x in AUDIOSET_LABELS if x[0] == m)), seconds, sr, seed=i)
+                       for m in labels) / len(labels)
+            write_wav(root / "audio" / split / f"{ytid}.wav", wave, sr)
+        (root / csv_name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_audioset_json(root: Path, per_split: int = 6, seconds: float = 1.0, sr: int = 16000) -> Path:
+    """AST/AudioMAE-style JSON lists: ``{"data": [{"wav": path, "labels": "mid,mid"}]}``."""
+    with open(root / "class_labels_indices.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "mid", "display_name"])
+        for i, (mid, name) in enumerate(AUDIOSET_LABELS):
+            w.writerow([i, mid, name])
+    for split in ("train", "eval"):
+        data = []
+        for i in range(per_split):
+            label = i % len(AUDIOSET_LABELS)
+            path = write_wav(root / "wavs" / split / f"{split}{i}.wav", tone(label, seconds, sr, seed=i), sr)
+            data.append({"wav": str(path.relative_to(root)) if i % 2 else str(path), "labels": AUDIOSET_LABELS[label][0]})
+        (root / f"{split}.json").write_text(json.dumps({"data": data}))
+    return root
+
+
+# --------------------------------------------------------------------------- folder
+def make_folder(root: Path, classes=("alpha", "beta", "gamma"), per_class: int = 6, seconds: float = 1.0) -> Path:
+    """``root/<class>/*.wav`` with mixed sample rates and channel counts."""
+    rates = (16000, 22050, 44100)
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            sr = rates[i % len(rates)]
+            write_wav(root / name / f"{name}_{i}.wav", tone(label, seconds, sr, seed=i, channels=1 + i % 2), sr)
+    return root
+
+
+def make_folder_csv(root: Path, multilabel: bool = False, column: str | None = "fold", per_class: int = 4,
+                    seconds: float = 1.0) -> Path:
+    """Flat ``clips/*.wav`` plus ``labels.csv`` (``path,label[,fold|split]``)."""
+    names = ["alpha", "beta", "gamma"]
+    rows = []
+    for label, name in enumerate(names):
+        for i in range(per_class):
+            rel = f"clips/{name}{i}.flac"
+            write_wav(root / rel, tone(label, seconds, 16000, seed=i), 16000)
+            lab = name if not multilabel or i % 2 == 0 else f"{name};{names[(label + 1) % 3]}"
+            row = [rel, lab]
+            if column == "fold":
+                row.append(i % 2 + 1)
+            elif column == "split":
+                row.append(["train", "train", "valid", "test"][i % 4])
+            rows.append(row)
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"] + ([column] if column else []))
+        w.writerows(rows)
+    return root
+
+
+# --------------------------------------------------------------------------- HEAR
+def make_hear(root: Path, multilabel: bool = False, kfold: bool = True, per_split: int = 6,
+              seconds: float = 1.0) -> Path:
+    """A HEAR 2021 scene task directory: ``task_metadata.json``, ``labelvocabulary.csv``,
+    ``{split}.json`` and ``16000/{split}/*.wav``."""
+    vocab = ["bark", "meow", "moo"]
+    splits = [f"fold{i:02d}" for i in range(3)] if kfold else ["train", "valid", "test"]
+    meta = {
+        "task_name": "fixture_scene", "version": "fixture-v1", "embedding_type": "scene",
+        "prediction_type": "multilabel" if multilabel else "multiclass",
+        "split_mode": "new_split_kfold" if kfold else "trainvaltest",
+        "sample_duration": seconds, "evaluation": ["mAP", "d_prime", "aucroc"] if multilabel else ["top1_acc", "mAP"],
+        "default_mode": "full", "mode": "full",
+    }
+    if kfold:
+        meta["nfolds"] = len(splits)
+        meta["splits"] = splits
+    (root / "task_metadata.json").write_text(json.dumps(meta, indent=1))
+    with open(root / "labelvocabulary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["idx", "label"])
+        for i, name in enumerate(vocab):
+            w.writerow([i, name])
+    for split in splits:
+        labels = {}
+        for i in range(per_split):
+            label = i % len(vocab)
+            name = f"{split}_{i}.wav"
+            write_wav(root / "16000" / split / name, tone(label, seconds, 16000, seed=i), 16000)
+            labels[name] = [vocab[label]] + ([vocab[(label + 1) % 3]] if multilabel and i % 2 else [])
+        (root / f"{split}.json").write_text(json.dumps(labels))
+    return root

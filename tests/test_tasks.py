@@ -1,0 +1,283 @@
+"""Tasks: each real on-disk layout (generated fixtures), its folds/splits/labels/metrics,
+clear metadata errors, downloads (local HTTP server), and end-to-end runs."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import http.server
+import io
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import taskfixtures as fx
+from ssl_bench.components import Task
+from ssl_bench.metrics import METRICS
+
+
+def get_task(name, data_dir=None):
+    from ssl_bench.registry import Registry
+
+    return Registry().get("task", name).factory(data_dir=data_dir)
+
+
+def check_protocol(task):
+    """What every task must declare."""
+    assert isinstance(task, Task)
+    assert task.classes and all(isinstance(c, str) for c in task.classes)
+    assert task.sample_rate == 16000 and task.clip_seconds > 0
+    assert task.metrics and all(m in METRICS for m in task.metrics)
+    assert task.split_protocol
+    for split in task.splits():
+        keys_train = {c.key for c in split.train}
+        assert keys_train.isdisjoint(c.key for c in split.test), split.name
+        if split.valid is not None:
+            assert keys_train.isdisjoint(c.key for c in split.valid)
+            assert {c.key for c in split.valid}.isdisjoint(c.key for c in split.test)
+        for clip in split.train + split.test + (split.valid or []):
+            assert all(0 <= c < len(task.classes) for c in clip.labels)
+            assert task.multilabel or len(clip.labels) == 1
+
+
+# --------------------------------------------------------------------------- synthetic
+def test_synthetic_builds_once_deterministically_in_esc50_layout(tmp_path):
+    task = get_task("synthetic", tmp_path / "syn")
+    check_protocol(task)
+    assert len(task.classes) >= 8 and task.clip_seconds == 2.0 and not task.multilabel
+    splits = task.splits()
+    assert [s.name for s in splits] == [f"fold{i}" for i in range(1, 6)]
+    for s in splits:
+        assert len(s.test) == len(task.classes) * 2 and len(s.train) == len(task.classes) * 8
+    header = (tmp_path / "syn" / "meta" / "esc50.csv").read_text().splitlines()[0]
+    assert header == "filename,fold,target,category,esc10,src_file,take"
+    wave, sr = sf.read(splits[0].test[0].path)
+    assert sr == 16000 and wave.shape == (32000,) and 0 < np.abs(wave).max() <= 0.91
+    # Rebuilding elsewhere gives identical audio; a second task object reuses the copy.
+    other = get_task("synthetic", tmp_path / "again")
+    a, b = splits[2].test[3], other.splits()[2].test[3]
+    assert a.key == b.key and np.array_equal(sf.read(a.path)[0], sf.read(b.path)[0])
+    mtime = a.path.stat().st_mtime_ns
+    assert get_task("synthetic", tmp_path / "syn").splits()[2].test[3].path.stat().st_mtime_ns == mtime
+
+
+def test_synthetic_default_location_and_refuses_foreign_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_DATA", str(tmp_path / "home"))
+    task = get_task("synthetic")
+    task.prepare()
+    assert task.root == tmp_path / "home" / "synthetic"
+    assert not [p for p in (tmp_path / "home").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError, match="holds no synthetic dataset"):
+        get_task("synthetic", tmp_path / "foreign").prepare()
+
+
+def test_synthetic_classes_differ_in_content():
+    from ssl_bench.tasks import synthetic as syn
+
+    clips = [syn.synth_clip(t, 0) for t in range(len(syn.CLASSES))]
+    assert all(c.dtype == np.float32 and c.shape == (32000,) for c in clips)
+    assert np.array_equal(syn.synth_clip(3, 1), syn.synth_clip(3, 1))
+    assert not np.array_equal(syn.synth_clip(3, 1), syn.synth_clip(3, 2))
+
+
+# --------------------------------------------------------------------------- ESC-50
+def test_esc50_reads_the_public_layout(tmp_path):
+    base = fx.make_esc50(tmp_path, num_classes=3, per_fold=1)
+    for data_dir in (base, tmp_path):  # the ESC-50-master folder or its parent
+        task = get_task("esc50", data_dir)
+        check_protocol(task)
+        assert task.classes == ["dog", "rooster", "pig"] and task.clip_seconds == 5.0
+        assert task.metrics[0] == "accuracy"
+        splits = task.splits()
+        assert [s.name for s in splits] == ["fold1", "fold2", "fold3", "fold4", "fold5"]
+        for i, s in enumerate(splits, start=1):
+            assert {c.key.split("/")[1].split("-")[0] for c in s.test} == {str(i)}
+            assert len(s.train) == 12 and len(s.test) == 3 and s.valid is None
+    clip = splits[0].test[0]
+    assert clip.key.startswith("audio/1-") and clip.labels == (int(clip.key[-5]),)
+    esc10 = get_task("esc10", base)
+    assert esc10.classes == ["dog", "rooster"]
+    assert all(len(s.test) == 2 for s in esc10.splits())
+
+
+def _rewrite_csv(path: Path, edit):
+    rows = list(csv.reader(open(path)))
+    edit(rows)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda r: [row.pop(3) for row in r], r"esc50.csv:1: missing column\(s\) category"),
+        (lambda r: r[2].__setitem__(1, "x"), r"esc50.csv:3: column 'fold' must be an integer, got 'x'"),
+        (lambda r: r[4].__setitem__(3, "cat"), r"esc50.csv:5: target \d is 'cat' here but"),
+        (lambda r: r[2].__setitem__(0, "../../etc/passwd"), r"esc50.csv:3: path 'audio/../../etc/passwd' is outside"),
+        (lambda r: r[3].__setitem__(4, "maybe"), r"esc50.csv:4: column 'esc10' must be True or False"),
+        (lambda r: r[3].append("extra"), r"esc50.csv:4: expected 7 fields"),
+        (lambda r: r.__setitem__(3, list(r[2])), r"esc50.csv:4: .* is listed twice \(first on line 3\)"),
+    ],
+)
+def test_esc50_bad_metadata_names_file_and_line(tmp_path, edit, match):
+    base = fx.make_esc50(tmp_path, num_classes=2, per_fold=1)
+    _rewrite_csv(base / "meta" / "esc50.csv", edit)
+    with pytest.raises(ValueError, match=match):
+        get_task("esc50", base).splits()
+
+
+def test_esc50_offline_says_what_to_download_and_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
+    with pytest.raises(RuntimeError) as info:
+        get_task("esc50", tmp_path / "esc").prepare()
+    msg = str(info.value)
+    assert "https://github.com/karoldvl/ESC-50/archive/master.zip" in msg
+    assert str(tmp_path / "esc") in msg and "ESC-50-master/meta/esc50.csv" in msg
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="does not look like ESC-50"):
+        get_task("esc50", tmp_path / "other").prepare()
+
+
+# --------------------------------------------------------------------------- downloads
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP Range support; can cut a response short once."""
+
+    cut_after: int | None = None
+    requests: list = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        type(self).requests.append(rng)
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = type(self).cut_after
+        if cut is not None:
+            type(self).cut_after = None
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # drop the connection mid-body
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = type("Handler", (_RangeHandler,), {"requests": [], "cut_after": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def _zip_bytes(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_download_resumes_with_range_and_verifies(tmp_path, http_server, monkeypatch):
+    from ssl_bench.download import DownloadError, download
+
+    monkeypatch.delenv("SSL_BENCH_OFFLINE", raising=False)
+    served, url, handler = http_server
+    payload = np.random.default_rng(0).bytes(300_000)
+    (served / "big.bin").write_bytes(payload)
+    sha = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "dl" / "big.bin"
+    handler.cut_after = 100_000
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download(f"{url}/big.bin", dest, sha256=sha, progress=False)
+    part = dest.with_name("big.bin.part")
+    assert part.exists() and 0 < part.stat().st_size < len(payload) and not dest.exists()
+    have = part.stat().st_size
+    download(f"{url}/big.bin", dest, sha256=sha, progress=False)
+    assert dest.read_bytes() == payload and not part.exists()
+    assert handler.requests[-1] == f"bytes={have}-"
+    # A wrong checksum deletes the file and says so; md5 works too.
+    with pytest.raises(DownloadError, match="sha256 is .* expected 00"):
+        download(f"{url}/big.bin", tmp_path / "dl" / "bad.bin", sha256="00" * 32, progress=False)
+    assert not (tmp_path / "dl" / "bad.bin").exists() and not (tmp_path / "dl" / "bad.bin.part").exists()
+    download(f"{url}/big.bin", tmp_path / "dl" / "m.bin", md5=hashlib.md5(payload).hexdigest(), progress=False)
+    with pytest.raises(DownloadError, match=r"HTTP 404.*save it as"):
+        download(f"{url}/nope.zip", tmp_path / "dl" / "nope.zip", progress=False)
+
+
+def test_download_unreachable_and_offline_name_url_and_destination(tmp_path, monkeypatch):
+    from ssl_bench.download import DownloadError, download
+
+    monkeypatch.delenv("SSL_BENCH_OFFLINE", raising=False)
+    with pytest.raises(DownloadError, match=r"cannot download http://127.0.0.1:9/x.zip: .*save it as .*x.zip"):
+        download("http://127.0.0.1:9/x.zip", tmp_path / "x.zip", progress=False, timeout=5)
+    monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="offline"):
+        download("http://127.0.0.1:9/x.zip", tmp_path / "x.zip", progress=False)
+
+
+def test_unpack_is_atomic_and_refuses_escaping_members(tmp_path):
+    from ssl_bench.download import DownloadError, unpack
+
+    good = tmp_path / "good.zip"
+    good.write_bytes(_zip_bytes({"top/a.txt": b"a", "top/sub/b.txt": b"b"}))
+    out = unpack(good, tmp_path / "out")
+    assert (out / "top" / "sub" / "b.txt").read_bytes() == b"b"
+    evil = tmp_path / "evil.zip"
+    evil.write_bytes(_zip_bytes({"../escape.txt": b"x"}))
+    with pytest.raises(DownloadError, match="outside"):
+        unpack(evil, tmp_path / "evil_out")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "evil_out").exists()
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(_zip_bytes({"a": b"a"})[:20])
+    with pytest.raises(DownloadError, match="cannot unpack"):
+        unpack(broken, tmp_path / "broken_out")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_esc50_downloads_the_archive_when_missing(tmp_path, http_server, monkeypatch):
+    monkeypatch.delenv("SSL_BENCH_OFFLINE", raising=False)
+    served, url, _ = http_server
+    src = fx.make_esc50(tmp_path / "src", num_classes=2, per_fold=1)
+    files = {f"ESC-50-master/{p.relative_to(src).as_posix()}": p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    (served / "master.zip").write_bytes(_zip_bytes(files))
+    from ssl_bench.tasks.esc50 import ESC50Task
+
+    task = ESC50Task(tmp_path / "esc")
+    task.download_url = f"{url}/master.zip"
+    assert task.classes == ["dog", "rooster"]
+    assert task.root == tmp_path / "esc" / "ESC-50-master"
+    assert not list((tmp_path).glob("esc.*"))  # the archive is removed after unpacking
+    assert len(task.splits()) == 5
