@@ -149,11 +149,25 @@ def _decode(clip: Clip, sample_rate: int, num_samples: int | None) -> np.ndarray
     return wave
 
 
+#: Skipped clips named one warning each; beyond that one summary warning (AudioSet copies
+#: can miss thousands of clips, and a wall of warnings hides everything else).
+MAX_SKIP_WARNINGS = 10
+
+
 def _skip(clip: Clip, reason: str, strict: bool, skipped: list[tuple[str, str]]) -> None:
     if strict:
         raise AudioError(reason if str(clip.path) in reason else f"{clip.path}: {reason}")
-    warnings.warn(f"skipping clip {clip.key}: {reason}", SkippedClipWarning, stacklevel=3)
+    if len(skipped) < MAX_SKIP_WARNINGS:
+        warnings.warn(f"skipping clip {clip.key}: {reason}", SkippedClipWarning, stacklevel=3)
     skipped.append((clip.key, reason))
+
+
+def _warn_rest(skipped: list[tuple[str, str]], total: int, suffix: str = "") -> None:
+    if len(skipped) > MAX_SKIP_WARNINGS:
+        warnings.warn(
+            f"skipped {len(skipped)} of {total} clips in all{suffix} "
+            f"({len(skipped) - MAX_SKIP_WARNINGS} more than named above; the list is in FeatureSet.skipped)",
+            SkippedClipWarning, stacklevel=3)
 
 
 def _compute(
@@ -208,6 +222,7 @@ def _compute(
     flush()
     if bar is not None:
         bar.close()
+    _warn_rest(skipped, len(clips))
     return skipped
 
 
@@ -293,8 +308,10 @@ def _read_entry(entry: Path, clips: Sequence[Clip], strict: bool, warn: bool = T
     if strict and skipped:
         key, reason = skipped[0]
         raise AudioError(reason if key in reason else f"{key}: {reason}")
-    for key, reason in skipped if warn else ():
-        warnings.warn(f"skipping clip {key}: {reason} (cached)", SkippedClipWarning, stacklevel=3)
+    if warn:
+        for key, reason in skipped[:MAX_SKIP_WARNINGS]:
+            warnings.warn(f"skipping clip {key}: {reason} (cached)", SkippedClipWarning, stacklevel=3)
+        _warn_rest(skipped, len(clips), " (cached)")
     data = (np.memmap(data_path, dtype=np.float32, mode="r", shape=(total, bins))
             if total else np.zeros((0, bins), np.float32))
     kept = [clips[int(p)] for p in index[:, 0]]

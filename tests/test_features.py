@@ -208,3 +208,12 @@ def test_real_frontend_matches_stand_in_when_available(clips):
     ref = F.extract(clips, StandInFbank(), clip_seconds=1.0, progress=False)
     for i in range(len(fs)):
         assert (fs[i] - ref[i]).abs().max() <= 1e-3
+
+
+def test_many_skipped_clips_give_a_bounded_number_of_warnings(clips, tmp_path):
+    missing = [Clip(tmp_path / f"gone{i}.wav", (0,), f"gone{i}.wav") for i in range(F.MAX_SKIP_WARNINGS + 5)]
+    with pytest.warns(F.SkippedClipWarning) as rec:
+        fs = F.extract(clips[:1] + missing, StandInFbank(), clip_seconds=1.0, progress=False)
+    skips = [str(w.message) for w in rec if issubclass(w.category, F.SkippedClipWarning)]
+    assert len(fs.skipped) == len(missing) and len(fs) == 1
+    assert len(skips) == F.MAX_SKIP_WARNINGS + 1 and f"skipped {len(missing)} of {len(missing) + 1}" in skips[-1]
