@@ -41,6 +41,27 @@ def data_home() -> Path:
 
 
 # --------------------------------------------------------------------------- task base class
+class loaded_attribute:
+    """A task attribute that is known only once the data have been read (the clip length of
+    a user's folder, whether a HEAR task is multi-label): reading it prepares the task."""
+
+    def __init__(self, default=None):
+        self.default = default
+
+    def __set_name__(self, owner, name):
+        self.private = "_attr_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        if not obj.__dict__.get("_preparing"):
+            obj.prepare()
+        return obj.__dict__.get(self.private, self.default)
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.private] = value
+
+
 class DatasetTask:
     """Base class of the built-in tasks (implements :class:`ssl_bench.components.Task`).
 
@@ -60,6 +81,7 @@ class DatasetTask:
 
     def __init__(self, data_dir: str | Path | None = None):
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+        self._preparing = False
         self.root: Path | None = None
         self._classes: list[str] | None = None
         self._split_list: list[Split] | None = None
@@ -76,8 +98,12 @@ class DatasetTask:
         """Find (or build, or download) the data and read its metadata; idempotent."""
         if self._classes is not None:
             return
-        self.root = self._locate()
-        self._load(self.root)
+        self._preparing = True
+        try:
+            self.root = self._locate()
+            self._load(self.root)
+        finally:
+            self._preparing = False
 
     def splits(self) -> list[Split]:
         """The task's train/test partitions (folds or the official split)."""

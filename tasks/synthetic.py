@@ -176,6 +176,7 @@ class SyntheticTask(ESC50Task):
     sample_rate = SAMPLE_RATE
     clip_seconds = SECONDS
     metrics = ["accuracy"]
+    norm_stats = None  # computed by the harness on each split's training clips
     split_protocol = "synthetic 5 folds, leave-one-fold-out (train 4, test 1); validation carved from the training folds"
 
     def _locate(self) -> Path:

@@ -39,6 +39,7 @@ def write_wav(path: Path, wave: np.ndarray, sr: int) -> Path:
 def make_esc50(root: Path, num_classes: int = 3, per_fold: int = 1, seconds: float = 1.0,
                sr: int = 44100, folds: int = 5) -> Path:
     """``root/ESC-50-master`` exactly like the public archive (names, columns, esc10 flags)."""
+    root.mkdir(parents=True, exist_ok=True)
     base = root / "ESC-50-master"
     rows = []
     for target in range(num_classes):
@@ -64,6 +65,7 @@ def make_speechcommands(root: Path, words=("yes", "no", "up"), speakers: int = 5
                         sr: int = 16000) -> Path:
     """Speech Commands v0.02 layout: ``<word>/<speaker>_nohash_<n>.wav``, the two list files,
     ``_background_noise_/`` (not a class), and the README the archive ships."""
+    root.mkdir(parents=True, exist_ok=True)
     rows = {"validation": [], "testing": []}
     for label, word in enumerate(words):
         for s in range(speakers):
@@ -97,9 +99,10 @@ def make_audioset(root: Path, per_split: int = 6, seconds: float = 1.0, sr: int 
     ``class_labels_indices.csv``, ``balanced_train_segments.csv``,
     ``unbalanced_train_segments.csv``, ``eval_segments.csv`` (3 comment lines, then
     ``YTID, start_seconds, end_seconds, positive_labels``); audio at
-    ``audio/<split>/<YTID>.wav`` (a common mirror layout; ``Y<YTID>.wav`` also works).
+    ``audio/<split>/`` named ``<YTID>.wav``, ``Y<YTID>_<start>_<end>.wav`` or ``<YTID>_<ms>.flac``.
     ``missing`` clips per split are listed but have no audio.
     """
+    root.mkdir(parents=True, exist_ok=True)
     with open(root / "class_labels_indices.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "mid", "display_name"])
@@ -112,7 +115,7 @@ def make_audioset(root: Path, per_split: int = 6, seconds: float = 1.0, sr: int 
                  f"# num_ytids={per_split}, num_segs={per_split}, num_unique_labels=4, num_positive_labels=9",
                  "# YTID, start_seconds, end_seconds, positive_labels"]
         for i in range(per_split):
-            ytid = f"{split[:2]}{i:03d}abcdE"[:11]
+            ytid = f"{split[:2]}{i:03d}-abc_E"  # 11 characters, like a YouTube id
             first = i % len(AUDIOSET_LABELS)
             labels = [AUDIOSET_LABELS[first][0]]
             if i % 2:
@@ -122,13 +125,16 @@ def make_audioset(root: Path, per_split: int = 6, seconds: float = 1.0, sr: int 
                 continue
             wave = sum(tone(AUDIOSET_LABELS.index(next(x for x in AUDIOSET_LABELS if x[0] == m)), seconds, sr, seed=i)
                        for m in labels) / len(labels)
-            write_wav(root / "audio" / split / f"{ytid}.wav", wave, sr)
+            # The naming schemes of common mirrors: <YTID>, Y<YTID>_<start>_<end>, <YTID>_<start>.
+            name = [f"{ytid}.wav", f"Y{ytid}_30.000_40.000.wav", f"{ytid}_30000.flac"][i % 3]
+            write_wav(root / "audio" / split / name, wave, sr)
         (root / csv_name).write_text("\n".join(lines) + "\n")
     return root
 
 
 def make_audioset_json(root: Path, per_split: int = 6, seconds: float = 1.0, sr: int = 16000) -> Path:
     """AST/AudioMAE-style JSON lists: ``{"data": [{"wav": path, "labels": "mid,mid"}]}``."""
+    root.mkdir(parents=True, exist_ok=True)
     with open(root / "class_labels_indices.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "mid", "display_name"])
@@ -147,6 +153,7 @@ def make_audioset_json(root: Path, per_split: int = 6, seconds: float = 1.0, sr:
 # --------------------------------------------------------------------------- folder
 def make_folder(root: Path, classes=("alpha", "beta", "gamma"), per_class: int = 6, seconds: float = 1.0) -> Path:
     """``root/<class>/*.wav`` with mixed sample rates and channel counts."""
+    root.mkdir(parents=True, exist_ok=True)
     rates = (16000, 22050, 44100)
     for label, name in enumerate(classes):
         for i in range(per_class):
@@ -158,6 +165,7 @@ def make_folder(root: Path, classes=("alpha", "beta", "gamma"), per_class: int =
 def make_folder_csv(root: Path, multilabel: bool = False, column: str | None = "fold", per_class: int = 4,
                     seconds: float = 1.0) -> Path:
     """Flat ``clips/*.wav`` plus ``labels.csv`` (``path,label[,fold|split]``)."""
+    root.mkdir(parents=True, exist_ok=True)
     names = ["alpha", "beta", "gamma"]
     rows = []
     for label, name in enumerate(names):
@@ -183,6 +191,7 @@ def make_hear(root: Path, multilabel: bool = False, kfold: bool = True, per_spli
               seconds: float = 1.0) -> Path:
     """A HEAR 2021 scene task directory: ``task_metadata.json``, ``labelvocabulary.csv``,
     ``{split}.json`` and ``16000/{split}/*.wav``."""
+    root.mkdir(parents=True, exist_ok=True)
     vocab = ["bark", "meow", "moo"]
     splits = [f"fold{i:02d}" for i in range(3)] if kfold else ["train", "valid", "test"]
     meta = {

@@ -281,3 +281,225 @@ def test_esc50_downloads_the_archive_when_missing(tmp_path, http_server, monkeyp
     assert task.root == tmp_path / "esc" / "ESC-50-master"
     assert not list((tmp_path).glob("esc.*"))  # the archive is removed after unpacking
     assert len(task.splits()) == 5
+
+
+# --------------------------------------------------------------------------- Speech Commands
+def test_speechcommands_official_split(tmp_path):
+    root = fx.make_speechcommands(tmp_path / "sc", words=("yes", "no", "up"), speakers=5)
+    task = get_task("speechcommands", root)
+    check_protocol(task)
+    assert task.classes == ["no", "up", "yes"]  # _background_noise_ is not a class
+    assert task.clip_seconds == 1.0 and task.metrics == ["accuracy"]
+    (split,) = task.splits()
+    assert split.name == "official"
+    assert len(split.train) == 9 and len(split.valid) == 3 and len(split.test) == 3
+    test_list = (root / "testing_list.txt").read_text().split()
+    assert sorted(c.key for c in split.test) == sorted(test_list)
+    assert all(c.key.split("/")[0] == task.classes[c.labels[0]] for c in split.train)
+    assert not any("_background_noise_" in c.key for c in split.train + split.test + split.valid)
+    # The parent folder of speech_commands_v0.02 works too.
+    nested = fx.make_speechcommands(tmp_path / "p" / "speech_commands_v0.02", words=("go", "on"), speakers=4)
+    assert get_task("speechcommands", nested.parent).classes == ["go", "on"]
+
+
+def test_speechcommands_missing_listed_clip_is_reported_and_kept(tmp_path):
+    from ssl_bench.tasks.common import MissingClipsWarning
+
+    root = fx.make_speechcommands(tmp_path / "sc", speakers=4)
+    gone = (root / "testing_list.txt").read_text().split()[0]
+    (root / gone).unlink()
+    task = get_task("speechcommands", root)
+    with pytest.warns(MissingClipsWarning, match=r"test: 1 of 3"):
+        split = task.splits()[0]
+    assert task.missing["test"] == [gone] and gone in [c.key for c in split.test]
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [("cat/abc_nohash_0.wav", r"testing_list.txt:2: 'cat/abc_nohash_0.wav' is not <word>/<file> with a known word"),
+     ("../outside.wav", r"testing_list.txt:2: path '../outside.wav' is outside the data root")],
+)
+def test_speechcommands_bad_list_lines(tmp_path, line, match):
+    root = fx.make_speechcommands(tmp_path / "sc", speakers=4)
+    lines = (root / "testing_list.txt").read_text().split()
+    (root / "testing_list.txt").write_text("\n".join([lines[0], line] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=match):
+        get_task("speechcommands", root).prepare()
+
+
+def test_speechcommands_offline_names_the_archive(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match=r"speech_commands_v0.02.tar.gz.*into .*sc.*validation_list.txt"):
+        get_task("speechcommands", tmp_path / "sc").prepare()
+
+
+# --------------------------------------------------------------------------- AudioSet
+def test_audioset_official_csvs_multilabel_and_missing_clips(tmp_path):
+    from ssl_bench.tasks.common import MissingClipsWarning
+
+    root = fx.make_audioset(tmp_path / "as", per_split=6, missing=1)
+    task = get_task("audioset", root)
+    with pytest.warns(MissingClipsWarning, match=r"train: 1 of 6; test: 1 of 6"):
+        check_protocol(task)
+    assert task.multilabel and task.classes == ["Speech", "Music", "Animal", "Vehicle"]
+    assert task.metrics == ["mAP", "AUC", "d_prime"] and task.clip_seconds == 10.0
+    (split,) = task.splits()
+    assert split.name == "eval" and len(split.train) == 6 and len(split.test) == 6
+    assert split.train[1].labels == (1, 2) and split.train[0].labels == (0,)
+    assert len(task.missing["train"]) == 1 and task.missing["train"][0] in [c.key for c in split.train]
+    assert not hasattr(task, "train_weights")  # AS-20K is sampled uniformly
+    # Missing clips are counted as skipped when features are extracted.
+    from ssl_bench.features import SkippedClipWarning, extract
+    from test_features import StandInFbank
+
+    with pytest.warns(SkippedClipWarning, match=task.missing["test"][0]):
+        fs = extract(split.test, StandInFbank(), clip_seconds=1.0, progress=False)
+    assert len(fs) == 5 and [k for k, _ in fs.skipped] == task.missing["test"]
+
+
+def test_audioset_2m_uses_both_training_sets_and_balanced_weights(tmp_path):
+    root = fx.make_audioset(tmp_path / "as", per_split=6, missing=0)
+    task = get_task("audioset-2m", root)
+    (split,) = task.splits()
+    assert len(split.train) == 12
+    weights = task.train_weights(split.train)
+    counts = np.zeros(4)
+    for c in split.train:
+        counts[list(c.labels)] += 1
+    expect = [sum(1000 / (counts[k] + 0.01) for k in c.labels) for c in split.train]
+    assert weights == pytest.approx(expect)
+    rare = min(range(4), key=lambda k: counts[k])
+    assert max(w for w, c in zip(weights, split.train) if rare in c.labels) >= min(weights)
+
+
+def test_audioset_json_lists_resolve_relative_absolute_and_foreign_paths(tmp_path):
+    root = fx.make_audioset_json(tmp_path / "asj", per_split=4)
+    data = json.loads((root / "eval.json").read_text())
+    data["data"][0]["wav"] = "/checkpoint/someone/audioset/eval0.wav"  # written on another machine
+    (root / "eval.json").write_text(json.dumps(data))
+    task = get_task("audioset", root)
+    (split,) = task.splits()
+    assert len(split.train) == 4 and all(c.path.exists() for c in split.train + split.test)
+    assert task.missing == {"train": [], "test": []}
+    assert task.describe()["source"] == "JSON lists train.json, eval.json"
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda r: r.write_text(r.read_text().replace("/m/04rlf", "/m/nope", 1)),
+         r"balanced_train_segments.csv:\d+: unknown label '/m/nope'"),
+        (lambda r: r.write_text(r.read_text() + "abc, 1.0\n"), r"balanced_train_segments.csv:\d+: expected 4 fields"),
+    ],
+)
+def test_audioset_bad_segments(tmp_path, edit, match):
+    root = fx.make_audioset(tmp_path / "as", per_split=4, missing=0)
+    edit(root / "balanced_train_segments.csv")
+    with pytest.raises(ValueError, match=match):
+        get_task("audioset", root).prepare()
+
+
+def test_audioset_needs_metadata(tmp_path):
+    (tmp_path / "as").mkdir()
+    with pytest.raises(FileNotFoundError, match="class_labels_indices.csv"):
+        get_task("audioset", tmp_path / "as").prepare()
+    (tmp_path / "as" / "class_labels_indices.csv").write_text("index,mid\n0,/m/x\n")
+    with pytest.raises(ValueError, match=r"class_labels_indices.csv:1: missing column\(s\) display_name"):
+        get_task("audioset", tmp_path / "as").prepare()
+
+
+# --------------------------------------------------------------------------- folder
+def test_folder_class_folders_any_rate_and_channels(tmp_path):
+    root = fx.make_folder(tmp_path / "f", per_class=6)
+    task = get_task("folder", root)
+    check_protocol(task)
+    assert task.classes == ["alpha", "beta", "gamma"] and not task.multilabel
+    assert task.clip_seconds == 1.0 and task.metrics[0] == "accuracy"
+    splits = task.splits()
+    assert len(splits) == 5 and "stratified folds" in task.split_protocol
+    tested = [c.key for s in splits for c in s.test]
+    assert sorted(tested) == sorted({c.key for s in splits for c in s.train + s.test})  # each clip tested once
+    assert all({c.labels[0] for c in s.test} for s in splits)
+    assert [c.key for c in splits[0].test] == [c.key for c in get_task("folder", root).splits()[0].test]
+
+
+def test_folder_csv_folds_split_and_multilabel(tmp_path):
+    root = fx.make_folder_csv(tmp_path / "folds", column="fold")
+    task = get_task("folder", root / "labels.csv")  # the CSV file itself works too
+    assert [s.name for s in task.splits()] == ["fold1", "fold2"] and "fold column" in task.split_protocol
+    root = fx.make_folder_csv(tmp_path / "split", column="split")
+    (split,) = get_task("folder", root).splits()
+    assert (len(split.train), len(split.valid), len(split.test)) == (6, 3, 3)
+    root = fx.make_folder_csv(tmp_path / "ml", multilabel=True, column=None)
+    task = get_task("folder", root)
+    check_protocol(task)
+    assert task.multilabel and task.metrics == ["mAP", "AUC", "d_prime"]
+    assert any(len(c.labels) == 2 for s in task.splits() for c in s.test)
+
+
+def test_folder_task_yaml_and_constructor_set_clip_length(tmp_path):
+    root = fx.make_folder(tmp_path / "f", per_class=2)
+    (root / "task.yaml").write_text("clip_seconds: 0.5\nmetrics: [accuracy]\n")
+    task = get_task("folder", root)
+    assert task.clip_seconds == 0.5 and task.metrics == ["accuracy"]
+    from ssl_bench.tasks.folder import FolderTask
+
+    assert FolderTask(root, clip_seconds=2.0).clip_seconds == 2.0
+    (root / "task.yaml").write_text("clip_sec: 1\n")
+    with pytest.raises(ValueError, match="task.yaml: unknown key"):
+        get_task("folder", root).prepare()
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda root: (root / "classes.txt").write_text("alpha\nbeta\n"), r"labels.csv:\d+: unknown label 'gamma'"),
+        (lambda root: _rewrite_csv(root / "labels.csv", lambda r: r[1].__setitem__(0, "../../x.wav")),
+         r"labels.csv:2: path '../../x.wav' is outside the data root"),
+        (lambda root: _rewrite_csv(root / "labels.csv", lambda r: r[0].__setitem__(1, "class")),
+         r"labels.csv:1: missing column\(s\) label"),
+        (lambda root: _rewrite_csv(root / "labels.csv", lambda r: r[3].__setitem__(2, "holdout")),
+         r"labels.csv:4: split must be train, valid or test"),
+    ],
+)
+def test_folder_bad_csv(tmp_path, edit, match):
+    root = fx.make_folder_csv(tmp_path / "f", column="split")
+    edit(root)
+    with pytest.raises(ValueError, match=match):
+        get_task("folder", root).prepare()
+
+
+# --------------------------------------------------------------------------- HEAR
+def test_hear_kfold_follows_hear_eval_kit(tmp_path):
+    root = fx.make_hear(tmp_path / "h", kfold=True)
+    task = get_task("hear", root)
+    check_protocol(task)
+    assert task.classes == ["bark", "meow", "moo"] and task.metrics == ["accuracy", "mAP"]
+    splits = task.splits()
+    assert [(s.name, {c.key.split("/")[0] for c in s.valid}, {c.key.split("/")[0] for c in s.train}) for s in splits] == [
+        ("fold00", {"fold01"}, {"fold02"}), ("fold01", {"fold02"}, {"fold00"}), ("fold02", {"fold00"}, {"fold01"})]
+    assert all(c.path.parent.parent.name == "16000" for c in splits[0].test)
+
+
+def test_hear_trainvaltest_multilabel(tmp_path):
+    root = fx.make_hear(tmp_path / "h", multilabel=True, kfold=False)
+    task = get_task("hear", root)
+    check_protocol(task)
+    assert task.multilabel and task.metrics == ["mAP", "d_prime", "AUC"]
+    (split,) = task.splits()
+    assert (len(split.train), len(split.valid), len(split.test)) == (6, 6, 6)
+    assert task.describe()["hear_task"] == "fixture_scene"
+
+
+def test_hear_bad_metadata(tmp_path):
+    root = fx.make_hear(tmp_path / "h", kfold=False)
+    data = json.loads((root / "test.json").read_text())
+    data["test_0.wav"] = ["woof"]
+    (root / "test.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"test.json: entry 'test_0.wav': unknown label 'woof'"):
+        get_task("hear", root).prepare()
+    meta = json.loads((root / "task_metadata.json").read_text())
+    meta["embedding_type"] = "event"
+    (root / "task_metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="embedding_type 'event' is not supported"):
+        get_task("hear", root).prepare()
