@@ -170,6 +170,12 @@ def _warn_rest(skipped: list[tuple[str, str]], total: int, suffix: str = "") -> 
             SkippedClipWarning, stacklevel=3)
 
 
+def _run_frontend(frontend: Any, waves: list[np.ndarray], device) -> np.ndarray:
+    batch = torch.from_numpy(np.stack(waves)).to(device)
+    with torch.no_grad():
+        return frontend.compute(batch).float().cpu().numpy()
+
+
 def _compute(
     clips: Sequence[Clip],
     frontend: Any,
@@ -200,10 +206,25 @@ def _compute(
         for item in pending:
             groups.setdefault(item[1].shape[0], []).append(item)
         for items in groups.values():
-            batch = torch.from_numpy(np.stack([w for _, w in items])).to(device)
-            with torch.no_grad():
-                feats = frontend.compute(batch).float().cpu().numpy()
+            try:
+                feats = _run_frontend(frontend, [w for _, w in items], device)
+            except Exception as exc:  # noqa: BLE001 - find the clip(s) the frontend refuses
+                if len(items) == 1:
+                    _skip(clips[items[0][0]], f"{clips[items[0][0]].path}: frontend failed ({exc})", strict, skipped)
+                    continue
+                feats = []
+                for pos, w in items:
+                    try:
+                        feats.append(_run_frontend(frontend, [w], device)[0])
+                    except Exception as one:  # noqa: BLE001
+                        _skip(clips[pos], f"{clips[pos].path}: frontend failed ({one})", strict, skipped)
+                        feats.append(None)
             for (pos, _), f in zip(items, feats):
+                if f is None:
+                    continue
+                if f.shape[0] == 0:
+                    _skip(clips[pos], f"{clips[pos].path}: too short for one frame", strict, skipped)
+                    continue
                 if not np.isfinite(f).all():
                     _skip(clips[pos], f"{clips[pos].path}: features contain NaN or infinite values", strict, skipped)
                     continue

@@ -255,6 +255,13 @@ def report_missing(task: str, missing: dict[str, list[str]], totals: dict[str, i
     )
 
 
+def check_present(task: "DatasetTask", parts: dict[str, list[Clip]], hint: str = "") -> None:
+    """Record in ``task.missing`` the clips of each part whose audio file does not exist, and
+    report them in one warning.  The clips stay listed (feature extraction counts them)."""
+    task.missing = {name: [c.key for c in clips if not Path(c.path).exists()] for name, clips in parts.items()}
+    report_missing(task.name, task.missing, {k: len(v) for k, v in parts.items()}, hint)
+
+
 # --------------------------------------------------------------------------- atomic directories
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path | None]:

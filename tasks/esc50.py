@@ -21,6 +21,7 @@ from .common import (
     DataNotFoundError,
     DatasetTask,
     MetadataError,
+    check_present,
     clip_key,
     data_home,
     fold_splits,
@@ -115,6 +116,10 @@ class ESC50Task(DatasetTask):
 
     def _load(self, root: Path) -> None:
         classes, clips = read_esc50_layout(root, esc10_only=self.esc10_only)
+        folds: dict[str, list] = {}
+        for clip, fold in clips:
+            folds.setdefault(f"fold{fold}", []).append(clip)
+        check_present(self, folds)
         self._clip_folds = clips
         self._classes = classes
 

@@ -35,6 +35,7 @@ from .common import (
     DataNotFoundError,
     DatasetTask,
     MetadataError,
+    check_present,
     clip_key,
     fold_splits,
     loaded_attribute,
@@ -201,6 +202,7 @@ class FolderTask(DatasetTask):
     def _load(self, root: Path) -> None:
         if self.csv_path is not None:
             self._read_csv(root)
+            check_present(self, {"listed": self._all_clips()})
         else:
             self._read_class_folders(root)
         options = {}

@@ -217,3 +217,22 @@ def test_many_skipped_clips_give_a_bounded_number_of_warnings(clips, tmp_path):
     skips = [str(w.message) for w in rec if issubclass(w.category, F.SkippedClipWarning)]
     assert len(fs.skipped) == len(missing) and len(fs) == 1
     assert len(skips) == F.MAX_SKIP_WARNINGS + 1 and f"skipped {len(missing)} of {len(missing) + 1}" in skips[-1]
+
+
+def test_too_short_clip_without_clip_seconds_is_skipped_not_fatal(clips, tmp_path):
+    short = _write(tmp_path / "short.wav", 0.01)  # 160 samples: less than one 25 ms frame
+    mixed = clips[:2] + [Clip(short, (0,), "short.wav")]
+    with pytest.warns(F.SkippedClipWarning, match="short.wav"):
+        fs = F.extract(mixed, StandInFbank(), clip_seconds=None, progress=False)
+    assert [c.key for c in fs.clips] == ["c0.wav", "c1.wav"] and fs.skipped[0][0] == "short.wav"
+
+
+def test_extract_on_device_matches_cpu_reference(clips, device, tmp_path):
+    fe = real_frontend(num_bins=64)
+    if fe is None:
+        pytest.skip("plugins/audio KaldiFbank not available yet")
+    fs = F.extract(clips, fe.to(device), clip_seconds=1.0, device=device, cache_dir=tmp_path / "c", progress=False)
+    ref = F.extract(clips, StandInFbank(StandInFbank.Config(num_bins=64)), clip_seconds=1.0, progress=False)
+    assert fs[0].device.type == "cpu" and fs[0].shape == (98, 64)
+    for i in range(len(fs)):
+        assert (fs[i] - ref[i]).abs().max() <= 1e-3

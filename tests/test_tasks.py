@@ -134,6 +134,18 @@ def test_esc50_bad_metadata_names_file_and_line(tmp_path, edit, match):
         get_task("esc50", base).splits()
 
 
+def test_esc50_missing_audio_is_reported_and_kept(tmp_path):
+    from ssl_bench.tasks.common import MissingClipsWarning
+
+    base = fx.make_esc50(tmp_path, num_classes=2, per_fold=1)
+    (base / "audio" / "3-101062-A-1.wav").unlink()
+    task = get_task("esc50", base)
+    with pytest.warns(MissingClipsWarning, match=r"fold3: 1 of 2 .*audio/3-101062-A-1.wav"):
+        task.prepare()
+    assert task.missing["fold3"] == ["audio/3-101062-A-1.wav"]
+    assert "audio/3-101062-A-1.wav" in [c.key for c in task.splits()[2].test]
+
+
 def test_esc50_offline_says_what_to_download_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
     with pytest.raises(RuntimeError) as info:
