@@ -1,0 +1,226 @@
+"""Linear probe: frozen encoder, pooled embeddings, logistic regression.
+
+Embeddings (``model.embed`` of the normalised spectrogram) are extracted once per split and
+cached on disk under a key that hashes the encoder's weights, the frontend config and the
+audio list, so re-running a probe, or probing the same encoder with other ``C`` values, does
+not run the encoder again.  Features are standardised with statistics of the training part;
+``C`` is chosen on the validation part by the task's first metric; the test part is scored
+once, by the classifier trained on the training part with that ``C``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed as D
+from ..metrics import evaluate
+from ..train import predict
+from .data import SpecDataset, SplitData, normalize
+
+
+@dataclass
+class ProbeResult:
+    C: float
+    metric: str
+    valid: dict[str, float]
+    test: dict[str, float]
+    valid_by_C: dict[float, float] = field(default_factory=dict)
+    embed_dim: int = 0
+    from_cache: bool = False
+    selection: str = "valid"
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-256 of every tensor of ``module.state_dict()`` (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _frontend_config(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(getattr(model, "frontend", None), "cfg", None)
+    if cfg is None:
+        return dict(getattr(model, "config", {}).get("frontend") or {})
+    import dataclasses
+
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+
+
+def embedding_key(model: nn.Module, data: SplitData, indices: Sequence[int]) -> str:
+    """Cache key: encoder weights + frontend config + model length + the audio list."""
+    clips = [str(data.features.clips[int(i)].path) for i in indices]
+    payload = {
+        "encoder": weights_hash(model.encoder),
+        "frontend": _frontend_config(model),
+        "num_frames": data.num_frames,
+        "features": str(getattr(data.features, "path", None)),
+        "clips": hashlib.sha256("\n".join(clips).encode()).hexdigest(),
+        "n": len(clips),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def extract_embeddings(
+    model: nn.Module,
+    data: SplitData,
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    cache_dir: str | Path | None = None,
+    amp: bool = True,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, bool]:
+    """``model.embed`` of the clips ``indices`` as float32 ``[N, D]``; ``(embeddings, from_cache)``.
+
+    Sharded over torchrun ranks; rank 0 writes the cache entry (atomically).
+    """
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{embedding_key(model, data, indices)}.npy"
+        if path.is_file():
+            return np.load(path), True
+    was_training = model.training
+    model.eval()
+    try:
+        ds = SpecDataset(data.features, indices, data.num_frames)
+        emb = predict(lambda b: model.embed(normalize(model, b["spec"])), ds, batch_size=batch_size, device=device,
+                      amp=amp, num_workers=num_workers, progress=progress, desc="embed").numpy()
+    finally:
+        model.train(was_training)
+    if path is not None and D.current().is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, emb)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return emb, False
+
+
+def _classifier(C: float, multilabel: bool, max_iter: int, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    lr = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    return OneVsRestClassifier(lr) if multilabel else lr
+
+
+def _scores(clf: Any, X: np.ndarray, num_classes: int, multilabel: bool) -> np.ndarray:
+    """``[N, num_classes]`` probabilities; classes absent from training get 0."""
+    proba = clf.predict_proba(X)
+    if multilabel:
+        return proba
+    out = np.zeros((X.shape[0], num_classes), dtype=np.float64)
+    out[:, clf.classes_.astype(int)] = proba
+    return out
+
+
+def fit_linear(
+    X: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    *,
+    num_classes: int,
+    multilabel: bool,
+    metrics: list[str],
+    Cs: Sequence[float],
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> ProbeResult:
+    """Standardise with training statistics, choose ``C`` on ``valid``, score ``test``.
+
+    ``X``/``y`` map ``"train"``, ``"valid"``, ``"test"`` to embeddings and targets.  Without
+    validation data only a single ``C`` is allowed (nothing to choose with).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.preprocessing import StandardScaler
+
+    Cs = [float(c) for c in Cs]
+    if not Cs:
+        raise ValueError("linear.C is empty: give at least one regularisation value")
+    has_valid = len(y["valid"]) > 0
+    if not has_valid and len(Cs) > 1:
+        raise ValueError(
+            f"linear probe: no validation data to choose C from {Cs}; set data.valid_fraction > 0 or give one C"
+        )
+    if not multilabel and len(np.unique(y["train"])) < 2:
+        raise ValueError("linear probe: the training part has fewer than two classes")
+    scaler = StandardScaler().fit(X["train"])
+    Z = {k: scaler.transform(v) for k, v in X.items()}
+    metric = metrics[0]
+    best: tuple[float, float, Any, dict[str, float]] | None = None
+    valid_by_C: dict[float, float] = {}
+    for C in Cs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf = _classifier(C, multilabel, max_iter, seed).fit(Z["train"], y["train"])
+        if not has_valid:
+            best = (C, float("nan"), clf, {})
+            break
+        valid = evaluate(metrics, _scores(clf, Z["valid"], num_classes, multilabel), y["valid"])
+        valid_by_C[C] = valid[metric]
+        if best is None or valid[metric] > best[1]:  # ties keep the smaller (earlier) C
+            best = (C, valid[metric], clf, valid)
+    assert best is not None
+    C, _, clf, valid = best
+    test = evaluate(metrics, _scores(clf, Z["test"], num_classes, multilabel), y["test"])
+    return ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=valid_by_C,
+                       embed_dim=int(X["train"].shape[1]), selection="valid" if has_valid else "single C")
+
+
+def linear_probe(
+    model: nn.Module,
+    data: SplitData,
+    config: dict[str, Any],
+    *,
+    device: torch.device | str,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    log_metrics: Callable[[dict[str, Any]], None] | None = None,
+) -> ProbeResult | None:
+    """Probe the frozen encoder of ``model`` on one split (see the module docstring).
+
+    Every rank extracts its shard of the embeddings; only rank 0 fits the classifier (returns
+    ``None`` on the other ranks).
+    """
+    section = dict(config["linear"])
+    parts = ("train", "valid", "test")
+    indices = np.concatenate([getattr(data, p) for p in parts])
+    emb, cached = extract_embeddings(
+        model, data, indices, batch_size=int(section.get("batch_size", 64)), device=device, cache_dir=cache_dir,
+        amp=bool(config.get("amp", True)), num_workers=int(config.get("data", {}).get("num_workers", 0)),
+        progress=progress,
+    )
+    if not D.current().is_main:
+        return None
+    bounds = np.cumsum([0] + [len(getattr(data, p)) for p in parts])
+    X = {p: emb[bounds[i]:bounds[i + 1]] for i, p in enumerate(parts)}
+    y = {p: data.part_targets(p) for p in parts}
+    result = fit_linear(X, y, num_classes=data.num_classes, multilabel=data.multilabel, metrics=data.metrics,
+                        Cs=section.get("C") or [1.0], max_iter=int(section.get("max_iter", 1000)),
+                        seed=int(config.get("seed", 0)))
+    result.from_cache = cached
+    if log_metrics is not None:
+        by_c = {str(k): v for k, v in result.valid_by_C.items()}
+        log_metrics({"protocol": "linear", "C": result.C, "valid_by_C": by_c,
+                     **{f"valid_{k}": v for k, v in result.valid.items()}, "embeddings_cached": cached})
+    return result

@@ -1,0 +1,509 @@
+"""One experiment: a model config on a task, split by split, protocol by protocol.
+
+:func:`run_experiment` is what ``ssl-bench run`` calls.  For every split (fold) of the task:
+
+1. validation data come from the split's own validation set, or are carved out of its
+   training data (stratified, seeded); the test part is never used for any choice;
+2. the features of all the task's clips are extracted once (feature cache); the model's
+   ``frontend.num_frames`` follows the task's clip length unless set, and its ``frontend.mean``/
+   ``std`` are the config's, else the task's, else computed on the split's training features;
+3. **pretrain** on the split's training audio only (or the unlabeled ``pretrain.corpus``),
+   reusing a finished pretraining with the same hash of (model + pretrain config, audio list,
+   seed) from ``<cache>/pretrain/<hash>/``, and continuing an interrupted one from its
+   per-epoch checkpoint there;
+4. **finetune** and **linear** from those weights (or from ``checkpoint``), plus a linear probe
+   of the same encoder at its random initialisation (``init=random``), the baseline every SSL
+   number is read against.
+
+Rows go to a :class:`~ssl_bench.results.RunWriter` (one atomic run directory); per-epoch
+records to its ``metrics.jsonl``.  An interrupted run (error, Ctrl-C, SIGTERM, SIGKILL) leaves
+nothing in the results directory; its finished protocols and training checkpoints stay in
+``<results>/.cache/runs/<hash>/``, so running the same command again (``resume=True``)
+continues where it stopped.  Under ``torchrun`` every rank runs this function and only rank
+0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as D
+from .checkpoint import atomic_write_text, save_model
+from .components import BuildContext, Clip
+from .config import ConfigError, config_hash, instantiate_config
+from .protocols.data import SplitData, SpecDataset, label_targets, normalize
+from .registry import get_registry
+from .train import STOP, FitResult, configure_backends, peak_memory_mb
+
+PROTOCOLS = ("pretrain", "finetune", "linear")
+MODEL_SLOTS = ("frontend", "encoder", "masker", "decoder", "objective")
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
+
+
+# --------------------------------------------------------------------------- helpers
+def cache_root(results_root: str | Path) -> Path:
+    """Where features, pretrained encoders and embeddings are cached: ``$SSL_BENCH_CACHE`` or
+    ``<results_root>/.cache``."""
+    env = os.environ.get("SSL_BENCH_CACHE")
+    return Path(env) if env else Path(results_root) / ".cache"
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def flops_per_sample(fn, spec: torch.Tensor) -> float | None:
+    """Analytic FLOPs of ``fn(spec)`` per example (``torch.utils.flop_counter``, matmuls and
+    attention), counted on a batch of one."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        fn(spec[:1])
+    total = counter.get_total_flops()
+    return float(total) if total else None
+
+
+def compute_columns(*, parameters: int, flops: float | None, fit: FitResult | None, wall_s: float,
+                    device: torch.device, world_size: int, samples_per_s: float | None = None,
+                    peak_mb: float | None = None) -> dict[str, Any]:
+    """The compute columns of a result row."""
+    gpu = device.type == "cuda"
+    return {
+        "parameters": int(parameters),
+        "flops_per_sample": flops,
+        "samples_per_s": round(float(samples_per_s if samples_per_s is not None
+                                     else (fit.samples_per_s if fit else 0.0)), 3),
+        "wall_s": round(float(wall_s), 3),
+        "gpu_hours": round(wall_s * world_size / 3600.0, 6) if gpu else 0.0,
+        "peak_memory_mb": round(float(peak_mb if peak_mb is not None else peak_memory_mb(device)), 1),
+        "world_size": int(world_size),
+        "device": torch.cuda.get_device_name(device) if gpu else "cpu",
+    }
+
+
+def _spec_probe(num_frames: int, num_bins: int, device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, num_frames, num_bins, device=device)
+
+
+class _NullWriter:
+    """What ranks other than 0 write to: nothing."""
+
+    dir = None
+    final_dir = None
+
+    def __enter__(self) -> "_NullWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+    def log(self, message: str) -> None:
+        pass
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def add_row(self, **row: Any) -> dict[str, Any]:
+        return row
+
+
+def _corpus_clips(folder: str | Path) -> list[Clip]:
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"pretrain.corpus: {root} is not a directory of audio files")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise ConfigError(f"pretrain.corpus: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {root}")
+    return [Clip(path=p, labels=(), key=str(p.relative_to(root))) for p in files]
+
+
+def _mean_std(features: Any, indices: Iterable[int], max_frames: int = 2_000_000) -> tuple[float, float]:
+    """Mean and std over every frame and bin of ``features[i]`` for ``i`` in ``indices``."""
+    indices = list(indices)
+    if not indices:
+        raise ValueError("cannot compute normalisation statistics without training clips")
+    total_frames = sum(int(features[i].shape[0]) for i in indices[:50]) * len(indices) / min(len(indices), 50)
+    step = max(1, int(np.ceil(total_frames / max_frames)))
+    n, s, ss = 0, 0.0, 0.0
+    for i in indices[::step]:
+        x = features[i].double()
+        n += x.numel()
+        s += float(x.sum())
+        ss += float((x * x).sum())
+    mean = s / n
+    return mean, float(np.sqrt(max(ss / n - mean * mean, 1e-12)))
+
+
+def _build_frontend(config: dict[str, Any], registry) -> Any:
+    node = config["frontend"]
+    entry = registry.get("frontend", node["name"])
+    return entry.factory(instantiate_config(registry, "frontend", node), BuildContext())
+
+
+def _audio_digest(clips: Sequence[Clip]) -> str:
+    return hashlib.sha256("\n".join(sorted(str(c.path) for c in clips)).encode()).hexdigest()
+
+
+def pretrain_hash(config: dict[str, Any], clips: Sequence[Clip]) -> str:
+    """Hash of what determines a pretrained encoder: model slots, pretrain settings (minus
+    bookkeeping), seed, and the audio it sees."""
+    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "checkpoint_every")}
+    payload = {
+        "model": config.get("model"),
+        "slots": {s: config.get(s) for s in MODEL_SLOTS},
+        "pretrain": pre,
+        "seed": config.get("seed"),
+        "audio": _audio_digest(clips),
+        "n": len(clips),
+    }
+    return config_hash(payload)
+
+
+# --------------------------------------------------------------------------- the experiment
+class _Experiment:
+    def __init__(self, config, *, data_dir, results_root, protocols, checkpoint, splits, resume, progress):
+        unknown = [p for p in protocols if p not in PROTOCOLS]
+        if unknown:
+            raise ConfigError(f"unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
+        if not config.get("task"):
+            raise ConfigError("run_experiment needs a config resolved with a task (config['task'])")
+        self.config = copy.deepcopy(config)
+        self.protocols = tuple(protocols)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise ConfigError(f"--checkpoint {self.checkpoint}: no such file")
+        if self.checkpoint is not None:
+            self.config["checkpoint"] = str(self.checkpoint)
+        self.data_dir, self.results_root = data_dir, Path(results_root)
+        self.split_names = list(splits) if splits else None
+        self.resume, self.progress = resume, progress
+        self.info = D.init(self.config.get("device"))
+        self.device = D.resolve_device(self.config.get("device"), self.info)
+        self.progress_main = progress and self.info.is_main
+        self.seed = int(self.config.get("seed", 0))
+        self.registry = get_registry()
+        self.cache = cache_root(self.results_root)
+        configure_backends(self.device, bool(self.config.get("deterministic")))
+
+    # ------------------------------------------------------------------ setup
+    def load_task(self) -> None:
+        self.task = self.registry.get("task", self.config["task"]).factory(data_dir=self.data_dir)
+        self.task.prepare()
+        all_splits = list(self.task.splits())
+        if self.split_names:
+            known = {s.name: s for s in all_splits}
+            missing = [n for n in self.split_names if n not in known]
+            if missing:
+                raise ConfigError(f"task {self.config['task']!r} has no split {', '.join(missing)}; "
+                                  f"splits: {', '.join(known)}")
+            all_splits = [known[n] for n in self.split_names]
+        if not all_splits:
+            raise ConfigError(f"task {self.config['task']!r} has no splits")
+        self.splits = all_splits
+        self.classes = list(self.task.classes)
+        self.multilabel = bool(self.task.multilabel)
+        self.metric_names = list(self.task.metrics)
+
+    def prepare_frontend(self) -> None:
+        frontend = _build_frontend(self.config, self.registry)
+        if self.config["frontend"].get("num_frames", "absent") is None:
+            if not hasattr(frontend, "num_frames_for"):
+                raise ConfigError(f"frontend {self.config['frontend']['name']!r} cannot size itself to the task's "
+                                  "clips (no num_frames_for); set frontend.num_frames")
+            self.config["frontend"]["num_frames"] = int(frontend.num_frames_for(float(self.task.clip_seconds)))
+            frontend = _build_frontend(self.config, self.registry)
+        self.frontend = frontend
+        self.num_frames = int(self.config["frontend"].get("num_frames") or frontend.num_frames)
+        self.num_bins = int(getattr(frontend, "num_bins", self.config["frontend"].get("num_bins", 128)))
+
+    def extract(self, clips: Sequence[Clip]):
+        from .features import extract
+
+        data = self.config.get("data", {})
+        cache_dir = self.cache / "features" if data.get("cache", True) else None
+        with D.main_first():
+            return extract(clips, self.frontend, clip_seconds=float(self.task.clip_seconds), cache_dir=cache_dir,
+                           device=self.device, batch_size=32, strict=bool(data.get("strict", False)),
+                           progress=self.progress_main)
+
+    def run_hash(self) -> str:
+        return config_hash({"config": self.config, "protocols": list(self.protocols),
+                            "splits": self.split_names, "data_dir": str(self.data_dir)})
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Path | None:
+        from .results import RunWriter, new_run_id
+
+        t0 = time.time()
+        with STOP.installed():
+            self.load_task()
+            self.prepare_frontend()
+            unique: dict[str, Clip] = {}
+            for split in self.splits:
+                for part in (split.train, split.valid or [], split.test):
+                    for clip in part:
+                        unique.setdefault(clip.key, clip)
+            self.features = self.extract(list(unique.values()))
+            self.feature_index = {clip.key: i for i, clip in enumerate(self.features.clips)}
+            self.skipped = {key for key, _ in self.features.skipped}
+            self.state_dir = self.results_root / ".cache" / "runs" / self.run_hash()
+            if not self.resume and self.info.is_main and self.state_dir.exists():
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+            D.barrier()
+            writer = (RunWriter(self.results_root, new_run_id(self.config), self.config, echo=self.progress)
+                      if self.info.is_main else _NullWriter())
+            with writer:
+                self.writer = writer
+                writer.log(f"task {self.task.name}: {len(self.splits)} split(s), {len(self.classes)} classes, "
+                           f"{len(self.features)} clips ({len(self.skipped)} skipped); device {self.device}, "
+                           f"world size {self.info.world_size}; protocols {', '.join(self.protocols)}")
+                for split in self.splits:
+                    self.run_split(split)
+                writer.log(f"done in {time.time() - t0:.1f} s")
+            if self.info.is_main:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+            D.barrier()
+        return writer.final_dir if self.info.is_main else None
+
+    def row(self, split_ctx: dict[str, Any], protocol: str, init: str, metrics: dict[str, float],
+            extra: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = []
+        for metric, value in metrics.items():
+            rows.append(dict(task=self.task.name, protocol=protocol, split=split_ctx["split"], seed=self.seed,
+                             init=init, metric=metric, value=float(value), **split_ctx["columns"], **extra))
+        return rows
+
+    def emit(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            self.writer.add_row(**r)
+
+    def cached_rows(self, split: str, key: str, compute) -> list[dict[str, Any]]:
+        """Rows of one protocol of one split: from the run's state dir when it already ran
+        (an interrupted run being resumed), else computed and recorded there."""
+        path = self.state_dir / split / f"{key}.json"
+        # rank 0 decides, so ranks without a shared filesystem still take the same branch
+        saved = D.broadcast_object(json.loads(path.read_text())["rows"] if self.resume and path.is_file() else None)
+        if saved is not None:
+            rows = saved
+            self.writer.log(f"[{split}] {key}: finished before the interruption; rows reused")
+        else:
+            rows = compute()
+            if self.info.is_main:
+                atomic_write_text(path, json.dumps({"rows": rows}, default=_jsonable))
+        self.emit(rows)
+        return rows
+
+    def run_split(self, split) -> None:
+        cfg = self.config
+        t_split = time.time()
+        train_clips, valid_clips = list(split.train), list(split.valid) if split.valid is not None else None
+        carved = valid_clips is None
+        if carved:
+            from .splits import carve_validation
+
+            fraction = float(cfg.get("data", {}).get("valid_fraction", 0.1))
+            train_clips, valid_clips = carve_validation(split.train, fraction, self.seed, self.multilabel)
+
+        def idx(clips: Sequence[Clip]) -> np.ndarray:
+            return np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index], dtype=np.int64)
+
+        train, valid, test = idx(train_clips), idx(valid_clips), idx(split.test)
+        n_skipped = sum(1 for part in (train_clips, valid_clips, split.test) for c in part if c.key in self.skipped)
+        if len(train) == 0 or len(test) == 0:
+            raise ConfigError(f"task {self.task.name!r} split {split.name!r}: no usable training or test clips "
+                              f"({n_skipped} skipped)")
+
+        # normalisation: config, else the task's, else this split's training features
+        fe = cfg["frontend"]
+        if fe.get("mean") is not None and fe.get("std") is not None:
+            mean, std, stats_from = float(fe["mean"]), float(fe["std"]), "config"
+        elif getattr(self.task, "norm_stats", None):
+            (mean, std), stats_from = self.task.norm_stats, "task"
+        else:
+            mean, std = _mean_std(self.features, train)
+            stats_from = "train split"
+        scfg = copy.deepcopy(cfg)
+        scfg["frontend"]["mean"], scfg["frontend"]["std"] = float(mean), float(std)
+
+        targets = label_targets(self.features.clips, len(self.classes), self.multilabel)
+        data = SplitData(self.features, train, valid, test, targets, len(self.classes), self.multilabel,
+                         self.metric_names, self.num_frames, name=split.name)
+        split_ctx = {
+            "split": split.name,
+            "columns": {"n_train": int(len(train)), "n_valid": int(len(valid)), "n_test": int(len(test)),
+                        "n_skipped": int(n_skipped), "split_protocol": getattr(self.task, "split_protocol", ""),
+                        "valid_source": "carved from train" if carved else "task"},
+        }
+        self.writer.log(f"[{split.name}] train {len(train)}, valid {len(valid)}{' (carved)' if carved else ''}, "
+                        f"test {len(test)}, skipped {n_skipped}; norm mean {mean:.4f} std {std:.4f} ({stats_from}); "
+                        f"{self.num_frames} frames")
+
+        from .model import build_model, load_checkpoint
+
+        torch.manual_seed(self.seed)
+        model = build_model(scfg, self.registry)
+        random_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.to(self.device)
+
+        init = "random"
+        if self.checkpoint is not None:
+            report = load_checkpoint(model, self.checkpoint, self.registry)
+            self.writer.log(f"[{split.name}] loaded {report}")
+            init = self.checkpoint.name
+        elif "pretrain" in self.protocols and scfg["pretrain"].get("enabled", True):
+            self.pretrain(model, scfg, split, split_ctx, list(split.train))
+            init = "pretrained"
+
+        if "finetune" in self.protocols and scfg["finetune"].get("enabled", True):
+            self.cached_rows(split.name, f"finetune-{init}", lambda: self.finetune(model, scfg, data, split_ctx, init))
+        if "linear" in self.protocols and scfg["linear"].get("enabled", True):
+            self.cached_rows(split.name, f"linear-{init}", lambda: self.linear(model, scfg, data, split_ctx, init))
+            if init != "random":
+                def random_probe() -> list[dict[str, Any]]:
+                    base = copy.deepcopy(model)
+                    base.load_state_dict(random_state, strict=False)
+                    return self.linear(base, scfg, data, split_ctx, "random")
+
+                self.cached_rows(split.name, "linear-random", random_probe)
+        self.writer.log(f"[{split.name}] done in {time.time() - t_split:.1f} s")
+
+    # ------------------------------------------------------------------ protocols
+    def pretrain(self, model: nn.Module, scfg: dict[str, Any], split, split_ctx, train_clips: list[Clip]) -> None:
+        from .protocols.pretrain import pretrain
+
+        corpus = scfg["pretrain"].get("corpus")
+        if corpus:
+            clips = _corpus_clips(corpus)
+            feats = self.extract(clips)
+            indices = np.arange(len(feats))
+        else:
+            clips, feats = train_clips, self.features
+            indices = np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index])
+        h = pretrain_hash(scfg, clips)
+        out_dir = self.cache / "pretrain" / h
+        final = out_dir / "pretrained.pt"
+        meta_path = out_dir / "meta.json"
+        t0 = time.time()
+        if D.broadcast_object(final.is_file() and meta_path.is_file()):
+            from .checkpoint import load_into
+
+            load_into(model, final, strict=True)
+            meta = json.loads(meta_path.read_text())
+            self.writer.log(f"[{split.name}] pretrain: reusing {final} (hash {h}, final loss {meta['loss']:.4f})")
+            reused = True
+        else:
+            ds = SpecDataset(feats, indices, self.num_frames)
+            result = pretrain(model, ds, scfg, device=self.device, checkpoint_dir=out_dir, resume=self.resume,
+                              progress=self.progress_main,
+                              log_metrics=lambda r: self.writer.metrics({"split": split.name, **r}))
+            probe = _spec_probe(self.num_frames, self.num_bins, self.device)
+            # a fixed mask: counting FLOPs must not consume the global RNG
+            mask = model.masker(1, model.grid(probe), model.encoder.layout, "cpu", torch.Generator().manual_seed(0))
+            flops = flops_per_sample(lambda s: model.forward_pretrain(normalize(model, s), mask), probe)
+            meta = {
+                "hash": h, "loss": result.final_loss, "epochs": result.epochs, "steps": result.steps,
+                "n_clips": len(indices), "corpus": corpus,
+                "compute": compute_columns(parameters=count_parameters(model), flops=flops, fit=result,
+                                           wall_s=result.wall_s, device=self.device,
+                                           world_size=self.info.world_size),
+            }
+            if self.info.is_main:
+                save_model(model, final, pretrain_hash=h)
+                atomic_write_text(meta_path, json.dumps(meta, indent=1, default=_jsonable))
+            D.barrier()
+            reused = False
+            self.writer.log(f"[{split.name}] pretrain: {result.epochs} epochs, final loss {result.final_loss:.4f}, "
+                            f"{result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
+        rows = self.row(split_ctx, "pretrain", "random", {"loss": meta["loss"]},
+                        {**meta["compute"], "reused": reused, "pretrain_hash": h, "n_pretrain": meta["n_clips"]})
+        self.emit(rows)
+
+    def finetune(self, model: nn.Module, scfg, data: SplitData, split_ctx, init: str) -> list[dict[str, Any]]:
+        from .protocols.finetune import finetune
+
+        t0 = time.time()
+        m = copy.deepcopy(model)
+        ckpt_dir = self.state_dir / split_ctx["split"] / f"finetune-{init}"
+        res = finetune(m, data, scfg, device=self.device, checkpoint_dir=ckpt_dir, resume=self.resume,
+                       progress=self.progress_main,
+                       log_metrics=lambda r: self.writer.metrics({"split": split_ctx["split"], "init": init, **r}))
+        m.eval()
+        flops = flops_per_sample(lambda s: m.classify(normalize(m, s)),
+                                 _spec_probe(self.num_frames, self.num_bins, self.device))
+        wall = time.time() - t0
+        extra = {
+            **compute_columns(parameters=count_parameters(m, trainable_only=True), flops=flops, fit=res.fit,
+                              wall_s=wall, device=self.device, world_size=self.info.world_size),
+            "best_epoch": res.best_epoch, "selection": res.selection,
+            **{f"valid_{k}": v for k, v in res.valid.items()},
+        }
+        self.writer.log(f"[{split_ctx['split']}] finetune ({init}): best epoch {res.best_epoch} by valid "
+                        f"{res.metric} {res.valid.get(res.metric, float('nan')):.4f}; test "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in res.test.items()) + f" ({wall:.1f} s)")
+        return self.row(split_ctx, "finetune", init, res.test, extra)
+
+    def linear(self, model: nn.Module, scfg, data: SplitData, split_ctx, init: str) -> list[dict[str, Any]]:
+        from .protocols.probe import linear_probe
+
+        t0 = time.time()
+        res = linear_probe(model, data, scfg, device=self.device, cache_dir=self.cache / "embeddings",
+                           progress=self.progress_main,
+                           log_metrics=lambda r: self.writer.metrics({"split": split_ctx["split"], "init": init, **r}))
+        if res is None:  # not rank 0
+            return []
+        model.eval()
+        flops = flops_per_sample(lambda s: model.embed(normalize(model, s)),
+                                 _spec_probe(self.num_frames, self.num_bins, self.device))
+        wall = time.time() - t0
+        n = len(data.train) + len(data.valid) + len(data.test)
+        extra = {
+            **compute_columns(parameters=count_parameters(model.encoder), flops=flops, fit=None, wall_s=wall,
+                              device=self.device, world_size=self.info.world_size,
+                              samples_per_s=n / wall if wall > 0 else 0.0),
+            "C": res.C, "selection": res.selection, "embeddings_cached": res.from_cache,
+            **{f"valid_{k}": v for k, v in res.valid.items()},
+        }
+        self.writer.log(f"[{split_ctx['split']}] linear ({init}): C={res.C:g} by valid {res.metric} "
+                        f"{res.valid.get(res.metric, float('nan')):.4f}; test "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in res.test.items()) + f" ({wall:.1f} s)")
+        return self.row(split_ctx, "linear", init, res.test, extra)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def run_experiment(
+    config: dict[str, Any],
+    *,
+    data_dir: str | Path | None = None,
+    results_root: str | Path = "results",
+    protocols: Sequence[str] = PROTOCOLS,
+    checkpoint: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> Path | None:
+    """Run ``protocols`` of a resolved ``config`` (with ``config["task"]`` set) on every split.
+
+    Returns the run directory on rank 0 (``None`` on other torchrun ranks).  ``checkpoint``
+    replaces pretraining with a checkpoint file (official or ssl-bench); ``splits`` restricts
+    the splits by name; ``resume`` continues an interrupted identical run (and an interrupted
+    pretraining) instead of starting over.  See the module docstring.
+    """
+    return _Experiment(config, data_dir=data_dir, results_root=results_root, protocols=protocols,
+                       checkpoint=checkpoint, splits=splits, resume=resume, progress=progress).run()

@@ -1,0 +1,209 @@
+"""run_experiment end to end on a tiny task with the real AudioMAE components (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ssl_bench import hookimpl, results
+from ssl_bench.components import Clip, Split
+from ssl_bench.config import resolve
+from ssl_bench.registry import Registry, set_registry
+from ssl_bench import runner as runner_mod
+from ssl_bench.runner import pretrain_hash, run_experiment
+from taskfixtures import tone, write_wav
+
+CLASSES = ["low", "mid", "high"]
+PER_CLASS = 12
+
+
+class TinyTones:
+    """Three tone classes, 0.5 s clips, two folds; the validation set is carved from train."""
+
+    name = "tinytones"
+    multilabel = False
+    sample_rate = 16000
+    clip_seconds = 0.5
+    metrics = ["accuracy"]
+    split_protocol = "2 folds, leave-one-fold-out"
+    norm_stats = None
+
+    def __init__(self, data_dir=None):
+        self.root = Path(data_dir)
+        self.classes = list(CLASSES)
+
+    def prepare(self) -> None:
+        for c in range(len(CLASSES)):
+            for k in range(PER_CLASS):
+                path = self.root / f"{c}-{k}.wav"
+                if not path.exists():
+                    write_wav(path, tone(c, self.clip_seconds, self.sample_rate, seed=k), self.sample_rate)
+
+    def splits(self) -> list[Split]:
+        clips = [Clip(self.root / f"{c}-{k}.wav", (c,), f"{c}-{k}.wav")
+                 for c in range(len(CLASSES)) for k in range(PER_CLASS)]
+        return [Split(f"fold{f + 1}", [c for i, c in enumerate(clips) if i % 2 != f],
+                      [c for i, c in enumerate(clips) if i % 2 == f]) for f in range(2)]
+
+
+class TinyTonesPlugin:
+    @staticmethod
+    @hookimpl
+    def register_tasks(register):
+        register("tinytones", TinyTones)
+
+
+SMALL = {
+    "encoder.dim": 32, "encoder.depth": 1, "encoder.heads": 2,
+    "decoder.dim": 32, "decoder.depth": 1, "decoder.heads": 2,
+    "frontend.num_frames": None, "frontend.mean": None, "frontend.std": None,
+    "pretrain.epochs": 2, "pretrain.batch_size": 8, "pretrain.warmup_epochs": 1,
+    "finetune.epochs": 2, "finetune.batch_size": 8, "finetune.warmup_epochs": 1,
+    "linear.C": [0.1, 10.0], "data.valid_fraction": 0.25,
+}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP spin on a busy machine
+    reg = Registry()
+    reg.add_plugin(TinyTonesPlugin, name="tinytones")
+    old = set_registry(reg)
+    yield reg
+    set_registry(old)
+    torch.set_num_threads(torch_threads)
+
+
+def config(registry, **extra):
+    return resolve("audiomae", preset="tiny", task="tinytones", overrides={**SMALL, **extra}, registry=registry)
+
+
+@pytest.fixture(scope="module")
+def first_run(registry, tmp_path_factory):
+    """One full run; the pretraining datasets it built are recorded."""
+    root = tmp_path_factory.mktemp("results")
+    data = tmp_path_factory.mktemp("tinytones")
+    seen = []
+    import ssl_bench.protocols.pretrain as pre
+
+    original = pre.pretrain
+
+    def spy(model, dataset, cfg, **kw):
+        seen.append({dataset.features.clips[int(i)].key for i in dataset.indices})
+        return original(model, dataset, cfg, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pre, "pretrain", spy)
+    try:
+        run_dir = run_experiment(config(registry), data_dir=data, results_root=root, progress=False)
+    finally:
+        mp.undo()
+    return {"root": root, "data": data, "dir": run_dir, "pretrain_indices": seen}
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "result.json").read_text())["rows"]
+
+
+def test_rows_for_every_protocol_and_split(first_run):
+    rows = _rows(first_run["dir"])
+    got = {(r["split"], r["protocol"], r["init"], r["metric"]) for r in rows}
+    for split in ("fold1", "fold2"):
+        assert (split, "pretrain", "random", "loss") in got
+        assert (split, "finetune", "pretrained", "accuracy") in got
+        assert (split, "linear", "pretrained", "accuracy") in got
+        assert (split, "linear", "random", "accuracy") in got  # the baseline row
+    for r in rows:
+        for col in ("n_train", "n_valid", "n_test", "n_skipped", "split_protocol", "parameters", "flops_per_sample",
+                    "samples_per_s", "wall_s", "gpu_hours", "peak_memory_mb", "world_size", "device"):
+            assert col in r, col
+        assert r["n_test"] == 18 and r["n_train"] + r["n_valid"] == 18 and r["n_skipped"] == 0
+        assert r["world_size"] == 1 and r["device"] == "cpu"
+        if r["protocol"] != "pretrain":
+            assert 0.0 <= r["value"] <= 1.0
+    ft_rows = [r for r in rows if r["protocol"] == "finetune"]
+    assert all(r["selection"] == "valid" and 1 <= r["best_epoch"] <= 2 for r in ft_rows)
+    assert all(r["flops_per_sample"] > 0 for r in rows)
+    # the resolved config holds the model length the task's clip length implies
+    saved = yaml.safe_load((first_run["dir"] / "config.yaml").read_text())
+    assert saved["frontend"]["num_frames"] == 64
+    # per-epoch metrics: 2 pretrain + 2 finetune epochs per split, plus the probe records
+    records = [json.loads(line) for line in (first_run["dir"] / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["protocol"] == "pretrain" for r in records) == 4
+    assert sum(r["protocol"] == "finetune" for r in records) == 4
+    assert all("valid_accuracy" in r for r in records if r["protocol"] == "finetune")
+    # results.load sees one run with every row
+    df = results.load(first_run["root"])
+    assert len(df) == len(rows) and set(df["init"]) == {"random", "pretrained"}
+
+
+def test_pretraining_sees_only_training_audio(first_run):
+    splits = TinyTones(first_run["data"]).splits()
+    seen = first_run["pretrain_indices"]
+    assert len(seen) == 2
+    for split, used_keys in zip(splits, seen):
+        assert used_keys == {c.key for c in split.train}  # all training audio (valid is carved from it) ...
+        assert not used_keys & {c.key for c in split.test}  # ... and never a test clip
+    rows = _rows(first_run["dir"])
+    hashes = {r["split"]: r["pretrain_hash"] for r in rows if r["protocol"] == "pretrain"}
+    assert hashes["fold1"] != hashes["fold2"]  # different training audio, different encoder
+
+
+def test_pretraining_is_reused_when_the_hash_matches(first_run, registry):
+    run2 = run_experiment(config(registry), data_dir=first_run["data"], results_root=first_run["root"],
+                          protocols=("pretrain", "linear"), progress=False)
+    rows1, rows2 = _rows(first_run["dir"]), _rows(run2)
+    pre2 = [r for r in rows2 if r["protocol"] == "pretrain"]
+    assert len(pre2) == 2 and all(r["reused"] for r in pre2)
+    def lin(rows):
+        return {(r["split"], r["init"]): r["value"] for r in rows if r["protocol"] == "linear"}
+
+    assert lin(rows2) == lin(rows1)  # same encoder weights, same probe
+    assert all(r["embeddings_cached"] for r in rows2 if r["protocol"] == "linear")
+    # another masking ratio is another pretraining
+    cfg = config(registry, **{"masker.ratio": 0.5})
+    cfg_default = config(registry)
+    clips = TinyTones(first_run["data"]).splits()[0].train
+    assert pretrain_hash(cfg, clips) != pretrain_hash(cfg_default, clips)
+    # bookkeeping settings do not change the hash
+    assert pretrain_hash(config(registry, **{"pretrain.checkpoint_every": 5}), clips) == \
+        pretrain_hash(cfg_default, clips)
+
+
+def test_a_checkpoint_replaces_pretraining(first_run, registry, tmp_path):
+    cache = Path(runner_mod.cache_root(first_run["root"])) / "pretrain"
+    ckpt = sorted(cache.glob("*/pretrained.pt"))[0]
+    run = run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, protocols=("linear",),
+                         checkpoint=ckpt, splits=["fold2"], progress=False)
+    rows = _rows(run)
+    assert {(r["split"], r["init"]) for r in rows} == {("fold2", "pretrained.pt"), ("fold2", "random")}
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["checkpoint"] == str(ckpt)
+
+
+def test_nothing_is_left_in_results_after_an_error(first_run, registry, tmp_path, monkeypatch):
+    def boom(self, *a, **kw):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(runner_mod._Experiment, "linear", boom)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path,
+                       protocols=("linear",), progress=False)
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".cache"] == []
+    assert results.load(tmp_path).empty
+
+
+def test_bad_split_and_protocol_names(first_run, registry, tmp_path):
+    with pytest.raises(ValueError, match="no split fold9"):
+        run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, splits=["fold9"],
+                       progress=False)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, protocols=("knn",),
+                       progress=False)
+    assert not np.any([p.name for p in tmp_path.iterdir() if p.name != ".cache"])
