@@ -144,9 +144,10 @@ def test_registered_with_presets_and_recipes():
     assert (base["encoder"]["dim"], base["encoder"]["depth"], base["encoder"]["heads"]) == (768, 12, 12)
     assert base["encoder"]["eps"] == 1e-6 and base["encoder"]["freq_stride"] == base["encoder"]["time_stride"] == 10
     assert base["pretrain"]["enabled"] is False and base["masker"] is None
+    assert base["frontend"]["num_frames"] is None  # follows the task's clip length
     small = resolve("ast", preset="small")
     assert (small["encoder"]["dim"], small["encoder"]["heads"]) == (384, 6)
-    esc = resolve("ast", preset="tiny", task="esc50")
+    esc = resolve("ast", task="esc50")
     assert esc["finetune"]["lr"] == 1e-5 and esc["finetune"]["epochs"] == 25 and esc["finetune"]["batch_size"] == 48
     assert (esc["finetune"]["specaug_freq"], esc["finetune"]["specaug_time"]) == (24, 96)
     assert esc["frontend"]["num_frames"] == 512 and esc["frontend"]["mean"] == pytest.approx(-6.6268077)

@@ -19,6 +19,7 @@ def _stats(stats: tuple[float, float]) -> dict[str, float]:
 #: What every AST fine-tuning run shares with the original pipeline (src/traintest.py):
 #: Adam betas (0.95, 0.999), weight decay 5e-7, no layer-wise decay, no stochastic depth.
 SETTINGS = {
+    "frontend.num_frames": None,  # follow the task's clip length (the recipes set the original's)
     "pretrain.enabled": False,  # the supervised baseline: no self-supervised stage
     "finetune.betas": (0.95, 0.999),
     "finetune.weight_decay": 5e-7,
@@ -28,8 +29,13 @@ SETTINGS = {
 }
 
 PRESETS = {
-    # seconds on a laptop CPU: tests and smoke runs
-    "tiny": {"encoder.dim": 64, "encoder.depth": 2, "encoder.heads": 4},
+    # seconds on a laptop CPU: a 2-block encoder and protocols sized for the embedded
+    # synthetic task (a few dozen 2 s clips per fold)
+    "tiny": {
+        "encoder.dim": 64, "encoder.depth": 2, "encoder.heads": 4,
+        "finetune.epochs": 15, "finetune.warmup_epochs": 1, "finetune.batch_size": 16, "finetune.lr": 5e-4,
+        "finetune.min_lr": 1e-5, "linear.batch_size": 32,
+    },
     # DeiT-S sizes
     "small": {"encoder.dim": 384, "encoder.depth": 12, "encoder.heads": 6},
     # DeiT-B, the published AST
