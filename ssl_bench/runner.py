@@ -424,8 +424,10 @@ class _Experiment:
                 atomic_write_text(meta_path, json.dumps(meta, indent=1, default=_jsonable))
             D.barrier()
             reused = False
-            self.writer.log(f"[{split.name}] pretrain: {result.epochs} epochs, final loss {result.final_loss:.4f}, "
-                            f"{result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
+            resumed = (f"resumed from epoch {result.resumed_from[0] + 1} step {result.resumed_from[1]}, "
+                       if result.resumed_from else "")
+            self.writer.log(f"[{split.name}] pretrain: {resumed}{result.epochs} epochs, final loss "
+                            f"{result.final_loss:.4f}, {result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
         rows = self.row(split_ctx, "pretrain", "random", {"loss": meta["loss"]},
                         {**meta["compute"], "reused": reused, "pretrain_hash": h, "n_pretrain": meta["n_clips"]})
         self.emit(rows)

@@ -10,70 +10,17 @@ import pytest
 import torch
 import yaml
 
-from ssl_bench import hookimpl, results
-from ssl_bench.components import Clip, Split
-from ssl_bench.config import resolve
-from ssl_bench.registry import Registry, set_registry
+from ssl_bench import results
 from ssl_bench import runner as runner_mod
+from ssl_bench.registry import set_registry
 from ssl_bench.runner import pretrain_hash, run_experiment
-from taskfixtures import tone, write_wav
-
-CLASSES = ["low", "mid", "high"]
-PER_CLASS = 12
-
-
-class TinyTones:
-    """Three tone classes, 0.5 s clips, two folds; the validation set is carved from train."""
-
-    name = "tinytones"
-    multilabel = False
-    sample_rate = 16000
-    clip_seconds = 0.5
-    metrics = ["accuracy"]
-    split_protocol = "2 folds, leave-one-fold-out"
-    norm_stats = None
-
-    def __init__(self, data_dir=None):
-        self.root = Path(data_dir)
-        self.classes = list(CLASSES)
-
-    def prepare(self) -> None:
-        for c in range(len(CLASSES)):
-            for k in range(PER_CLASS):
-                path = self.root / f"{c}-{k}.wav"
-                if not path.exists():
-                    write_wav(path, tone(c, self.clip_seconds, self.sample_rate, seed=k), self.sample_rate)
-
-    def splits(self) -> list[Split]:
-        clips = [Clip(self.root / f"{c}-{k}.wav", (c,), f"{c}-{k}.wav")
-                 for c in range(len(CLASSES)) for k in range(PER_CLASS)]
-        return [Split(f"fold{f + 1}", [c for i, c in enumerate(clips) if i % 2 != f],
-                      [c for i, c in enumerate(clips) if i % 2 == f]) for f in range(2)]
-
-
-class TinyTonesPlugin:
-    @staticmethod
-    @hookimpl
-    def register_tasks(register):
-        register("tinytones", TinyTones)
-
-
-SMALL = {
-    "encoder.dim": 32, "encoder.depth": 1, "encoder.heads": 2,
-    "decoder.dim": 32, "decoder.depth": 1, "decoder.heads": 2,
-    "frontend.num_frames": None, "frontend.mean": None, "frontend.std": None,
-    "pretrain.epochs": 2, "pretrain.batch_size": 8, "pretrain.warmup_epochs": 1,
-    "finetune.epochs": 2, "finetune.batch_size": 8, "finetune.warmup_epochs": 1,
-    "linear.C": [0.1, 10.0], "data.valid_fraction": 0.25,
-}
-
+from trainfixtures import TinyTones, tiny_config, tiny_registry
 
 @pytest.fixture(scope="module")
 def registry():
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP spin on a busy machine
-    reg = Registry()
-    reg.add_plugin(TinyTonesPlugin, name="tinytones")
+    reg = tiny_registry()
     old = set_registry(reg)
     yield reg
     set_registry(old)
@@ -81,7 +28,7 @@ def registry():
 
 
 def config(registry, **extra):
-    return resolve("audiomae", preset="tiny", task="tinytones", overrides={**SMALL, **extra}, registry=registry)
+    return tiny_config(registry, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_bench.components import TIME_MAJOR, BuildContext, Clip, EncoderOutput
+from ssl_bench import hookimpl
+from ssl_bench.components import TIME_MAJOR, BuildContext, Clip, EncoderOutput, Split
+from ssl_bench.config import resolve
 from ssl_bench.model import SSLModel
 from ssl_bench.protocols.data import SplitData
+from taskfixtures import tone, write_wav
 
 T, F = 8, 4
 
@@ -177,3 +180,69 @@ def toy_config(**sections) -> dict:
     for name, values in sections.items():
         cfg[name].update(values)
     return cfg
+
+
+# --------------------------------------------------------------------------- a tiny task
+CLASSES = ["low", "mid", "high"]
+
+
+class TinyTones:
+    """Three tone classes, 0.5 s clips, two folds; the validation set is carved from train."""
+
+    name = "tinytones"
+    multilabel = False
+    sample_rate = 16000
+    clip_seconds = 0.5
+    metrics = ["accuracy"]
+    split_protocol = "2 folds, leave-one-fold-out"
+    norm_stats = None
+    PER_CLASS = 12
+
+    def __init__(self, data_dir=None):
+        self.root = Path(data_dir)
+        self.classes = list(CLASSES)
+
+    def prepare(self) -> None:
+        for c in range(len(CLASSES)):
+            for k in range(self.PER_CLASS):
+                path = self.root / f"{c}-{k}.wav"
+                if not path.exists():
+                    write_wav(path, tone(c, self.clip_seconds, self.sample_rate, seed=k), self.sample_rate)
+
+    def splits(self) -> list[Split]:
+        clips = [Clip(self.root / f"{c}-{k}.wav", (c,), f"{c}-{k}.wav")
+                 for c in range(len(CLASSES)) for k in range(self.PER_CLASS)]
+        return [Split(f"fold{f + 1}", [c for i, c in enumerate(clips) if i % 2 != f],
+                      [c for i, c in enumerate(clips) if i % 2 == f]) for f in range(2)]
+
+
+class TinyTonesPlugin:
+    @staticmethod
+    @hookimpl
+    def register_tasks(register):
+        register("tinytones", TinyTones)
+
+
+#: AudioMAE at a few thousand parameters, for end-to-end runs in seconds.
+SMALL = {
+    "encoder.dim": 32, "encoder.depth": 1, "encoder.heads": 2,
+    "decoder.dim": 32, "decoder.depth": 1, "decoder.heads": 2,
+    "frontend.num_frames": None, "frontend.mean": None, "frontend.std": None,
+    "pretrain.epochs": 2, "pretrain.batch_size": 8, "pretrain.warmup_epochs": 1,
+    "finetune.epochs": 2, "finetune.batch_size": 8, "finetune.warmup_epochs": 1,
+    "linear.C": [0.1, 10.0], "data.valid_fraction": 0.25,
+}
+
+
+def tiny_config(registry=None, **extra) -> dict:
+    """The resolved ``audiomae`` tiny config, shrunk further, for the ``tinytones`` task."""
+    return resolve("audiomae", preset="tiny", task="tinytones", overrides={**SMALL, **extra}, registry=registry)
+
+
+def tiny_registry():
+    """The process registry (built-in plugins) plus the ``tinytones`` task."""
+    from ssl_bench.registry import Registry
+
+    reg = Registry()
+    reg.add_plugin(TinyTonesPlugin, name="tinytones")
+    return reg
