@@ -35,6 +35,10 @@ PRESETS = {
         "encoder.dim": 64, "encoder.depth": 2, "encoder.heads": 4,
         "finetune.epochs": 15, "finetune.warmup_epochs": 1, "finetune.batch_size": 16, "finetune.lr": 5e-4,
         "finetune.min_lr": 1e-5, "linear.batch_size": 32,
+        # used only when masked pretraining is switched on (see the plugin docstring)
+        "decoder.dim": 64, "decoder.depth": 2, "decoder.heads": 4,
+        "pretrain.epochs": 10, "pretrain.warmup_epochs": 1, "pretrain.batch_size": 16, "pretrain.blr": 1.5e-3,
+        "pretrain.checkpoint_every": 5,
     },
     # DeiT-S sizes
     "small": {"encoder.dim": 384, "encoder.depth": 12, "encoder.heads": 6},
