@@ -1,0 +1,605 @@
+"""``ssl-bench bench``: how fast the harness is, measured as ratios within one run.
+
+Four parts, each timed against its baseline in the same process (timings interleaved, best
+round kept, so a busy machine slows both sides alike):
+
+1. **frontend**: the batched ``kaldi-fbank`` frontend (CPU, and CUDA when present) against a
+   per-clip loop of ``torchaudio.compliance.kaldi.fbank`` on the CPU, on clips of 10 s;
+   clips/s, the ratio and the largest difference of the log-mel values;
+2. **pretraining step** (forward, backward, AdamW): our AudioMAE with the global decoder
+   against a reference assembled from timm's ``PatchEmbed`` and ``Block`` at the same sizes
+   and token counts (the official code is built on timm), and our shifted-window decoder;
+   samples/s, the ratio, analytic model FLOPs per sample and the model FLOPs utilisation
+   (MFU) against a matrix multiply measured in the same run;
+3. **data**: clips/s from the feature cache against decoding and transforming audio files,
+   and the fraction of a cached training epoch spent waiting for data;
+4. **peak memory**: CUDA allocator peak per model, and the process's peak RSS.
+
+:func:`run_bench` prints a table and returns (and writes) a flat dict of the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .components import Clip
+
+# Sizes: full run / --quick (CI).
+FRONTEND_CLIPS = (64, 4)
+FRONTEND_SECONDS = 10.0
+ROUNDS = (3, 2)
+PRETRAIN = {  # preset -> (batch, frames, steps per round) for full / quick
+    "tiny": ((16, 1024, 4), (4, 256, 1)),
+    "base": ((32, 1024, 6), (4, 1024, 1)),
+}
+PRETRAIN_DEFAULT = ((16, 1024, 4), (4, 256, 1))
+DATA_CLIPS = (64, 8)
+DATA_SECONDS = (10.0, 2.0)
+DATA_BATCH = (16, 4)
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run as asked (missing package, bad device); says what to do."""
+
+
+# --------------------------------------------------------------------------- helpers
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_best(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Best wall time (s) of each function over ``rounds`` rounds that alternate between them."""
+    best = {name: math.inf for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def _require_timm():
+    try:
+        import timm  # noqa: F401
+        from timm.layers import PatchEmbed
+        from timm.models.vision_transformer import Block
+    except ImportError as exc:
+        raise BenchError(
+            "the pretraining comparison needs timm (its reference model is built from timm's "
+            f"VisionTransformer blocks), which could not be imported ({exc}); install it with "
+            "`pip install timm==1.0.31 torchvision==0.26.0`"
+        ) from None
+    return timm, PatchEmbed, Block
+
+
+def gemm_flops_per_s(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """Achieved FLOP/s of a square matrix multiply: the peak that MFU is measured against."""
+    n = (8192 if not quick else 4096) if device.type == "cuda" else (1024 if not quick else 512)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 10 if device.type == "cuda" else 3
+    (a @ b).sum()  # warm-up
+    _sync(device)
+    best = math.inf
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2.0 * n**3 / best
+
+
+def _block_flops(tokens: int, dim: int, mlp_ratio: float, attended: int) -> float:
+    """Forward FLOPs of one transformer block: qkv + proj + MLP matmuls, and attention."""
+    linear = 2.0 * tokens * (4 * dim * dim + 2 * mlp_ratio * dim * dim)
+    attention = 4.0 * tokens * attended * dim  # q @ k^T and attn @ v
+    return linear + attention
+
+
+def pretrain_flops_per_sample(config: dict[str, Any], grid: tuple[int, int], kept: int, patch_dim: int,
+                              prefix: int = 1) -> float:
+    """Analytic training FLOPs (3 x forward) of one sample through an MAE encoder + decoder.
+
+    Counts the matrix multiplies (patch embedding over all patches, encoder blocks over the
+    visible tokens, decoder embedding, decoder blocks over every token, prediction head);
+    norms, softmax and elementwise work are left out, as usual for MFU.
+    """
+    enc, dec = config["encoder"], config["decoder"]
+    L = grid[0] * grid[1]
+    D, Dd = enc["dim"], dec["dim"]
+    n_enc = kept + prefix
+    fwd = 2.0 * L * patch_dim * D
+    fwd += enc["depth"] * _block_flops(n_enc, D, enc.get("mlp_ratio", 4.0), n_enc)
+    fwd += 2.0 * n_enc * D * Dd
+    name = dec["name"]
+    if name == "global":
+        n_dec = L + prefix
+        fwd += dec["depth"] * _block_flops(n_dec, Dd, dec.get("mlp_ratio", 4.0), n_dec)
+    else:
+        # windowed blocks attend within a window (the hybrid's last blocks globally)
+        window = dec.get("window", (4, 4))
+        cells = min(window[0], grid[0]) * min(window[1], grid[1])
+        global_depth = dec.get("global_depth", 0) if name == "hybrid" else 0
+        fwd += (dec["depth"] - global_depth) * _block_flops(L, Dd, dec.get("mlp_ratio", 4.0), cells)
+        fwd += global_depth * _block_flops(L, Dd, dec.get("mlp_ratio", 4.0), L)
+    fwd += 2.0 * L * Dd * patch_dim
+    return 3.0 * fwd
+
+
+# --------------------------------------------------------------------------- reference model
+def build_reference(config: dict[str, Any], num_frames: int, num_bins: int, mask_ratio: float) -> nn.Module:
+    """An MAE pretraining model assembled from timm parts at our model's sizes.
+
+    timm ``PatchEmbed`` (16 x 16, one channel), fixed position tables, MAE random masking
+    (noise, argsort, gather), timm ``Block``s over cls + visible tokens, a linear decoder
+    embedding, mask tokens restored by gather, timm ``Block``s with global attention over every
+    token, a linear head, and the normalised-pixel MSE on masked patches.
+    """
+    _, PatchEmbed, TimmBlock = _require_timm()
+    from functools import partial
+
+    enc, dec = config["encoder"], config["decoder"]
+    p = enc.get("patch_size", 16)
+    norm = partial(nn.LayerNorm, eps=1e-6)
+
+    class ReferenceMAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            D, Dd = enc["dim"], dec["dim"]
+            self.patch_embed = PatchEmbed(img_size=(num_frames, num_bins), patch_size=p, in_chans=1, embed_dim=D)
+            L = self.patch_embed.num_patches
+            self.L, self.p = L, p
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+            self.pos_embed = nn.Parameter(torch.randn(1, L + 1, D) * 0.02, requires_grad=False)
+            self.blocks = nn.ModuleList(
+                TimmBlock(D, enc["heads"], enc.get("mlp_ratio", 4.0), qkv_bias=True, norm_layer=norm)
+                for _ in range(enc["depth"])
+            )
+            self.norm = norm(D)
+            self.decoder_embed = nn.Linear(D, Dd)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
+            self.decoder_pos_embed = nn.Parameter(torch.randn(1, L + 1, Dd) * 0.02, requires_grad=False)
+            self.decoder_blocks = nn.ModuleList(
+                TimmBlock(Dd, dec["heads"], dec.get("mlp_ratio", 4.0), qkv_bias=True, norm_layer=norm)
+                for _ in range(dec["depth"])
+            )
+            self.decoder_norm = norm(Dd)
+            self.decoder_pred = nn.Linear(Dd, p * p)
+
+        def forward(self, spec: torch.Tensor) -> torch.Tensor:
+            B = spec.shape[0]
+            x = self.patch_embed(spec.unsqueeze(1)) + self.pos_embed[:, 1:]
+            keep = max(1, int(self.L * (1 - mask_ratio)))
+            ids_shuffle = torch.rand(B, self.L, device=spec.device).argsort(dim=1)
+            ids_restore = ids_shuffle.argsort(dim=1)
+            ids_keep = ids_shuffle[:, :keep]
+            x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+            mask = torch.ones(B, self.L, device=spec.device)
+            mask[:, :keep] = 0
+            mask = torch.gather(mask, 1, ids_restore)
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)
+            x = torch.cat([cls, x], dim=1)
+            for blk in self.blocks:
+                x = blk(x)
+            x = self.decoder_embed(self.norm(x))
+            tokens = torch.cat([x[:, 1:], self.mask_token.expand(B, self.L - keep, -1)], dim=1)
+            tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
+            x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+            for blk in self.decoder_blocks:
+                x = blk(x)
+            pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
+            # targets: 16 x 16 patches in the same (time-major) order as the patch embedding
+            n_t, n_f = num_frames // self.p, num_bins // self.p
+            target = spec[:, : n_t * self.p, : n_f * self.p].reshape(B, n_t, self.p, n_f, self.p)
+            target = target.permute(0, 1, 3, 2, 4).reshape(B, self.L, self.p * self.p).float()
+            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+            loss = (pred.float() - target).square().mean(-1)
+            return (loss * mask).sum() / mask.sum()
+
+    return ReferenceMAE()
+
+
+# --------------------------------------------------------------------------- parts
+def _frontend_factory():
+    from .registry import get_registry
+
+    return get_registry().get("frontend", "kaldi-fbank").factory
+
+
+def bench_frontend(device: torch.device, quick: bool) -> dict[str, Any]:
+    """Batched frontend vs a per-clip loop of ``kaldi.fbank`` on the CPU."""
+    import torchaudio.compliance.kaldi as kaldi
+
+    n_clips = FRONTEND_CLIPS[quick]
+    rounds = ROUNDS[quick]
+    factory = _frontend_factory()
+    frontend = factory(factory.Config(num_frames=None), None)
+    sr = frontend.sample_rate
+    g = torch.Generator().manual_seed(0)
+    n = int(FRONTEND_SECONDS * sr)
+    # Noise-like clips at different levels, with a DC offset (real recordings have one).
+    clips = torch.randn(n_clips, n, generator=g) * torch.logspace(-2.5, -0.5, n_clips)[:, None] + 0.01
+
+    def loop() -> list[torch.Tensor]:
+        return [
+            kaldi.fbank((c - c.mean())[None], htk_compat=True, sample_frequency=sr, use_energy=False,
+                        window_type="hanning", num_mel_bins=frontend.num_bins, dither=0.0, frame_shift=10)
+            for c in clips
+        ]
+
+    reference = torch.stack(loop())
+    batched = frontend.compute(clips)
+    times = interleaved_best({"loop": loop, "batched": lambda: frontend.compute(clips)}, rounds, torch.device("cpu"))
+    # The same comparison with both sides on one thread: the gain of the batched algorithm
+    # alone, without the thread pool (and without OpenMP contention on a busy machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = interleaved_best({"loop": loop, "batched": lambda: frontend.compute(clips)}, rounds,
+                                  torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    out = {
+        "frontend_clips": n_clips,
+        "frontend_loop_clips_per_s_1thread": n_clips / single["loop"],
+        "frontend_batched_clips_per_s_1thread": n_clips / single["batched"],
+        "frontend_speedup_1thread": single["loop"] / single["batched"],
+        "frontend_clip_seconds": FRONTEND_SECONDS,
+        "frontend_loop_clips_per_s": n_clips / times["loop"],
+        "frontend_batched_clips_per_s": n_clips / times["batched"],
+        "frontend_speedup": times["loop"] / times["batched"],
+        "frontend_max_abs_diff": float((batched - reference).abs().max()),
+    }
+    if device.type == "cuda":
+        fe = frontend.to(device)
+        clips_dev = clips.to(device)
+        fe.compute(clips_dev)  # cuFFT plans, kernels
+        cuda_out = fe.compute(clips_dev).cpu()
+        t = interleaved_best({"cuda": lambda: fe.compute(clips_dev)}, rounds + 2, device)["cuda"]
+        out.update({
+            "frontend_cuda_clips_per_s": n_clips / t,
+            "frontend_cuda_speedup": times["loop"] / t,
+            "frontend_cuda_max_abs_diff": float((cuda_out - reference).abs().max()),
+        })
+    return out
+
+
+def _pretrain_sizes(preset: str, quick: bool) -> tuple[int, int, int]:
+    return PRETRAIN.get(preset, PRETRAIN_DEFAULT)[quick]
+
+
+def _make_step(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], spec: torch.Tensor,
+               device: torch.device) -> Callable[[], None]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, **kwargs)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_of(spec)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_pretrain(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
+    """Our AudioMAE pretraining step (global and shifted-window decoders) vs the timm reference."""
+    from .model import create_model
+
+    _require_timm()
+    batch, frames, steps = _pretrain_sizes(preset, quick)
+    rounds = ROUNDS[quick]
+    torch.manual_seed(0)
+    ours = create_model("audiomae", preset=preset, decoder="global", **{"frontend.num_frames": frames}).to(device)
+    window = create_model("audiomae", preset=preset, decoder="shifted-window",
+                          **{"frontend.num_frames": frames}).to(device)
+    num_bins = ours.ctx.num_bins
+    grid = ours.ctx.grid
+    ratio = float(ours.config["masker"]["ratio"])
+    reference = build_reference(ours.config, frames, num_bins, ratio).to(device)
+    spec = torch.randn(batch, frames, num_bins, device=device)
+    L = grid[0] * grid[1]
+    kept = max(1, int(L * (1 - ratio)))
+
+    models = {
+        "ours": (ours, lambda s: ours.forward_pretrain(s).loss),
+        "reference": (reference, reference),
+        "shifted_window": (window, lambda s: window.forward_pretrain(s).loss),
+    }
+    steps_fns, peaks = {}, {}
+    for name, (model, loss_of) in models.items():
+        model.train()
+        step = _make_step(model, loss_of, spec, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(1 if quick else 2):  # warm-up: allocator, kernels, optimizer state
+            step()
+        _sync(device)
+        if device.type == "cuda":
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+        steps_fns[name] = (lambda step=step: [step() for _ in range(steps)])
+    times = interleaved_best(steps_fns, rounds, device)
+    per_s = {name: batch * steps / t for name, t in times.items()}
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = gemm_flops_per_s(device, dtype, quick)
+    patch_dim = ours.ctx.patch_dim
+    flops = pretrain_flops_per_sample(ours.config, grid, kept, patch_dim)
+    flops_window = pretrain_flops_per_sample(window.config, grid, kept, patch_dim)
+    out = {
+        "pretrain_batch": batch,
+        "pretrain_frames": frames,
+        "pretrain_tokens": L,
+        "pretrain_visible_tokens": kept,
+        "pretrain_samples_per_s": per_s["ours"],
+        "pretrain_reference_samples_per_s": per_s["reference"],
+        "pretrain_speedup_vs_reference": per_s["ours"] / per_s["reference"],
+        "pretrain_shifted_window_samples_per_s": per_s["shifted_window"],
+        "pretrain_shifted_window_vs_reference": per_s["shifted_window"] / per_s["reference"],
+        "model_flops_per_sample": flops,
+        "model_flops_per_sample_shifted_window": flops_window,
+        "gemm_flops_per_s": peak,
+        "gemm_dtype": str(dtype).replace("torch.", ""),
+        "mfu": flops * per_s["ours"] / peak,
+        "mfu_reference": flops * per_s["reference"] / peak,
+        "mfu_shifted_window": flops_window * per_s["shifted_window"] / peak,
+    }
+    for name, mb in peaks.items():
+        out[f"peak_memory_mb_{name}"] = mb
+    return out
+
+
+def _write_clips(root: Path, n: int, seconds: float, sr: int) -> list[Clip]:
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for i in range(n):
+        path = root / f"clip{i:03d}.wav"
+        t = np.arange(int(seconds * sr)) / sr
+        wave = 0.1 * rng.standard_normal(t.size) + 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)
+        sf.write(path, wave.astype(np.float32), sr, subtype="PCM_16")
+        clips.append(Clip(path=path, labels=(0,), key=path.name))
+    return clips
+
+
+def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
+    """Clips/s from the feature cache vs from audio files, and a cached epoch's data wait."""
+    from torch.utils.data import DataLoader
+
+    from .audio import fit_length, load_audio
+    from .features import extract
+    from .model import create_model
+    from .protocols.data import SpecDataset
+
+    n_clips, seconds, batch = DATA_CLIPS[quick], DATA_SECONDS[quick], DATA_BATCH[quick]
+    rounds = ROUNDS[quick]
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-bench-") as tmp:
+        root = Path(tmp)
+        factory = _frontend_factory()
+        frontend = factory(factory.Config(num_frames=None), None)
+        sr = frontend.sample_rate
+        clips = _write_clips(root, n_clips, seconds, sr)
+        num_frames = frontend.num_frames_for(seconds)
+        n_samples = int(seconds * sr)
+
+        t0 = time.perf_counter()
+        extract(clips, frontend, clip_seconds=seconds, cache_dir=root / "cache", batch_size=batch, progress=False)
+        build_s = time.perf_counter() - t0
+        features = extract(clips, frontend, clip_seconds=seconds, cache_dir=root / "cache", progress=False)
+        if not features.from_cache:
+            raise BenchError(f"the feature cache in {root / 'cache'} was not reused on the second read")
+
+        def from_audio() -> None:
+            for i in range(0, n_clips, batch):
+                waves = [fit_length(load_audio(c.path, sr), n_samples) for c in clips[i:i + batch]]
+                frontend.fit_frames(frontend.compute(torch.from_numpy(np.stack(waves))), num_frames)
+
+        dataset = SpecDataset(features, np.arange(len(features)), num_frames)
+
+        def from_cache() -> None:
+            for _ in DataLoader(dataset, batch_size=batch):
+                pass
+
+        times = interleaved_best({"audio": from_audio, "cache": from_cache}, rounds, torch.device("cpu"))
+
+        # A cached training epoch: how much of its time is spent waiting for the next batch.
+        torch.manual_seed(0)
+        model = create_model("audiomae", preset=preset, **{"frontend.num_frames": num_frames}).to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        kwargs = {"fused": True} if device.type == "cuda" else {}
+        opt = torch.optim.AdamW(params, lr=1e-4, **kwargs)
+        loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
+                            pin_memory=device.type == "cuda")
+
+        def epoch() -> tuple[float, float, int]:
+            wait, steps = 0.0, 0
+            _sync(device)
+            start = time.perf_counter()
+            it = iter(loader)
+            while True:
+                t = time.perf_counter()
+                item = next(it, None)
+                wait += time.perf_counter() - t
+                if item is None:
+                    break
+                spec = model.frontend.normalize(item["spec"].to(device, non_blocking=True))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    loss = model.forward_pretrain(spec).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                steps += 1
+            _sync(device)
+            return wait, time.perf_counter() - start, steps
+
+        epoch()  # warm-up
+        wait, total, steps = epoch()
+    return {
+        "data_clips": n_clips,
+        "data_clip_seconds": seconds,
+        "data_audio_clips_per_s": n_clips / times["audio"],
+        "data_cache_clips_per_s": n_clips / times["cache"],
+        "data_cache_speedup": times["audio"] / times["cache"],
+        "data_cache_build_s": build_s,
+        "data_epoch_steps": steps,
+        "data_epoch_s": total,
+        "data_wait_s": wait,
+        "data_wait_fraction": wait / total,
+    }
+
+
+# --------------------------------------------------------------------------- entry point
+def _versions() -> dict[str, Any]:
+    import torchaudio
+
+    try:
+        import timm
+
+        timm_version = timm.__version__
+    except ImportError:
+        timm_version = None
+    return {
+        "torch_version": torch.__version__,
+        "torchaudio_version": torchaudio.__version__,
+        "timm_version": timm_version,
+        "python_version": platform.python_version(),
+    }
+
+
+def _device_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        info["device_name"] = info["cpu"]
+    return info
+
+
+TABLE = [
+    ("frontend", "frontend_loop_clips_per_s", "per-clip kaldi.fbank loop (CPU), clips/s"),
+    ("frontend", "frontend_batched_clips_per_s", "batched kaldi-fbank (CPU), clips/s"),
+    ("frontend", "frontend_speedup", "speedup, batched CPU vs loop"),
+    ("frontend", "frontend_speedup_1thread", "speedup, both on one thread"),
+    ("frontend", "frontend_max_abs_diff", "max |batched - kaldi| (log-mel)"),
+    ("frontend", "frontend_cuda_clips_per_s", "batched kaldi-fbank (CUDA), clips/s"),
+    ("frontend", "frontend_cuda_speedup", "speedup, CUDA vs CPU loop"),
+    ("frontend", "frontend_cuda_max_abs_diff", "max |CUDA - kaldi| (log-mel)"),
+    ("pretrain", "pretrain_samples_per_s", "ours, global decoder, samples/s"),
+    ("pretrain", "pretrain_reference_samples_per_s", "timm reference, samples/s"),
+    ("pretrain", "pretrain_speedup_vs_reference", "speedup, ours vs reference"),
+    ("pretrain", "pretrain_shifted_window_samples_per_s", "ours, shifted-window decoder, samples/s"),
+    ("pretrain", "pretrain_shifted_window_vs_reference", "shifted-window vs reference"),
+    ("pretrain", "model_flops_per_sample", "model FLOPs per sample (train, global)"),
+    ("pretrain", "gemm_flops_per_s", "measured GEMM FLOP/s"),
+    ("pretrain", "mfu", "MFU, ours (global decoder)"),
+    ("pretrain", "mfu_reference", "MFU, reference"),
+    ("pretrain", "mfu_shifted_window", "MFU, shifted-window"),
+    ("data", "data_audio_clips_per_s", "decode + fbank from audio files, clips/s"),
+    ("data", "data_cache_clips_per_s", "feature cache, clips/s"),
+    ("data", "data_cache_speedup", "speedup, cache vs audio"),
+    ("data", "data_wait_fraction", "cached epoch: fraction waiting for data"),
+    ("memory", "peak_memory_mb_ours", "CUDA peak, ours (global), MiB"),
+    ("memory", "peak_memory_mb_reference", "CUDA peak, reference, MiB"),
+    ("memory", "peak_memory_mb_shifted_window", "CUDA peak, shifted-window, MiB"),
+    ("memory", "peak_rss_mb", "process peak RSS, MiB"),
+]
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The figures as an aligned text table (only those present)."""
+    lines = [f"ssl-bench bench: preset {results.get('preset')}, device {results.get('device')} "
+             f"({results.get('device_name')}), torch {results.get('torch_version')}, "
+             f"{'quick' if results.get('quick') else 'full'}"]
+    for part, key, label in TABLE:
+        if key not in results:
+            continue
+        value = results[key]
+        if key.endswith("flops_per_sample") or key.endswith("flops_per_s"):
+            text = f"{value / 1e9:,.2f} G"
+        elif "fraction" in key or key.startswith("mfu"):
+            text = f"{100 * value:.2f} %"
+        elif "diff" in key:
+            text = f"{value:.2e}"
+        else:
+            text = f"{value:,.2f}"
+        lines.append(f"  {part:<9} {label:<44} {text:>14}")
+    return "\n".join(lines)
+
+
+def run_bench(preset: str = "tiny", device: str | torch.device = "auto", quick: bool = False,
+              out: str | Path | None = None) -> dict[str, Any]:
+    """Run the four benchmark parts; print a table; write the figures as JSON to ``out``.
+
+    ``preset``: the AudioMAE size preset (``tiny``, ``base``, ...); ``device``: ``auto``,
+    ``cpu``, ``cuda``...; ``quick``: CI sizes (seconds on a CPU).  Raises :class:`BenchError`
+    when timm (needed for the reference model) is missing or the device is unavailable.
+    """
+    _require_timm()
+    dev = resolve_device(device)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"preset": preset, "quick": bool(quick)}
+    results.update(_device_info(dev))
+    results.update(_versions())
+    results.update(bench_frontend(dev, quick))
+    results.update(bench_pretrain(preset, dev, quick))
+    results.update(bench_data(preset, dev, quick))
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if dev.type == "cuda":
+        results["peak_memory_mb"] = max(v for k, v in results.items() if k.startswith("peak_memory_mb_"))
+    else:
+        results["peak_memory_mb"] = results["peak_rss_mb"]
+    results["bench_seconds"] = time.perf_counter() - started
+    print(format_table(results), flush=True)
+    if out is not None:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        print(f"wrote {path}", file=sys.stderr)
+    return results

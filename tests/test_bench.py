@@ -1,0 +1,86 @@
+"""``ssl-bench bench``: the quick run produces every figure, finite and positive."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ssl_bench import bench
+
+REQUIRED = [
+    "frontend_speedup", "frontend_max_abs_diff", "frontend_loop_clips_per_s", "frontend_batched_clips_per_s",
+    "pretrain_speedup_vs_reference", "pretrain_samples_per_s", "pretrain_reference_samples_per_s",
+    "pretrain_shifted_window_samples_per_s", "model_flops_per_sample", "gemm_flops_per_s", "mfu",
+    "data_audio_clips_per_s", "data_cache_clips_per_s", "data_wait_fraction", "peak_memory_mb", "peak_rss_mb",
+]
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    pytest.importorskip("timm")
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    # One thread: the figures are not checked here, and on a busy CI machine two-thread
+    # OpenMP regions can make the run many times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = bench.run_bench(preset="tiny", device="cpu", quick=True, out=out)
+    finally:
+        torch.set_num_threads(threads)
+    return results, out
+
+
+def test_quick_bench_figures(quick_results):
+    results, out = quick_results
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    for key in REQUIRED:
+        assert key in saved, key
+        value = saved[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+        if key == "frontend_max_abs_diff":
+            assert 0 <= value <= 1e-3
+        elif key == "data_wait_fraction":
+            assert 0 <= value < 1
+        else:
+            assert value > 0, (key, value)
+    assert 0 < saved["mfu"] < 1
+    assert saved["device"] == "cpu"
+    for key in ("torch_version", "torchaudio_version", "timm_version", "device_name"):
+        assert isinstance(saved[key], str) and saved[key]
+
+
+def test_flops_formula_matches_a_hand_count():
+    # one encoder block over 3 tokens (dim 4), one global decoder block over 5 tokens (dim 8)
+    config = {"encoder": {"dim": 4, "depth": 1, "mlp_ratio": 4.0},
+              "decoder": {"name": "global", "dim": 8, "depth": 1, "mlp_ratio": 4.0}}
+    grid, kept, patch = (2, 2), 2, 16
+    enc_block = 2 * 3 * (4 * 16 + 8 * 16) + 4 * 3 * 3 * 4
+    dec_block = 2 * 5 * (4 * 64 + 8 * 64) + 4 * 5 * 5 * 8
+    forward = 2 * 4 * 16 * 4 + enc_block + 2 * 3 * 4 * 8 + dec_block + 2 * 4 * 8 * 16
+    assert bench.pretrain_flops_per_sample(config, grid, kept, patch) == 3 * forward
+
+
+def test_missing_timm_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm" or name.startswith("timm."):
+            raise ImportError("No module named 'timm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(bench.BenchError, match="pip install timm"):
+        bench.run_bench(preset="tiny", device="cpu", quick=True)
+
+
+def test_unavailable_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(bench.BenchError, match="CUDA is not available"):
+        bench.resolve_device("cuda")
+    assert bench.resolve_device("auto").type == "cpu"
