@@ -90,7 +90,7 @@ def reconstruct(model: Any, audio_path: str | Path, out_png: str | Path, seed: i
             ("original", encoder.unpatchify(target, num_frames, num_bins)),
             (f"masked input ({int(mask.sum())}/{mask.shape[1]} patches hidden)",
              encoder.unpatchify(masked_input, num_frames, num_bins)),
-            (f"reconstruction (loss {float(out.loss):.3f})", encoder.unpatchify(pred, num_frames, num_bins)),
+            (f"reconstruction (loss {float(out.loss):.3f}" + ("; patch levels from the original)" if norm_pix else ")"), encoder.unpatchify(pred, num_frames, num_bins)),
             ("reconstruction + visible patches", encoder.unpatchify(pasted, num_frames, num_bins)),
         ]
     finally:
