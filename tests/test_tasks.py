@@ -515,3 +515,62 @@ def test_hear_bad_metadata(tmp_path):
     (root / "task_metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="embedding_type 'event' is not supported"):
         get_task("hear", root).prepare()
+
+
+# --------------------------------------------------------------------------- end to end
+#: One finetune epoch and a one-C linear probe on a 1-block encoder, cropped to 128 frames:
+#: enough to push every task through the real runner and CLI in a few seconds each.
+E2E = ["--model", "audiomae", "--preset", "tiny", "--protocols", "finetune,linear",
+       "--set", "finetune.epochs=1", "--set", "finetune.batch_size=4", "--set", "encoder.depth=1",
+       "--set", "linear.C=[1.0]", "--set", "frontend.num_frames=128", "--quiet"]
+
+
+def _fixture_esc50(root):
+    return fx.make_esc50(root, num_classes=2, per_fold=2)
+
+
+def _fixture_audioset(root):
+    return fx.make_audioset(root, per_split=8, missing=1)
+
+
+def _fixture_folder_multilabel(root):
+    return fx.make_folder_csv(root, multilabel=True, column="split", per_class=4)
+
+
+E2E_CASES = [
+    # task, fixture, --splits (None: all), expected split names, expected metrics, skipped per split
+    ("esc50", _fixture_esc50, "fold1,fold3", ["fold1", "fold3"], ["accuracy"], 0),
+    ("speechcommands", lambda r: fx.make_speechcommands(r, speakers=6), None, ["official"], ["accuracy"], 0),
+    ("audioset", _fixture_audioset, None, ["eval"], ["mAP", "AUC", "d_prime"], 2),
+    ("folder", _fixture_folder_multilabel, None, ["split"], ["mAP", "AUC", "d_prime"], 0),
+    ("folder", lambda r: fx.make_folder(r, per_class=5), "fold2", ["fold2"], ["accuracy", "mAP"], 0),
+    ("hear", lambda r: fx.make_hear(r, kfold=True, per_split=6), "fold01", ["fold01"], ["accuracy", "mAP"], 0),
+]
+
+
+@pytest.mark.filterwarnings("ignore::ssl_bench.tasks.common.MissingClipsWarning")  # asserted via n_skipped
+@pytest.mark.filterwarnings("ignore::ssl_bench.features.SkippedClipWarning")
+@pytest.mark.parametrize("task, build, splits, split_names, metrics, skipped", E2E_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(E2E_CASES)])
+def test_ssl_bench_run_finetune_and_linear_on_each_layout(tmp_path, capsys, task, build, splits, split_names,
+                                                          metrics, skipped):
+    from ssl_bench import results
+    from ssl_bench.cli import main
+
+    data = build(tmp_path / "data")
+    argv = ["run", "--task", task, "--data-dir", str(data), "--results", str(tmp_path / "res"), *E2E]
+    if splits:
+        argv += ["--splits", splits]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    df = results.load(tmp_path / "res")
+    assert set(df["task"]) == {task} and set(df["protocol"]) == {"finetune", "linear"}
+    assert sorted(set(df["split"])) == split_names
+    assert set(df["init"]) == {"random"}
+    expected = get_task(task, data)
+    for (protocol, split), rows in df.groupby(["protocol", "split"]):
+        assert list(rows["metric"]) == metrics, (protocol, split)
+        assert rows["value"].between(0, 1).all() or "d_prime" in metrics
+        assert set(rows["n_skipped"]) == {skipped}
+        assert set(rows["split_protocol"]) == {expected.split_protocol}
