@@ -414,16 +414,18 @@ def _install(tmp: Path, entry: Path) -> None:
             raise
 
 
-def norm_stats(features: FeatureSet, max_frames: int | None = 2_000_000) -> tuple[float, float]:
+def norm_stats(features: FeatureSet, max_frames: int | None = 2_000_000,
+               indices: Sequence[int] | None = None) -> tuple[float, float]:
     """``(mean, std)`` over every frame and bin of the raw log-mel features.
 
-    With more than ``max_frames`` frames in total, an evenly spaced subset of clips is used
-    (the statistics of a large corpus settle long before every clip is read).
+    ``indices`` restricts the statistics to those clips (a split's training clips).  With
+    more than ``max_frames`` frames in total, an evenly spaced subset of clips is used (the
+    statistics of a large corpus settle long before every clip is read).
     """
-    if len(features) == 0:
+    order = np.arange(len(features)) if indices is None else np.asarray(list(indices), dtype=np.int64)
+    if len(order) == 0:
         raise ValueError("cannot compute normalisation statistics of an empty feature set")
-    lengths = features.index[:, 2]
-    order = np.arange(len(features))
+    lengths = features.index[order, 2]
     if max_frames is not None and lengths.sum() > max_frames:
         step = int(np.ceil(lengths.sum() / max_frames))
         order = order[::step]

@@ -194,6 +194,8 @@ def test_norm_stats_equal_numpy_over_all_frames(clips):
     allx = np.concatenate([fs[i].numpy() for i in range(len(fs))]).astype(np.float64)
     mean, std = F.norm_stats(fs)
     assert mean == pytest.approx(allx.mean(), rel=1e-6) and std == pytest.approx(allx.std(), rel=1e-6)
+    part_mean, _ = F.norm_stats(fs, indices=[1, 3])
+    assert part_mean == pytest.approx(np.concatenate([fs[1].numpy(), fs[3].numpy()]).mean(), rel=1e-5)
     sub_mean, _ = F.norm_stats(fs, max_frames=200)  # every other clip
     assert sub_mean == pytest.approx(np.concatenate([fs[0].numpy(), fs[2].numpy()]).mean(), rel=1e-5)
 
