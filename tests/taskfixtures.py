@@ -111,7 +111,7 @@ def make_audioset(root: Path, per_split: int = 6, seconds: float = 1.0, sr: int 
     for split, csv_name in (("balanced_train", "balanced_train_segments.csv"),
                             ("unbalanced_train", "unbalanced_train_segments.csv"),
                             ("eval", "eval_segments.csv")):
-        lines = [f"# Segments csv created Sun Mar  5 10:54:31 2017",
+        lines = ["# Segments csv created Sun Mar  5 10:54:31 2017",
                  f"# num_ytids={per_split}, num_segs={per_split}, num_unique_labels=4, num_positive_labels=9",
                  "# YTID, start_seconds, end_seconds, positive_labels"]
         for i in range(per_split):
