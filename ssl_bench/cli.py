@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, parse_overrides, resolve
+    from .model import checkpoint_settings
     from .runner import run_experiment
 
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -111,11 +112,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.strict:
         extra["data.strict"] = True
     # resolve everything first: a typo in the last sweep value fails before any training
-    configs = [
-        resolve(args.model, preset=args.preset, task=task, files=args.config, overrides={**sweep, **extra})
-        for task in tasks
-        for sweep in sweeps
-    ]
+    configs = []
+    for task in tasks:
+        # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
+        ckpt = checkpoint_settings(args.model, args.checkpoint, task) if args.checkpoint else {}
+        for sweep in sweeps:
+            configs.append(resolve(args.model, preset=args.preset, task=task, files=args.config,
+                                   overrides={**ckpt, **sweep, **extra}))
     run_dirs = []
     for config in configs:
         run_dirs.append(
