@@ -5,7 +5,7 @@
 #   scripts/gpu_check.sh [OUT.json]          (default gpu_check.json)
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3); GPU_CHECK_DEVICE
-# (default cuda; "cpu" dry-runs the plumbing); GPU_CHECK_TESTS (default tests/);
+# (default cuda; "cpu" dry-runs the plumbing); GPU_CHECK_TESTS (default tests/; space-separated paths);
 # GPU_CHECK_TEST_TIMEOUT / GPU_CHECK_BENCH_TIMEOUT in seconds (default 150 / 120);
 # GPU_CHECK_PRESET (default base); GPU_CHECK_BENCH_ARGS (extra flags, e.g. --quick).  Wheels in .whl/ (packages the machine lacks, e.g.
 # soundfile) are installed first; the project is installed editable when it is not importable.
@@ -41,7 +41,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 echo "== tests on $DEVICE ($TESTS)"
 SSL_BENCH_TEST_DEVICE=$DEVICE timeout "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -p no:cacheprovider \
-    --junitxml="$WORK/junit.xml" "$TESTS" 2>&1 | tee "$WORK/pytest.log"
+    --junitxml="$WORK/junit.xml" $TESTS 2>&1 | tee "$WORK/pytest.log"
 TEST_RC=${PIPESTATUS[0]}
 
 echo "== benchmark: preset $PRESET on $DEVICE"

@@ -33,7 +33,13 @@ PREEMPHASIS = 0.97
 LOW_FREQ = 20.0  # Hz, Kaldi default
 #: Frames per CPU work item: keeps the [frames, 512] work arrays in the core's cache.  On
 #: CUDA the whole batch goes at once.
-CPU_CHUNK_FRAMES = 512
+CPU_CHUNK_FRAMES = 1024
+#: Above this many torch threads the CPU path uses OpenMP-parallel ops instead of a pool of
+#: single-threaded workers (which would queue on the GIL), on runs of CPU_WIDE_CHUNK_FRAMES.
+CPU_POOL_MAX_THREADS = 4
+CPU_WIDE_CHUNK_FRAMES = 2048
+#: Frames per CUDA batch (bounds the float64 work arrays to ~0.3 GB each).
+GPU_CHUNK_FRAMES = 65536
 #: Mel filters per band GEMM on the CPU.
 MEL_GROUP = 16
 
@@ -191,56 +197,87 @@ class KaldiFbank(Component):
                 f"waveform of {n} samples is shorter than one {self.cfg.frame_length_ms:g} ms frame "
                 f"({self.window_size} samples at {self.cfg.sample_rate} Hz)"
             )
+        num_frames = self.frames_for_samples(n)
+        out = torch.empty(waveform.shape[0], num_frames, self.cfg.num_bins, device=waveform.device,
+                          dtype=torch.float32)
         # The numbers must not depend on the caller's autocast (bf16 would cost ~1e-2).
         with torch.autocast(waveform.device.type, enabled=False):
-            wav = waveform.float()
-            # One full reduction per clip, as AudioMAE's loader computes ``waveform.mean()``:
-            # a row-wise batched mean rounds differently (~1e-9), and Kaldi's float32 output
-            # turns that into up to ~1e-3 in the weakest bands.
-            means = torch.stack([row.mean() for row in wav])
-            wav = wav - means[:, None]
-            num_frames = self.frames_for_samples(n)
-            out = torch.empty(wav.shape[0], num_frames, self.cfg.num_bins, device=wav.device, dtype=torch.float32)
-            if wav.device.type == "cpu":
-                self._compute_cpu(wav, out)
+            if waveform.device.type == "cuda":
+                self._compute_float64(waveform, out)
             else:
-                # GPUs take the whole batch at once.
-                frames = wav.unfold(1, self.window_size, self.window_shift)
-                padded = wav.new_zeros(wav.shape[0], num_frames, self.fft_size)
-                centred, work = torch.empty_like(frames), torch.empty_like(frames)
-                self._windowed_frames(frames, centred, work, padded)
-                self._log_mel(padded, out)
+                wav = waveform.float()
+                # One full reduction per clip, as AudioMAE's loader computes ``waveform.mean()``:
+                # a row-wise batched mean rounds differently (~1e-9), and Kaldi's float32 output
+                # turns that into up to ~1e-3 in the weakest bands.
+                means = torch.stack([row.mean() for row in wav])
+                wav = wav - means[:, None]
+                if wav.device.type == "cpu":
+                    self._compute_cpu(wav, out)
+                else:  # other accelerators: Kaldi's float32 steps on the whole batch
+                    frames = wav.unfold(1, self.window_size, self.window_shift)
+                    padded = wav.new_zeros(wav.shape[0], num_frames, self.fft_size)
+                    centred, work = torch.empty_like(frames), torch.empty_like(frames)
+                    self._windowed_frames(frames, centred, work, padded)
+                    self._log_mel(padded, out)
         return out[0] if single else out
 
-    def _compute_cpu(self, wav: torch.Tensor, out: torch.Tensor) -> None:
-        """CPU path: runs of frames small enough to stay in cache, spread over a thread pool.
+    def _compute_float64(self, waveform: torch.Tensor, out: torch.Tensor) -> None:
+        """CUDA path: Kaldi's steps in float64, whole batches of clips at once.
 
-        Each pool thread runs its chunk's ops single-threaded: one OpenMP region per op over
-        a few hundred kilobytes costs more in synchronisation than it gains, and on a busy
-        machine a two-thread region waits for whichever thread was descheduled.
+        cuFFT cannot round like the CPU FFT Kaldi's reference runs on, and in the weakest bands
+        of tonal clips Kaldi's float32 values carry rounding errors of a few 1e-3.  Computing in
+        float64 gives the exact values of Kaldi's formula instead, so the difference to
+        ``kaldi.fbank`` is Kaldi's own float32 error and never depends on the batch.
+        """
+        window = torch.hann_window(self.window_size, periodic=False, dtype=torch.float64, device=waveform.device)
+        banks = self.mel_banks.double()  # Kaldi computes its banks in float32 whatever the input
+        per_chunk = max(1, GPU_CHUNK_FRAMES // out.shape[1])
+        for start in range(0, waveform.shape[0], per_chunk):
+            wav = waveform[start:start + per_chunk].double()
+            wav = wav - wav.mean(dim=1, keepdim=True)
+            frames = wav.unfold(1, self.window_size, self.window_shift)
+            frames = frames - frames.mean(dim=-1, keepdim=True)
+            emphasised = torch.cat([frames[..., :1] * (1 - PREEMPHASIS),
+                                    frames[..., 1:] - PREEMPHASIS * frames[..., :-1]], dim=-1)
+            spectrum = torch.fft.rfft(emphasised * window, n=self.fft_size)
+            power = spectrum.real.square() + spectrum.imag.square()
+            mel = (power @ banks).clamp_min_(FLOAT_EPS).log_()
+            out[start:start + per_chunk] = mel
+
+    def _compute_cpu(self, wav: torch.Tensor, out: torch.Tensor) -> None:
+        """CPU path: runs of frames small enough to stay in cache, in one of two schedules.
+
+        With 2 to ``CPU_POOL_MAX_THREADS`` torch threads the runs go to a pool of that many
+        threads, each running its ops single-threaded: on a small machine an OpenMP region per
+        op over a few megabytes costs more in synchronisation than it gains, and when the
+        machine is busy a two-thread region waits for whichever thread was descheduled (20x
+        slower, measured).  With more threads the pool would queue on the GIL, so the runs are
+        done one after the other with every op spread over all threads (OpenMP), in longer
+        runs.  Both schedules round exactly alike.
         """
         batch, num_frames = out.shape[0], out.shape[1]
-        frames = wav.unfold(1, self.window_size, self.window_shift)  # [B, T, W], a view
-        step = max(1, CPU_CHUNK_FRAMES)
+        threads = torch.get_num_threads()
+        pooled = 2 <= threads <= CPU_POOL_MAX_THREADS
+        step = CPU_CHUNK_FRAMES if threads <= CPU_POOL_MAX_THREADS else CPU_WIDE_CHUNK_FRAMES
         if num_frames >= step:  # long clips: runs of frames within a clip
             jobs = [(i, i + 1, f0, min(f0 + step, num_frames))
                     for i in range(batch) for f0 in range(0, num_frames, step)]
         else:  # short clips: several whole clips per job
             per_job = step // num_frames
             jobs = [(i, min(i + per_job, batch), 0, num_frames) for i in range(0, batch, per_job)]
-        threads = torch.get_num_threads()
-        if threads <= 1 or len(jobs) == 1:
+        frames = wav.unfold(1, self.window_size, self.window_shift)  # [B, T, W], a view
+        if not pooled or len(jobs) == 1:
             for job in jobs:
-                self._cpu_chunk(frames, out, job, pin=False)
+                self._cpu_chunk(frames, out, job, step, pin=False)
             return
         try:
-            list(_cpu_pool(threads).map(lambda job: self._cpu_chunk(frames, out, job, pin=True), jobs))
+            list(_cpu_pool(threads).map(lambda job: self._cpu_chunk(frames, out, job, step, pin=True), jobs))
         finally:
             # A pool thread pinning itself to one thread also moved the default that threads
             # started later inherit; put it back.
             torch.set_num_threads(threads)
 
-    def _cpu_chunk(self, frames: torch.Tensor, out: torch.Tensor, job: tuple[int, int, int, int],
+    def _cpu_chunk(self, frames: torch.Tensor, out: torch.Tensor, job: tuple[int, int, int, int], step: int,
                    pin: bool) -> None:
         """Log-mel of frames ``f0:f1`` of clips ``i0:i1`` into ``out[i0:i1, f0:f1]``.
 
@@ -252,17 +289,16 @@ class KaldiFbank(Component):
         i0, i1, f0, f1 = job
         shape = (i1 - i0, f1 - f0)
         rows = shape[0] * shape[1]
-        centred, work, padded = self._thread_buffers()
+        centred, work, padded = self._thread_buffers(step)
         self._windowed_frames(frames[i0:i1, f0:f1], centred[:rows].view(*shape, -1), work[:rows].view(*shape, -1),
                               padded[:rows].view(*shape, -1))
         self._log_mel(padded[:rows].view(*shape, -1), out[i0:i1, f0:f1])
 
-    def _thread_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This thread's reusable work buffers (the FFT padding columns are only ever zero)."""
-        key = (CPU_CHUNK_FRAMES, self.fft_size, self.window_size)
+    def _thread_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This thread's reusable work buffers of ``rows`` frames (the FFT padding stays zero)."""
+        key = (rows, self.fft_size, self.window_size)
         cached = getattr(_THREAD_STATE, "buffers", None)
         if cached is None or cached[0] != key:
-            rows = max(1, CPU_CHUNK_FRAMES)
             cached = (key, torch.empty(rows, self.window_size), torch.empty(rows, self.window_size),
                       torch.zeros(rows, self.fft_size))
             _THREAD_STATE.buffers = cached
