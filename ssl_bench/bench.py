@@ -28,8 +28,9 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], rounds: int, device: tor
 
 def _require_timm():
     try:
-        import timm  # noqa: F401
+        import timm
         from timm.layers import PatchEmbed
         from timm.models.vision_transformer import Block
     except ImportError as exc:
@@ -237,7 +238,7 @@ def _frontend_factory():
 
 def bench_frontend(device: torch.device, quick: bool) -> dict[str, Any]:
     """Batched frontend vs a per-clip loop of ``kaldi.fbank`` on the CPU."""
-    import torchaudio.compliance.kaldi as kaldi
+    from torchaudio.compliance import kaldi
 
     n_clips = FRONTEND_CLIPS[quick]
     rounds = ROUNDS[quick]
@@ -564,14 +565,15 @@ TABLE = [
 
 def format_table(results: dict[str, Any]) -> str:
     """The figures as an aligned text table (only those present)."""
-    lines = [f"ssl-bench bench: preset {results.get('preset')}, device {results.get('device')} "
-             f"({results.get('device_name')}), torch {results.get('torch_version')}, "
-             f"{'quick' if results.get('quick') else 'full'}"]
+    header = (f"ssl-bench bench: preset {results.get('preset')}, device {results.get('device')} "
+              f"({results.get('device_name')}), torch {results.get('torch_version')}, "
+              f"{'quick' if results.get('quick') else 'full'}")
+    lines = [header]
     for part, key, label in TABLE:
         if key not in results:
             continue
         value = results[key]
-        if key.endswith("flops_per_sample") or key.endswith("flops_per_s"):
+        if key.endswith(("flops_per_sample", "flops_per_s")):
             text = f"{value / 1e9:,.2f} G"
         elif "fraction" in key or key.startswith("mfu"):
             text = f"{100 * value:.2f} %"

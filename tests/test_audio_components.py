@@ -6,9 +6,6 @@ import math
 
 import pytest
 import torch
-import torchaudio.compliance.kaldi as kaldi
-
-from ssl_bench.components import FREQ_MAJOR, TIME_MAJOR, BuildContext
 from ssl_bench.plugins.audio import (
     FrequencyMasker,
     KaldiFbank,
@@ -18,6 +15,9 @@ from ssl_bench.plugins.audio import (
     TimeMasker,
 )
 from ssl_bench.plugins.audio.frontend import FrontendError
+from torchaudio.compliance import kaldi
+
+from ssl_bench.components import FREQ_MAJOR, TIME_MAJOR, BuildContext
 from ssl_bench.registry import Registry
 
 SR = 16000

@@ -8,7 +8,7 @@ from .frontend import KaldiFbank
 from .maskers import FrequencyMasker, RandomMasker, TimeFrequencyMasker, TimeMasker
 from .objectives import MaskedMSE
 
-__all__ = ["KaldiFbank", "RandomMasker", "TimeMasker", "FrequencyMasker", "TimeFrequencyMasker", "MaskedMSE"]
+__all__ = ["FrequencyMasker", "KaldiFbank", "MaskedMSE", "RandomMasker", "TimeFrequencyMasker", "TimeMasker"]
 
 
 @hookimpl

@@ -161,10 +161,10 @@ class KaldiFbank(Component):
         """
         if seconds <= 0:
             raise ValueError(f"clip length must be positive, got {seconds} s")
-        frames = max(self.frames_for_samples(int(round(seconds * self.cfg.sample_rate))), 1)
+        frames = max(self.frames_for_samples(round(seconds * self.cfg.sample_rate)), 1)
         return int(math.ceil(frames / multiple) * multiple)
 
-    def with_length(self, num_frames: int | None) -> "KaldiFbank":
+    def with_length(self, num_frames: int | None) -> KaldiFbank:
         """The same frontend producing ``num_frames`` frames (``None``: all of them)."""
         out = KaldiFbank(dataclasses.replace(self.cfg, num_frames=num_frames), BuildContext())
         return out.to(self.window.device)
