@@ -199,9 +199,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import BenchError, run_bench
 
-    run_bench(preset=args.preset, device=args.device, quick=args.quick, out=args.out)
+    try:
+        run_bench(preset=args.preset, device=args.device, quick=args.quick, out=args.out)
+    except BenchError as exc:  # e.g. timm missing, or --device cuda without CUDA
+        print(f"ssl-bench: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
