@@ -338,8 +338,11 @@ class _Experiment:
         scfg["frontend"]["mean"], scfg["frontend"]["std"] = float(mean), float(std)
 
         targets = label_targets(self.features.clips, len(self.classes), self.multilabel)
+        weights = None
+        if callable(getattr(self.task, "train_weights", None)):  # class-balanced sampling (AudioSet-2M)
+            weights = np.asarray(self.task.train_weights([self.features.clips[i] for i in train]), dtype=np.float64)
         data = SplitData(self.features, train, valid, test, targets, len(self.classes), self.multilabel,
-                         self.metric_names, self.num_frames, name=split.name)
+                         self.metric_names, self.num_frames, name=split.name, train_weights=weights)
         split_ctx = {
             "split": split.name,
             "columns": {"n_train": int(len(train)), "n_valid": int(len(valid)), "n_test": int(len(test)),
@@ -404,7 +407,7 @@ class _Experiment:
             self.writer.log(f"[{split.name}] pretrain: reusing {final} (hash {h}, final loss {meta['loss']:.4f})")
             reused = True
         else:
-            ds = SpecDataset(feats, indices, self.num_frames)
+            ds = SpecDataset(feats, indices, self.num_frames, random_crop=True)
             result = pretrain(model, ds, scfg, device=self.device, checkpoint_dir=out_dir, resume=self.resume,
                               progress=self.progress_main,
                               log_metrics=lambda r: self.writer.metrics({"split": split.name, **r}))

@@ -55,6 +55,9 @@ CHECKPOINT_FORMAT = "ssl-bench-train"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "last.pt"
 
+#: Under torchrun, how often (in steps) the ranks agree on whether a SIGTERM/SIGINT arrived.
+STOP_CHECK_STEPS = 5
+
 #: Parameter-name endings that never get weight decay (besides 1-D tensors and biases).
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token")
 
@@ -112,12 +115,14 @@ class TrainConfig:
     @classmethod
     def from_sections(cls, section: dict[str, Any], run: dict[str, Any] | None = None, **extra: Any) -> "TrainConfig":
         """Pick the fields this class knows from a protocol section and the run settings."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for source in (run or {}, section, extra):
-            values.update({k: v for k, v in source.items() if k in names})
-        if "betas" in values and values["betas"] is not None:
-            values["betas"] = tuple(values["betas"])
+            values.update({k: v for k, v in source.items() if k in types})
+        for key, value in values.items():
+            values[key] = _coerce(key, value, str(types[key]))
+        if values.get("betas") is not None:
+            values["betas"] = tuple(_coerce("betas", b, "float") for b in values["betas"])
         return cls(**values)
 
     def check(self) -> None:
@@ -132,6 +137,19 @@ class TrainConfig:
             raise TrainConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise TrainConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+
+
+def _coerce(key: str, value: Any, kind: str) -> Any:
+    """Numbers given as text (YAML reads ``4e-3`` as a string) become numbers; else a clear error."""
+    if value is None or not isinstance(value, str):
+        return value
+    target = int if kind.startswith("int") else float if kind.startswith("float") else None
+    if target is None:
+        return value
+    try:
+        return target(float(value)) if target is int and float(value).is_integer() else target(value)
+    except ValueError:
+        raise TrainConfigError(f"{key}: expected a number, got {value!r}") from None
 
 
 # --------------------------------------------------------------------------- parameter groups
@@ -244,15 +262,19 @@ class WarmupCosine:
 class ShardedBatchSampler:
     """Yields this rank's micro-batches of index lists; a resumable ``DistributedSampler``.
 
-    Epoch ``e`` shuffles ``range(n)`` with ``seed + e`` and cuts it into ``n // batch_size``
-    global batches (the tail is dropped, as in MAE).  Global batch ``s`` is cut into
+    Epoch ``e`` shuffles ``range(n)`` with a generator seeded by ``(seed, e)`` and cuts it into
+    ``n // batch_size`` global batches (the tail is dropped, as in MAE).  With ``weights`` (or
+    ``num_samples``), an epoch instead draws ``num_samples`` (default ``n``) indices with
+    replacement, with probability proportional to ``weights`` (AudioMAE's class-balanced
+    ``WeightedRandomSampler`` for AudioSet-2M).  Global batch ``s`` is cut into
     ``accum_steps`` chunks and each chunk into ``world_size`` equal micro-batches, so the set of
     examples in a step, and the position (``offset``) of each example in it, do not depend on
     how many processes run.  ``set_epoch(e, start_step)`` resumes inside an epoch.
     """
 
     def __init__(self, n: int, batch_size: int, accum_steps: int = 1, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, weights: Sequence[float] | None = None,
+                 num_samples: int | None = None):
         if batch_size % (accum_steps * world_size):
             raise TrainConfigError(
                 f"batch_size {batch_size} is not divisible by accum_steps x world size = "
@@ -262,18 +284,27 @@ class ShardedBatchSampler:
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
         self.micro = batch_size // (accum_steps * world_size)
         self.epoch, self.start_step = 0, 0
+        self.weights = None
+        if weights is not None or num_samples is not None:
+            w = torch.ones(n, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+            if w.shape != (n,) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise TrainConfigError(f"sampling weights must be {n} finite non-negative numbers, not all zero")
+            self.weights = w
+        self.num_samples = int(num_samples) if num_samples is not None else n
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.n // self.batch_size
+        return self.num_samples // self.batch_size
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = epoch, start_step
 
     def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
         if not self.shuffle:
             return torch.arange(self.n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g)
 
     def offset(self, micro_index: int) -> int:
@@ -523,6 +554,8 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     stop: GracefulStop | None = None,
+    sample_weights: Sequence[float] | None = None,
+    epoch_size: int | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset`` (see the module docstring).
 
@@ -531,6 +564,8 @@ def fit(
     (validation) and may return metrics for the epoch record; ``state`` (anything with
     ``state_dict``/``load_state_dict``, e.g. a best-epoch tracker) is saved in checkpoints and
     restored on resume.  ``log_metrics(record)`` receives each epoch record on rank 0.
+    ``sample_weights``/``epoch_size``: draw ``epoch_size`` examples per epoch with replacement,
+    proportionally to the weights (class-balanced sampling) instead of a shuffle.
     With ``checkpoint_dir``, ``<dir>/last.pt`` is (re)written atomically every
     ``cfg.checkpoint_every`` epochs and at the end; with ``resume`` an existing one is loaded
     first, and a finished one returns at once.
@@ -542,12 +577,13 @@ def fit(
     stop = stop or STOP
     configure_backends(device, cfg.deterministic)
 
-    sampler = ShardedBatchSampler(len(dataset), cfg.batch_size, cfg.accum_steps, info.rank, info.world_size, cfg.seed)
+    sampler = ShardedBatchSampler(len(dataset), cfg.batch_size, cfg.accum_steps, info.rank, info.world_size, cfg.seed,
+                                  weights=sample_weights, num_samples=epoch_size)
     steps_per_epoch = sampler.steps_per_epoch
     if steps_per_epoch == 0:
         raise TrainConfigError(
-            f"{desc}: batch_size {cfg.batch_size} is larger than the {len(dataset)} training examples; "
-            "lower the batch size"
+            f"{desc}: batch_size {cfg.batch_size} is larger than the {sampler.num_samples} training examples "
+            "of an epoch; lower the batch size"
         )
     model.to(device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -603,13 +639,20 @@ def fit(
             step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
         runner = torch.compile(step_module) if cfg.compile else step_module
 
-        loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps DataLoader off the global RNG
+        # The loader draws its worker seed from its own generator, reseeded every epoch: the global
+        # RNG is not touched, and worker randomness (random crops) depends only on (seed, epoch).
+        # Workers are not persistent for the same reason.  Bit-identical resumes inside an epoch
+        # need num_workers=0 (then dataset randomness comes from the restored global RNG).
+        loader_gen = torch.Generator()
         loader = DataLoader(
             dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0, generator=loader_gen,
+            pin_memory=device.type == "cuda", generator=loader_gen,
         )
         is_main = info.is_main
-        checks_stop_every = 1 if not info.enabled else max(1, cfg.log_every)
+        # A stop request is a local flag; under torchrun the ranks must agree on the step they stop
+        # at, which costs a (tiny) all-reduce and a host sync: every few steps, not every step.
+        # torchrun gives its workers 30 s after forwarding SIGTERM, so "a few" stays small.
+        checks_stop_every = 1 if not info.enabled else max(1, min(cfg.log_every, STOP_CHECK_STEPS))
         samples_run, t_train = 0, 0.0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -623,6 +666,7 @@ def fit(
                 model.train()
                 t_epoch = time.perf_counter()
                 bar = _progress(steps_per_epoch, step0, f"{desc} {epoch + 1}/{cfg.epochs}", progress and is_main)
+                loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
                 batches = iter(loader)
                 lr = schedule.lr_at(schedule.step_num)
                 for step in range(step0, steps_per_epoch):

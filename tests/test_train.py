@@ -104,6 +104,32 @@ def test_sampler_covers_each_global_batch_once_for_any_split():
         ShardedBatchSampler(37, batch_size=6, accum_steps=4)
 
 
+def test_weighted_sampler_draws_class_balanced_epochs():
+    w = [0.0] * 10 + [1.0] * 10 + [9.0] * 2  # two rare clips with big weights, ten that never appear
+    s = ShardedBatchSampler(22, batch_size=10, seed=0, weights=w, num_samples=1000)
+    assert s.steps_per_epoch == 100
+    s.set_epoch(0)
+    drawn = torch.tensor([i for b in s for i in b])
+    assert len(drawn) == 1000 and not (drawn < 10).any()
+    share_rare = (drawn >= 20).float().mean().item()
+    assert 0.55 < share_rare < 0.75  # expected 18 / 28 = 0.64
+    s.set_epoch(1)
+    assert not torch.equal(drawn, torch.tensor([i for b in s for i in b]))  # a new draw every epoch
+    with pytest.raises(TrainConfigError, match="sampling weights"):
+        ShardedBatchSampler(3, batch_size=1, weights=[0.0, 0.0, 0.0])
+
+
+def test_random_crop_only_when_training():
+    feats = toy_features(4)
+    long = type(feats)([torch.arange(20.0)[:, None].repeat(1, 4)], [0])
+    train = SpecDataset(long, [0], 8, random_crop=True)
+    evals = SpecDataset(long, [0], 8)
+    torch.manual_seed(0)
+    starts = {int(train[0]["spec"][0, 0]) for _ in range(30)}
+    assert len(starts) > 3 and max(starts) <= 12
+    assert int(evals[0]["spec"][0, 0]) == 0
+
+
 # --------------------------------------------------------------------------- the loop
 class _Regression(torch.utils.data.Dataset):
     def __init__(self, n=32):
@@ -186,9 +212,9 @@ def test_nan_loss_is_reported():
         fit(_linear_model(), _Regression(), bad, TrainConfig(batch_size=8, log_every=1), progress=False)
 
 
-def test_predict_keeps_order():
+def test_predict_keeps_order(device):
     ds = _Regression(n=13)
-    out = predict(lambda b: b["y"][:, None] * 2, ds, batch_size=4, device="cpu")
+    out = predict(lambda b: b["y"][:, None] * 2, ds, batch_size=4, device=device)
     torch.testing.assert_close(out[:, 0], ds.y * 2)
 
 
@@ -256,12 +282,12 @@ def test_pretrain_masks_do_not_depend_on_the_micro_batch_split():
     torch.testing.assert_close(whole, sum(halves) / 2)
 
 
-def test_pretrain_lowers_the_loss(tmp_path):
+def test_pretrain_lowers_the_loss(tmp_path, device):
     split = toy_split()
     model = toy_model()
     cfg = toy_config(pretrain={"epochs": 6})
     records = []
-    res = pretrain(model, split.dataset("train", with_targets=False), cfg, device="cpu",
+    res = pretrain(model, split.dataset("train", with_targets=False), cfg, device=device,
                    checkpoint_dir=tmp_path, progress=False, log_metrics=records.append)
     assert [r["epoch"] for r in records] == list(range(1, 7)) and records[0]["protocol"] == "pretrain"
     assert res.history[-1]["loss"] < res.history[0]["loss"]
@@ -292,10 +318,10 @@ def test_finetune_selects_the_epoch_on_validation_and_scores_test_once(monkeypat
     assert sorted(p.name for p in tmp_path.glob("best-e*.pt")) == ["best-e2.pt"]
 
 
-def test_finetune_learns_the_toy_task():
+def test_finetune_learns_the_toy_task(device):
     split = toy_split()
     res = ft.finetune(toy_model(), split, toy_config(finetune={"epochs": 6, "mixup": 0.3, "specaug_time": 2}),
-                      device="cpu", progress=False)
+                      device=device, progress=False)
     assert res.test["accuracy"] >= 0.75
     assert res.selection == "valid" and 1 <= res.best_epoch <= 6
 
@@ -338,13 +364,13 @@ def test_probe_multilabel_and_missing_classes():
     assert 0.0 <= out.test["accuracy"] <= 1.0
 
 
-def test_linear_probe_caches_embeddings(tmp_path):
+def test_linear_probe_caches_embeddings(tmp_path, device):
     split = toy_split()
     model = toy_model()
     cfg = toy_config()
-    r1 = linear_probe(model, split, cfg, device="cpu", cache_dir=tmp_path, progress=False)
+    r1 = linear_probe(model, split, cfg, device=device, cache_dir=tmp_path, progress=False)
     assert not r1.from_cache and len(list(tmp_path.glob("*.npy"))) == 1
-    r2 = linear_probe(model, split, cfg, device="cpu", cache_dir=tmp_path, progress=False)
+    r2 = linear_probe(model, split, cfg, device=device, cache_dir=tmp_path, progress=False)
     assert r2.from_cache and r2.test == r1.test and r2.C == r1.C
     # other weights -> another key
     other = copy.deepcopy(model)

@@ -22,7 +22,6 @@ from ssl_bench.components import TIME_MAJOR, BuildContext, Clip, EncoderOutput, 
 from ssl_bench.config import resolve
 from ssl_bench.model import SSLModel
 from ssl_bench.protocols.data import SplitData
-from taskfixtures import tone, write_wav
 
 T, F = 8, 4
 
@@ -203,6 +202,8 @@ class TinyTones:
         self.classes = list(CLASSES)
 
     def prepare(self) -> None:
+        from taskfixtures import tone, write_wav  # soundfile only when audio is written
+
         for c in range(len(CLASSES)):
             for k in range(self.PER_CLASS):
                 path = self.root / f"{c}-{k}.wav"

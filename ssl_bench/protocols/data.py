@@ -47,20 +47,31 @@ def label_targets(clips: Sequence[Clip], num_classes: int, multilabel: bool) -> 
 
 
 class SpecDataset(Dataset):
-    """Examples ``features[indices[i]]`` at a fixed length, with their targets when given."""
+    """Examples ``features[indices[i]]`` at a fixed length, with their targets when given.
 
-    def __init__(self, features: Any, indices: Sequence[int], num_frames: int, targets: np.ndarray | None = None):
+    ``random_crop``: a clip longer than ``num_frames`` is cropped at a random offset (torch's
+    global RNG; training) instead of keeping its start (evaluation).
+    """
+
+    def __init__(self, features: Any, indices: Sequence[int], num_frames: int, targets: np.ndarray | None = None,
+                 random_crop: bool = False):
         self.features = features
         self.indices = np.asarray(indices, dtype=np.int64)
         self.num_frames = int(num_frames)
         self.targets = targets
+        self.random_crop = random_crop
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         j = int(self.indices[i])
-        item: dict[str, Any] = {"spec": fit_frames(self.features[j], self.num_frames), "index": j}
+        x = self.features[j]
+        excess = x.shape[0] - self.num_frames
+        if self.random_crop and excess > 0:
+            start = int(torch.randint(0, excess + 1, ()))
+            x = x[start:start + self.num_frames]
+        item: dict[str, Any] = {"spec": fit_frames(x, self.num_frames), "index": j}
         if self.targets is not None:
             item["target"] = torch.as_tensor(self.targets[j])
         return item
@@ -72,7 +83,9 @@ class SplitData:
 
     ``train``/``valid``/``test``: feature indices; ``targets``: aligned with the feature set
     (``[N]`` class ids or ``[N, C]`` multi-hot); ``metrics``: names for
-    :func:`ssl_bench.metrics.evaluate`, the first is used for model selection.
+    :func:`ssl_bench.metrics.evaluate`, the first is used for model selection;
+    ``train_weights``: optional sampling weights of the training examples (aligned with
+    ``train``) for class-balanced fine-tuning.
     """
 
     features: Any
@@ -85,11 +98,13 @@ class SplitData:
     metrics: list[str]
     num_frames: int
     name: str = "split"
+    train_weights: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def dataset(self, part: str, with_targets: bool = True) -> SpecDataset:
+    def dataset(self, part: str, with_targets: bool = True, random_crop: bool = False) -> SpecDataset:
         indices = {"train": self.train, "valid": self.valid, "test": self.test}[part]
-        return SpecDataset(self.features, indices, self.num_frames, self.targets if with_targets else None)
+        return SpecDataset(self.features, indices, self.num_frames, self.targets if with_targets else None,
+                           random_crop=random_crop)
 
     def part_targets(self, part: str) -> np.ndarray:
         return self.targets[{"train": self.train, "valid": self.valid, "test": self.test}[part]]

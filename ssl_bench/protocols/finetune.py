@@ -171,7 +171,12 @@ def finetune(
     progress: bool = True,
     log_metrics: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune ``model`` (modified in place: new head) on ``data`` and score the best epoch on test."""
+    """Fine-tune ``model`` (modified in place: new head) on ``data`` and score the best epoch on test.
+
+    Training clips longer than the model's input are randomly cropped; with
+    ``data.train_weights`` each epoch draws ``finetune.epoch_size`` clips (default: as many as
+    there are) with replacement, class-balanced (AudioMAE's AudioSet-2M recipe).
+    """
     section = dict(config["finetune"])
     cfg = train_config(config)
     seed_everything(cfg.seed)  # the new head's initialisation must not depend on what ran before
@@ -194,10 +199,12 @@ def finetune(
         if log_metrics is not None:
             log_metrics({"protocol": "finetune", **record})
 
+    epoch_size = section.get("epoch_size")
     result = fit(
-        model, data.dataset("train"), finetune_loss(section, data), cfg, device=device,
+        model, data.dataset("train", random_crop=True), finetune_loss(section, data), cfg, device=device,
         checkpoint_dir=checkpoint_dir, resume=resume, on_epoch_end=on_epoch_end, state=tracker,
         log_metrics=log, progress=progress, desc="finetune",
+        sample_weights=data.train_weights, epoch_size=int(epoch_size) if epoch_size else None,
     )
     if has_valid:
         weights = tracker.best_weights()
