@@ -241,9 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors: tuple[type[BaseException], ...] = (ConfigError, RegistryError, CheckpointError,
                                                     FileNotFoundError, ValueError, KeyError, OSError)
+    previous = set_registry(Registry(plugins_dirs=args.plugins_dir)) if args.plugins_dir else None
     try:
-        if args.plugins_dir:
-            set_registry(Registry(plugins_dirs=args.plugins_dir))
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("ssl-bench: interrupted; nothing half-written was kept", file=sys.stderr)
@@ -254,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"ssl-bench: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if args.plugins_dir:  # main() called in-process (tests, notebooks): leave the registry as found
+            set_registry(previous)
 
 
 if __name__ == "__main__":

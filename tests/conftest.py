@@ -4,7 +4,9 @@
   a GPU (scripts/gpu_check.sh).
 * Installed third-party plugins are not loaded during tests (``SSL_BENCH_LOAD_PLUGINS`` is set
   to the empty string): tests see the built-ins and what they register themselves.
-* Caches and datasets go to a per-session temporary directory, never the user's home.
+* Datasets (the generated synthetic task) go to a per-session temporary directory; caches of
+  features and pretrained encoders live under each test's own results root (no
+  ``SSL_BENCH_CACHE``), so tests never see each other's checkpoints.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _isolated_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("ssl-bench-home")
     old = {k: os.environ.get(k) for k in ("SSL_BENCH_DATA", "SSL_BENCH_CACHE")}
     os.environ["SSL_BENCH_DATA"] = str(root / "data")
-    os.environ["SSL_BENCH_CACHE"] = str(root / "cache")
+    os.environ.pop("SSL_BENCH_CACHE", None)
     yield root
     for k, v in old.items():
         if v is None:
