@@ -96,6 +96,19 @@ def _decoder_kind(state: dict[str, torch.Tensor], config: dict[str, Any] | None)
     return "shifted-window" if windowed else "global"
 
 
+def _check_same_encoder(model: Any, config: dict[str, Any] | None, path: Path) -> None:
+    """An ssl-bench checkpoint of another encoder (e.g. AST's) is refused by name, not by shapes."""
+    if not isinstance(config, dict) or not isinstance(config.get("encoder"), dict):
+        return
+    theirs = config["encoder"].get("name")
+    ours = (model.config.get("encoder") or {}).get("name") if isinstance(model.config, dict) else None
+    if theirs and ours and theirs != ours:
+        raise CheckpointError(
+            f"{path}: an ssl-bench checkpoint of model {config.get('model')!r} with encoder {theirs!r}, "
+            f"but this model's encoder is {ours!r}; use --model {config.get('model')}"
+        )
+
+
 def _check_decoder(model: Any, state: dict[str, torch.Tensor], config: dict[str, Any] | None, path: Path) -> None:
     """Refuse decoder weights of another kind than the model's decoder."""
     if getattr(model, "decoder", None) is None:
@@ -213,6 +226,7 @@ def load_checkpoint(model: Any, path: str | Path, strict: bool = False) -> Check
     path = Path(path)
     obj = _read(path)
     fmt, raw, config = detect(obj, path)
+    _check_same_encoder(model, config, path)
     unexpected: list[str] = []
     source: dict[str, str] = {}  # our key -> the checkpoint's, so reports use the file's names
     if fmt.startswith("audiomae-"):
@@ -231,7 +245,7 @@ def load_checkpoint(model: Any, path: str | Path, strict: bool = False) -> Check
     if has_head:
         n_classes = int(state["head.1.weight"].shape[0])
         if model.head is None:
-            model.set_head(n_classes)
+            model.set_head(n_classes).to(model.encoder.cls_token.device)
         elif model.head[1].out_features != n_classes:
             # A head for other classes: keep the model's, report the checkpoint's as unused.
             unexpected += [k for k in state if k.startswith("head.")]

@@ -41,6 +41,12 @@ COMPONENTS: dict[str, str | None] = {
 #: SpecAugment) live in RECIPES.
 SETTINGS: dict[str, Any] = {
     "frontend.num_bins": 128,
+    # Length: a task's recipe sets the official target length; other tasks get their clip
+    # length (rounded up to whole patches by the runner); without a task the encoder is built
+    # for 1024 frames (10 s).
+    "frontend.num_frames": None,
+    # The normalisation the released weights were trained with (AudioSet); recipes override it
+    # per dataset, and the tiny preset computes it on each split's training clips.
     "frontend.mean": AUDIOSET_STATS[0],
     "frontend.std": AUDIOSET_STATS[1],
     "masker.ratio": 0.8,
@@ -75,10 +81,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the embedded synthetic task (a few dozen 2 s clips per fold).
     "tiny": {
         **_vit(64, 2, 4),
+        "frontend.mean": None, "frontend.std": None,  # from each split's training clips
         "decoder.dim": 64, "decoder.depth": 2, "decoder.heads": 4, "decoder.meta_hidden": 64,
-        "pretrain.epochs": 40, "pretrain.warmup_epochs": 4, "pretrain.batch_size": 16, "pretrain.blr": 1.5e-3,
+        # lr = blr * 16 / 256: 1.5e-3 for pretraining, 1e-3 for fine-tuning (the paper's blr would
+        # give ~1e-5 at this batch size and learn nothing in a few hundred steps).
+        "pretrain.epochs": 40, "pretrain.warmup_epochs": 4, "pretrain.batch_size": 16, "pretrain.blr": 0.024,
         "pretrain.weight_decay": 0.05, "pretrain.checkpoint_every": 10,
-        "finetune.epochs": 15, "finetune.warmup_epochs": 2, "finetune.batch_size": 16, "finetune.blr": 2e-3,
+        "finetune.epochs": 30, "finetune.warmup_epochs": 3, "finetune.batch_size": 16, "finetune.blr": 0.016,
         "finetune.drop_path": 0.0,
         "linear.batch_size": 32,
     },
