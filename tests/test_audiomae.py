@@ -222,6 +222,17 @@ def test_base_loads_official_pretrained_strictly(official, device):
     assert a.pred.shape == (1, 512, 256)
 
 
+def test_global_decoder_size_matches_release():
+    # decoder_mode=0: 8 pre-norm global blocks, 111.66 M parameters with ViT-B (facts 1.2);
+    # counted on the meta device (nothing allocated).
+    assert resolve("audiomae", overrides={"decoder": "global"})["decoder"]["depth"] == 8
+    with torch.device("meta"):
+        ctx = BuildContext(num_frames=1024, num_bins=128)
+        enc = ViTEncoder(ViTEncoder.Config(), ctx)
+        dec = GlobalDecoder(GlobalDecoder.Config(), ctx)
+    assert round((nparams(enc) + nparams(dec)) / 1e6, 2) == 111.66
+
+
 def test_official_finetuned_maps_onto_head(official, device):
     model = create_model("audiomae", preset="base", checkpoint=official["finetuned"], decoder=None)
     assert model.head is not None and model.head[1].out_features == 527

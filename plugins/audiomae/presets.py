@@ -73,8 +73,8 @@ def _vit(dim: int, depth: int, heads: int) -> dict[str, Any]:
     return {"encoder.dim": dim, "encoder.depth": depth, "encoder.heads": heads}
 
 
-#: Released decoder geometry (512 wide, 16 heads, 16 shifted-window blocks) for every ViT size.
-RELEASE_DECODER = {"decoder.dim": 512, "decoder.heads": 16, "decoder.depth": 16}
+# Decoder sizes are the decoders' own defaults, the release's for every ViT size: 512 wide,
+# 16 heads; 16 blocks for shifted-window (decoder_mode=1), 8 for global (decoder_mode=0).
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: a 2-block ViT and a 2-block decoder, and protocols sized for
@@ -91,11 +91,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "finetune.drop_path": 0.0,
         "linear.batch_size": 32,
     },
-    "small": {**_vit(384, 12, 6), **RELEASE_DECODER},
-    "base": {**_vit(768, 12, 12), **RELEASE_DECODER},
-    "large": {**_vit(1024, 24, 16), **RELEASE_DECODER},
+    "small": {**_vit(384, 12, 6)},
+    "base": {**_vit(768, 12, 12)},
+    "large": {**_vit(1024, 24, 16)},
     # ViT-B with the seed's stronger fine-tuning token dropping (0.3 time / 0.3 frequency).
-    "base-mask0.3": {**_vit(768, 12, 12), **RELEASE_DECODER,
+    "base-mask0.3": {**_vit(768, 12, 12),
                      "finetune.masker.time_ratio": 0.3, "finetune.masker.freq_ratio": 0.3},
 }
 
