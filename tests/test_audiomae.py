@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torch.nn.functional as F
+from ssl_bench.plugins.audiomae.decoders import (
+    GlobalDecoder,
+    HybridDecoder,
+    ShiftedWindowDecoder,
+    WindowBlock,
+)
+from ssl_bench.plugins.audiomae.encoder import ViTEncoder, keep_indices
+from ssl_bench.plugins.audiomae.positions import crop_table, position_table
 
 from ssl_bench import create_model
 from ssl_bench.checkpoint import CheckpointError, save_model
 from ssl_bench.components import FREQ_MAJOR, TIME_MAJOR, BuildContext, EncoderOutput
 from ssl_bench.config import resolve
-from ssl_bench.plugins.audiomae.decoders import (
-    GlobalDecoder, HybridDecoder, ShiftedWindowDecoder, WindowBlock,
-)
-from ssl_bench.plugins.audiomae.encoder import ViTEncoder, keep_indices
-from ssl_bench.plugins.audiomae.positions import crop_table, position_table
 
 TINY = {"frontend.num_frames": 64, "frontend.mean": -6.0, "frontend.std": 4.0}
 

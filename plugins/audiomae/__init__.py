@@ -17,7 +17,7 @@ from .decoders import GlobalDecoder, HybridDecoder, ShiftedWindowDecoder
 from .encoder import ViTEncoder
 from .presets import COMPONENTS, DESCRIPTION, NOTES, PRESETS, RECIPES, SETTINGS
 
-__all__ = ["ViTEncoder", "GlobalDecoder", "ShiftedWindowDecoder", "HybridDecoder", "load_checkpoint", "AUDIOMAE"]
+__all__ = ["AUDIOMAE", "GlobalDecoder", "HybridDecoder", "ShiftedWindowDecoder", "ViTEncoder", "load_checkpoint"]
 
 AUDIOMAE = ModelSpec(
     components=dict(COMPONENTS),

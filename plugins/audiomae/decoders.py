@@ -247,7 +247,7 @@ class WindowBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``x``: ``[B, Hp, Wp, C]`` (time x freq, padded to whole windows); ``grid``: real size."""
-        B, Hp, Wp, C = x.shape
+        Hp, Wp = x.shape[1], x.shape[2]
         window, shift = self.plan(grid, (Hp, Wp))
         y = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if any(shift) else x
         y = partition(y, window)
@@ -425,5 +425,13 @@ class HybridDecoder(WindowDecoder):
 WINDOW_DECODERS = ("shifted-window", "hybrid")
 DECODERS = {"global": GlobalDecoder, "shifted-window": ShiftedWindowDecoder, "hybrid": HybridDecoder}
 
-__all__ = ["GlobalDecoder", "ShiftedWindowDecoder", "HybridDecoder", "WindowBlock", "WindowAttention",
-           "window_mask", "TIME_MAJOR", "FREQ_MAJOR"]
+__all__ = [
+    "FREQ_MAJOR",
+    "TIME_MAJOR",
+    "GlobalDecoder",
+    "HybridDecoder",
+    "ShiftedWindowDecoder",
+    "WindowAttention",
+    "WindowBlock",
+    "window_mask",
+]

@@ -205,8 +205,7 @@ class ViTEncoder(Component):
     # ------------------------------------------------------------------ fine-tuning helpers
     def layer_id(self, name: str) -> int:
         """Layer index for layer-wise lr decay (BEiT/MAE ``param_groups_lrd`` convention)."""
-        if name.startswith("encoder."):
-            name = name[len("encoder.") :]
+        name = name.removeprefix("encoder.")
         if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
             return 0
         m = re.match(r"blocks\.(\d+)\.", name)
