@@ -331,6 +331,11 @@ class _Experiment:
             mean, std, stats_from = float(fe["mean"]), float(fe["std"]), "config"
         elif getattr(self.task, "norm_stats", None):
             (mean, std), stats_from = self.task.norm_stats, "task"
+        elif cfg["pretrain"].get("corpus") and "pretrain" in self.protocols and self.checkpoint is None:
+            # one encoder for every split: normalise with the corpus it is pretrained on
+            _, feats = self.corpus()
+            mean, std = _mean_std(feats, range(len(feats)))
+            stats_from = "pretraining corpus"
         else:
             mean, std = _mean_std(self.features, train)
             stats_from = "train split"
@@ -382,14 +387,27 @@ class _Experiment:
                 self.cached_rows(split.name, "linear-random", random_probe)
         self.writer.log(f"[{split.name}] done in {time.time() - t_split:.1f} s")
 
+    def corpus(self) -> tuple[list[Clip], Any]:
+        """The clips and features of ``pretrain.corpus`` (extracted once per run)."""
+        if getattr(self, "_corpus", None) is None:
+            corpus = self.config["pretrain"]["corpus"]
+            if corpus == "task":  # the task's own unlabeled corpus, disjoint from every split
+                if not hasattr(self.task, "unlabeled"):
+                    raise ConfigError(f"pretrain.corpus=task: task {self.task.name!r} ships no unlabeled corpus; "
+                                      "set pretrain.corpus to a folder of audio")
+                clips = list(self.task.unlabeled())
+            else:
+                clips = _corpus_clips(corpus)
+            self._corpus = (clips, self.extract(clips))
+        return self._corpus
+
     # ------------------------------------------------------------------ protocols
     def pretrain(self, model: nn.Module, scfg: dict[str, Any], split, split_ctx, train_clips: list[Clip]) -> None:
         from .protocols.pretrain import pretrain
 
         corpus = scfg["pretrain"].get("corpus")
-        if corpus:
-            clips = _corpus_clips(corpus)
-            feats = self.extract(clips)
+        if corpus:  # a folder of audio, or "task": the task's own unlabeled clips
+            clips, feats = self.corpus()
             indices = np.arange(len(feats))
         else:
             clips, feats = train_clips, self.features

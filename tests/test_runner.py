@@ -134,6 +134,23 @@ def test_a_checkpoint_replaces_pretraining(first_run, registry, tmp_path):
     assert saved["checkpoint"] == str(ckpt)
 
 
+def test_an_unlabeled_corpus_replaces_the_training_audio(first_run, registry, tmp_path):
+    from taskfixtures import tone, write_wav
+
+    corpus = tmp_path / "corpus"
+    for k in range(10):
+        write_wav(corpus / f"sub{k % 2}" / f"c{k}.wav", tone(k % 3, 0.5, 16000, seed=100 + k), 16000)
+    (corpus / "notes.txt").write_text("not audio")
+    run = run_experiment(config(registry, **{"pretrain.corpus": str(corpus), "pretrain.batch_size": 4,
+                                             "frontend.mean": -3.0, "frontend.std": 3.0}),
+                         data_dir=first_run["data"], results_root=tmp_path / "res", protocols=("pretrain",),
+                         progress=False)
+    pre = [r for r in _rows(run) if r["protocol"] == "pretrain"]
+    assert [r["n_pretrain"] for r in pre] == [10, 10]
+    assert pre[0]["pretrain_hash"] == pre[1]["pretrain_hash"]  # one corpus, one encoder for every fold
+    assert [r["reused"] for r in pre] == [False, True]
+
+
 def test_nothing_is_left_in_results_after_an_error(first_run, registry, tmp_path, monkeypatch):
     def boom(self, *a, **kw):
         raise RuntimeError("injected failure")
