@@ -68,7 +68,8 @@ class PretrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = None
-    corpus: str | None = None  # a folder of unlabeled audio to pretrain on instead of the split's training audio
+    corpus: str | None = None  # unlabeled audio to pretrain on instead of the split's training audio:
+    # a folder, or "task" for the task's own unlabeled corpus (synthetic ships one)
     checkpoint_every: int = 1  # epochs
 
 

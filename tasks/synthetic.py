@@ -8,6 +8,13 @@ are deterministic (a fixed seed per clip) and written once, in ESC-50's on-disk 
 (``audio/{fold}-{source}-A-{target}.wav`` + ``meta/esc50.csv``), under ``data_dir`` or
 ``$SSL_BENCH_DATA/synthetic`` (``~/.cache/ssl-bench/data/synthetic``), and read back with
 the ESC-50 reader.  Protocol: 5 folds, leave-one-fold-out, like ESC-50.
+
+Like a real SSL benchmark (AudioSet pretraining, ESC-50 evaluation), the task also ships a
+separate **unlabeled corpus** (``unlabeled/*.wav``): clips from the same generator with their
+own seeds, disjoint from every fold.  ``pretrain.corpus: task`` pretrains on it (the AudioMAE
+recipe for ``synthetic`` does); the labelled folds are then only used for fine-tuning and
+probing, and one pretrained encoder serves all five folds.  The log-mel normalisation stats
+are measured on that corpus when the data are built (``norm_stats``), never on test clips.
 """
 
 from __future__ import annotations
@@ -22,16 +29,20 @@ import numpy as np
 import soundfile as sf
 
 from ssl_bench import hookimpl
+from ssl_bench.components import Clip
 
 from .common import DataNotFoundError, atomic_directory, data_home
 from .esc50 import ESC50_COLUMNS, ESC50_META, ESC50Task, read_esc50_layout
 
 #: Bump when the generator changes: an old copy on disk is then rebuilt.
-VERSION = 1
+VERSION = 2
 SEED = 20240601
 SAMPLE_RATE = 16000
 SECONDS = 2.0
-CLIPS_PER_CLASS = 10
+CLIPS_PER_CLASS = 20
+UNLABELED_CLIPS = 500
+#: Index offset of unlabeled clips: never equal to a labelled clip's (target, index) seed.
+UNLABELED_OFFSET = 1_000_000
 FOLDS = 5
 CLASSES = [
     "pure_tone", "chirp_up", "chirp_down", "noise_burst", "click_train",
@@ -139,7 +150,8 @@ def synth_clip(target: int, index: int, seed: int = SEED) -> np.ndarray:
     return clip.astype(np.float32)
 
 
-def build(directory: Path, clips_per_class: int = CLIPS_PER_CLASS, seed: int = SEED) -> None:
+def build(directory: Path, clips_per_class: int = CLIPS_PER_CLASS, seed: int = SEED,
+          unlabeled: int = UNLABELED_CLIPS) -> None:
     """Write the dataset into the (empty) ``directory`` in ESC-50's layout."""
     (directory / "audio").mkdir(parents=True, exist_ok=True)
     (directory / "meta").mkdir(exist_ok=True)
@@ -156,9 +168,36 @@ def build(directory: Path, clips_per_class: int = CLIPS_PER_CLASS, seed: int = S
         writer = csv.writer(f)
         writer.writerow(ESC50_COLUMNS)
         writer.writerows(rows)
+    (directory / "unlabeled").mkdir(exist_ok=True)
+    pick = np.random.default_rng([seed, UNLABELED_OFFSET])
+    corpus = []
+    for i in range(unlabeled):
+        wave = synth_clip(int(pick.integers(len(CLASSES))), UNLABELED_OFFSET + i, seed)
+        sf.write(directory / "unlabeled" / f"u{i:05d}.wav", wave, SAMPLE_RATE, subtype="PCM_16")
+        corpus.append(wave)
     info = {"generator": "ssl-bench synthetic", "version": VERSION, "seed": seed, "classes": CLASSES,
-            "clips_per_class": clips_per_class, "folds": FOLDS, "seconds": SECONDS, "sample_rate": SAMPLE_RATE}
+            "clips_per_class": clips_per_class, "unlabeled_clips": unlabeled, "folds": FOLDS,
+            "seconds": SECONDS, "sample_rate": SAMPLE_RATE, "norm_stats": corpus_norm_stats(corpus)}
     (directory / MARKER).write_text(json.dumps(info, indent=1))
+
+
+def corpus_norm_stats(waves: list[np.ndarray]) -> list[float] | None:
+    """Mean and std of the 128-bin Kaldi log-mel (AudioMAE/AST frontend) over ``waves``."""
+    if not waves:
+        return None
+    import torch
+    import torchaudio.compliance.kaldi as kaldi
+
+    total = total_sq = count = 0.0
+    for wave in waves:
+        w = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None]
+        fb = kaldi.fbank(w - w.mean(), htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False,
+                         window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10).double()
+        total += float(fb.sum())
+        total_sq += float((fb * fb).sum())
+        count += fb.numel()
+    mean = total / count
+    return [mean, float(np.sqrt(max(total_sq / count - mean * mean, 1e-12)))]
 
 
 def _current(directory: Path) -> bool:
@@ -176,7 +215,19 @@ class SyntheticTask(ESC50Task):
     sample_rate = SAMPLE_RATE
     clip_seconds = SECONDS
     metrics = ["accuracy"]
-    norm_stats = None  # computed by the harness on each split's training clips
+
+    @property
+    def norm_stats(self) -> tuple[float, float] | None:
+        """Log-mel stats of the unlabeled corpus (128-bin Kaldi frontend), measured at build time."""
+        self.prepare()
+        stats = json.loads((self.root / MARKER).read_text()).get("norm_stats")
+        return tuple(stats) if stats else None
+
+    def unlabeled(self) -> list[Clip]:
+        """The separate unlabeled pretraining corpus (``pretrain.corpus: task``)."""
+        self.prepare()
+        files = sorted((self.root / "unlabeled").glob("*.wav"))
+        return [Clip(path=p, labels=(), key=f"unlabeled/{p.name}") for p in files]
     split_protocol = "synthetic 5 folds, leave-one-fold-out (train 4, test 1); validation carved from the training folds"
 
     def _locate(self) -> Path:

@@ -19,6 +19,7 @@ import soundfile as sf
 
 import taskfixtures as fx
 from ssl_bench.components import Task
+from ssl_bench.tasks import synthetic
 from ssl_bench.metrics import METRICS
 
 
@@ -53,8 +54,17 @@ def test_synthetic_builds_once_deterministically_in_esc50_layout(tmp_path):
     assert len(task.classes) >= 8 and task.clip_seconds == 2.0 and not task.multilabel
     splits = task.splits()
     assert [s.name for s in splits] == [f"fold{i}" for i in range(1, 6)]
+    per_fold = synthetic.CLIPS_PER_CLASS // 5
     for s in splits:
-        assert len(s.test) == len(task.classes) * 2 and len(s.train) == len(task.classes) * 8
+        assert len(s.test) == len(task.classes) * per_fold and len(s.train) == len(task.classes) * per_fold * 4
+    # The separate unlabeled corpus: disjoint from every fold, unlabeled, and the source of the
+    # normalisation stats (never the test clips).
+    corpus = task.unlabeled()
+    assert len(corpus) == synthetic.UNLABELED_CLIPS and all(c.labels == () for c in corpus)
+    fold_audio = {sf.read(c.path)[0].tobytes() for s in splits for c in s.test}
+    assert not fold_audio & {sf.read(c.path)[0].tobytes() for c in corpus[:50]}
+    mean, std = task.norm_stats
+    assert -20 < mean < 5 and 0.5 < std < 10
     header = (tmp_path / "syn" / "meta" / "esc50.csv").read_text().splitlines()[0]
     assert header == "filename,fold,target,category,esc10,src_file,take"
     wave, sr = sf.read(splits[0].test[0].path)
