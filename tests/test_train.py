@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -379,5 +380,10 @@ def test_linear_probe_caches_embeddings(tmp_path, device):
     assert weights_hash(other.encoder) != weights_hash(model.encoder)
     idx = np.arange(10)
     assert embedding_key(other, split, idx) != embedding_key(model, split, idx)
+    # same weights, other pooling: another key (the embedding differs)
+    pooled = copy.deepcopy(model)
+    pooled.encoder.cfg = dataclasses.replace(model.encoder.cfg, pool="cls")
+    assert embedding_key(pooled, split, idx) != embedding_key(model, split, idx)
+    assert embedding_key(copy.deepcopy(model), split, idx) == embedding_key(model, split, idx)
     emb, cached = extract_embeddings(model, split, idx, batch_size=4, device="cpu")
     assert emb.shape == (10, 16) and not cached

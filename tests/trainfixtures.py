@@ -58,8 +58,13 @@ class ToyEncoder(nn.Module):
     layout = TIME_MAJOR
     num_prefix_tokens = 1
 
+    @dataclass
+    class Config:
+        pool: str = "mean"  # "mean" of the frame tokens or the "cls" token
+
     def __init__(self, dim: int = 16, depth: int = 2):
         super().__init__()
+        self.cfg = self.Config()
         self.dim, self.depth = dim, depth
         self.patch_embed = nn.Linear(F, dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
@@ -86,7 +91,7 @@ class ToyEncoder(nn.Module):
         return EncoderOutput(self.norm(x), ids_keep, 1)
 
     def pool(self, out):
-        return out.tokens[:, 1:].mean(dim=1)
+        return out.tokens[:, 0] if self.cfg.pool == "cls" else out.tokens[:, 1:].mean(dim=1)
 
     def layer_id(self, name: str) -> int:
         if name.startswith(("cls_token", "pos_embed", "patch_embed")):

@@ -10,6 +10,7 @@ once, by the classifier trained on the training part with that ``C``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,16 +56,18 @@ def _frontend_config(model: nn.Module) -> dict[str, Any]:
     cfg = getattr(getattr(model, "frontend", None), "cfg", None)
     if cfg is None:
         return dict(getattr(model, "config", {}).get("frontend") or {})
-    import dataclasses
-
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
 
 
 def embedding_key(model: nn.Module, data: SplitData, indices: Sequence[int]) -> str:
-    """Cache key: encoder weights + frontend config + model length + the audio list."""
+    """Cache key: encoder weights and settings (pooling, ...) + frontend config + model length +
+    the audio list."""
     clips = [str(data.features.clips[int(i)].path) for i in indices]
+    encoder_cfg = getattr(model.encoder, "cfg", None)
     payload = {
         "encoder": weights_hash(model.encoder),
+        "encoder_type": type(model.encoder).__qualname__,
+        "encoder_cfg": dataclasses.asdict(encoder_cfg) if dataclasses.is_dataclass(encoder_cfg) else repr(encoder_cfg),
         "frontend": _frontend_config(model),
         "num_frames": data.num_frames,
         "features": str(getattr(data.features, "path", None)),
