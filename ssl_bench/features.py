@@ -172,6 +172,8 @@ def _warn_rest(skipped: list[tuple[str, str]], total: int, suffix: str = "") -> 
 
 def _run_frontend(frontend: Any, waves: list[np.ndarray], device) -> np.ndarray:
     batch = torch.from_numpy(np.stack(waves)).to(device)
+    if isinstance(frontend, torch.nn.Module):
+        frontend.to(device)  # its filterbank buffers must sit where the batch is (no-op when already there)
     with torch.no_grad():
         return frontend.compute(batch).float().cpu().numpy()
 

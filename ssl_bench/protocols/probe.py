@@ -100,6 +100,7 @@ def extract_embeddings(
         if path.is_file():
             return np.load(path), True
     was_training = model.training
+    model.to(device)  # a model built on the CPU probes on the device asked for
     model.eval()
     try:
         ds = SpecDataset(data.features, indices, data.num_frames)
