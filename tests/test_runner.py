@@ -71,7 +71,9 @@ def test_rows_for_every_protocol_and_split(first_run):
                     "samples_per_s", "wall_s", "gpu_hours", "peak_memory_mb", "world_size", "device"):
             assert col in r, col
         assert r["n_test"] == 18 and r["n_train"] + r["n_valid"] == 18 and r["n_skipped"] == 0
-        assert r["world_size"] == 1 and r["device"] == "cpu"
+        # device "auto": the GPU's name where one is present (scripts/gpu_check.sh), else "cpu"
+        expected = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        assert r["world_size"] == 1 and r["device"] == expected
         if r["protocol"] != "pretrain":
             assert 0.0 <= r["value"] <= 1.0
     ft_rows = [r for r in rows if r["protocol"] == "finetune"]
