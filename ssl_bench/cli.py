@@ -244,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = set_registry(Registry(plugins_dirs=args.plugins_dir)) if args.plugins_dir else None
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from .train import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):  # SIGTERM/SIGINT: checkpointed at a step boundary
+            print(f"ssl-bench: {exc}; run the same command again to resume", file=sys.stderr)
+            return exc.exit_code
         print("ssl-bench: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
     except user_errors as exc:
@@ -254,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssl-bench: error: {msg}", file=sys.stderr)
         return 2
     finally:
+        if args.command in ("run", "pretrain", "finetune", "probe"):
+            from .distributed import shutdown
+
+            shutdown()  # leave a torchrun process group cleanly
         if args.plugins_dir:  # main() called in-process (tests, notebooks): leave the registry as found
             set_registry(previous)
 

@@ -138,9 +138,15 @@ TOP_LEVEL = {"model", "preset", "task", "checkpoint"} | {f.name for f in datacla
 def parse_value(text: str) -> Any:
     """``"0.8"`` -> 0.8, ``"true"`` -> True, ``"[1, 2]"`` -> [1, 2], ``"null"`` -> None."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "4e-3" as a string: numbers stay numbers
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _split_top_commas(text: str) -> list[str]:

@@ -185,6 +185,8 @@ def test_overrides_expand_into_sweeps():
     ]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["oops"])
+    # YAML 1.1 would keep "4e-3" a string; a learning rate must arrive as a number
+    assert parse_overrides(["pretrain.blr=4e-3", "decoder=global"]) == [{"pretrain.blr": 0.004, "decoder": "global"}]
 
 
 def test_yaml_files_and_flatten(registry, tmp_path):
