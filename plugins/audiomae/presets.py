@@ -85,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder.dim": 64, "decoder.depth": 2, "decoder.heads": 4, "decoder.meta_hidden": 64,
         # lr = blr * 16 / 256: 1.5e-3 for pretraining, 1e-3 for fine-tuning (the paper's blr would
         # give ~1e-5 at this batch size and learn nothing in a few hundred steps).
-        "pretrain.epochs": 12, "pretrain.warmup_epochs": 1, "pretrain.batch_size": 16, "pretrain.blr": 0.024,
+        "pretrain.epochs": 80, "pretrain.warmup_epochs": 4, "pretrain.batch_size": 16, "pretrain.blr": 0.024,
         "pretrain.weight_decay": 0.05, "pretrain.checkpoint_every": 10,
         "finetune.epochs": 30, "finetune.warmup_epochs": 3, "finetune.batch_size": 16, "finetune.blr": 0.016,
         "finetune.drop_path": 0.0,
