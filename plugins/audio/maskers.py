@@ -57,8 +57,8 @@ def grid_to_tokens(mask2d: torch.Tensor, layout: str) -> torch.Tensor:
     return mask2d.reshape(mask2d.shape[0], -1)
 
 
-class RandomMasker(Component):
-    """Unstructured masking (MAE, AudioMAE pretraining): each row hides a random ``ratio``."""
+class _RatioMasker(Component):
+    """Shared by the maskers tuned by one ``ratio``: its Config and its range check."""
 
     @dataclass
     class Config:
@@ -67,6 +67,10 @@ class RandomMasker(Component):
     def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
         super().__init__(cfg, ctx)
         _check_ratio("ratio", self.cfg.ratio)
+
+
+class RandomMasker(_RatioMasker):
+    """Unstructured masking (MAE, AudioMAE pretraining): each row hides a random ``ratio``."""
 
     def forward(self, batch_size: int, grid: tuple[int, int], layout: str = TIME_MAJOR,
                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -77,16 +81,8 @@ class RandomMasker(Component):
         return ~_keep_random(batch_size, n, keep, device, generator)
 
 
-class TimeMasker(Component):
+class TimeMasker(_RatioMasker):
     """Hides whole time rows (all frequency patches of ``ratio`` of the time steps)."""
-
-    @dataclass
-    class Config:
-        ratio: float = 0.8
-
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
-        _check_ratio("ratio", self.cfg.ratio)
 
     def forward(self, batch_size: int, grid: tuple[int, int], layout: str = TIME_MAJOR,
                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -95,16 +91,8 @@ class TimeMasker(Component):
         return grid_to_tokens(~rows[:, :, None].expand(-1, -1, n_freq), layout)
 
 
-class FrequencyMasker(Component):
+class FrequencyMasker(_RatioMasker):
     """Hides whole frequency columns (all time patches of ``ratio`` of the frequency bands)."""
-
-    @dataclass
-    class Config:
-        ratio: float = 0.8
-
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
-        _check_ratio("ratio", self.cfg.ratio)
 
     def forward(self, batch_size: int, grid: tuple[int, int], layout: str = TIME_MAJOR,
                 device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
