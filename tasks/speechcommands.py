@@ -59,7 +59,7 @@ class SpeechCommandsTask(DatasetTask):
     clip_seconds = 1.0
     metrics = ["accuracy"]
     #: AudioMAE's published log-mel statistics of Speech Commands (128-bin Kaldi fbank)
-    norm_stats = (-6.8460, 5.5655)
+    norm_stats = (-6.845978, 5.5654526)
     split_protocol = "official v0.02 split: validation_list.txt / testing_list.txt, train = the rest"
     download_url = URL
 
