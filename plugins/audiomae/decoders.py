@@ -398,19 +398,8 @@ class HybridDecoder(WindowDecoder):
     """
 
     @dataclass
-    class Config:
-        dim: int = 512
-        depth: int = 16
+    class Config(ShiftedWindowDecoder.Config):
         global_depth: int = 2  # the last blocks attend globally (paper value unknown)
-        heads: int = 16
-        mlp_ratio: float = 4.0
-        eps: float = 1e-6
-        window: tuple[int, int] = (4, 4)
-        shift: tuple[int, int] = (2, 0)
-        meta_hidden: int = 384
-        meta_dropout: float = 0.1
-        pos_embed: str = "auto"
-        drop_path: float = 0.0
 
     def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
         super().__init__(cfg, ctx)
