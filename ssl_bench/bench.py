@@ -269,7 +269,11 @@ def bench_frontend(device: torch.device, quick: bool) -> dict[str, Any]:
                                   torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
+    from .plugins.audio.frontend import _kernels
+
+    kernels = _kernels()
     out = {
+        "frontend_cpu_implementation": "numba kernels" if kernels is not None else "torch ops",
         "frontend_clips": n_clips,
         "frontend_loop_clips_per_s_1thread": n_clips / single["loop"],
         "frontend_batched_clips_per_s_1thread": n_clips / single["batched"],

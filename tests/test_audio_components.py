@@ -102,6 +102,52 @@ def test_fbank_large_batch_and_single_clip(device):
     assert (single - out[4]).abs().max().item() <= 1e-3
 
 
+@pytest.fixture(params=["kernels", "torch"])
+def cpu_path(request):
+    """Both CPU implementations: the compiled kernels (numba) and torch ops alone."""
+    from ssl_bench.plugins.audio import frontend
+
+    if request.param == "kernels":
+        pytest.importorskip("numba", reason="the compiled CPU kernels need numba")
+    frontend.use_kernels(request.param == "kernels")
+    yield request.param
+    frontend.use_kernels(None)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fbank_cpu_paths_match_kaldi(cpu_path, threads):
+    """Tonal, silent-with-burst, chirp and quiet-noise clips, long (runs of frames within a clip)
+    and short (several clips per run), on one thread and on the pool."""
+    fb = KaldiFbank(KaldiFbank.Config(num_frames=None))
+    g = torch.Generator().manual_seed(21)
+    noise = torch.randn(3, SR * 11, generator=g) * torch.tensor([[1e-3], [0.02], [0.5]]) + 0.01
+    clips = [torch.cat([make_clips(SR * 11, batch=4, seed=21), noise]), make_clips(SR // 2, batch=9, seed=22)]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in clips:
+            out = fb.compute(batch)
+            for i in range(len(batch)):
+                assert (out[i] - reference_fbank(batch[i])).abs().max().item() <= 1e-3
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_fbank_cpu_paths_agree_and_keep_nan(cpu_path):
+    from ssl_bench.plugins.audio import frontend
+
+    fb = KaldiFbank(KaldiFbank.Config(num_frames=None))
+    clips = make_clips(SR * 2, batch=4, seed=23)
+    clips[2, 5000:5100] = float("nan")
+    out = fb.compute(clips)
+    frontend.use_kernels(cpu_path != "kernels")  # the other path
+    other = fb.compute(clips)
+    assert torch.equal(out.isnan(), other.isnan())
+    assert torch.equal(out.isnan(), reference_fbank(clips[2]).isnan()[None].expand(4, -1, -1) & (torch.arange(4) == 2)[:, None, None])
+    finite = ~out.isnan()
+    assert (out[finite] - other[finite]).abs().max().item() <= 1e-5
+
+
 def test_fbank_float64_path_is_kaldi_in_float64():
     """The CUDA path's arithmetic, run on the CPU: Kaldi's formula in float64."""
     fb = KaldiFbank(KaldiFbank.Config(num_frames=None))
