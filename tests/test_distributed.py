@@ -15,7 +15,7 @@ from ssl_bench.protocols import finetune as ft
 from ssl_bench.protocols.pretrain import pretrain
 from ssl_bench.protocols.probe import linear_probe
 from ssl_bench.train import predict
-from trainfixtures import toy_config, toy_model, toy_split
+from trainfixtures import mp_context, toy_config, toy_model, toy_split
 
 PRETRAIN = {"epochs": 2, "batch_size": 8, "warmup_epochs": 1}
 FINETUNE = {"epochs": 2, "batch_size": 8, "layer_decay": 0.75}
@@ -74,8 +74,10 @@ def runs(tmp_path_factory):
         torch.set_num_threads(n)
     out = str(tmp_path_factory.mktemp("ddp") / "result")
     # fork: the workers inherit the imported modules (as DataLoader workers do, they run on one
-    # thread), which saves each of them the seconds of importing torch and the harness again
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="fork")
+    # thread), which saves each of them the seconds of importing torch and the harness again;
+    # spawn where CUDA is initialised (a forked child cannot use it)
+    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True,
+                       start_method=mp_context().get_start_method())
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
     return {"single": single, "accum": accumulated, "ranks": ranks}
 

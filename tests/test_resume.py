@@ -1,13 +1,13 @@
 """Faults: SIGKILL and SIGTERM during pretraining, resuming, and concurrent runs into one root.
 
 Child processes are forked from the test process (they inherit its imports, and like DataLoader
-workers run on one thread), so each costs milliseconds to start rather than seconds.
+workers run on one thread), so each costs milliseconds to start rather than seconds; on a CUDA
+run (where a forked child cannot use CUDA) they are spawned.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import time
@@ -22,9 +22,8 @@ from ssl_bench.protocols.pretrain import pretrain, pretrain_loss
 from ssl_bench.registry import set_registry
 from ssl_bench.runner import run_experiment
 from ssl_bench.train import CHECKPOINT_NAME, STOP, TrainingInterrupted, load_train_checkpoint
-from trainfixtures import TinyTones, tiny_config, tiny_registry, toy_config, toy_model, toy_split
+from trainfixtures import TinyTones, mp_context, tiny_config, tiny_registry, toy_config, toy_model, toy_split
 
-FORK = multiprocessing.get_context("fork")
 EPOCHS = 4
 
 
@@ -116,7 +115,7 @@ def _child(ckpt_dir: str, slow: float) -> None:
 def _start_and_signal(ckpt_dir: Path, sig: int) -> tuple[int, dict]:
     """Run pretraining in a child; once its first epoch checkpoint exists, wait into the next
     epoch and send ``sig``.  Returns the exit code and the checkpoint left behind."""
-    proc = FORK.Process(target=_child, args=(str(ckpt_dir), 0.004))
+    proc = mp_context().Process(target=_child, args=(str(ckpt_dir), 0.004))
     proc.start()
     ckpt = ckpt_dir / CHECKPOINT_NAME
     deadline = time.time() + 120
@@ -204,6 +203,7 @@ def test_an_interrupted_run_continues_where_it_stopped(tiny, tmp_path, monkeypat
 
 def _concurrent_run(root: str, data: str, seed: int) -> None:
     torch.set_num_threads(1)
+    set_registry(tiny_registry())  # a spawned child does not inherit the test's registry
     try:
         cfg = tiny_config(None, seed=seed)
         run_experiment(cfg, data_dir=data, results_root=root, protocols=("linear",), splits=["fold1"],
@@ -218,7 +218,7 @@ def _concurrent_run(root: str, data: str, seed: int) -> None:
 
 def test_eight_concurrent_runs_lose_no_row(tiny, tmp_path):
     root = tmp_path / "results"
-    procs = [FORK.Process(target=_concurrent_run, args=(str(root), str(tiny["data"]), seed)) for seed in range(8)]
+    procs = [mp_context().Process(target=_concurrent_run, args=(str(root), str(tiny["data"]), seed)) for seed in range(8)]
     for p in procs:
         p.start()
     for p in procs:

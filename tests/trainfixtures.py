@@ -252,3 +252,16 @@ def tiny_registry():
     reg = Registry()
     reg.add_plugin(TinyTonesPlugin, name="tinytones")
     return reg
+
+
+def mp_context():
+    """``fork`` for child processes (they inherit the imports: milliseconds to start), or
+    ``spawn`` once CUDA is initialised here, since a forked child cannot use CUDA
+    (``SSL_BENCH_TEST_DEVICE=cuda`` runs)."""
+    import multiprocessing
+
+    import torch
+
+    cuda_live = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return multiprocessing.get_context("spawn" if cuda_live else "fork")
+
