@@ -99,7 +99,7 @@ def _next_power_of_2(x: int) -> int:
 
 
 def _mel_tables(banks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Kaldi mel banks ``[bins, F]`` -> ``(lo, hi, offsets, weights)`` for :func:`.kernels.mel_energies`."""
+    """Kaldi mel banks ``[bins, F]`` -> ``(lo, hi, offsets, weights)`` for :func:`.kernels.log_mel`."""
     num_filters = banks.shape[1]
     lo = np.zeros(num_filters, np.int64)
     hi = np.zeros(num_filters, np.int64)
@@ -350,8 +350,8 @@ class KaldiFbank(Component):
 
         Per clip: the clip's samples for these frames, mean-removed (the same float32 subtraction
         as ``waveform - waveform.mean()``); each frame's mean by torch (whose reduction order
-        Kaldi's output depends on); the framing kernel. Then one FFT, the mel kernel and the log for
-        the whole job.
+        Kaldi's output depends on); the framing kernel. Then one FFT and the log-mel kernel for the
+        whole job.
         """
         if pin and not getattr(_THREAD_STATE, "pinned", False):
             torch.set_num_threads(1)
@@ -372,9 +372,8 @@ class KaldiFbank(Component):
         spec = spectrum[:rows]
         torch.fft.rfft(padded[:rows], out=spec)
         target = out[i0:i1, f0:f1].reshape(rows, -1)  # a view: the job's rows are contiguous
-        kernels.mel_energies(torch.view_as_real(spec).view(rows, -1).numpy(), *self._kernel_tables, FLOAT_EPS_32,
-                             target.numpy())
-        target.log_()
+        kernels.log_mel(torch.view_as_real(spec).view(rows, -1).numpy(), *self._kernel_tables, FLOAT_EPS_32,
+                        target.numpy())
 
     def _compiled_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This thread's samples / padded-frames / spectrum buffers for runs of ``rows`` frames."""

@@ -8,7 +8,8 @@ These kernels do each side of the FFT in one pass, on blocks of frames that stay
 Rounding: every float32 operation before the FFT is Kaldi's, in Kaldi's order and without
 fused multiply-adds (numba does not contract them unless ``fastmath`` is on), so the FFT input
 is bit-identical to ``torch.compliance.kaldi.fbank``'s.  After the FFT only sums of positive
-numbers remain, exact to ~1e-7 relative whatever their order; the log is torch's.
+numbers and a logarithm remain: the sums are exact to ~1e-7 relative whatever their order,
+and the log is within ~1e-7 relative of ``torch.log``.
 """
 
 from __future__ import annotations
@@ -46,14 +47,53 @@ def windowed_frames(samples, frame_means, shift, window, preemphasis, out):  # p
 
 
 @njit(nogil=True, cache=True)
-def mel_energies(spectrum, lo, hi, offsets, weights, floor, out):  # pragma: no cover - compiled
-    """``out[t, f] = max(sum_k weights_f[k] * |spectrum[t, k]|^2, floor)``.
+def log_inplace(row, exponent, original):  # pragma: no cover - compiled
+    """``row[:] = log(row)`` for positive normal float32 values; +inf and NaN pass through.
+
+    ``exponent`` (int32) and ``original`` (float32) are scratch of ``row``'s length.  The
+    float is split into ``m * 2^e`` with ``m`` in ``[sqrt(1/2), sqrt(2))`` from its bits, and
+    ``log(m)`` is Cephes' single-precision polynomial (S. Moshier): max relative error below
+    1e-7, as accurate as ``torch.log`` and twice as fast because it vectorises here.
+    """
+    bits = row.view(np.int32)
+    for i in range(row.shape[0]):
+        original[i] = row[i]
+        b = bits[i]
+        exponent[i] = (b >> 23) - 126
+        bits[i] = (b & 0x007FFFFF) | 0x3F000000  # the mantissa as a float in [0.5, 1)
+    for i in range(row.shape[0]):
+        m = row[i]
+        e = np.float32(exponent[i])
+        small = m < np.float32(0.70710678)
+        e = e - np.float32(1.0) if small else e
+        f = (m + m - np.float32(1.0)) if small else (m - np.float32(1.0))
+        z = f * f
+        y = np.float32(7.0376836292e-2)
+        y = y * f - np.float32(1.1514610310e-1)
+        y = y * f + np.float32(1.1676998740e-1)
+        y = y * f - np.float32(1.2420140846e-1)
+        y = y * f + np.float32(1.4249322787e-1)
+        y = y * f - np.float32(1.6668057665e-1)
+        y = y * f + np.float32(2.0000714765e-1)
+        y = y * f - np.float32(2.4999993993e-1)
+        y = y * f + np.float32(3.3333331174e-1)
+        y = y * f * z
+        y = y + np.float32(-2.12194440e-4) * e - np.float32(0.5) * z
+        value = (f + y) + np.float32(0.693359375) * e
+        x = original[i]
+        row[i] = value if x < np.float32(np.inf) else x
+
+
+@njit(nogil=True, cache=True)
+def log_mel(spectrum, lo, hi, offsets, weights, floor, out):  # pragma: no cover - compiled
+    """``out[t, f] = log(max(sum_k weights_f[k] * |spectrum[t, k]|^2, floor))``.
 
     ``spectrum``: float32 ``[T, 2 * bins]`` (the FFT output's real and imaginary parts
     interleaved); filter ``f`` covers bins ``lo[f]:hi[f]`` with weights
-    ``weights[offsets[f]:offsets[f] + hi[f] - lo[f]]`` (an empty filter gives ``floor``).
-    Frames go in blocks of :data:`BLOCK` so the power and the sums vectorise over frames.
-    NaN stays NaN, as with ``torch.clamp_min``.
+    ``weights[offsets[f]:offsets[f] + hi[f] - lo[f]]`` (an empty filter gives ``log(floor)``).
+    Frames go in blocks of :data:`BLOCK` so the power and the sums vectorise over frames; the
+    log (:func:`log_inplace`) runs on each block while it is in cache.  NaN stays NaN and
+    +inf stays +inf, as with ``torch.log(torch.clamp_min(x, floor))``.
     """
     num_frames = spectrum.shape[0]
     num_filters = lo.shape[0]
@@ -62,6 +102,8 @@ def mel_energies(spectrum, lo, hi, offsets, weights, floor, out):  # pragma: no 
         k_end = max(k_end, hi[f])
     power = np.zeros((k_end, BLOCK), np.float32)
     acc = np.zeros(BLOCK, np.float32)
+    exponent = np.empty(num_filters, np.int32)
+    original = np.empty(num_filters, np.float32)
     for t0 in range(0, num_frames, BLOCK):
         n = min(BLOCK, num_frames - t0)
         for tt in range(n):
@@ -83,3 +125,5 @@ def mel_energies(spectrum, lo, hi, offsets, weights, floor, out):  # pragma: no 
             for tt in range(n):
                 v = acc[tt]
                 column[tt] = floor if v < floor else v  # noqa: FURB136 - NaN must stay NaN
+        for tt in range(n):
+            log_inplace(out[t0 + tt], exponent, original)
