@@ -18,6 +18,7 @@ from torch import nn
 
 from .components import BuildContext, EncoderOutput, PretrainOutput
 from .config import SLOTS, ConfigError, instantiate_config, resolve
+from .nn import to_device
 from .registry import Registry, get_registry
 
 
@@ -92,12 +93,14 @@ class SSLModel(nn.Module):
                 "choose them with decoder=NAME, masker=NAME, objective=NAME"
             )
         grid = self.grid(spec)
-        if mask is None:
-            mask = self.masker(spec.shape[0], grid, self.encoder.layout, spec.device, generator)
-        mask = mask.to(device=spec.device).bool()
+        if mask is None:  # drawn on the CPU (with a CPU or no generator): no GPU sync to find the kept tokens
+            where = generator.device if generator is not None else "cpu"
+            mask = self.masker(spec.shape[0], grid, self.encoder.layout, where, generator)
+        mask = mask.bool()
         if mask.shape != (spec.shape[0], grid[0] * grid[1]):
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {(spec.shape[0], grid[0] * grid[1])}")
-        out = self.encoder(spec, mask)
+        out = self.encoder(spec, mask)  # the encoder reads the mask where it is (kept indices)
+        mask = to_device(mask, spec.device)
         pred = self.decoder(out, mask, grid)
         target = self.encoder.patchify(spec)
         loss = self.objective(pred.float(), target.float(), mask)
@@ -123,7 +126,7 @@ class SSLModel(nn.Module):
         mask = None
         if drop_tokens and self.finetune_masker is not None:
             grid = self.grid(spec)
-            mask = self.finetune_masker(spec.shape[0], grid, self.encoder.layout, spec.device)
+            mask = self.finetune_masker(spec.shape[0], grid, self.encoder.layout, "cpu")  # no GPU sync
         return self.head(self.encoder.pool(self.encoder(spec, mask)))
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bench.components import FREQ_MAJOR, BuildContext, Component, EncoderOutput
-from ssl_bench.nn import Block
+from ssl_bench.nn import Block, to_device
 
 #: cls + distillation token.
 NUM_PREFIX_TOKENS = 2
@@ -213,7 +213,7 @@ class ASTEncoder(Component):
         x = self.patch_embed(spec) + pos[:, NUM_PREFIX_TOKENS:]
         ids_keep = None
         if mask is not None:
-            ids_keep = self._keep_indices(mask, B, x.shape[1])
+            ids_keep = to_device(self._keep_indices(mask, B, x.shape[1]), x.device)  # a CPU mask: no GPU sync
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         prefix = torch.cat([self.cls_token, self.dist_token], dim=1) + pos[:, :NUM_PREFIX_TOKENS]
         x = torch.cat([prefix.expand(B, -1, -1), x], dim=1)

@@ -31,9 +31,11 @@ class MaskedMSE(Component):
         """The per-patch normalised target (identity when ``norm_pix`` is off)."""
         if not self.cfg.norm_pix:
             return target
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)  # unbiased, as MAE
-        return (target - mean) / (var + self.cfg.eps).sqrt()
+        # Two-pass unbiased variance, as MAE's ``var()`` computes it, in vectorised ops: torch's
+        # CPU ``var`` kernel takes twice the time of the whole normalisation written this way.
+        centred = target - target.mean(dim=-1, keepdim=True)
+        var = centred.square().sum(dim=-1, keepdim=True) / max(target.shape[-1] - 1, 1)
+        return centred * (var + self.cfg.eps).rsqrt()
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape:

@@ -22,10 +22,11 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ssl_bench.components import TIME_MAJOR, BuildContext, Component, EncoderOutput
-from ssl_bench.nn import Block, init_vit_weights, set_drop_path
+from ssl_bench.nn import Block, init_vit_weights, set_drop_path, to_device
 
 from .positions import check_mode, position_table
 
@@ -183,13 +184,24 @@ class ViTEncoder(Component):
         spec = self._check_spec(spec)
         grid = self.grid_for(spec.shape[1], spec.shape[2])
         pos = self.position_embedding(grid)
-        x = self.patch_embed(spec) + pos[:, self.num_prefix_tokens :]
+        P = self.num_prefix_tokens
         ids_keep = None
-        if mask is not None:
-            if mask.shape != x.shape[:2]:
-                raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:2])} for grid {grid}")
-            ids_keep = keep_indices(mask.to(x.device))
-            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        if mask is None:
+            x = self.patch_embed(spec) + pos[:, P:]
+        else:
+            B, L = spec.shape[0], grid[0] * grid[1]
+            if mask.shape != (B, L):
+                raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {(B, L)} for grid {grid}")
+            # Indices where the mask lives: from a CPU mask (as training passes) the GPU never
+            # waits for the host.
+            ids_keep = to_device(keep_indices(mask), spec.device)
+            # Only the visible patches are embedded: the p x p projection is a linear map of a
+            # patch's values (row-major time, freq, as patchify orders them).
+            patches = self.patchify(spec)
+            patches = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            proj = self.patch_embed.proj
+            x = F.linear(patches, proj.weight.flatten(1), proj.bias)
+            x = x + pos[0, P:][ids_keep]
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:

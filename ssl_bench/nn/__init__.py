@@ -13,6 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device`` without stalling the host: a CPU tensor bound for a GPU goes
+    through pinned memory with a non-blocking copy (a copy from pageable memory waits)."""
+    device = torch.device(device)
+    if tensor.device == device or (device.type == tensor.device.type and device.index is None):
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample; ``p`` may be changed after construction (fine-tuning)."""
 

@@ -23,7 +23,7 @@ def pretrain_loss(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> 
     spec = normalize(model, batch["spec"])
     grid = model.grid(spec)
     full = model.masker(ctx.global_batch, grid, model.encoder.layout, "cpu", ctx.generator())
-    mask = full[ctx.offset:ctx.offset + spec.shape[0]].to(spec.device, non_blocking=True)
+    mask = full[ctx.offset:ctx.offset + spec.shape[0]]  # on the CPU: the model moves it without a GPU sync
     return model.forward_pretrain(spec, mask).loss
 
 
