@@ -1,7 +1,8 @@
 """``ssl-bench bench``: how fast the harness is, measured as ratios within one run.
 
-Four parts, each timed against its baseline in the same process (timings interleaved, best
-round kept, so a busy machine slows both sides alike):
+Four parts, each timed against its baseline in the same process, in rounds that alternate
+between the two sides: rates (clips/s, samples/s) are the best round's, ratios the median of
+the per-round ratios, so drift and bursts of other work on a shared machine mostly cancel:
 
 1. **frontend**: the batched ``kaldi-fbank`` frontend (CPU, and CUDA when present) against a
    per-clip loop of ``torchaudio.compliance.kaldi.fbank`` on the CPU, on clips of 10 s;
@@ -39,14 +40,15 @@ from torch import nn
 from .components import Clip
 
 # Sizes: full run / --quick (CI).
-FRONTEND_CLIPS = (64, 4)
+FRONTEND_CLIPS = (64, 8)
 FRONTEND_SECONDS = 10.0
-ROUNDS = (3, 3)
+ROUNDS = (5, 5)
 PRETRAIN = {  # preset -> (batch, frames, steps per round) for full / quick
-    "tiny": ((16, 1024, 4), (4, 256, 2)),
-    "base": ((64, 1024, 4), (4, 1024, 1)),
+    "tiny": ((16, 1024, 2), (4, 256, 4)),
+    "base": ((64, 1024, 2), (4, 1024, 1)),
 }
-PRETRAIN_DEFAULT = ((16, 1024, 4), (4, 256, 2))
+PRETRAIN_DEFAULT = ((16, 1024, 2), (4, 256, 4))
+PRETRAIN_ROUNDS = (9, 9)  # speed ratios are the median of per-round ratios
 DATA_CLIPS = (64, 16)
 DATA_SECONDS = (10.0, 2.0)
 DATA_BATCH = (16, 4)
@@ -72,17 +74,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_best(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
-    """Best wall time (s) of each function over ``rounds`` rounds that alternate between them."""
-    best = {name: math.inf for name in fns}
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int,
+                      device: torch.device) -> dict[str, list[float]]:
+    """Wall times (s) of each function in ``rounds`` rounds that alternate between them."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def interleaved_best(fns: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Best wall time (s) of each function over ``rounds`` rounds that alternate between them."""
+    return {name: min(t) for name, t in interleaved_times(fns, rounds, device).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median over rounds of ``times[slow] / times[fast]``, each pair timed back to back.
+
+    On a shared machine the speed drifts between rounds; a ratio of two runs made seconds
+    apart cancels most of it, and the median drops the rounds a burst of other work hit.
+    """
+    return float(np.median([a / b for a, b in zip(times[slow], times[fast])]))
 
 
 def _require_timm():
@@ -259,16 +276,18 @@ def bench_frontend(device: torch.device, quick: bool) -> dict[str, Any]:
 
     reference = torch.stack(loop())
     batched = frontend.compute(clips)
-    times = interleaved_best({"loop": loop, "batched": lambda: frontend.compute(clips)}, rounds, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    runs = interleaved_times({"loop": loop, "batched": lambda: frontend.compute(clips)}, rounds, cpu)
+    times = {name: min(t) for name, t in runs.items()}
     # The same comparison with both sides on one thread: the gain of the batched algorithm
     # alone, without the thread pool (and without OpenMP contention on a busy machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = interleaved_best({"loop": loop, "batched": lambda: frontend.compute(clips)}, rounds,
-                                  torch.device("cpu"))
+        single_runs = interleaved_times({"loop": loop, "batched": lambda: frontend.compute(clips)}, rounds, cpu)
     finally:
         torch.set_num_threads(threads)
+    single = {name: min(t) for name, t in single_runs.items()}
     from .plugins.audio.frontend import _kernels
 
     kernels = _kernels()
@@ -277,11 +296,11 @@ def bench_frontend(device: torch.device, quick: bool) -> dict[str, Any]:
         "frontend_clips": n_clips,
         "frontend_loop_clips_per_s_1thread": n_clips / single["loop"],
         "frontend_batched_clips_per_s_1thread": n_clips / single["batched"],
-        "frontend_speedup_1thread": single["loop"] / single["batched"],
+        "frontend_speedup_1thread": paired_ratio(single_runs, "loop", "batched"),
         "frontend_clip_seconds": FRONTEND_SECONDS,
         "frontend_loop_clips_per_s": n_clips / times["loop"],
         "frontend_batched_clips_per_s": n_clips / times["batched"],
-        "frontend_speedup": times["loop"] / times["batched"],
+        "frontend_speedup": paired_ratio(runs, "loop", "batched"),
         "frontend_max_abs_diff": float((batched - reference).abs().max()),
     }
     if device.type == "cuda":
@@ -333,7 +352,7 @@ def bench_pretrain(preset: str, device: torch.device, quick: bool) -> dict[str, 
 
     _require_timm()
     batch, frames, steps = _pretrain_sizes(preset, quick)
-    rounds = ROUNDS[quick]
+    rounds = PRETRAIN_ROUNDS[quick]
     torch.manual_seed(0)
     ours = create_model("audiomae", preset=preset, decoder="global", **{"frontend.num_frames": frames}).to(device)
     window = create_model("audiomae", preset=preset, decoder="shifted-window",
@@ -363,8 +382,8 @@ def bench_pretrain(preset: str, device: torch.device, quick: bool) -> dict[str, 
         if device.type == "cuda":
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
         steps_fns[name] = (lambda step=step: [step() for _ in range(steps)])
-    times = interleaved_best(steps_fns, rounds, device)
-    per_s = {name: batch * steps / t for name, t in times.items()}
+    runs = interleaved_times(steps_fns, rounds, device)
+    per_s = {name: batch * steps / min(t) for name, t in runs.items()}
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = gemm_flops_per_s(device, dtype, quick)
@@ -378,9 +397,10 @@ def bench_pretrain(preset: str, device: torch.device, quick: bool) -> dict[str, 
         "pretrain_visible_tokens": kept,
         "pretrain_samples_per_s": per_s["ours"],
         "pretrain_reference_samples_per_s": per_s["reference"],
-        "pretrain_speedup_vs_reference": per_s["ours"] / per_s["reference"],
+        "pretrain_rounds": rounds,
+        "pretrain_speedup_vs_reference": paired_ratio(runs, "reference", "ours"),
         "pretrain_shifted_window_samples_per_s": per_s["shifted_window"],
-        "pretrain_shifted_window_vs_reference": per_s["shifted_window"] / per_s["reference"],
+        "pretrain_shifted_window_vs_reference": paired_ratio(runs, "reference", "shifted_window"),
         "model_flops_per_sample": flops,
         "model_flops_per_sample_shifted_window": flops_window,
         "gemm_flops_per_s": peak,
@@ -446,7 +466,8 @@ def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
             for _ in DataLoader(dataset, batch_size=batch):
                 pass
 
-        times = interleaved_best({"audio": from_audio, "cache": from_cache}, rounds, torch.device("cpu"))
+        data_runs = interleaved_times({"audio": from_audio, "cache": from_cache}, rounds, torch.device("cpu"))
+        times = {name: min(t) for name, t in data_runs.items()}
 
         # A cached training epoch: how much of its time is spent waiting for the next batch.
         torch.manual_seed(0)
@@ -487,7 +508,7 @@ def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
         "data_clip_seconds": seconds,
         "data_audio_clips_per_s": n_clips / times["audio"],
         "data_cache_clips_per_s": n_clips / times["cache"],
-        "data_cache_speedup": times["audio"] / times["cache"],
+        "data_cache_speedup": paired_ratio(data_runs, "audio", "cache"),
         "data_cache_build_s": build_s,
         "data_epoch_steps": steps,
         "data_epoch_s": total,
