@@ -133,6 +133,29 @@ def test_fbank_cpu_paths_match_kaldi(cpu_path, threads):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("sample_rate, num_bins, frame_length_ms, frame_shift_ms",
+                         [(8000, 40, 25.0, 10.0), (22050, 80, 32.0, 8.0), (16000, 23, 20.0, 12.5)])
+def test_fbank_cpu_paths_other_settings_match_kaldi(cpu_path, sample_rate, num_bins, frame_length_ms,
+                                                      frame_shift_ms):
+    """Other rates, filter counts and frame sizes (non-power-of-two windows, empty filters)."""
+    cfg = KaldiFbank.Config(sample_rate=sample_rate, num_bins=num_bins, frame_length_ms=frame_length_ms,
+                            frame_shift_ms=frame_shift_ms, num_frames=None)
+    fb = KaldiFbank(cfg)
+    g = torch.Generator().manual_seed(num_bins)
+    n = int(sample_rate * 1.3)
+    t = torch.arange(n) / sample_rate
+    clips = torch.stack([0.05 * torch.randn(n, generator=g) + 0.01, 0.4 * torch.sin(2 * math.pi * 300.0 * t),
+                         0.2 * torch.randn(n, generator=g)])
+    out = fb.compute(clips)
+    for i in range(len(clips)):
+        c = clips[i]
+        ref = kaldi.fbank((c - c.mean())[None], htk_compat=True, sample_frequency=sample_rate, use_energy=False,
+                          window_type="hanning", num_mel_bins=num_bins, dither=0.0, frame_shift=frame_shift_ms,
+                          frame_length=frame_length_ms)
+        assert out[i].shape == ref.shape
+        assert (out[i] - ref).abs().max().item() <= 1e-3
+
+
 def test_fbank_cpu_paths_agree_and_keep_nan(cpu_path):
     from ssl_bench.plugins.audio import frontend
 
