@@ -65,7 +65,9 @@ def mixup(
         raise ValueError(f"mixup alpha must be > 0, got {alpha}")
     dev = x.device
     apply = torch.rand(b, device=dev) < prob
-    beta = torch.distributions.Beta(torch.tensor(float(alpha), device=dev), torch.tensor(float(alpha), device=dev))
+    concentration = torch.tensor(float(alpha), device=dev)
+    # validate_args=False: the default argument check reads the GPU tensor back (a sync per step).
+    beta = torch.distributions.Beta(concentration, concentration, validate_args=False)
     lam = torch.where(apply, beta.sample((b,)), torch.ones(b, device=dev))
     # a partner other than the clip itself: shift by 1..b-1
     partner = (torch.arange(b, device=dev) + torch.randint(1, b, (b,), device=dev)) % b
