@@ -29,6 +29,20 @@ def _model(device, decoder):
                         **{"frontend.num_frames": FRAMES, "frontend.mean": -4.27, "frontend.std": 4.57}).to(device)
 
 
+def _steps_without_sync(step) -> None:
+    """One warm-up ``step()`` (lazy initialisation: cuBLAS handles, optimizer state may
+    synchronise once), then two under the sync debug mode; the loss must be finite."""
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            loss = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item()
+
+
 @pytest.mark.parametrize("decoder", ["global", "shifted-window"])
 def test_pretraining_step_does_not_synchronise(device, decoder):
     _require_cuda(device)
@@ -47,15 +61,7 @@ def test_pretraining_step_does_not_synchronise(device, decoder):
         opt.zero_grad(set_to_none=True)
         return loss
 
-    step()  # lazy initialisation (cuBLAS handles, optimizer state) may synchronise once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(2):
-            loss = step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert torch.isfinite(loss).item()
+    _steps_without_sync(step)
 
 
 def test_finetuning_step_does_not_synchronise(device):
@@ -77,12 +83,4 @@ def test_finetuning_step_does_not_synchronise(device):
         opt.zero_grad(set_to_none=True)
         return loss
 
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(2):
-            loss = step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert torch.isfinite(loss).item()
+    _steps_without_sync(step)
