@@ -114,7 +114,7 @@ def cpu_path(request):
     frontend.use_kernels(None)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 6])  # 6: the wide schedule of the torch path
 def test_fbank_cpu_paths_match_kaldi(cpu_path, threads):
     """Tonal, silent-with-burst, chirp and quiet-noise clips, long (runs of frames within a clip)
     and short (several clips per run), on one thread and on the pool."""

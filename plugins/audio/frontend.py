@@ -36,8 +36,9 @@ LOW_FREQ = 20.0  # Hz, Kaldi default
 #: Frames per CPU work item: keeps the [frames, 512] work arrays in the core's cache.  On
 #: CUDA the whole batch goes at once.
 CPU_CHUNK_FRAMES = 1024
-#: Above this many torch threads the CPU path uses OpenMP-parallel ops instead of a pool of
-#: single-threaded workers (which would queue on the GIL), on runs of CPU_WIDE_CHUNK_FRAMES.
+#: Without the compiled kernels, above this many torch threads the CPU path uses OpenMP-parallel
+#: ops instead of a pool of single-threaded workers (which would queue on the GIL), on runs of
+#: CPU_WIDE_CHUNK_FRAMES.
 CPU_POOL_MAX_THREADS = 4
 CPU_WIDE_CHUNK_FRAMES = 2048
 #: Frames per CUDA batch (bounds the float64 work arrays to ~0.3 GB each).
@@ -301,30 +302,30 @@ class KaldiFbank(Component):
     def _compute_cpu(self, wav: torch.Tensor, means: torch.Tensor, out: torch.Tensor) -> None:
         """CPU path: runs of frames small enough to stay in cache, in one of two schedules.
 
-        With 2 to ``CPU_POOL_MAX_THREADS`` torch threads the runs go to a pool of that many
-        threads, each running its ops single-threaded: on a small machine an OpenMP region per
-        op over a few megabytes costs more in synchronisation than it gains, and when the
-        machine is busy a two-thread region waits for whichever thread was descheduled (20x
-        slower, measured).  With more threads the pool would queue on the GIL, so the runs are
-        done one after the other with every op spread over all threads (OpenMP), in longer
-        runs.  Both schedules round exactly alike.
+        Each run is computed by the compiled kernels (:mod:`.kernels`, which release the GIL)
+        when numba is installed, else by torch ops alone (the same numbers, about 1.7x the time).
 
-        Each run is computed by the compiled kernels (:mod:`.kernels`, without the GIL) when
-        numba is installed, else by torch ops alone (same numbers, about twice the time).
+        The runs go to a pool of as many threads as torch has, each running its ops
+        single-threaded: on a small machine an OpenMP region per op over a few megabytes costs
+        more in synchronisation than it gains, and when the machine is busy a two-thread region
+        waits for whichever thread was descheduled (20x slower, measured).  Torch ops alone
+        hold the GIL between ops, so above ``CPU_POOL_MAX_THREADS`` threads the pool would queue
+        on it: there the runs are done one after the other with every op spread over all threads
+        (OpenMP), in longer runs.  Both schedules round exactly alike.
         """
         batch, num_frames = out.shape[0], out.shape[1]
         threads = torch.get_num_threads()
-        pooled = 2 <= threads <= CPU_POOL_MAX_THREADS
-        step = CPU_CHUNK_FRAMES if threads <= CPU_POOL_MAX_THREADS else CPU_WIDE_CHUNK_FRAMES
+        kernels = _kernels()
+        if kernels is not None and not bool(torch.isfinite(means).all()):
+            kernels = None  # NaN/inf audio: torch's ops give exactly Kaldi's NaN pattern (rare, not fast)
+        pooled = threads >= 2 and (kernels is not None or threads <= CPU_POOL_MAX_THREADS)
+        step = CPU_CHUNK_FRAMES if pooled or threads == 1 else CPU_WIDE_CHUNK_FRAMES
         if num_frames >= step:  # long clips: runs of frames within a clip
             jobs = [(i, i + 1, f0, min(f0 + step, num_frames))
                     for i in range(batch) for f0 in range(0, num_frames, step)]
         else:  # short clips: several whole clips per job
             per_job = step // num_frames
             jobs = [(i, min(i + per_job, batch), 0, num_frames) for i in range(0, batch, per_job)]
-        kernels = _kernels()
-        if kernels is not None and not bool(torch.isfinite(means).all()):
-            kernels = None  # NaN/inf audio: torch's ops give exactly Kaldi's NaN pattern (rare, not fast)
         if kernels is not None:
             def run(job, pin):
                 self._compiled_chunk(kernels, wav, means, out, job, step, pin)
