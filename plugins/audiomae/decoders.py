@@ -193,21 +193,25 @@ class WindowAttention(nn.Module):
         return self.meta_mlp(coords).transpose(0, 1).reshape(self.heads, n, n)
 
     def forward(self, x: torch.Tensor, window: tuple[int, int], mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: ``[B, nW, N, C]`` windows of ``N`` cells; ``mask``: ``[nW, N, N]`` additive or None."""
+        """``x``: ``[B, nW, N, C]`` windows of ``N`` cells; ``mask``: ``[nW, N, N]`` additive or None.
+
+        Every (window, head) pair is one attention "head" of ``scaled_dot_product_attention``:
+        the bias (position bias plus window mask), ``[nW * h, N, N]``, is then the same for
+        every clip and broadcasts over the batch instead of being copied ``B`` times.
+        """
         B, nW, N, C = x.shape
         h = self.heads
-        qkv = self.qkv(x).reshape(B * nW, N, 3, h, C // h).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [B*nW, h, N, hd]
+        qkv = self.qkv(x).reshape(B, nW, N, 3, h, C // h).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = (t.reshape(B, nW * h, N, C // h) for t in qkv.unbind(0))  # [B, nW*h, N, hd]
         inv_tau = 1.0 / self.tau.clamp(min=0.01)
-        q = F.normalize(q, dim=-1, eps=1e-6) * inv_tau.view(1, h, 1, 1).to(q.dtype)
+        q = F.normalize(q, dim=-1, eps=1e-6) * inv_tau.repeat(nW).view(1, nW * h, 1, 1).to(q.dtype)
         k = F.normalize(k, dim=-1, eps=1e-6)
-        bias = self.position_bias(window, x.device).unsqueeze(0).to(q.dtype)  # [1, h, N, N]
-        if mask is not None:
-            # Same windows in every clip: repeat the per-window mask over the batch.
-            bias = bias + mask.unsqueeze(1).to(q.dtype)  # [nW, h, N, N]
-            bias = bias.unsqueeze(0).expand(B, nW, h, N, N).reshape(B * nW, h, N, N)
+        bias = self.position_bias(window, x.device).unsqueeze(0)  # [1, h, N, N]
+        bias = bias + mask.unsqueeze(1) if mask is not None else bias.expand(nW, -1, -1, -1)
+        bias = bias.reshape(1, nW * h, N, N).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-        return self.proj(out.transpose(1, 2).reshape(B, nW, N, C))
+        out = out.reshape(B, nW, h, N, C // h).transpose(2, 3).reshape(B, nW, N, C)
+        return self.proj(out)
 
 
 class WindowBlock(nn.Module):
