@@ -7,7 +7,7 @@ These kernels do each side of the FFT in one pass, on blocks of frames that stay
 
 Rounding: every float32 operation before the FFT is Kaldi's, in Kaldi's order and without
 fused multiply-adds (numba does not contract them unless ``fastmath`` is on), so the FFT input
-is bit-identical to ``torch.compliance.kaldi.fbank``'s.  After the FFT only sums of positive
+is bit-identical to ``torchaudio.compliance.kaldi.fbank``'s.  After the FFT only sums of positive
 numbers and a logarithm remain: the sums are exact to ~1e-7 relative whatever their order,
 and the log is within ~1e-7 relative of ``torch.log``.
 """
