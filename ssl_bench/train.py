@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed as D
 from .checkpoint import CheckpointError, atomic_save, safe_load
+from .nn import to_device as tensor_to_device
 
 CHECKPOINT_FORMAT = "ssl-bench-train"
 CHECKPOINT_VERSION = 1
@@ -498,9 +499,9 @@ def configure_backends(device: torch.device, deterministic: bool = False) -> Non
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) batch; non-blocking from pinned memory."""
+    """Move every tensor in a (nested) batch, each without stalling the host (:func:`.nn.to_device`)."""
     if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
+        return tensor_to_device(batch, device)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
