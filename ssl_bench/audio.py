@@ -6,6 +6,7 @@ FLAC and OGG everywhere.  Resampling uses ``torchaudio.functional.resample``.
 
 from __future__ import annotations
 
+from .errors import UserError
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import torchaudio.functional as AF
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 

@@ -21,6 +21,7 @@ the per-round ratios, so drift and bursts of other work on a shared machine most
 
 from __future__ import annotations
 
+from .errors import UserError
 import json
 import math
 import os
@@ -54,7 +55,7 @@ DATA_SECONDS = (10.0, 2.0)
 DATA_BATCH = (16, 4)
 
 
-class BenchError(RuntimeError):
+class BenchError(UserError, RuntimeError):
     """The benchmark cannot run as asked (missing package, bad device); says what to do."""
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from .errors import UserError
 import argparse
 import os
 import tempfile
@@ -25,7 +26,7 @@ FORMAT_VERSION = 1
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 

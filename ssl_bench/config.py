@@ -25,6 +25,7 @@ error that lists the valid ones.
 
 from __future__ import annotations
 
+from .errors import UserError
 import dataclasses
 import hashlib
 import itertools
@@ -48,7 +49,7 @@ SLOTS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration key or value; the message says which and what is valid."""
 
 

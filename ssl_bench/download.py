@@ -14,6 +14,7 @@ and where to put it.
 
 from __future__ import annotations
 
+from .errors import UserError
 import hashlib
 import os
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download that failed or could not be verified; says what to do by hand."""
 
 

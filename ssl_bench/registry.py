@@ -16,6 +16,7 @@ working.  A name registered twice is an error naming both plugins whenever it is
 
 from __future__ import annotations
 
+from .errors import UserError
 import importlib
 import importlib.metadata
 import importlib.util
@@ -50,7 +51,7 @@ BUILTIN_MODULES = {
 HOOKS = {f"register_{kind}s": kind for kind in KINDS}
 
 
-class RegistryError(LookupError):
+class RegistryError(UserError, LookupError):
     """An unknown or ambiguous name; the message lists what exists."""
 
 

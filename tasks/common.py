@@ -7,6 +7,7 @@ nothing.  Task plugins import it; they never import each other's registration co
 
 from __future__ import annotations
 
+from ssl_bench.errors import UserError
 import csv
 import os
 import shutil
@@ -21,11 +22,11 @@ from typing import Iterable, Iterator, Sequence
 from ssl_bench.components import Clip, Split
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError, ValueError):
     """Bad dataset metadata; the message names the file (and line) and what is wrong."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset that is not where the task looked; the message says what to get and where."""
 
 

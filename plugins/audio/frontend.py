@@ -14,6 +14,7 @@ banks from 20 Hz to Nyquist, and the log with a floor of float32 epsilon.
 
 from __future__ import annotations
 
+from ssl_bench.errors import UserError
 import dataclasses
 import math
 import os
@@ -91,7 +92,7 @@ def use_kernels(enabled: bool | None) -> None:
         _KERNELS.append(module)
 
 
-class FrontendError(ValueError):
+class FrontendError(UserError, ValueError):
     """A waveform the frontend cannot process; the message says what is wrong."""
 
 

@@ -1,0 +1,446 @@
+"""The one training loop every protocol uses.
+
+:func:`fit` trains a model on a map-style dataset with a protocol-supplied loss function::
+
+    result = fit(model, dataset, loss_fn, TrainConfig(epochs=10, batch_size=64, blr=1e-3),
+                 device=device, checkpoint_dir=ckpt_dir, on_epoch_end=validate)
+
+What it does, so the protocols do not have to:
+
+* AdamW with parameter groups: no weight decay for 1-D parameters, biases and position/class
+  tokens; optional layer-wise lr decay (``lr_scale = decay ** (num_layers - layer_id)``);
+  ``lr = blr * batch_size / 256`` unless ``lr`` is given; per-step linear warm-up, then a
+  half-cycle cosine to ``min_lr`` (the MAE schedule);
+* gradient accumulation (``batch_size`` is the global batch of one optimiser step);
+* torchrun/DDP: each global batch is split over ranks and accumulation steps the same way
+  whatever the world size, so 1 process and N processes see the same examples per step;
+* on CUDA: bf16 autocast, TF32 matmuls, fused AdamW, pinned memory with non-blocking copies,
+  and no host-device synchronisation inside a step except logging every ``log_every`` steps;
+  ``compile=True`` wraps the step in ``torch.compile``;
+* checkpoints every ``checkpoint_every`` epochs (and on SIGTERM/SIGINT at the next step
+  boundary), written atomically with model, optimiser, schedule, grad scaler, epoch/step (the
+  sampler position), the protocol's own state and every RNG state, so a resumed run continues
+  exactly where the last complete checkpoint left it (bit for bit on CPU).
+
+The loss function is called as ``loss_fn(model, batch, ctx)`` with the batch already on the
+device and a :class:`StepContext` that says which part of which global batch it is; it
+returns a scalar loss (mean over its micro-batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import resource
+import signal
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .. import distributed as D
+from ..nn import to_device as tensor_to_device
+from .optim import TrainConfig, TrainConfigError, WarmupCosine, param_groups
+from .sampler import ShardedBatchSampler
+from .signals import STOP, GracefulStop, TrainingInterrupted
+from .state import (
+    CHECKPOINT_NAME,
+    Stateful,
+    load_train_checkpoint,
+    restore_train_state,
+    save_train_checkpoint,
+    seed_everything,
+)
+
+#: Under torchrun, how often (in steps) the ranks agree on whether a SIGTERM/SIGINT arrived.
+STOP_CHECK_STEPS = 5
+
+@dataclass
+class StepContext:
+    """Where a micro-batch sits: ``offset`` of its first example inside the global batch of
+    ``global_batch`` examples at optimiser step ``global_step``.
+
+    :meth:`generator` gives a CPU generator seeded by (seed, step, salt): randomness drawn from
+    it for the whole global batch and sliced with ``offset`` is the same for any number of
+    processes and across resumes (pretraining masks use it).
+    """
+
+    epoch: int
+    step: int
+    global_step: int
+    micro: int
+    offset: int
+    global_batch: int
+    seed: int
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        digest = hashlib.sha256(f"{self.seed}:{self.global_step}:{salt}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class LossFn(Protocol):
+    def __call__(self, model: nn.Module, batch: Any, ctx: StepContext) -> torch.Tensor: ...
+
+
+class _StepModule(nn.Module):
+    """Puts the loss function behind ``forward`` so DDP and ``torch.compile`` can wrap it."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any, ctx: StepContext) -> torch.Tensor:
+        return self.loss_fn(self.model, batch, ctx)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class FitResult:
+    """What :func:`fit` did.  ``history``: one record per epoch (all epochs, resumed or not);
+    ``step_losses``: the global mean loss of every optimiser step; throughput and memory are for
+    the steps this call ran."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    epochs: int = 0
+    steps: int = 0
+    wall_s: float = 0.0
+    train_s: float = 0.0
+    samples_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    world_size: int = 1
+    device: str = "cpu"
+    resumed_from: tuple[int, int] | None = None  # (epoch, step) of the checkpoint resumed
+    checkpoint: Path | None = None
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.history[-1]["loss"]) if self.history else float("nan")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on ``device``, or the process's peak resident size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def configure_backends(device: torch.device, deterministic: bool = False) -> None:
+    """TF32 matmuls on CUDA; deterministic algorithms when asked (bit-identical reruns)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+        torch.backends.cudnn.allow_tf32 = not deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch, each without stalling the host (:func:`.nn.to_device`)."""
+    if torch.is_tensor(batch):
+        return tensor_to_device(batch, device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU (bf16 matmuls there are slower and less exact)."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- the loop
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    collate_fn: Callable | None = None,
+    groups: list[dict[str, Any]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    on_epoch_end: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
+    on_step_end: Callable[[int, nn.Module], None] | None = None,
+    state: Stateful | None = None,
+    log_metrics: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    stop: GracefulStop | None = None,
+    sample_weights: Sequence[float] | None = None,
+    epoch_size: int | None = None,
+) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` epochs over ``dataset`` (see the module docstring).
+
+    ``groups``: parameter groups (default :func:`param_groups` with ``cfg.weight_decay`` and
+    ``cfg.layer_decay``).  ``on_epoch_end(epoch, model)`` runs after every epoch on every rank
+    (validation) and may return metrics for the epoch record; ``on_step_end(global_step, model)``
+    runs after every optimiser step (an EMA teacher update; ``global_step`` counts steps done,
+    from 1), before any checkpoint of that step is written; ``state`` (anything with
+    ``state_dict``/``load_state_dict``, e.g. a best-epoch tracker) is saved in checkpoints and
+    restored on resume.  ``log_metrics(record)`` receives each epoch record on rank 0.
+    ``sample_weights``/``epoch_size``: draw ``epoch_size`` examples per epoch with replacement,
+    proportionally to the weights (class-balanced sampling) instead of a shuffle.
+    With ``checkpoint_dir``, ``<dir>/last.pt`` is (re)written atomically every
+    ``cfg.checkpoint_every`` epochs and at the end; with ``resume`` an existing one is loaded
+    first, and a finished one returns at once.
+    """
+    cfg.check()
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    info = D.current()
+    stop = stop or STOP
+    configure_backends(device, cfg.deterministic)
+
+    sampler = ShardedBatchSampler(len(dataset), cfg.batch_size, cfg.accum_steps, info.rank, info.world_size, cfg.seed,
+                                  weights=sample_weights, num_samples=epoch_size)
+    steps_per_epoch = sampler.steps_per_epoch
+    if steps_per_epoch == 0:
+        raise TrainConfigError(
+            f"{desc}: batch_size {cfg.batch_size} is larger than the {sampler.num_samples} training examples "
+            "of an epoch; lower the batch size"
+        )
+    model.to(device)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    saved = load_train_checkpoint(ckpt_path) if (resume and ckpt_path is not None and ckpt_path.is_file()) else None
+    if saved is not None and saved.get("world_size", 1) != info.world_size:
+        warnings.warn(f"{ckpt_path}: written with {saved.get('world_size')} processes, resuming with "
+                      f"{info.world_size}; per-rank RNG streams are re-seeded", stacklevel=2)
+
+    seed_everything(cfg.seed + info.rank)
+    if saved is not None and saved.get("finished"):  # nothing left to train: the finished run's record
+        restore_train_state(saved, model, state)
+        history = list(saved["history"])
+        losses = [float(x) for x in saved["step_losses"]]
+        return FitResult(history=history, step_losses=losses, epochs=len(history), steps=len(losses),
+                         wall_s=time.perf_counter() - t_start, world_size=info.world_size, device=str(device),
+                         resumed_from=(int(saved["epoch"]), int(saved["step"])), checkpoint=ckpt_path)
+    # done for any world size so parameter groups (and checkpoints) do not depend on it
+    frozen = _freeze_unused(model, dataset, loss_fn, sampler, collate_fn, device, cfg)
+    try:
+        groups = groups if groups is not None else param_groups(model, cfg.weight_decay, cfg.layer_decay)
+        fused = device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=tuple(cfg.betas), fused=fused)
+        schedule = WarmupCosine(optimizer, cfg.peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, steps_per_epoch)
+        # bf16 needs no loss scaling; the scaler stays (disabled) so checkpoints have one format
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+        result = FitResult(world_size=info.world_size, device=str(device), checkpoint=ckpt_path)
+        start_epoch, start_step = 0, 0
+        epoch_losses = torch.zeros(steps_per_epoch, dtype=torch.float64, device=device)
+        if saved is not None:
+            restore_train_state(saved, model, state, optimizer, schedule, scaler)
+            start_epoch, start_step = int(saved["epoch"]), int(saved["step"])
+            result.history = list(saved["history"])
+            result.step_losses = [float(x) for x in saved["step_losses"]]
+            result.resumed_from = (start_epoch, start_step)
+            if start_step:
+                epoch_losses[:start_step] = saved["epoch_losses"][:start_step].to(device)
+
+        step_module: nn.Module = _StepModule(model, loss_fn)
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
+        runner = torch.compile(step_module) if cfg.compile else step_module
+
+        # The loader draws its worker seed from its own generator, reseeded every epoch: the global
+        # RNG is not touched, and worker randomness (random crops) depends only on (seed, epoch).
+        # Workers are not persistent for the same reason.  Bit-identical resumes inside an epoch
+        # need num_workers=0 (then dataset randomness comes from the restored global RNG).
+        loader_gen = torch.Generator()
+        loader = DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda", generator=loader_gen,
+        )
+        is_main = info.is_main
+        # A stop request is a local flag; under torchrun the ranks must agree on the step they stop
+        # at, which costs a (tiny) all-reduce and a host sync: every few steps, not every step.
+        # torchrun gives its workers 30 s after forwarding SIGTERM, so "a few" stays small.
+        checks_stop_every = 1 if not info.enabled else max(1, min(cfg.log_every, STOP_CHECK_STEPS))
+        samples_run, t_train = 0, 0.0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        with stop.installed(), stop.deferred():
+            for epoch in range(start_epoch, cfg.epochs):
+                step0 = start_step if epoch == start_epoch else 0
+                if step0 == 0:
+                    epoch_losses.zero_()
+                sampler.set_epoch(epoch, step0)
+                model.train()
+                t_epoch = time.perf_counter()
+                bar = _progress(steps_per_epoch, step0, f"{desc} {epoch + 1}/{cfg.epochs}", progress and is_main)
+                loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+                batches = iter(loader)
+                lr = schedule.lr_at(schedule.step_num)
+                for step in range(step0, steps_per_epoch):
+                    lr = schedule.apply()
+                    step_loss = torch.zeros((), dtype=torch.float64, device=device)
+                    for m in range(cfg.accum_steps):
+                        batch = to_device(next(batches), device)
+                        ctx = StepContext(epoch, step, schedule.step_num, m, sampler.offset(m), cfg.batch_size,
+                                          cfg.seed)
+                        sync = (step_module.no_sync() if info.enabled and m < cfg.accum_steps - 1
+                                else contextlib.nullcontext())
+                        with sync:
+                            with autocast(device, cfg.amp):
+                                loss = runner(batch, ctx)
+                            scaler.scale(loss / cfg.accum_steps).backward()
+                        step_loss += loss.detach().double() / cfg.accum_steps
+                    if cfg.clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    schedule.step()
+                    if on_step_end is not None:
+                        on_step_end(schedule.step_num, model)
+                    epoch_losses[step] = step_loss
+                    done = step + 1
+                    if done % cfg.log_every == 0 or done == steps_per_epoch:
+                        mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
+                        if not math.isfinite(mean):
+                            raise FloatingPointError(
+                                f"{desc}: loss became {mean} by epoch {epoch + 1} step {done}; "
+                                "lower the learning rate or set clip_grad"
+                            )
+                        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+                    bar.update(1)
+                    if done < steps_per_epoch and done % checks_stop_every == 0 and D.any_rank(stop.signum is not None):
+                        bar.close()
+                        path = save_train_checkpoint(ckpt_path, model, optimizer, schedule, scaler, epoch, done,
+                                                     result.history, result.step_losses, epoch_losses, state,
+                                                     finished=False)
+                        raise TrainingInterrupted(stop.signum or signal.SIGTERM, path)
+                bar.close()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                epoch_time = time.perf_counter() - t_epoch
+                t_train += epoch_time
+                samples_run += (steps_per_epoch - step0) * cfg.batch_size
+                losses = D.all_reduce_mean(epoch_losses).cpu().tolist()
+                result.step_losses.extend(losses)
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": lr,
+                    "epoch_time_s": round(epoch_time, 4),
+                    "samples_per_s": round((steps_per_epoch - step0) * cfg.batch_size / max(epoch_time, 1e-9), 3),
+                }
+                if on_epoch_end is not None:
+                    extra = on_epoch_end(epoch, model)
+                    if extra:
+                        record.update(extra)
+                result.history.append(record)
+                if log_metrics is not None and is_main:
+                    log_metrics(dict(record))
+                last = epoch + 1 == cfg.epochs
+                stopping = not last and D.any_rank(stop.signum is not None)
+                if ckpt_path is not None and (last or stopping or (epoch + 1) % max(cfg.checkpoint_every, 1) == 0):
+                    save_train_checkpoint(ckpt_path, model, optimizer, schedule, scaler, epoch + 1, 0, result.history,
+                                          result.step_losses, epoch_losses, state, finished=last)
+                if stopping:
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, ckpt_path)
+
+        result.epochs = len(result.history)
+        result.steps = len(result.step_losses)
+        result.train_s = t_train
+        result.samples_per_s = samples_run / t_train if t_train > 0 else 0.0
+        result.peak_memory_mb = peak_memory_mb(device)
+        result.wall_s = time.perf_counter() - t_start
+        return result
+    finally:
+        for p in frozen:  # the caller gets its model back as it was
+            p.requires_grad_(True)
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+
+def _freeze_unused(model: nn.Module, dataset: Dataset, loss_fn: LossFn, sampler: ShardedBatchSampler,
+                   collate_fn: Callable | None, device: torch.device, cfg: TrainConfig) -> list[nn.Parameter]:
+    """Turn off ``requires_grad`` for parameters the loss never touches (e.g. a classifier norm
+    during pretraining), so DDP needs no ``find_unused_parameters`` graph walk every step.
+
+    One forward/backward on a small batch with every RNG forked, so nothing downstream
+    changes; AdamW skips parameters without gradients anyway, so training is unaffected.
+    Returns the parameters it froze (:func:`fit` unfreezes them when it returns).
+    """
+    n = min(len(dataset), max(sampler.micro, 1))
+    items = [dataset[i] for i in range(n)]
+    batch = to_device(collate_fn(items) if collate_fn else torch.utils.data.default_collate(items), device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        ctx = StepContext(0, 0, 0, 0, 0, n, cfg.seed)
+        with autocast(device, cfg.amp):
+            loss = loss_fn(model, batch, ctx)
+        loss.backward()
+    frozen = []
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.requires_grad_(False)
+            frozen.append(p)
+        p.grad = None
+    return frozen
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(
+    fn: Callable[[Any], torch.Tensor],
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    collate_fn: Callable | None = None,
+    num_workers: int = 0,
+    amp: bool = True,
+    progress: bool = False,
+    desc: str = "eval",
+) -> torch.Tensor:
+    """``fn(batch) -> [b, ...]`` over every example of ``dataset``, in order, as float32 on CPU.
+
+    Under torchrun each rank scores ``rank::world`` (no padded duplicates) and the results
+    are gathered back into dataset order on every rank.
+    """
+    device = torch.device(device)
+    info = D.current()
+    idx = D.shard(len(dataset), info)
+    loader = DataLoader(
+        Subset(dataset, idx.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+        num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+    )
+    outs = []
+    from tqdm.auto import tqdm
+
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main), dynamic_ncols=True):
+        with autocast(device, amp):
+            outs.append(fn(to_device(batch, device)).float())
+    if outs:
+        local = torch.cat(outs)
+    else:  # this rank got no examples: learn the row shape from the others
+        shapes = [s for s in D.all_gather_object(None) if s is not None]
+        local = torch.zeros((0,) + tuple(shapes[0] if shapes else ()), dtype=torch.float32, device=device)
+    if info.enabled and outs:
+        D.all_gather_object(tuple(local.shape[1:]))
+    return D.gather_rows(local, len(dataset))
