@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .audio import AudioError, fit_length, load_audio
+from .audio import AudioError, read_many, resample_batch
 from .components import Clip
 
 #: Bumped whenever the on-disk layout or the way features are computed changes.
@@ -142,16 +142,20 @@ def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None) 
 
 
 # --------------------------------------------------------------------------- computing
-def _decode(clip: Clip, sample_rate: int, num_samples: int | None) -> np.ndarray:
-    wave = load_audio(clip.path, sample_rate)
-    if num_samples is not None:
-        wave = fit_length(wave, num_samples)
-    return wave
-
-
 #: Skipped clips named one warning each; beyond that one summary warning (AudioSet copies
 #: can miss thousands of clips, and a wall of warnings hides everything else).
 MAX_SKIP_WARNINGS = 10
+#: Threads decoding audio files ahead of the resampling and the frontend (soundfile releases
+#: the GIL, and on network storage most of a read is waiting).
+MAX_READ_THREADS = 8
+#: Clips of one rate are resampled together unless the longest would be padded past this
+#: factor of the shortest (zero-padding wastes work, it does not change the numbers).
+RESAMPLE_PAD_FACTOR = 1.25
+
+
+def read_threads() -> int:
+    """Decoding threads of :func:`extract`: the machine's cores, between 2 and 8."""
+    return max(2, min(MAX_READ_THREADS, os.cpu_count() or 1))
 
 
 def _skip(clip: Clip, reason: str, strict: bool, skipped: list[tuple[str, str]]) -> None:
@@ -170,12 +174,49 @@ def _warn_rest(skipped: list[tuple[str, str]], total: int, suffix: str = "") -> 
             SkippedClipWarning, stacklevel=3)
 
 
-def _run_frontend(frontend: Any, waves: list[np.ndarray], device) -> np.ndarray:
-    batch = torch.from_numpy(np.stack(waves)).to(device)
+def _run_frontend(frontend: Any, waves: list[torch.Tensor], device) -> np.ndarray:
+    batch = torch.stack(waves).to(device)
     if isinstance(frontend, torch.nn.Module):
         frontend.to(device)  # its filterbank buffers must sit where the batch is (no-op when already there)
     with torch.no_grad():
         return frontend.compute(batch).float().cpu().numpy()
+
+
+def _fit_length(wave: torch.Tensor, num_samples: int | None) -> torch.Tensor:
+    """:func:`ssl_bench.audio.fit_length` (zero-pad at the end or crop the start) on a tensor."""
+    if num_samples is None or wave.shape[-1] == num_samples:
+        return wave
+    if wave.shape[-1] > num_samples:
+        return wave[:num_samples]
+    return torch.nn.functional.pad(wave, (0, num_samples - wave.shape[-1]))
+
+
+def _resampled(items: list[tuple[int, np.ndarray, int]], sample_rate: int, num_samples: int | None,
+               device: torch.device) -> list[tuple[int, torch.Tensor]]:
+    """``(position, samples at the source rate, rate)`` -> ``(position, samples at sample_rate)``.
+
+    Clips of one rate and similar length are resampled as one batch with a kernel built once
+    per pair of rates, then padded or cropped to ``num_samples``.  On CUDA the resampling
+    runs there (in float64); elsewhere on the CPU.
+    """
+    where = device if device.type == "cuda" else torch.device("cpu")
+    by_rate: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+    for item in items:
+        by_rate.setdefault(item[2], []).append(item)
+    out: list[tuple[int, torch.Tensor]] = []
+    for sr, group in by_rate.items():
+        group.sort(key=lambda item: item[1].shape[0])
+        start = 0
+        while start < len(group):
+            stop = start + 1
+            limit = group[start][1].shape[0] * RESAMPLE_PAD_FACTOR
+            while stop < len(group) and group[stop][1].shape[0] <= limit:
+                stop += 1
+            chunk = group[start:stop]
+            waves = resample_batch([w for _, w, _ in chunk], sr, sample_rate, where)
+            out.extend((pos, _fit_length(w, num_samples)) for (pos, _, _), w in zip(chunk, waves))
+            start = stop
+    return out
 
 
 def _compute(
@@ -188,9 +229,15 @@ def _compute(
     progress: bool,
     sink,
 ) -> list[tuple[str, str]]:
-    """Decode and transform ``clips`` in batches; ``sink(position, features[T, F])`` per clip."""
+    """Decode, resample and transform ``clips`` in batches; ``sink(position, features[T, F])`` per clip.
+
+    Files are decoded by a thread pool ahead of the batch being transformed; each batch is
+    resampled per source rate (one kernel per pair of rates) and goes through the frontend
+    in groups of equal length.
+    """
     sample_rate = int(frontend.cfg.sample_rate)
     num_samples = None if clip_seconds is None else int(round(clip_seconds * sample_rate))
+    device = torch.device(device)
     skipped: list[tuple[str, str]] = []
     bar = None
     if progress:
@@ -198,14 +245,14 @@ def _compute(
 
         bar = tqdm(total=len(clips), desc="features", unit="clip", leave=False)
 
-    pending: list[tuple[int, np.ndarray]] = []
+    pending: list[tuple[int, np.ndarray, int]] = []
 
     def flush() -> None:
         if not pending:
             return
-        # Same-length waves run as one batch; ragged ones (clip_seconds=None) one by one.
-        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for item in pending:
+        # Same-length waves run as one batch; ragged ones (clip_seconds=None) by length.
+        groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for item in sorted(_resampled(pending, sample_rate, num_samples, device), key=lambda item: item[0]):
             groups.setdefault(item[1].shape[0], []).append(item)
         for items in groups.values():
             try:
@@ -233,18 +280,22 @@ def _compute(
                 sink(pos, f)
         pending.clear()
 
-    for pos, clip in enumerate(clips):
-        try:
-            pending.append((pos, _decode(clip, sample_rate, num_samples)))
-        except AudioError as exc:
-            _skip(clip, str(exc), strict, skipped)
-        if len(pending) >= batch_size:
-            flush()
+    decoded = read_many((clip.path for clip in clips), threads=read_threads(), lookahead=2 * batch_size)
+    try:
+        for pos, (clip, item) in enumerate(zip(clips, decoded)):
+            if isinstance(item, AudioError):
+                _skip(clip, str(item), strict, skipped)
+            else:
+                pending.append((pos, *item))
+            if len(pending) >= batch_size:
+                flush()
+            if bar is not None:
+                bar.update(1)
+        flush()
+    finally:
+        decoded.close()  # a strict error mid-way: stop the readers
         if bar is not None:
-            bar.update(1)
-    flush()
-    if bar is not None:
-        bar.close()
+            bar.close()
     _warn_rest(skipped, len(clips))
     return skipped
 
@@ -354,8 +405,9 @@ def extract(
 ) -> FeatureSet:
     """Raw log-mel features of ``clips``, computed once and cached.
 
-    Each clip is decoded with :func:`ssl_bench.audio.load_audio` at
-    ``frontend.cfg.sample_rate`` (mono, resampled), zero-padded or cropped to
+    Each clip is decoded (mono; :func:`ssl_bench.audio.read_audio`, by a pool of threads),
+    resampled to ``frontend.cfg.sample_rate`` (:func:`ssl_bench.audio.resample_batch`, the
+    numbers of ``torchaudio.functional.resample``), zero-padded or cropped to
     ``clip_seconds`` (``None`` keeps every clip's own length), and transformed with
     ``frontend.compute(waveform[B, N]) -> [B, T, F]`` on ``device`` in batches of
     ``batch_size``.  With ``cache_dir`` the features are stored there (see the module

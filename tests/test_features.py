@@ -65,6 +65,17 @@ def _write(path: Path, seconds: float, sr: int = 16000, freq: float = 440.0, cha
     return path
 
 
+def per_clip_reference_wave(path: Path, sample_rate: int, num_samples: int | None) -> np.ndarray:
+    """The plain per-clip path: soundfile, mono mean, ``torchaudio.functional.resample``, pad/crop."""
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if sr != sample_rate:
+        wave = torchaudio.functional.resample(wave, sr, sample_rate)
+    if num_samples is not None:
+        wave = torch.nn.functional.pad(wave, (0, max(0, num_samples - wave.shape[0])))[:num_samples]
+    return wave.numpy()
+
+
 @pytest.fixture
 def clips(tmp_path):
     d = tmp_path / "audio"
@@ -82,11 +93,8 @@ def test_extract_matches_per_clip_reference_and_fits_length(clips):
     assert len(fs) == 4 and fs.skipped == [] and fs.path is None
     assert fe.calls == 2  # batches of 3 + 1, not one call per clip
     ref = StandInFbank()
-    from ssl_bench.audio import fit_length, load_audio
-
     for i, clip in enumerate(clips):
-        wave = fit_length(load_audio(clip.path, 16000), 16000)
-        expect = ref.compute(torch.from_numpy(wave)[None])[0]
+        expect = ref.compute(torch.from_numpy(per_clip_reference_wave(clip.path, 16000, 16000))[None])[0]
         assert fs[i].shape == (98, 32)  # 1 s at a 10 ms shift, 25 ms window
         assert torch.allclose(fs[i], expect, atol=1e-5)
     assert [c.key for c in fs.clips] == [c.key for c in clips]
@@ -103,7 +111,7 @@ def test_cache_second_call_reads_instead_of_decoding(clips, tmp_path, monkeypatc
     def no_decode(*a, **k):
         raise AssertionError("audio decoded although the cache holds the features")
 
-    monkeypatch.setattr(F, "load_audio", no_decode)
+    monkeypatch.setattr(F, "read_many", no_decode)
     # mean/std/num_frames act after the cache: the same entry is used.
     fe2 = StandInFbank(replace(fe.cfg, mean=-4.0, std=4.0, num_frames=512))
     second = F.extract(clips, fe2, clip_seconds=1.0, cache_dir=cache, progress=False)
@@ -249,3 +257,80 @@ def test_extract_on_device_matches_cpu_reference(clips, device, tmp_path):
         assert (fs[i] - exact[i]).abs().max() <= 1e-4
         own_error = (ref[i] - exact[i]).abs().max().item()
         assert (fs[i] - ref[i]).abs().max() <= max(1e-3, own_error + 1e-4)
+
+
+# --------------------------------------------------------------------------- decoding and resampling
+@pytest.mark.parametrize("orig_sr", [44100, 48000, 22050, 8000])
+def test_batched_resampling_equals_torchaudio_per_clip(orig_sr):
+    from ssl_bench.audio import resample, resample_batch, resampled_length
+
+    g = torch.Generator().manual_seed(orig_sr)
+    # ragged lengths: the batch is zero-padded to the longest, which must not change any clip
+    waves = [0.3 * torch.randn(n, generator=g) for n in (orig_sr // 2, orig_sr // 2 + 37, orig_sr // 3, 5)]
+    out = resample_batch([w.numpy() for w in waves], orig_sr, 16000)
+    for w, o in zip(waves, out):
+        expect = torchaudio.functional.resample(w, orig_sr, 16000)
+        assert o.shape == expect.shape and o.shape[0] == resampled_length(w.shape[0], orig_sr, 16000)
+        assert (o - expect).abs().max() <= 1e-5
+    one = resample(waves[1].numpy(), orig_sr, 16000)
+    assert isinstance(one, np.ndarray)
+    assert np.abs(one - torchaudio.functional.resample(waves[1], orig_sr, 16000).numpy()).max() <= 1e-5
+
+
+def test_batched_resampling_on_device_equals_torchaudio(device):
+    from ssl_bench.audio import resample_batch
+
+    g = torch.Generator().manual_seed(1)
+    waves = [0.3 * torch.randn(n, generator=g) for n in (44100, 30000)]
+    out = resample_batch(waves, 44100, 16000, device)
+    for w, o in zip(waves, out):
+        assert o.device.type == device.type and o.dtype == torch.float32
+        assert (o.cpu() - torchaudio.functional.resample(w, 44100, 16000)).abs().max() <= 1e-5
+
+
+def test_read_many_keeps_order_and_reports_bad_files(clips, tmp_path):
+    from ssl_bench.audio import read_audio, read_many
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    paths = [clips[0].path, bad, clips[1].path, tmp_path / "gone.wav", clips[3].path] * 3
+    got = list(read_many(paths, threads=3, lookahead=4))
+    assert len(got) == len(paths)
+    for path, item in zip(paths, got):
+        if path.name in ("bad.wav", "gone.wav"):
+            assert isinstance(item, AudioError) and str(path) in str(item)
+        else:
+            wave, sr = read_audio(path)
+            assert item[1] == sr and np.array_equal(item[0], wave)
+    assert got[2][1] == 22050 and got[2][0].ndim == 1  # the stereo clip is averaged to mono
+    early = read_many(paths, threads=2, lookahead=2)
+    next(early)
+    early.close()  # a consumer that stops early leaves no thread behind
+    with pytest.raises(ValueError, match="threads"):
+        list(read_many(paths, threads=0))
+
+
+def test_extract_of_44k_and_48k_clips_matches_the_plain_per_clip_path(tmp_path):
+    """Decoding in threads, resampling in batches and the batched frontend keep the numbers of
+    soundfile + torchaudio.functional.resample + kaldi.fbank clip by clip."""
+    d = tmp_path / "hi"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    clips = []
+    for i, (sr, secs) in enumerate([(44100, 1.0), (48000, 1.0), (44100, 1.0), (44100, 0.9), (48000, 1.2)]):
+        t = np.arange(int(sr * secs)) / sr
+        wave = 0.1 * rng.standard_normal(t.size) + 0.3 * np.sin(2 * np.pi * (200 + 70 * i) * t)
+        sf.write(d / f"h{i}.wav", wave.astype(np.float32), sr, subtype="PCM_16")
+        clips.append(Clip(d / f"h{i}.wav", (0,), f"h{i}.wav"))
+    fe = real_frontend(num_bins=64)
+    if fe is None:
+        pytest.skip("plugins/audio KaldiFbank not available yet")
+    ref = StandInFbank(StandInFbank.Config(num_bins=64))
+    for seconds in (1.0, None):
+        fs = F.extract(clips, fe, clip_seconds=seconds, batch_size=4, progress=False)
+        assert [c.key for c in fs.clips] == [c.key for c in clips]
+        for i, clip in enumerate(clips):
+            n = None if seconds is None else 16000
+            expect = ref.compute(torch.from_numpy(per_clip_reference_wave(clip.path, 16000, n))[None])[0]
+            assert fs[i].shape == expect.shape
+            assert (fs[i] - expect).abs().max() <= 1e-3
