@@ -9,10 +9,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PROTOCOLS = ("pretrain", "finetune", "linear")
+#: ``ssl-bench probe`` is the linear probe's subcommand under its familiar name.
+ALIASES = {"probe": "linear"}
+CORE_COMMANDS = ("run", "results", "plugins")
 
 
-def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None) -> None:
+def _registry(argv: list[str] | None):
+    """The registry, with ``--plugins-dir`` applied: plugins add protocols and commands, so it is
+    needed before the parser can be built."""
+    from .registry import Registry, get_registry
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugins-dir", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    return Registry(plugins_dirs=known.plugins_dir) if known.plugins_dir else get_registry()
+
+
+def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str]) -> None:
     p.add_argument("--model", "-m", required=True, help="registered model name (see `ssl-bench plugins`)")
     p.add_argument("--task", "-t", required=True, help="task name, or a comma list of tasks")
     p.add_argument("--preset", "-p", help="size preset of the model (tiny, small, base, ...)")
@@ -26,7 +39,7 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None) 
                    help="results root (default: ./results or $SSL_BENCH_RESULTS)")
     if protocols_default is not None:
         p.add_argument("--protocols", default=protocols_default,
-                       help=f"comma list of {', '.join(PROTOCOLS)} (default: {protocols_default})")
+                       help=f"comma list of {', '.join(protocols)} (default: {protocols_default})")
     p.add_argument("--checkpoint", help="start from this checkpoint (official or ssl-bench) instead of pretraining")
     p.add_argument("--splits", help="comma list of split names to run (default: all, e.g. every fold)")
     p.add_argument("--seed", type=int, help="random seed (default 0; also --set seed=N)")
@@ -37,7 +50,14 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None) 
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry: Any = None) -> argparse.ArgumentParser:
+    from .runner import DEFAULT_PROTOCOLS
+
+    if registry is None:
+        from .registry import get_registry
+
+        registry = get_registry()
+    protocols = registry.names("protocol")
     parser = argparse.ArgumentParser(
         prog="ssl-bench",
         description="Benchmark self-supervised audio representations: pretrain, fine-tune and "
@@ -49,15 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="pretrain, fine-tune and linear-probe a model on a task, split by split")
-    _common_run_args(p, ",".join(PROTOCOLS))
-    for name, proto, text in (
-        ("pretrain", "pretrain", "only pretrain (checkpoints are cached and reused by config hash)"),
-        ("finetune", "finetune", "only fine-tune (from --checkpoint, or from random initialisation)"),
-        ("probe", "linear", "only linear-probe (from --checkpoint, or the random-init encoder)"),
-    ):
+    _common_run_args(p, ",".join(DEFAULT_PROTOCOLS), protocols)
+    # one subcommand per registered protocol that wants one: `ssl-bench knn ...` runs only it
+    subcommands = {n: n for n in protocols if getattr(registry.get("protocol", n).factory, "subcommand", True)}
+    subcommands.update({alias: target for alias, target in ALIASES.items() if target in protocols})
+    for name, proto in sorted(subcommands.items()):
+        if name in CORE_COMMANDS:
+            continue
+        text = getattr(registry.get("protocol", proto).factory, "help", "") or f"only the {proto} protocol"
         sp = sub.add_parser(name, help=text)
-        _common_run_args(sp, None)
-        sp.set_defaults(protocols=proto)
+        _common_run_args(sp, None, protocols)
+        sp.set_defaults(protocols=proto, command="run")
 
     p = sub.add_parser("results", help="show the results table")
     p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
@@ -70,21 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list plugins, where they come from and what they register")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("bench", help="speed benchmark: frontend, pretraining step, data loading, memory")
-    p.add_argument("--preset", default="tiny", help="model preset to time (tiny or base)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--quick", action="store_true", help="small sizes, for CI")
-    p.add_argument("--out", "-o", default="bench.json", help="JSON file to write (default bench.json)")
-
-    p = sub.add_parser("reconstruct", help="PNG of original / masked input / reconstruction for an audio file")
-    p.add_argument("audio", help="audio file (any rate; resampled)")
-    p.add_argument("--model", "-m", default="audiomae")
-    p.add_argument("--preset", "-p")
-    p.add_argument("--checkpoint", help="pretrained checkpoint with a decoder (official pretrained.pth or ours)")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--mask-ratio", type=float, help="override the masker's ratio")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", "-o", default="reconstruction.png")
+    # commands plugins bring (register_commands), e.g. bench and reconstruct
+    for name in registry.names("command"):
+        command = registry.get("command", name).factory
+        if name in CORE_COMMANDS or name in subcommands:
+            continue
+        sp = sub.add_parser(name, help=getattr(command, "help", ""), description=getattr(command, "description", None))
+        command.add_arguments(sp)
+        sp.set_defaults(plugin_command=command)
     return parser
 
 
@@ -92,14 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, parse_overrides, resolve
     from .model import checkpoint_settings
+    from .registry import get_registry
     from .runner import run_experiment
 
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
-    bad = [p for p in protocols if p not in PROTOCOLS]
+    known = get_registry().names("protocol")
+    bad = [p for p in protocols if p not in known]
     if bad or not protocols:
-        raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
-    from .registry import get_registry
 
     for task in tasks:
         get_registry().get("task", task)  # an unknown task fails before any work, listing the known ones
@@ -198,52 +214,23 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchError, run_bench
-
-    try:
-        run_bench(preset=args.preset, device=args.device, quick=args.quick, out=args.out)
-    except BenchError as exc:  # e.g. timm missing, or --device cuda without CUDA
-        print(f"ssl-bench: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .config import parse_overrides
-    from .model import create_model
-    from .reconstruct import reconstruct
-
-    sweeps = parse_overrides(args.overrides)
-    if len(sweeps) != 1:
-        raise ValueError("reconstruct takes single values in --set, not comma lists")
-    model = create_model(args.model, preset=args.preset, checkpoint=args.checkpoint, **sweeps[0])
-    out = reconstruct(model, args.audio, args.output, seed=args.seed, mask_ratio=args.mask_ratio)
-    print(f"wrote {out}")
-    return 0
-
-
-COMMANDS = {
-    "run": cmd_run, "pretrain": cmd_run, "finetune": cmd_run, "probe": cmd_run,
-    "results": cmd_results, "plugins": cmd_plugins, "bench": cmd_bench, "reconstruct": cmd_reconstruct,
-}
+COMMANDS = {"run": cmd_run, "results": cmd_results, "plugins": cmd_plugins}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .registry import Registry, RegistryError, set_registry
+    from .errors import UserError
+    from .registry import set_registry
 
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, RegistryError, CheckpointError,
-                                                    FileNotFoundError, ValueError, KeyError, OSError)
-    previous = set_registry(Registry(plugins_dirs=args.plugins_dir)) if args.plugins_dir else None
+    registry = _registry(argv)
+    previous = set_registry(registry)
     try:
-        return COMMANDS[args.command](args)
+        parser = build_parser(registry)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        command = getattr(args, "plugin_command", None)
+        return command.run(args) if command is not None else COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:
         from .train import TrainingInterrupted
 
@@ -252,19 +239,16 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         print("ssl-bench: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
-    except user_errors as exc:
-        if args.debug or os.environ.get("SSL_BENCH_DEBUG"):
+    except UserError as exc:  # one line; anything else is a bug and keeps its traceback
+        if "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("SSL_BENCH_DEBUG"):
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"ssl-bench: error: {msg}", file=sys.stderr)
+        print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if args.command in ("run", "pretrain", "finetune", "probe"):
-            from .distributed import shutdown
+        from .distributed import shutdown
 
-            shutdown()  # leave a torchrun process group cleanly
-        if args.plugins_dir:  # main() called in-process (tests, notebooks): leave the registry as found
-            set_registry(previous)
+        shutdown()  # leave a torchrun process group cleanly (no-op outside torchrun)
+        set_registry(previous)  # main() called in-process (tests, notebooks): leave the registry as found
 
 
 if __name__ == "__main__":

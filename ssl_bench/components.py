@@ -1,9 +1,10 @@
 """The interfaces every ssl-bench component implements.
 
-A *component* is one part of a model (frontend, encoder, masker, decoder, objective) or a
-downstream *task*. Plugins register factories for them by name (see :mod:`ssl_bench.hookspecs`);
-the core only ever talks to them through the protocols below, so a new masker or decoder is a
-plugin of a few dozen lines.
+A *component* is one part of a model (frontend, encoder, masker, decoder, objective, and the
+pretraining *method* that uses them) or a downstream *task*; evaluation *protocols* and CLI
+*commands* are registered the same way.  Plugins register factories for them by name (see
+:mod:`ssl_bench.hookspecs`); the core only ever talks to them through the interfaces below, so
+a new masker, decoder, SSL method or probe is a plugin of a few dozen lines.
 
 Component factories follow one convention, which is what makes ``--set encoder.depth=6`` work:
 
@@ -25,9 +26,10 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-#: The kinds of thing a plugin can register, in the order a model is built.
-COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective")
-KINDS = COMPONENT_KINDS + ("model", "task")
+#: The kinds of model part a plugin can register, in the order a model is built.
+COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective", "method")
+#: Everything a plugin can register (one ``register_<kind>s`` hook each).
+KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "command")
 
 #: Token layouts an encoder can use.  Index of the token at grid cell (t, f):
 #: ``time-major``: t * n_freq + f (AudioMAE);  ``freq-major``: f * n_time + t (AST, SSAST).
@@ -41,9 +43,11 @@ class BuildContext:
     """What a component factory may need to know about the rest of the model.
 
     Filled in progressively while :func:`ssl_bench.create_model` builds the parts in the
-    order of :data:`COMPONENT_KINDS`: the frontend sets ``num_frames``/``num_bins``, the
+    order of the model's slots: the frontend sets ``num_frames``/``num_bins``, the
     encoder sets ``encoder_dim``, ``grid``, ``layout``, ``patch_dim`` and
-    ``num_prefix_tokens`` for the decoder and objective that follow.
+    ``num_prefix_tokens`` for the decoder and objective that follow.  ``parts`` holds every
+    part built so far by slot (``ctx.parts["encoder"]``): a method or decoder that needs the
+    encoder itself (an EMA teacher is a copy of it) takes it from there.
     """
 
     num_frames: int = 1024  # spectrogram frames the model is built for (T)
@@ -54,6 +58,7 @@ class BuildContext:
     patch_dim: int | None = None  # values in one reconstruction target patch
     num_prefix_tokens: int = 0  # cls / distillation tokens in front of the patch tokens
     extra: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)  # slot -> the part built for it so far
 
 
 # --------------------------------------------------------------------------- outputs
@@ -61,13 +66,18 @@ class EncoderOutput(NamedTuple):
     """What an encoder returns.
 
     ``tokens``: ``[B, P + L_kept, D]`` (P prefix tokens, then the kept patch tokens in the
-    order of ``ids_keep``).  ``ids_keep``: ``[B, L_kept]`` indices (in the encoder's token
-    order) of the patch tokens that were encoded, or ``None`` when all were.
+    order of ``ids_keep``), after the final norm.  ``ids_keep``: ``[B, L_kept]`` indices (in
+    the encoder's token order) of the patch tokens that were encoded, or ``None`` when all
+    were.  ``hidden_states``: only when asked (``encoder(spec, hidden_states=True)``), the
+    input of the first block and the output of every block, ``depth + 1`` tensors of the
+    shape of ``tokens`` (s3prl / Hugging Face convention; the last one is before the final
+    norm).
     """
 
     tokens: torch.Tensor
     ids_keep: torch.Tensor | None
     num_prefix_tokens: int
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 class PretrainOutput(NamedTuple):
@@ -81,20 +91,34 @@ class PretrainOutput(NamedTuple):
 # --------------------------------------------------------------------------- protocols
 @runtime_checkable
 class Frontend(Protocol):
-    """Waveform to normalised log-mel spectrogram.
+    """Waveform to features: the whole contract the core relies on.
 
-    ``forward(waveform[B, N], sample_rate) -> spec[B, T, F]`` with ``T == num_frames`` (padded
-    or cropped) and ``F == num_bins``.  Works on whole batches on any device.
-    ``sample_rate`` is the rate it expects (audio is resampled to it before).
-    ``with_length(num_frames)`` returns the same frontend producing a different length
-    (used to cache full-length features and crop afterwards).
+    * ``sample_rate``: the rate it expects; the core resamples audio to it first.
+    * ``num_bins``: the width ``F`` of a feature frame (mel bins; 1 for a waveform frontend).
+    * ``compute(waveform[B, N]) -> [B, T, F]``: raw features of each clip, on the waveform's
+      device (batches of equal-length clips).  These are what the feature cache stores.
+    * ``num_frames_for(seconds) -> int``: the model input length ``T`` for clips of that length.
+    * ``normalize(features[..., T, F])``: what the model sees; applied after the cache, on the
+      device, every time features are used.
+    * ``stats_key``: ``None`` when ``normalize`` needs no dataset statistics; otherwise a string
+      naming everything the statistics depend on (frontend name, rate, bins, framing), so
+      statistics are only ever reused for the same features.  Such a frontend has a
+      ``set_norm_stats(mean, std)`` and ``norm_stats`` (``(mean, std)`` or ``None``), and the
+      core fills them only when they are ``None`` (the config did not give them): with the
+      task's published statistics for this ``stats_key``, else measured on the training
+      features.
+    * ``cache_config() -> dict``: every setting that changes ``compute``'s output (the feature
+      cache key).
     """
 
     sample_rate: int
     num_bins: int
-    num_frames: int
+    stats_key: str | None
 
-    def __call__(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor: ...
+    def compute(self, waveform: torch.Tensor) -> torch.Tensor: ...
+    def num_frames_for(self, seconds: float) -> int: ...
+    def normalize(self, x: torch.Tensor) -> torch.Tensor: ...
+    def cache_config(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -104,9 +128,10 @@ class Encoder(Protocol):
     * ``grid_for(num_frames, num_bins) -> (n_time, n_freq)``: the patch grid for an input size.
     * ``layout``: :data:`TIME_MAJOR` or :data:`FREQ_MAJOR`, the order of patch tokens.
     * ``patchify(spec[B, T, F]) -> [B, L, patch_dim]``: reconstruction targets, in token order.
-    * ``forward(spec[B, T, F], mask=None) -> EncoderOutput``: ``mask`` is ``[B, L]`` bool with
-      True = drop; every row masks the same number of tokens; the encoder runs the visible
-      tokens only.
+    * ``forward(spec[B, T, F], mask=None, hidden_states=False) -> EncoderOutput``: ``mask`` is
+      ``[B, L]`` bool with True = drop; every row masks the same number of tokens; the encoder
+      runs the visible tokens only.  ``hidden_states=True`` also returns every layer's tokens
+      (one forward pass serves a per-layer probe).
     * ``pool(out: EncoderOutput) -> [B, D]``: the clip embedding (mean of patch tokens, cls...).
     * ``dim``, ``depth``, ``num_prefix_tokens``;
       ``layer_id(param_name) -> int`` in ``0..depth+1`` for layer-wise lr decay
@@ -120,7 +145,8 @@ class Encoder(Protocol):
 
     def grid_for(self, num_frames: int, num_bins: int) -> tuple[int, int]: ...
     def patchify(self, spec: torch.Tensor) -> torch.Tensor: ...
-    def __call__(self, spec: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput: ...
+    def __call__(self, spec: torch.Tensor, mask: torch.Tensor | None = None,
+                 hidden_states: bool = False) -> EncoderOutput: ...
     def pool(self, out: EncoderOutput) -> torch.Tensor: ...
     def layer_id(self, name: str) -> int: ...
 
@@ -162,6 +188,27 @@ class Objective(Protocol):
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class Method(Protocol):
+    """One self-supervised pretraining step (MAE, EAT, ...), registered with ``register_methods``.
+
+    A method is a component (``Config`` dataclass, ``factory(cfg, ctx)``; ``ctx.parts`` holds
+    the encoder, masker, decoder and objective the model was built with) and an
+    ``nn.Module``: whatever it keeps between steps (an EMA teacher, a step counter as a buffer)
+    is its module state, so it lands in every checkpoint under ``method.`` and a resumed run
+    continues bit for bit.  It uses the model's parts through the ``model`` argument rather
+    than holding them, so each weight is saved once under its own slot.
+
+    * ``loss(model, spec[B, T, F], step: StepContext) -> scalar``: the loss of one micro-batch
+      of normalised features; randomness shared by the whole global batch comes from
+      ``step.generator()`` and is sliced with ``step.offset`` (any world size, any resume).
+    * ``after_step(model, global_step)`` (optional): after every optimiser step (EMA update).
+    * ``on_epoch_end(model, epoch)`` (optional): may return numbers for the epoch record.
+    """
+
+    def loss(self, model: nn.Module, spec: torch.Tensor, step: Any) -> torch.Tensor: ...
+
+
 # --------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class Clip:
@@ -198,8 +245,9 @@ class Task(Protocol):
     ``sample_rate`` (rate the clips are resampled to, 16000), ``clip_seconds`` (length
     clips are padded/cropped to), ``metrics`` (names in :mod:`ssl_bench.metrics`, first is
     the primary one), ``split_protocol`` (a short human description recorded in every
-    result row), ``norm_stats`` (``(mean, std)`` of the log-mel features if known, else
-    ``None``: the harness computes them on the training split).
+    result row), ``norm_stats`` (published feature statistics: ``{frontend stats_key: (mean,
+    std)}``, or ``{}``; the harness computes them on the training split for any other
+    frontend).
 
     ``prepare()`` makes the data available (finds it, downloads it, or builds it) and raises
     a clear error naming what is missing; ``splits()`` returns the partitions.
@@ -212,7 +260,7 @@ class Task(Protocol):
     clip_seconds: float
     metrics: list[str]
     split_protocol: str
-    norm_stats: tuple[float, float] | None
+    norm_stats: dict[str, tuple[float, float]]
 
     def prepare(self) -> None: ...
     def splits(self) -> list[Split]: ...

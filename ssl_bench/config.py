@@ -38,14 +38,15 @@ import yaml
 
 from .registry import Registry, RegistryError, get_registry
 
-#: Slot path -> component kind.
-SLOTS = {
+#: The model's slots (path -> component kind), in build order.  Protocols add their own slots
+#: inside their sections (``finetune.masker``): see :func:`slots`.
+MODEL_SLOTS = {
     "frontend": "frontend",
     "encoder": "encoder",
     "masker": "masker",
     "decoder": "decoder",
     "objective": "objective",
-    "finetune.masker": "masker",
+    "method": "method",
 }
 
 
@@ -53,62 +54,7 @@ class ConfigError(UserError, ValueError):
     """A bad configuration key or value; the message says which and what is valid."""
 
 
-# --------------------------------------------------------------------------- protocol configs
-@dataclass
-class PretrainConfig:
-    """Masked-autoencoder pretraining (MAE recipe defaults; model presets refine them)."""
-
-    enabled: bool = True  # False: no pretraining, the encoder stays randomly initialised
-    epochs: int = 32
-    batch_size: int = 512  # global batch (per step, after accumulation)
-    accum_steps: int = 1
-    blr: float = 1.5e-4  # lr = blr * batch_size / 256
-    lr: float | None = None  # absolute lr; overrides blr
-    min_lr: float = 0.0
-    warmup_epochs: float = 3.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip_grad: float | None = None
-    corpus: str | None = None  # unlabeled audio to pretrain on instead of the split's training audio:
-    # a folder, or "task" for the task's own unlabeled corpus (synthetic ships one)
-    checkpoint_every: int = 1  # epochs
-
-
-@dataclass
-class FinetuneConfig:
-    """Supervised fine-tuning of encoder + pooling + linear head."""
-
-    enabled: bool = True
-    epochs: int = 60
-    batch_size: int = 32
-    accum_steps: int = 1
-    blr: float = 1e-3
-    lr: float | None = None
-    min_lr: float = 1e-6
-    warmup_epochs: float = 4.0
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = 0.75
-    drop_path: float = 0.1
-    mixup: float = 0.0  # probability a training clip is mixed with another
-    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
-    specaug_freq: int = 0  # max width of one frequency mask (bins), 0 = off
-    specaug_time: int = 0  # max width of one time mask (frames), 0 = off
-    label_smoothing: float = 0.0
-    clip_grad: float | None = None
-    masker: Any = None  # slot: structured token dropping while training (None = off)
-
-
-@dataclass
-class LinearConfig:
-    """Linear probe on frozen, pooled encoder embeddings."""
-
-    enabled: bool = True
-    C: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
-    max_iter: int = 1000
-    batch_size: int = 64  # for embedding extraction
-
-
+# --------------------------------------------------------------------------- run settings
 @dataclass
 class DataConfig:
     valid_fraction: float = 0.1  # carved from the training split when a task has no validation set
@@ -126,13 +72,31 @@ class RunSettings:
     deterministic: bool = False
 
 
-SECTIONS: dict[str, type] = {
-    "pretrain": PretrainConfig,
-    "finetune": FinetuneConfig,
-    "linear": LinearConfig,
-    "data": DataConfig,
-}
+#: Sections that belong to no protocol; each registered protocol adds its own (its ``Config``).
+CORE_SECTIONS: dict[str, type] = {"data": DataConfig}
 TOP_LEVEL = {"model", "preset", "task", "checkpoint"} | {f.name for f in dataclasses.fields(RunSettings)}
+
+
+def sections(registry: Registry | None = None) -> dict[str, type]:
+    """Config section -> dataclass: ``data`` and every registered protocol's ``Config``."""
+    registry = registry or get_registry()
+    out = dict(CORE_SECTIONS)
+    for name in registry.names("protocol"):
+        cls = getattr(registry.get("protocol", name).factory, "Config", None)
+        if cls is not None and dataclasses.is_dataclass(cls):
+            out[name] = cls
+    return out
+
+
+def slots(registry: Registry | None = None) -> dict[str, str]:
+    """Slot path -> component kind: the model's slots, then those protocols declare
+    (``finetune.masker``), in build order."""
+    registry = registry or get_registry()
+    out = dict(MODEL_SLOTS)
+    for name in registry.names("protocol"):
+        for field_name, kind in (getattr(registry.get("protocol", name).factory, "slots", None) or {}).items():
+            out[f"{name}.{field_name}"] = kind
+    return out
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -181,22 +145,23 @@ def parse_overrides(items: list[str] | None) -> list[dict[str, Any]]:
     return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "", registry: Registry | None = None) -> dict[str, Any]:
     """Nested dict -> dotted keys.  A slot given as a dict yields its ``name`` under the slot key."""
+    slot_paths, section_names = slots(registry), sections(registry)
     out: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and (path in SLOTS or path in SECTIONS):
+        if isinstance(value, dict) and (path in slot_paths or path in section_names):
             value = dict(value)
-            if path in SLOTS and "name" in value:
+            if path in slot_paths and "name" in value:
                 out[path] = value.pop("name")
-            out.update(flatten(value, path + "."))
+            out.update(flatten(value, path + ".", registry))
         else:
             out[path] = value
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, registry: Registry | None = None) -> dict[str, Any]:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -208,7 +173,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    return flatten(data)
+    return flatten(data, registry=registry)
 
 
 # --------------------------------------------------------------------------- component configs
@@ -271,6 +236,7 @@ def resolve(
         known = ", ".join(sorted(presets)) or "none"
         raise ConfigError(f"unknown preset {preset!r} for model {model!r}; available: {known}")
 
+    SLOTS, SECTIONS = slots(registry), sections(registry)
     layers = [Layer({k: v for k, v in spec.components.items()}, f"model {model}", strict=False)]
     layers.append(Layer(dict(getattr(spec, "settings", {}) or {}), f"model {model} settings", strict=False))
     recipes = getattr(spec, "recipes", {}) or {}
@@ -279,7 +245,7 @@ def resolve(
     if preset is not None:
         layers.append(Layer(dict(presets[preset]), f"preset {preset}", strict=False))
     for f in files or []:
-        layers.append(Layer(load_yaml(f), f"file {f}"))
+        layers.append(Layer(load_yaml(f, registry), f"file {f}"))
     if overrides:
         layers.append(Layer(dict(overrides), "--set"))
 
@@ -308,7 +274,7 @@ def resolve(
         for key, value in layer.values.items():
             if key in SLOTS:
                 continue
-            _apply(tree, key, value, layer)
+            _apply(tree, key, value, layer, SLOTS, SECTIONS)
     return tree
 
 
@@ -327,7 +293,8 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _apply(tree: dict[str, Any], key: str, value: Any, layer: Layer) -> None:
+def _apply(tree: dict[str, Any], key: str, value: Any, layer: Layer, SLOTS: dict[str, str],
+           SECTIONS: dict[str, type]) -> None:
     parts = key.split(".")
     if len(parts) == 1:
         if key in TOP_LEVEL:
@@ -368,8 +335,9 @@ def dump_yaml(tree: dict[str, Any]) -> str:
     return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
 
 
-def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
+def flat_config(tree: dict[str, Any], registry: Registry | None = None) -> dict[str, Any]:
     """Every leaf of a resolved config as ``dotted.key -> value`` (slot names under the slot key)."""
+    SLOTS = slots(registry)
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:

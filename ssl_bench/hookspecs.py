@@ -10,9 +10,11 @@ brings, so a plugin reads like a list of what it adds::
         register("checkerboard", CheckerboardMasker)
 
 Factories follow the convention in :mod:`ssl_bench.components`: a ``Config`` dataclass and
-a call ``factory(cfg, ctx)``.  Model factories are :class:`ssl_bench.model.ModelSpec`
-objects; task factories are called as ``factory(data_dir=...)``.  Registering a name that
-another plugin already registered is an error naming both plugins.
+a call ``factory(cfg, ctx)`` (methods too).  Model factories are
+:class:`ssl_bench.model.ModelSpec` objects; task factories are called as
+``factory(data_dir=...)``; protocols are :class:`ssl_bench.protocols.base.Protocol` classes;
+commands are :class:`ssl_bench.commands.Command` objects.  Registering a name that another
+plugin already registered is an error naming both plugins.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def register_objectives(register):
 
 
 @hookspec
+def register_methods(register):
+    """Register pretraining methods (``mae``, ``eat``): components that own one pretraining step.
+
+    See :class:`ssl_bench.components.Method`; a model preset names its method in its
+    ``components`` (``"method": "mae"``) and ``--set method=NAME`` chooses another.
+    """
+
+
+@hookspec
 def register_models(register):
     """Register model presets: :class:`ssl_bench.model.ModelSpec` objects."""
 
@@ -56,3 +67,16 @@ def register_models(register):
 @hookspec
 def register_tasks(register):
     """Register downstream tasks: factories called as ``factory(data_dir=None)``."""
+
+
+@hookspec
+def register_protocols(register):
+    """Register evaluation protocols (``linear``, ``knn``, ...): :class:`ssl_bench.protocols.base.Protocol`
+    subclasses.  Each becomes a ``--protocols`` choice, a ``--set NAME.field`` config section
+    (its ``Config`` dataclass) and, unless it opts out, an ``ssl-bench NAME`` subcommand."""
+
+
+@hookspec
+def register_commands(register):
+    """Register CLI subcommands (``bench``, ``reconstruct``): :class:`ssl_bench.commands.Command`
+    objects, added to ``ssl-bench`` as ``ssl-bench NAME``."""

@@ -2,9 +2,11 @@
 
 A *model* is a :class:`ModelSpec`: which registered component fills each slot, the default
 settings, size presets and per-task recipes.  :func:`build_model` turns a resolved config
-into an :class:`SSLModel`, an ``nn.Module`` with ``.frontend``, ``.encoder``, ``.masker``,
-``.decoder`` (``None`` when the model has none), ``.objective`` and, once a task sets it,
-``.head``.
+into an :class:`SSLModel`, an ``nn.Module`` with one attribute per slot (``.frontend``,
+``.encoder``, ``.masker``, ``.decoder``, ``.objective``, ``.method``; ``None`` when the model
+has none; a protocol's slot ``finetune.masker`` is ``.finetune_masker``) and, once a task
+sets it, ``.head``.  Pretraining is the method's business (:meth:`SSLModel.forward_pretrain`
+calls it); downstream use needs only the encoder.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .components import BuildContext, EncoderOutput, PretrainOutput
-from .config import SLOTS, ConfigError, instantiate_config, resolve
-from .nn import to_device
+from .components import BuildContext, EncoderOutput
+from .config import ConfigError, instantiate_config, resolve, slots
 from .registry import Registry, get_registry
 
 
@@ -58,18 +59,17 @@ class ClassifierHead(nn.Sequential):
 
 
 class SSLModel(nn.Module):
-    """A frontend, an encoder and (for pretraining) a masker, a decoder and an objective."""
+    """The parts of a model, one attribute per slot, and what the protocols call."""
 
     def __init__(self, config: dict[str, Any], parts: dict[str, nn.Module | None], ctx: BuildContext):
         super().__init__()
         self.config = config
         self.ctx = ctx
-        self.frontend = parts.get("frontend")
-        self.encoder = parts["encoder"]
-        self.masker = parts.get("masker")
-        self.decoder = parts.get("decoder")
-        self.objective = parts.get("objective")
-        self.finetune_masker = parts.get("finetune.masker")
+        for slot, part in parts.items():
+            setattr(self, slot.replace(".", "_"), part)
+        for slot in ("frontend", "masker", "decoder", "objective", "method"):
+            if slot not in parts:
+                setattr(self, slot, None)
         self.head: ClassifierHead | None = None
 
     @property
@@ -80,39 +80,32 @@ class SSLModel(nn.Module):
     def grid(self, spec: torch.Tensor) -> tuple[int, int]:
         return self.encoder.grid_for(spec.shape[1], spec.shape[2])
 
-    def forward_pretrain(
-        self, spec: torch.Tensor, mask: torch.Tensor | None = None, generator: torch.Generator | None = None
-    ) -> PretrainOutput:
-        """Mask, encode the visible patches, decode, and score the masked patches.
-
-        ``spec``: ``[B, T, F]``; ``mask``: optional ``[B, L]`` (1/True = masked) to fix the mask.
-        """
-        if self.decoder is None or self.objective is None or self.masker is None:
-            raise ConfigError(
-                f"model {self.name!r} has no masker/decoder/objective for pretraining; "
-                "choose them with decoder=NAME, masker=NAME, objective=NAME"
-            )
-        grid = self.grid(spec)
-        if mask is None:  # drawn on the CPU (with a CPU or no generator): no GPU sync to find the kept tokens
-            where = generator.device if generator is not None else "cpu"
-            mask = self.masker(spec.shape[0], grid, self.encoder.layout, where, generator)
-        mask = mask.bool()
-        if mask.shape != (spec.shape[0], grid[0] * grid[1]):
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {(spec.shape[0], grid[0] * grid[1])}")
-        out = self.encoder(spec, mask)  # the encoder reads the mask where it is (kept indices)
-        mask = to_device(mask, spec.device)
-        pred = self.decoder(out, mask, grid)
-        target = self.encoder.patchify(spec)
-        loss = self.objective(pred.float(), target.float(), mask)
-        return PretrainOutput(loss, pred, mask.to(pred.dtype))
+    def forward_pretrain(self, spec: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The pretraining method's forward on normalised ``spec`` ``[B, T, F]`` (for MAE:
+        ``(loss, pred, mask)``; arguments are the method's)."""
+        if self.method is None:
+            raise ConfigError(f"model {self.name!r} has no pretraining method; choose one with method=NAME")
+        return self.method(self, spec, *args, **kwargs)
 
     # ------------------------------------------------------------------ downstream
-    def encode(self, spec: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
-        return self.encoder(spec, mask)
+    def encode(self, spec: torch.Tensor, mask: torch.Tensor | None = None,
+               hidden_states: bool = False) -> EncoderOutput:
+        return self.encoder(spec, mask, hidden_states=hidden_states) if hidden_states else self.encoder(spec, mask)
 
-    def embed(self, spec: torch.Tensor) -> torch.Tensor:
-        """The pooled clip embedding ``[B, D]`` that linear probes use."""
-        return self.encoder.pool(self.encoder(spec))
+    def embed(self, spec: torch.Tensor, layers: bool = False) -> torch.Tensor:
+        """The pooled clip embedding ``[B, D]`` that probes use.
+
+        ``layers``: ``[B, K, D]`` from one forward pass: the encoder's pooling applied to the
+        input of the first block and to every block's output, then the embedding itself
+        (``K = depth + 2``).
+        """
+        if not layers:
+            return self.encoder.pool(self.encoder(spec))
+        out = self.encoder(spec, hidden_states=True)
+        if out.hidden_states is None:
+            raise ConfigError(f"encoder {type(self.encoder).__name__} does not return hidden_states")
+        pooled = [self.encoder.pool(out._replace(tokens=h, hidden_states=None)) for h in out.hidden_states]
+        return torch.stack(pooled + [self.encoder.pool(out)], dim=1)
 
     def set_head(self, num_classes: int) -> ClassifierHead:
         """Attach a new classification head (LayerNorm + Linear) for ``num_classes``."""
@@ -124,9 +117,10 @@ class SSLModel(nn.Module):
         if self.head is None:
             raise RuntimeError("call set_head(num_classes) first")
         mask = None
-        if drop_tokens and self.finetune_masker is not None:
+        masker = getattr(self, "finetune_masker", None)
+        if drop_tokens and masker is not None:
             grid = self.grid(spec)
-            mask = self.finetune_masker(spec.shape[0], grid, self.encoder.layout, "cpu")  # no GPU sync
+            mask = masker(spec.shape[0], grid, self.encoder.layout, "cpu")  # no GPU sync
         return self.head(self.encoder.pool(self.encoder(spec, mask)))
 
 
@@ -135,8 +129,10 @@ def build_model(config: dict[str, Any], registry: Registry | None = None) -> SSL
     registry = registry or get_registry()
     ctx = BuildContext()
     parts: dict[str, nn.Module | None] = {}
-    for slot, kind in SLOTS.items():
-        node = config.get(slot) if "." not in slot else config["finetune"].get("masker")
+    for slot, kind in slots(registry).items():
+        node: Any = config
+        for key in slot.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
         if node is None:
             parts[slot] = None
             continue
@@ -146,6 +142,7 @@ def build_model(config: dict[str, Any], registry: Registry | None = None) -> SSL
             parts[slot] = entry.factory(cfg, ctx)
         except TypeError as exc:
             raise ConfigError(f"{slot} {node['name']!r} could not be built from {node}: {exc}") from exc
+        ctx.parts[slot] = parts[slot]
     if parts.get("encoder") is None:
         raise ConfigError(f"model {config['model']!r} has no encoder")
     return SSLModel(config, parts, ctx)

@@ -37,6 +37,7 @@ DISTRIBUTION = "ssl-bench"
 #: Built-in plugin modules, loaded directly when the package's entry points are not
 #: visible (running from a source tree that was never installed).
 BUILTIN_MODULES = {
+    "protocols": "ssl_bench.protocols.builtin",
     "audio": "ssl_bench.plugins.audio",
     "audiomae": "ssl_bench.plugins.audiomae",
     "ast": "ssl_bench.plugins.ast",

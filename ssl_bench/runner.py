@@ -5,15 +5,18 @@
 1. validation data come from the split's own validation set, or are carved out of its
    training data (stratified, seeded); the test part is never used for any choice;
 2. the features of all the task's clips are extracted once (feature cache); the model's
-   ``frontend.num_frames`` follows the task's clip length unless set, and its ``frontend.mean``/
-   ``std`` are the config's, else the task's, else computed on the split's training features;
-3. **pretrain** on the split's training audio only (or the unlabeled ``pretrain.corpus``),
-   reusing a finished pretraining with the same hash of (model + pretrain config, audio list,
-   seed) from ``<cache>/pretrain/<hash>/``, and continuing an interrupted one from its
-   per-epoch checkpoint there;
-4. **finetune** and **linear** from those weights (or from ``checkpoint``), plus a linear probe
-   of the same encoder at its random initialisation (``init=random``), the baseline every SSL
-   number is read against.
+   ``frontend.num_frames`` follows the task's clip length unless set; a frontend that
+   normalises with dataset statistics (``stats_key``) and was given none gets the task's
+   published ones for the same features, else those of the split's training features;
+3. the protocols of stage ``pretrain`` (the built-in ``pretrain``: the model's method on the
+   split's training audio, or on ``pretrain.corpus``) train the encoder, unless a
+   ``checkpoint`` replaces them;
+4. every other requested protocol (``finetune``, ``linear``, ``knn``, ... any registered one)
+   evaluates those weights; a frozen-encoder protocol also runs on the same encoder at its
+   random initialisation (``init=random``), the baseline every SSL number is read against.
+
+The runner knows no protocol by name: the registry lists them, their stage and whether they
+are frozen.
 
 Rows go to a :class:`~ssl_bench.results.RunWriter` (one atomic run directory); per-epoch
 records to its ``metrics.jsonl``.  An interrupted run (error, Ctrl-C, SIGTERM, SIGKILL) leaves
@@ -42,12 +45,13 @@ from . import distributed as D
 from .checkpoint import atomic_write_text, save_model
 from .components import BuildContext, Clip
 from .config import ConfigError, config_hash, instantiate_config
-from .protocols.data import SplitData, SpecDataset, label_targets, normalize
+from .protocols.base import Protocol, ProtocolContext, section_config
+from .protocols.data import SplitData, label_targets
 from .registry import get_registry
 from .train import STOP, FitResult, configure_backends, peak_memory_mb
 
-PROTOCOLS = ("pretrain", "finetune", "linear")
-MODEL_SLOTS = ("frontend", "encoder", "masker", "decoder", "objective")
+#: What ``--protocols`` runs by default (every one is registered; see ``ssl-bench plugins``).
+DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
 
 
@@ -93,7 +97,7 @@ def compute_columns(*, parameters: int, flops: float | None, fit: FitResult | No
     }
 
 
-def _spec_probe(num_frames: int, num_bins: int, device: torch.device) -> torch.Tensor:
+def spec_probe(num_frames: int, num_bins: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(1, num_frames, num_bins, device=device)
 
 
@@ -152,31 +156,14 @@ def _build_frontend(config: dict[str, Any], registry) -> Any:
     return entry.factory(instantiate_config(registry, "frontend", node), BuildContext())
 
 
-def _audio_digest(clips: Sequence[Clip]) -> str:
-    return hashlib.sha256("\n".join(sorted(str(c.path) for c in clips)).encode()).hexdigest()
-
-
-def pretrain_hash(config: dict[str, Any], clips: Sequence[Clip]) -> str:
-    """Hash of what determines a pretrained encoder: model slots, pretrain settings (minus
-    bookkeeping), seed, and the audio it sees."""
-    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "checkpoint_every")}
-    payload = {
-        "model": config.get("model"),
-        "slots": {s: config.get(s) for s in MODEL_SLOTS},
-        "pretrain": pre,
-        "seed": config.get("seed"),
-        "audio": _audio_digest(clips),
-        "n": len(clips),
-    }
-    return config_hash(payload)
-
-
 # --------------------------------------------------------------------------- the experiment
 class _Experiment:
     def __init__(self, config, *, data_dir, results_root, protocols, checkpoint, splits, resume, progress):
-        unknown = [p for p in protocols if p not in PROTOCOLS]
-        if unknown:
-            raise ConfigError(f"unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
+        self.registry = get_registry()
+        known = self.registry.names("protocol")
+        unknown = [p for p in protocols if p not in known]
+        if unknown or not protocols:
+            raise ConfigError(f"unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
         if not config.get("task"):
             raise ConfigError("run_experiment needs a config resolved with a task (config['task'])")
         self.config = copy.deepcopy(config)
@@ -193,7 +180,6 @@ class _Experiment:
         self.device = D.resolve_device(self.config.get("device"), self.info)
         self.progress_main = progress and self.info.is_main
         self.seed = int(self.config.get("seed", 0))
-        self.registry = get_registry()
         self.cache = cache_root(self.results_root)
         configure_backends(self.device, bool(self.config.get("deterministic")))
 
@@ -301,7 +287,7 @@ class _Experiment:
         else:
             rows = compute()
             if self.info.is_main:
-                atomic_write_text(path, json.dumps({"rows": rows}, default=_jsonable))
+                atomic_write_text(path, json.dumps({"rows": rows}, default=jsonable))
         self.emit(rows)
         return rows
 
@@ -325,43 +311,30 @@ class _Experiment:
             raise ConfigError(f"task {self.task.name!r} split {split.name!r}: no usable training or test clips "
                               f"({n_skipped} skipped)")
 
-        # normalisation: config, else the task's, else this split's training features
-        fe = cfg["frontend"]
-        if fe.get("mean") is not None and fe.get("std") is not None:
-            mean, std, stats_from = float(fe["mean"]), float(fe["std"]), "config"
-        elif getattr(self.task, "norm_stats", None):
-            (mean, std), stats_from = self.task.norm_stats, "task"
-        elif cfg["pretrain"].get("corpus") and "pretrain" in self.protocols and self.checkpoint is None:
-            # one encoder for every split: normalise with the corpus it is pretrained on
-            _, feats = self.corpus()
-            mean, std = _mean_std(feats, range(len(feats)))
-            stats_from = "pretraining corpus"
-        else:
-            mean, std = _mean_std(self.features, train)
-            stats_from = "train split"
-        scfg = copy.deepcopy(cfg)
-        scfg["frontend"]["mean"], scfg["frontend"]["std"] = float(mean), float(std)
-
+        mean_std, stats_from = self.norm_stats(train)
         targets = label_targets(self.features.clips, len(self.classes), self.multilabel)
         weights = None
         if callable(getattr(self.task, "train_weights", None)):  # class-balanced sampling (AudioSet-2M)
             weights = np.asarray(self.task.train_weights([self.features.clips[i] for i in train]), dtype=np.float64)
         data = SplitData(self.features, train, valid, test, targets, len(self.classes), self.multilabel,
-                         self.metric_names, self.num_frames, name=split.name, train_weights=weights)
+                         self.metric_names, self.num_frames, name=split.name, train_weights=weights,
+                         extra={"unlabeled": idx(split.train), "unlabeled_clips": list(split.train)})
         split_ctx = {
             "split": split.name,
             "columns": {"n_train": int(len(train)), "n_valid": int(len(valid)), "n_test": int(len(test)),
                         "n_skipped": int(n_skipped), "split_protocol": getattr(self.task, "split_protocol", ""),
                         "valid_source": "carved from train" if carved else "task"},
         }
+        norm = f"norm mean {mean_std[0]:.4f} std {mean_std[1]:.4f} ({stats_from}); " if mean_std else ""
         self.writer.log(f"[{split.name}] train {len(train)}, valid {len(valid)}{' (carved)' if carved else ''}, "
-                        f"test {len(test)}, skipped {n_skipped}; norm mean {mean:.4f} std {std:.4f} ({stats_from}); "
-                        f"{self.num_frames} frames")
+                        f"test {len(test)}, skipped {n_skipped}; {norm}{self.num_frames} frames")
 
         from .model import build_model, load_checkpoint
 
         torch.manual_seed(self.seed)
-        model = build_model(scfg, self.registry)
+        model = build_model(self.config, self.registry)
+        if mean_std is not None:
+            model.frontend.set_norm_stats(*mean_std)
         random_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.to(self.device)
 
@@ -370,22 +343,72 @@ class _Experiment:
             report = load_checkpoint(model, self.checkpoint, self.registry)
             self.writer.log(f"[{split.name}] loaded {report}")
             init = self.checkpoint.name
-        elif "pretrain" in self.protocols and scfg["pretrain"].get("enabled", True):
-            self.pretrain(model, scfg, split, split_ctx, list(split.train))
-            init = "pretrained"
-
-        if "finetune" in self.protocols and scfg["finetune"].get("enabled", True):
-            self.cached_rows(split.name, f"finetune-{init}", lambda: self.finetune(model, scfg, data, split_ctx, init))
-        if "linear" in self.protocols and scfg["linear"].get("enabled", True):
-            self.cached_rows(split.name, f"linear-{init}", lambda: self.linear(model, scfg, data, split_ctx, init))
-            if init != "random":
-                def random_probe() -> list[dict[str, Any]]:
+        else:
+            for name in self.stage_protocols("pretrain"):
+                self.emit(self.run_protocol(name, model, "random", data, split_ctx))
+                init = "pretrained"
+        for name in self.stage_protocols("evaluate"):
+            proto = self.protocol(name)
+            self.cached_rows(split.name, f"{name}-{init}", lambda: self.run_protocol(name, model, init, data, split_ctx))
+            if proto.frozen and init != "random":
+                def baseline(name: str = name) -> list[dict[str, Any]]:
                     base = copy.deepcopy(model)
                     base.load_state_dict(random_state, strict=False)
-                    return self.linear(base, scfg, data, split_ctx, "random")
+                    return self.run_protocol(name, base, "random", data, split_ctx)
 
-                self.cached_rows(split.name, "linear-random", random_probe)
+                self.cached_rows(split.name, f"{name}-random", baseline)
         self.writer.log(f"[{split.name}] done in {time.time() - t_split:.1f} s")
+
+    # ------------------------------------------------------------------ protocols
+    def protocol(self, name: str) -> Protocol:
+        factory = self.registry.get("protocol", name).factory
+        return factory(name) if isinstance(factory, type) else factory
+
+    def section(self, name: str) -> Any:
+        return section_config(self.protocol(name), self.config.get(name))
+
+    def stage_protocols(self, stage: str) -> list[str]:
+        """The requested protocols of ``stage`` that are enabled, in the order asked."""
+        return [n for n in self.protocols
+                if self.protocol(n).stage == stage and getattr(self.section(n), "enabled", True)]
+
+    def run_protocol(self, name: str, model: nn.Module, init: str, data: SplitData,
+                     split_ctx: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run protocol ``name`` on one split and turn its results into rows."""
+        proto = self.protocol(name)
+        t0 = time.time()
+        ctx = ProtocolContext(
+            name=name, model=model, init=init, data=data, config=self.config, section=self.section(name),
+            device=self.device, cache_dir=self.cache, state_dir=self.state_dir / data.name / f"{name}-{init}",
+            resume=self.resume, progress=self.progress_main, log=self.writer.log,
+            log_metrics=self.writer.metrics, run=self)
+        rows = []
+        for result in proto.run(ctx):
+            extra = dict(result.extra)
+            extra.setdefault("wall_s", round(time.time() - t0, 3))
+            extra.setdefault("device", compute_columns(parameters=0, flops=None, fit=None, wall_s=0.0,
+                                                       device=self.device, world_size=1)["device"])
+            rows += self.row(split_ctx, name, init, result.metrics, extra)
+        return rows
+
+    def norm_stats(self, train: np.ndarray) -> tuple[tuple[float, float] | None, str]:
+        """``((mean, std), source)`` to give the frontend, or ``(None, why)`` when it needs none or
+        the config gave them.  The task's published statistics are used only for the same
+        features (the frontend's ``stats_key``)."""
+        key = getattr(self.frontend, "stats_key", None)
+        if key is None:
+            return None, "the frontend uses no dataset statistics"
+        if getattr(self.frontend, "norm_stats", None) is not None:
+            return None, "config"
+        published = getattr(self.task, "norm_stats", None) or {}
+        if isinstance(published, dict) and key in published:
+            return tuple(float(v) for v in published[key]), "task"
+        corpus = self.config.get("pretrain", {}).get("corpus")
+        if corpus and self.checkpoint is None and self.stage_protocols("pretrain"):
+            # one encoder for every split: normalise with the corpus it is pretrained on
+            _, feats = self.corpus()
+            return _mean_std(feats, range(len(feats))), "pretraining corpus"
+        return _mean_std(self.features, train), "train split"
 
     def corpus(self) -> tuple[list[Clip], Any]:
         """The clips and features of ``pretrain.corpus`` (extracted once per run)."""
@@ -401,110 +424,8 @@ class _Experiment:
             self._corpus = (clips, self.extract(clips))
         return self._corpus
 
-    # ------------------------------------------------------------------ protocols
-    def pretrain(self, model: nn.Module, scfg: dict[str, Any], split, split_ctx, train_clips: list[Clip]) -> None:
-        from .protocols.pretrain import pretrain
 
-        corpus = scfg["pretrain"].get("corpus")
-        if corpus:  # a folder of audio, or "task": the task's own unlabeled clips
-            clips, feats = self.corpus()
-            indices = np.arange(len(feats))
-        else:
-            clips, feats = train_clips, self.features
-            indices = np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index])
-        h = pretrain_hash(scfg, clips)
-        out_dir = self.cache / "pretrain" / h
-        final = out_dir / "pretrained.pt"
-        meta_path = out_dir / "meta.json"
-        t0 = time.time()
-        if D.broadcast_object(final.is_file() and meta_path.is_file()):
-            from .checkpoint import load_into
-
-            load_into(model, final, strict=True)
-            meta = json.loads(meta_path.read_text())
-            self.writer.log(f"[{split.name}] pretrain: reusing {final} (hash {h}, final loss {meta['loss']:.4f})")
-            reused = True
-        else:
-            ds = SpecDataset(feats, indices, self.num_frames, random_crop=True)
-            result = pretrain(model, ds, scfg, device=self.device, checkpoint_dir=out_dir, resume=self.resume,
-                              progress=self.progress_main,
-                              log_metrics=lambda r: self.writer.metrics({"split": split.name, **r}))
-            probe = _spec_probe(self.num_frames, self.num_bins, self.device)
-            # a fixed mask: counting FLOPs must not consume the global RNG
-            mask = model.masker(1, model.grid(probe), model.encoder.layout, "cpu", torch.Generator().manual_seed(0))
-            flops = flops_per_sample(lambda s: model.forward_pretrain(normalize(model, s), mask), probe)
-            meta = {
-                "hash": h, "loss": result.final_loss, "epochs": result.epochs, "steps": result.steps,
-                "n_clips": len(indices), "corpus": corpus,
-                "compute": compute_columns(parameters=count_parameters(model), flops=flops, fit=result,
-                                           wall_s=result.wall_s, device=self.device,
-                                           world_size=self.info.world_size),
-            }
-            if self.info.is_main:
-                save_model(model, final, pretrain_hash=h)
-                atomic_write_text(meta_path, json.dumps(meta, indent=1, default=_jsonable))
-            D.barrier()
-            reused = False
-            resumed = (f"resumed from epoch {result.resumed_from[0] + 1} step {result.resumed_from[1]}, "
-                       if result.resumed_from else "")
-            self.writer.log(f"[{split.name}] pretrain: {resumed}{result.epochs} epochs, final loss "
-                            f"{result.final_loss:.4f}, {result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
-        rows = self.row(split_ctx, "pretrain", "random", {"loss": meta["loss"]},
-                        {**meta["compute"], "reused": reused, "pretrain_hash": h, "n_pretrain": meta["n_clips"]})
-        self.emit(rows)
-
-    def finetune(self, model: nn.Module, scfg, data: SplitData, split_ctx, init: str) -> list[dict[str, Any]]:
-        from .protocols.finetune import finetune
-
-        t0 = time.time()
-        m = copy.deepcopy(model)
-        ckpt_dir = self.state_dir / split_ctx["split"] / f"finetune-{init}"
-        res = finetune(m, data, scfg, device=self.device, checkpoint_dir=ckpt_dir, resume=self.resume,
-                       progress=self.progress_main,
-                       log_metrics=lambda r: self.writer.metrics({"split": split_ctx["split"], "init": init, **r}))
-        m.eval()
-        flops = flops_per_sample(lambda s: m.classify(normalize(m, s)),
-                                 _spec_probe(self.num_frames, self.num_bins, self.device))
-        wall = time.time() - t0
-        extra = {
-            **compute_columns(parameters=count_parameters(m, trainable_only=True), flops=flops, fit=res.fit,
-                              wall_s=wall, device=self.device, world_size=self.info.world_size),
-            "best_epoch": res.best_epoch, "selection": res.selection,
-            **{f"valid_{k}": v for k, v in res.valid.items()},
-        }
-        self.writer.log(f"[{split_ctx['split']}] finetune ({init}): best epoch {res.best_epoch} by valid "
-                        f"{res.metric} {res.valid.get(res.metric, float('nan')):.4f}; test "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in res.test.items()) + f" ({wall:.1f} s)")
-        return self.row(split_ctx, "finetune", init, res.test, extra)
-
-    def linear(self, model: nn.Module, scfg, data: SplitData, split_ctx, init: str) -> list[dict[str, Any]]:
-        from .protocols.probe import linear_probe
-
-        t0 = time.time()
-        res = linear_probe(model, data, scfg, device=self.device, cache_dir=self.cache / "embeddings",
-                           progress=self.progress_main,
-                           log_metrics=lambda r: self.writer.metrics({"split": split_ctx["split"], "init": init, **r}))
-        if res is None:  # not rank 0
-            return []
-        model.eval()
-        flops = flops_per_sample(lambda s: model.embed(normalize(model, s)),
-                                 _spec_probe(self.num_frames, self.num_bins, self.device))
-        wall = time.time() - t0
-        n = len(data.train) + len(data.valid) + len(data.test)
-        extra = {
-            **compute_columns(parameters=count_parameters(model.encoder), flops=flops, fit=None, wall_s=wall,
-                              device=self.device, world_size=self.info.world_size,
-                              samples_per_s=n / wall if wall > 0 else 0.0),
-            "C": res.C, "selection": res.selection, "embeddings_cached": res.from_cache,
-            **{f"valid_{k}": v for k, v in res.valid.items()},
-        }
-        self.writer.log(f"[{split_ctx['split']}] linear ({init}): C={res.C:g} by valid {res.metric} "
-                        f"{res.valid.get(res.metric, float('nan')):.4f}; test "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in res.test.items()) + f" ({wall:.1f} s)")
-        return self.row(split_ctx, "linear", init, res.test, extra)
-
-
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     return str(obj)
@@ -515,7 +436,7 @@ def run_experiment(
     *,
     data_dir: str | Path | None = None,
     results_root: str | Path = "results",
-    protocols: Sequence[str] = PROTOCOLS,
+    protocols: Sequence[str] = DEFAULT_PROTOCOLS,
     checkpoint: str | Path | None = None,
     splits: Sequence[str] | None = None,
     resume: bool = True,

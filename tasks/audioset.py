@@ -36,6 +36,7 @@ from ssl_bench import hookimpl
 from ssl_bench.components import Clip, Split
 
 from .common import (
+    KALDI_FBANK_128,
     DataNotFoundError,
     DatasetTask,
     MetadataError,
@@ -174,7 +175,7 @@ class AudioSetTask(DatasetTask):
     clip_seconds = 10.0
     metrics = ["mAP", "AUC", "d_prime"]
     #: AudioMAE's published log-mel statistics of AudioSet (128-bin Kaldi fbank)
-    norm_stats = (-4.2677393, 4.5689974)
+    norm_stats = {KALDI_FBANK_128: (-4.2677393, 4.5689974)}
     split_protocol = "AudioSet-20K: official balanced_train for training, official eval set for testing; validation carved from training"
     train_csvs = ("balanced_train_segments.csv",)
     train_jsons = ("train.json", "balanced_train.json", "balanced_train_data.json")

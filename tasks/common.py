@@ -22,6 +22,11 @@ from typing import Iterable, Iterator, Sequence
 from ssl_bench.components import Clip, Split
 
 
+#: The ``stats_key`` of the 128-bin Kaldi fbank frontend of AudioMAE and AST (16 kHz, 25/10 ms):
+#: the features every published statistic below was measured on.
+KALDI_FBANK_128 = "kaldi-fbank:sample_rate=16000,num_bins=128,frame_length_ms=25.0,frame_shift_ms=10.0"
+
+
 class MetadataError(UserError, ValueError):
     """Bad dataset metadata; the message names the file (and line) and what is wrong."""
 
@@ -78,7 +83,8 @@ class DatasetTask:
     clip_seconds: float = 10.0
     metrics: list[str] = ["accuracy"]
     split_protocol: str = ""
-    norm_stats: tuple[float, float] | None = None
+    #: Published feature statistics, keyed by the frontend's ``stats_key``: ``{key: (mean, std)}``.
+    norm_stats: dict[str, tuple[float, float]] = {}
 
     def __init__(self, data_dir: str | Path | None = None):
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None

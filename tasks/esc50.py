@@ -18,6 +18,7 @@ from ssl_bench import hookimpl
 from ssl_bench.components import Clip, Split
 
 from .common import (
+    KALDI_FBANK_128,
     DataNotFoundError,
     DatasetTask,
     MetadataError,
@@ -93,7 +94,7 @@ class ESC50Task(DatasetTask):
     clip_seconds = 5.0
     metrics = ["accuracy"]
     #: AudioMAE's published log-mel statistics of ESC-50 (128-bin Kaldi fbank)
-    norm_stats = (-6.6268077, 5.358466)
+    norm_stats = {KALDI_FBANK_128: (-6.6268077, 5.358466)}
     split_protocol = "official 5 folds, leave-one-fold-out (train 4, test 1); validation carved from the training folds"
     esc10_only = False
     #: ``data_dir`` is downloaded into when it is empty; the default location is under data_home()

@@ -18,7 +18,7 @@ from pathlib import Path
 from ssl_bench import hookimpl
 from ssl_bench.components import Clip, Split
 
-from .common import DataNotFoundError, DatasetTask, MetadataError, data_home, resolve_inside
+from .common import KALDI_FBANK_128, DataNotFoundError, DatasetTask, MetadataError, data_home, resolve_inside
 
 URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 LISTS = ("validation_list.txt", "testing_list.txt")
@@ -59,7 +59,7 @@ class SpeechCommandsTask(DatasetTask):
     clip_seconds = 1.0
     metrics = ["accuracy"]
     #: AudioMAE's published log-mel statistics of Speech Commands (128-bin Kaldi fbank)
-    norm_stats = (-6.845978, 5.5654526)
+    norm_stats = {KALDI_FBANK_128: (-6.845978, 5.5654526)}
     split_protocol = "official v0.02 split: validation_list.txt / testing_list.txt, train = the rest"
     download_url = URL
 

@@ -31,7 +31,7 @@ import soundfile as sf
 from ssl_bench import hookimpl
 from ssl_bench.components import Clip
 
-from .common import DataNotFoundError, atomic_directory, data_home
+from .common import KALDI_FBANK_128, DataNotFoundError, atomic_directory, data_home
 from .esc50 import ESC50_COLUMNS, ESC50_META, ESC50Task, read_esc50_layout
 
 #: Bump when the generator changes: an old copy on disk is then rebuilt.
@@ -217,11 +217,11 @@ class SyntheticTask(ESC50Task):
     metrics = ["accuracy"]
 
     @property
-    def norm_stats(self) -> tuple[float, float] | None:
+    def norm_stats(self) -> dict[str, tuple[float, float]]:
         """Log-mel stats of the unlabeled corpus (128-bin Kaldi frontend), measured at build time."""
         self.prepare()
         stats = json.loads((self.root / MARKER).read_text()).get("norm_stats")
-        return tuple(stats) if stats else None
+        return {KALDI_FBANK_128: tuple(stats)} if stats else {}
 
     def unlabeled(self) -> list[Clip]:
         """The separate unlabeled pretraining corpus (``pretrain.corpus: task``)."""

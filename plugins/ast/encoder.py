@@ -203,8 +203,12 @@ class ASTEncoder(Component):
         return (total / count.clamp_min(1)).squeeze(1).transpose(1, 2)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, spec: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
-        """Encode ``spec [B, T, F]``; with ``mask [B, L]`` (True = drop) only the visible patches."""
+    def forward(self, spec: torch.Tensor, mask: torch.Tensor | None = None,
+                hidden_states: bool = False) -> EncoderOutput:
+        """Encode ``spec [B, T, F]``; with ``mask [B, L]`` (True = drop) only the visible patches.
+
+        ``hidden_states``: also return the input of the first block and every block's output.
+        """
         if spec.ndim != 3:
             raise ValueError(f"AST expects a spectrogram [B, T, F], got shape {tuple(spec.shape)}")
         B, T, Fb = spec.shape
@@ -217,9 +221,12 @@ class ASTEncoder(Component):
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         prefix = torch.cat([self.cls_token, self.dist_token], dim=1) + pos[:, :NUM_PREFIX_TOKENS]
         x = torch.cat([prefix.expand(B, -1, -1), x], dim=1)
+        states = [x] if hidden_states else None
         for block in self.blocks:
             x = block(x)
-        return EncoderOutput(self.norm(x), ids_keep, NUM_PREFIX_TOKENS)
+            if states is not None:
+                states.append(x)
+        return EncoderOutput(self.norm(x), ids_keep, NUM_PREFIX_TOKENS, tuple(states) if states is not None else None)
 
     @staticmethod
     def _keep_indices(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:

@@ -127,7 +127,8 @@ NOTES = {
 }
 
 AST_SPEC = ModelSpec(
-    components={"frontend": "kaldi-fbank", "encoder": "ast", "masker": None, "decoder": None, "objective": None},
+    components={"frontend": "kaldi-fbank", "encoder": "ast", "masker": None, "decoder": None, "objective": None,
+                "method": "mae"},
     settings=SETTINGS,
     presets=PRESETS,
     default_preset="base",

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import threading
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -224,6 +225,31 @@ class KaldiFbank(Component):
         """The same frontend producing ``num_frames`` frames (``None``: all of them)."""
         out = KaldiFbank(dataclasses.replace(self.cfg, num_frames=num_frames), BuildContext())
         return out.to(self.window.device)
+
+    @property
+    def cpu_implementation(self) -> str:
+        """Which CPU path :meth:`compute` takes (``ssl-bench bench`` reports it)."""
+        return "numba kernels" if _kernels() is not None else "torch ops"
+
+    @property
+    def stats_key(self) -> str:
+        """What dataset statistics of these features depend on (the frontend contract)."""
+        c = self.cfg
+        return (f"kaldi-fbank:sample_rate={c.sample_rate},num_bins={c.num_bins},"
+                f"frame_length_ms={float(c.frame_length_ms)},frame_shift_ms={float(c.frame_shift_ms)}")
+
+    @property
+    def norm_stats(self) -> tuple[float, float] | None:
+        """``(mean, std)`` that ``normalize`` uses, or ``None`` while they are unset."""
+        if self.cfg.mean is None or self.cfg.std is None:
+            return None
+        return float(self.cfg.mean), float(self.cfg.std)
+
+    def cache_config(self) -> dict[str, Any]:
+        """The settings that change :meth:`compute` (not the length, not the statistics)."""
+        c = self.cfg
+        return {"name": "kaldi-fbank", "sample_rate": c.sample_rate, "num_bins": c.num_bins,
+                "frame_length_ms": c.frame_length_ms, "frame_shift_ms": c.frame_shift_ms}
 
     def set_norm_stats(self, mean: float, std: float) -> None:
         """Set the dataset statistics ``normalize`` uses."""

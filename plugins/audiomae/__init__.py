@@ -1,6 +1,6 @@
 """AudioMAE (Huang et al., NeurIPS 2022), faithful to the paper and to the released checkpoints.
 
-Registers the encoder ``vit``, the decoders ``global``, ``shifted-window`` and ``hybrid``
+Registers the pretraining method ``mae``, the encoder ``vit``, the decoders ``global``, ``shifted-window`` and ``hybrid``
 (usable with any encoder that fills the build context), and the model ``audiomae`` with the
 paper's recipes, size presets (``tiny``, ``small``, ``base``, ``large``, ``base-mask0.3``) and
 per-task recipes.  Its checkpoint importer reads the official ``pretrained.pth`` and
@@ -13,11 +13,13 @@ from ssl_bench import hookimpl
 from ssl_bench.model import ModelSpec
 
 from .checkpoints import checkpoint_overrides, load_checkpoint
+from .commands import BenchCommand, ReconstructCommand
 from .decoders import GlobalDecoder, HybridDecoder, ShiftedWindowDecoder
 from .encoder import ViTEncoder
+from .method import MaskedAutoencoder
 from .presets import COMPONENTS, DESCRIPTION, NOTES, PRESETS, RECIPES, SETTINGS
 
-__all__ = ["AUDIOMAE", "GlobalDecoder", "HybridDecoder", "ShiftedWindowDecoder", "ViTEncoder", "load_checkpoint"]
+__all__ = ["AUDIOMAE", "GlobalDecoder", "HybridDecoder", "MaskedAutoencoder", "ShiftedWindowDecoder", "ViTEncoder", "load_checkpoint"]
 
 AUDIOMAE = ModelSpec(
     components=dict(COMPONENTS),
@@ -30,6 +32,11 @@ AUDIOMAE = ModelSpec(
     description=DESCRIPTION,
     notes=dict(NOTES),
 )
+
+
+@hookimpl
+def register_methods(register):
+    register("mae", MaskedAutoencoder)
 
 
 @hookimpl
@@ -47,3 +54,9 @@ def register_decoders(register):
 @hookimpl
 def register_models(register):
     register("audiomae", AUDIOMAE)
+
+
+@hookimpl
+def register_commands(register):
+    register("bench", BenchCommand())
+    register("reconstruct", ReconstructCommand())

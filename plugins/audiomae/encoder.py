@@ -179,8 +179,12 @@ class ViTEncoder(Component):
         return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, spec: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
-        """Encode ``spec`` ``[B, T, F]``; with ``mask`` ``[B, L]`` (True = drop) only the kept tokens."""
+    def forward(self, spec: torch.Tensor, mask: torch.Tensor | None = None,
+                hidden_states: bool = False) -> EncoderOutput:
+        """Encode ``spec`` ``[B, T, F]``; with ``mask`` ``[B, L]`` (True = drop) only the kept tokens.
+
+        ``hidden_states``: also return the input of the first block and every block's output.
+        """
         spec = self._check_spec(spec)
         grid = self.grid_for(spec.shape[1], spec.shape[2])
         pos = self.position_embedding(grid)
@@ -204,9 +208,13 @@ class ViTEncoder(Component):
             x = x + pos[0, P:][ids_keep]
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
+        states = [x] if hidden_states else None
         for blk in self.blocks:
             x = blk(x)
-        return EncoderOutput(self.norm(x), ids_keep, self.num_prefix_tokens)
+            if states is not None:
+                states.append(x)
+        return EncoderOutput(self.norm(x), ids_keep, self.num_prefix_tokens,
+                             tuple(states) if states is not None else None)
 
     def pool(self, out: EncoderOutput) -> torch.Tensor:
         """Clip embedding ``[B, D]``: mean of the patch tokens (default) or the cls token."""

@@ -25,11 +25,32 @@ from ..augment import mixup, spec_augment
 from ..checkpoint import atomic_save, safe_load
 from ..metrics import evaluate
 from ..nn import set_drop_path
-from ..train import FitResult, StepContext, TrainConfig, fit, predict, seed_everything
+from ..train import FitResult, OptimConfig, StepContext, TrainConfig, fit, predict, seed_everything
+from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SplitData, normalize
 
 #: Modules of an :class:`~ssl_bench.model.SSLModel` that fine-tuning trains.
 TRAINED = ("encoder.", "head.")
+
+
+@dataclass
+class FinetuneConfig(OptimConfig):
+    """Supervised fine-tuning of encoder + pooling + linear head."""
+
+    enabled: bool = True
+    epochs: int = 60
+    blr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_epochs: float = 4.0
+    weight_decay: float = 5e-4
+    layer_decay: float | None = 0.75
+    drop_path: float = 0.1
+    mixup: float = 0.0  # probability a training clip is mixed with another
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    specaug_freq: int = 0  # max width of one frequency mask (bins), 0 = off
+    specaug_time: int = 0  # max width of one time mask (frames), 0 = off
+    label_smoothing: float = 0.0
+    masker: Any = None  # slot: structured token dropping while training (None = off)
 
 
 @dataclass
@@ -219,3 +240,32 @@ def finetune(
                  progress=progress)
     return FinetuneResult(best_epoch=best_epoch, metric=metric, valid=dict(tracker.valid), test=test,
                           selection=selection, fit=result, history=copy.deepcopy(result.history))
+
+
+class FinetuneProtocol(Protocol):
+    """``finetune``: encoder + new head trained on the split, best epoch chosen on validation."""
+
+    Config = FinetuneConfig
+    slots = {"masker": "masker"}
+    help = "only fine-tune (from --checkpoint, or from random initialisation)"
+
+    def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
+        from ..runner import compute_columns, count_parameters, flops_per_sample, spec_probe
+
+        m = copy.deepcopy(ctx.model)
+        res = finetune(m, ctx.data, ctx.config, device=ctx.device, checkpoint_dir=ctx.state_dir, resume=ctx.resume,
+                       progress=ctx.progress, log_metrics=lambda r: ctx.metrics({"split": ctx.split, **r}))
+        m.eval()
+        flops = flops_per_sample(lambda s: m.classify(normalize(m, s)),
+                                 spec_probe(ctx.data.num_frames, m.ctx.num_bins, ctx.device))
+        extra = {
+            **compute_columns(parameters=count_parameters(m, trainable_only=True), flops=flops, fit=res.fit,
+                              wall_s=res.fit.wall_s, device=ctx.device, world_size=D.current().world_size),
+            **(res.columns() if hasattr(res, "columns") else {
+                "best_epoch": res.best_epoch, "selection": res.selection,
+                **{f"valid_{k}": v for k, v in res.valid.items()}}),
+        }
+        ctx.log(f"[{ctx.split}] finetune ({ctx.init}): best epoch {res.best_epoch} by valid "
+                f"{res.metric} {res.valid.get(res.metric, float('nan')):.4f}; test "
+                + ", ".join(f"{k} {v:.4f}" for k, v in res.test.items()))
+        return [ProtocolResult(res.test, extra)]

@@ -1,38 +1,70 @@
-"""Self-supervised pretraining: ``model.forward_pretrain`` on unlabeled spectrograms.
+"""Self-supervised pretraining: the model's *method* on unlabeled spectrograms.
 
-The masks of each optimiser step are drawn for the whole global batch from a generator
-seeded by (seed, step) and sliced per micro-batch, so pretraining is the same computation for
-any number of processes or accumulation steps, and after any resume.
+The training loop knows no method by name: each step calls ``model.method.loss(model, spec,
+step)`` on a micro-batch of normalised features, ``method.after_step`` after every optimiser
+step (an EMA teacher) and ``method.on_epoch_end`` after every epoch.  Randomness a method
+shares across a global batch (MAE's masks) comes from ``step.generator()``, seeded by (seed,
+step), so pretraining is the same computation for any number of processes or accumulation
+steps, and after any resume.
+
+As a protocol (``pretrain``, stage ``pretrain``) it trains the split's model in place, on the
+split's training audio or on ``pretrain.corpus``, and reuses a finished pretraining with the
+same hash of (model slots, pretraining settings, seed, audio) from
+``<cache>/pretrain/<hash>/``; an interrupted one continues from its per-epoch checkpoint there.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..train import FitResult, StepContext, TrainConfig, fit
-from .data import normalize
+from .. import distributed as D
+from ..config import ConfigError, config_hash
+from ..train import FitResult, OptimConfig, StepContext, TrainConfig, fit
+from .base import Protocol, ProtocolContext, ProtocolResult
+from .data import SpecDataset, normalize
+
+
+@dataclass
+class PretrainConfig(OptimConfig):
+    """Self-supervised pretraining (MAE recipe defaults; model presets refine them)."""
+
+    enabled: bool = True  # False: no pretraining, the encoder stays randomly initialised
+    epochs: int = 32
+    batch_size: int = 512  # global batch (per step, after accumulation)
+    blr: float = 1.5e-4  # lr = blr * batch_size / 256
+    warmup_epochs: float = 3.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    corpus: str | None = None  # unlabeled audio to pretrain on instead of the split's training audio:
+    # a folder, or "task" for the task's own unlabeled corpus (synthetic ships one)
+
+
+def _method(model: nn.Module) -> Any:
+    method = getattr(model, "method", None)
+    if method is None:
+        raise ConfigError(f"model {getattr(model, 'name', type(model).__name__)!r} has no pretraining method; "
+                          "choose one with method=NAME (see `ssl-bench plugins`)")
+    return method
 
 
 def pretrain_loss(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
-    """Masked-reconstruction loss of one micro-batch (masks shared across any split of the batch)."""
-    spec = normalize(model, batch["spec"])
-    grid = model.grid(spec)
-    full = model.masker(ctx.global_batch, grid, model.encoder.layout, "cpu", ctx.generator())
-    mask = full[ctx.offset:ctx.offset + spec.shape[0]]  # on the CPU: the model moves it without a GPU sync
-    return model.forward_pretrain(spec, mask).loss
+    """The method's loss of one micro-batch of raw log-mel (normalised here, on the device)."""
+    return _method(model).loss(model, normalize(model, batch["spec"]), ctx)
 
 
 def train_config(config: dict[str, Any]) -> TrainConfig:
     """The :class:`TrainConfig` of a resolved config's ``pretrain`` section."""
-    section = dict(config["pretrain"])
-    return TrainConfig.from_sections(
-        section, run=config, num_workers=config.get("data", {}).get("num_workers", 0), layer_decay=None,
-    )
+    return TrainConfig.from_sections(dict(config["pretrain"]), run=config,
+                                     num_workers=config.get("data", {}).get("num_workers", 0))
 
 
 def pretrain(
@@ -46,13 +78,16 @@ def pretrain(
     progress: bool = True,
     log_metrics: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """Pretrain ``model`` (an :class:`~ssl_bench.model.SSLModel`) on ``dataset`` of raw log-mel.
+    """Pretrain ``model`` (an :class:`~ssl_bench.model.SSLModel` with a method) on ``dataset``.
 
     ``config``: the resolved run config (its ``pretrain`` section, ``seed``, ``amp``,
     ``compile``, ``deterministic`` and ``data.num_workers`` are used).  Per-epoch records go
     to ``log_metrics`` with ``protocol: pretrain``.
     """
     cfg = train_config(config)
+    method = _method(model)
+    after = getattr(method, "after_step", None)
+    epoch_end = getattr(method, "on_epoch_end", None)
 
     def log(record: dict[str, Any]) -> None:
         if log_metrics is not None:
@@ -61,4 +96,90 @@ def pretrain(
     return fit(
         model, dataset, pretrain_loss, cfg, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
         log_metrics=log, progress=progress, desc="pretrain",
+        on_step_end=(lambda step, m: after(m, step)) if after is not None else None,
+        on_epoch_end=(lambda epoch, m: epoch_end(m, epoch)) if epoch_end is not None else None,
     )
+
+
+def audio_digest(clips: Any) -> str:
+    """Digest of the audio a pretraining reads (paths, in order-independent form)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(str(c.path) for c in clips)).encode()).hexdigest()
+
+
+def pretrain_hash(config: dict[str, Any], clips: Any, model_slots: Any,
+                  norm_stats: tuple[float, float] | None = None) -> str:
+    """Hash of what determines a pretrained encoder: the model's component slots, pretraining
+    settings (minus bookkeeping), seed, the feature normalisation and the audio it sees."""
+    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "checkpoint_every")}
+    payload = {
+        "norm": [float(v) for v in norm_stats] if norm_stats is not None else None,
+        "model": config.get("model"),
+        "slots": {s: config.get(s) for s in model_slots},
+        "pretrain": pre,
+        "seed": config.get("seed"),
+        "audio": audio_digest(clips),
+        "n": len(clips),
+    }
+    return config_hash(payload)
+
+
+class PretrainProtocol(Protocol):
+    """``pretrain``: the model's method on the split's training audio (or a corpus)."""
+
+    Config = PretrainConfig
+    stage = "pretrain"
+    help = "only pretrain (checkpoints are cached and reused by config hash)"
+
+    def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
+        from ..checkpoint import atomic_write_text, load_into, save_model
+        from ..config import MODEL_SLOTS
+        from ..runner import compute_columns, count_parameters, flops_per_sample, jsonable, spec_probe
+
+        run, model = ctx.run, ctx.model
+        corpus = ctx.section.corpus
+        if corpus:  # a folder of audio, or "task": the task's own unlabeled clips
+            clips, feats = run.corpus()
+            indices = np.arange(len(feats))
+        else:
+            clips, feats = ctx.data.extra["unlabeled_clips"], ctx.data.features
+            indices = np.asarray(ctx.data.extra["unlabeled"], dtype=np.int64)
+        h = pretrain_hash(ctx.config, clips, MODEL_SLOTS, getattr(model.frontend, "norm_stats", None))
+        out_dir = ctx.cache_dir / "pretrain" / h
+        final = out_dir / "pretrained.pt"
+        meta_path = out_dir / "meta.json"
+        t0 = time.time()
+        if D.broadcast_object(final.is_file() and meta_path.is_file()):
+            load_into(model, final, strict=True)
+            meta = json.loads(meta_path.read_text())
+            ctx.log(f"[{ctx.split}] pretrain: reusing {final} (hash {h}, final loss {meta['loss']:.4f})")
+            reused = True
+        else:
+            ds = SpecDataset(feats, indices, ctx.data.num_frames, random_crop=True)
+            result = pretrain(model, ds, ctx.config, device=ctx.device, checkpoint_dir=out_dir, resume=ctx.resume,
+                              progress=ctx.progress,
+                              log_metrics=lambda r: ctx.log_metrics({"split": ctx.split, **r}) if ctx.log_metrics
+                              else None)
+            probe = spec_probe(ctx.data.num_frames, model.ctx.num_bins, ctx.device)
+            step = StepContext(0, 0, 0, 0, 0, 1, 0)  # a fixed step: counting FLOPs must not consume any RNG
+            with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+                flops = flops_per_sample(lambda s: _method(model).loss(model, normalize(model, s), step), probe)
+            meta = {
+                "hash": h, "loss": result.final_loss, "epochs": result.epochs, "steps": result.steps,
+                "n_clips": len(indices), "corpus": corpus,
+                "compute": compute_columns(parameters=count_parameters(model), flops=flops, fit=result,
+                                           wall_s=result.wall_s, device=ctx.device,
+                                           world_size=D.current().world_size),
+            }
+            if D.current().is_main:
+                save_model(model, final, pretrain_hash=h)
+                atomic_write_text(meta_path, json.dumps(meta, indent=1, default=jsonable))
+            D.barrier()
+            reused = False
+            resumed = (f"resumed from epoch {result.resumed_from[0] + 1} step {result.resumed_from[1]}, "
+                       if result.resumed_from else "")
+            ctx.log(f"[{ctx.split}] pretrain: {resumed}{result.epochs} epochs, final loss "
+                    f"{result.final_loss:.4f}, {result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
+        return [ProtocolResult({"loss": meta["loss"]}, {**meta["compute"], "reused": reused, "pretrain_hash": h,
+                                                        "n_pretrain": meta["n_clips"]})]

@@ -2,8 +2,10 @@
 
 Embeddings (``model.embed`` of the normalised spectrogram) are extracted once per split and
 cached on disk under a key that hashes the encoder's weights, the frontend config and the
-audio list, so re-running a probe, or probing the same encoder with other ``C`` values, does
-not run the encoder again.  Features are standardised with statistics of the training part;
+audio list, so re-running a probe, probing the same encoder with other ``C`` values, or
+running another frozen-encoder protocol (kNN, MLP, per-layer) does not run the encoder again.
+A per-layer extraction (every block's pooled tokens, one forward pass) serves the final-layer
+protocols too.  Features are standardised with statistics of the training part;
 ``C`` is chosen on the validation part by the task's first metric; the test part is scored
 once, by the classifier trained on the training part with that ``C``.
 """
@@ -27,7 +29,23 @@ from torch import nn
 from .. import distributed as D
 from ..metrics import evaluate
 from ..train import predict
+from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SpecDataset, SplitData, normalize
+
+
+@dataclass
+class LinearConfig:
+    """Linear probe on frozen, pooled encoder embeddings."""
+
+    enabled: bool = True
+    C: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    max_iter: int = 1000
+    batch_size: int = 64  # for embedding extraction
+    # "sklearn": one-vs-rest / multinomial LogisticRegression; "torch": one joint model for all
+    # classes (L-BFGS, on the GPU when there is one); "auto": torch for many classes or clips
+    solver: str = "auto"
+    auto_torch_classes: int = 50  # "auto" uses torch from this many classes ...
+    auto_torch_clips: int = 5000  # ... or this many training clips
 
 
 @dataclass
@@ -89,36 +107,50 @@ def extract_embeddings(
     amp: bool = True,
     num_workers: int = 0,
     progress: bool = False,
+    layers: bool = False,
 ) -> tuple[np.ndarray, bool]:
     """``model.embed`` of the clips ``indices`` as float32 ``[N, D]``; ``(embeddings, from_cache)``.
 
-    Sharded over torchrun ranks; rank 0 writes the cache entry (atomically).
+    ``layers``: ``[N, K, D]`` instead, every layer's pooled tokens then the final embedding
+    (:meth:`~ssl_bench.model.SSLModel.embed`), from one forward pass.  A cached per-layer
+    entry also serves ``layers=False`` (its last layer), and computing one writes both.
+    Sharded over torchrun ranks; rank 0 writes the cache entries (atomically).
     """
-    path = None
+    path = layers_path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{embedding_key(model, data, indices)}.npy"
-        if path.is_file():
+        key = embedding_key(model, data, indices)
+        path, layers_path = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.layers.npy"
+        if layers_path.is_file():
+            emb = np.load(layers_path, mmap_mode=None if layers else "r")
+            return (emb if layers else np.ascontiguousarray(emb[:, -1])), True
+        if path.is_file() and not layers:
             return np.load(path), True
     was_training = model.training
     model.to(device)  # a model built on the CPU probes on the device asked for
     model.eval()
     try:
         ds = SpecDataset(data.features, indices, data.num_frames)
-        emb = predict(lambda b: model.embed(normalize(model, b["spec"])), ds, batch_size=batch_size, device=device,
-                      amp=amp, num_workers=num_workers, progress=progress, desc="embed").numpy()
+        emb = predict(lambda b: model.embed(normalize(model, b["spec"]), layers=layers), ds, batch_size=batch_size,
+                      device=device, amp=amp, num_workers=num_workers, progress=progress, desc="embed").numpy()
     finally:
         model.train(was_training)
     if path is not None and D.current().is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, emb)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _save_npy(emb[:, -1] if layers else emb, path)
+        if layers:
+            _save_npy(emb, layers_path)
     return emb, False
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _classifier(C: float, multilabel: bool, max_iter: int, seed: int):
@@ -206,11 +238,13 @@ def linear_probe(
     Every rank extracts its shard of the embeddings; only rank 0 fits the classifier (returns
     ``None`` on the other ranks).
     """
-    section = dict(config["linear"])
+    from .base import section_config
+
+    section = section_config(LinearProtocol, config["linear"])
     parts = ("train", "valid", "test")
     indices = np.concatenate([getattr(data, p) for p in parts])
     emb, cached = extract_embeddings(
-        model, data, indices, batch_size=int(section.get("batch_size", 64)), device=device, cache_dir=cache_dir,
+        model, data, indices, batch_size=int(section.batch_size), device=device, cache_dir=cache_dir,
         amp=bool(config.get("amp", True)), num_workers=int(config.get("data", {}).get("num_workers", 0)),
         progress=progress,
     )
@@ -219,12 +253,61 @@ def linear_probe(
     bounds = np.cumsum([0] + [len(getattr(data, p)) for p in parts])
     X = {p: emb[bounds[i]:bounds[i + 1]] for i, p in enumerate(parts)}
     y = {p: data.part_targets(p) for p in parts}
-    result = fit_linear(X, y, num_classes=data.num_classes, multilabel=data.multilabel, metrics=data.metrics,
-                        Cs=section.get("C") or [1.0], max_iter=int(section.get("max_iter", 1000)),
-                        seed=int(config.get("seed", 0)))
+    result, _ = probe_embeddings(X, y, data, section, int(config.get("seed", 0)), device)
     result.from_cache = cached
     if log_metrics is not None:
         by_c = {str(k): v for k, v in result.valid_by_C.items()}
         log_metrics({"protocol": "linear", "C": result.C, "valid_by_C": by_c,
                      **{f"valid_{k}": v for k, v in result.valid.items()}, "embeddings_cached": cached})
     return result
+
+
+def choose_solver(section: LinearConfig, num_classes: int, n_train: int) -> str:
+    """``sklearn`` or ``torch`` for ``linear.solver`` (``auto``: torch for many classes or clips)."""
+    solver = str(section.solver)
+    if solver not in ("auto", "sklearn", "torch"):
+        from ..config import ConfigError
+
+        raise ConfigError(f"linear.solver must be auto, sklearn or torch, got {solver!r}")
+    if solver == "auto":
+        many = num_classes >= section.auto_torch_classes or n_train >= section.auto_torch_clips
+        return "torch" if many else "sklearn"
+    return solver
+
+
+def probe_embeddings(X: dict[str, np.ndarray], y: dict[str, np.ndarray], data: SplitData, section: LinearConfig,
+                     seed: int, device: torch.device | str = "cpu") -> tuple[ProbeResult, str]:
+    """Fit the linear probe of ``linear`` settings on embeddings; ``(result, solver used)``."""
+    solver = choose_solver(section, data.num_classes, len(y["train"]))
+    kwargs = dict(num_classes=data.num_classes, multilabel=data.multilabel, metrics=data.metrics,
+                  Cs=list(section.C) or [1.0], max_iter=int(section.max_iter), seed=seed)
+    if solver == "torch":
+        from .torch_linear import fit_linear_torch
+
+        return fit_linear_torch(X, y, device=device, **kwargs), solver
+    return fit_linear(X, y, **kwargs), solver
+
+
+class LinearProtocol(Protocol):
+    """``linear``: logistic regression on the frozen encoder's pooled embeddings, C chosen on
+    validation (scikit-learn, or one joint torch model for many classes)."""
+
+    Config = LinearConfig
+    frozen = True
+    help = "only linear-probe (from --checkpoint, or the random-init encoder)"
+
+    def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
+        X = ctx.embeddings()
+        if not D.current().is_main:
+            return []
+        result, solver = probe_embeddings(X, ctx.targets(), ctx.data, ctx.section, ctx.seed, ctx.device)
+        result.from_cache = ctx.embeddings_cached()
+        ctx.metrics({"split": ctx.split, "C": result.C, "solver": solver,
+                     "valid_by_C": {str(k): v for k, v in result.valid_by_C.items()},
+                     **{f"valid_{k}": v for k, v in result.valid.items()}})
+        ctx.log(f"[{ctx.split}] linear ({ctx.init}, {solver}): C={result.C:g} by valid {result.metric} "
+                f"{result.valid.get(result.metric, float('nan')):.4f}; test "
+                + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
+        return [ProtocolResult(result.test, {"C": result.C, "solver": solver, "selection": result.selection,
+                                             "embeddings_cached": result.from_cache,
+                                             **{f"valid_{k}": v for k, v in result.valid.items()}})]

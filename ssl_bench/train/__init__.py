@@ -22,7 +22,7 @@ from .loop import (
     predict,
     to_device,
 )
-from .optim import NO_DECAY_NAMES, TrainConfig, TrainConfigError, WarmupCosine, layer_decay_fn, param_groups
+from .optim import NO_DECAY_NAMES, OptimConfig, TrainConfig, TrainConfigError, WarmupCosine, layer_decay_fn, param_groups
 from .sampler import ShardedBatchSampler
 from .signals import STOP, GracefulStop, TrainingInterrupted
 from .state import (
@@ -38,7 +38,7 @@ from .state import (
 )
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "NO_DECAY_NAMES", "STOP", "STOP_CHECK_STEPS",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "NO_DECAY_NAMES", "OptimConfig", "STOP", "STOP_CHECK_STEPS",
     "FitResult", "GracefulStop", "LossFn", "ShardedBatchSampler", "StepContext", "TrainConfig", "TrainConfigError",
     "TrainingInterrupted", "WarmupCosine", "autocast", "configure_backends", "fit", "layer_decay_fn",
     "load_train_checkpoint", "param_groups", "peak_memory_mb", "predict", "restore_train_state", "rng_state",

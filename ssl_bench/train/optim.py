@@ -29,21 +29,31 @@ class TrainConfigError(UserError, ValueError):
 
 # --------------------------------------------------------------------------- configuration
 @dataclass
-class TrainConfig:
-    """Everything :func:`fit` needs; the protocol sections of the config map onto it."""
+class OptimConfig:
+    """The optimiser settings every protocol that trains shares (``--set <protocol>.<field>``).
+
+    A protocol's ``Config`` subclasses it (overriding defaults where its recipe differs), so
+    ``pretrain.blr``, ``finetune.blr`` and ``mlp.blr`` mean the same thing.
+    """
 
     epochs: int = 1
     batch_size: int = 32  # global batch per optimiser step (all ranks, all accumulation steps)
     accum_steps: int = 1
-    blr: float = 1e-3
+    blr: float = 1e-3  # lr = blr * batch_size / 256
     lr: float | None = None  # absolute peak lr; overrides blr
     min_lr: float = 0.0
     warmup_epochs: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float | None = None
-    layer_decay: float | None = None
+    layer_decay: float | None = None  # layer-wise lr decay (None: off)
     checkpoint_every: int = 1  # epochs; the last epoch is always checkpointed
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """Everything :func:`fit` needs: the shared optimiser settings plus the run's."""
+
     log_every: int = 20  # steps between loss read-backs (the only host syncs in the loop)
     num_workers: int = 0
     seed: int = 0
@@ -56,8 +66,11 @@ class TrainConfig:
         return float(self.lr) if self.lr is not None else self.blr * self.batch_size / 256
 
     @classmethod
-    def from_sections(cls, section: dict[str, Any], run: dict[str, Any] | None = None, **extra: Any) -> TrainConfig:
-        """Pick the fields this class knows from a protocol section and the run settings."""
+    def from_sections(cls, section: Any, run: dict[str, Any] | None = None, **extra: Any) -> TrainConfig:
+        """Pick the fields this class knows from a protocol section (a dict or a Config
+        dataclass) and the run settings."""
+        if dataclasses.is_dataclass(section):
+            section = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for source in (run or {}, section, extra):

@@ -21,7 +21,7 @@ the per-round ratios, so drift and bursts of other work on a shared machine most
 
 from __future__ import annotations
 
-from .errors import UserError
+from ssl_bench.errors import UserError
 import json
 import math
 import os
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .components import Clip
+from ssl_bench.components import Clip
 
 # Sizes: full run / --quick (CI).
 FRONTEND_CLIPS = (64, 8)
@@ -249,7 +249,7 @@ def build_reference(config: dict[str, Any], num_frames: int, num_bins: int, mask
 
 # --------------------------------------------------------------------------- parts
 def _frontend_factory():
-    from .registry import get_registry
+    from ssl_bench.registry import get_registry
 
     return get_registry().get("frontend", "kaldi-fbank").factory
 
@@ -289,11 +289,8 @@ def bench_frontend(device: torch.device, quick: bool) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     single = {name: min(t) for name, t in single_runs.items()}
-    from .plugins.audio.frontend import _kernels
-
-    kernels = _kernels()
     out = {
-        "frontend_cpu_implementation": "numba kernels" if kernels is not None else "torch ops",
+        "frontend_cpu_implementation": getattr(frontend, "cpu_implementation", "torch ops"),
         "frontend_clips": n_clips,
         "frontend_loop_clips_per_s_1thread": n_clips / single["loop"],
         "frontend_batched_clips_per_s_1thread": n_clips / single["batched"],
@@ -349,7 +346,7 @@ def _make_step(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor]
 
 def bench_pretrain(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
     """Our AudioMAE pretraining step (global and shifted-window decoders) vs the timm reference."""
-    from .model import create_model
+    from ssl_bench.model import create_model
 
     _require_timm()
     batch, frames, steps = _pretrain_sizes(preset, quick)
@@ -433,10 +430,10 @@ def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
     """Clips/s from the feature cache vs from audio files, and a cached epoch's data wait."""
     from torch.utils.data import DataLoader
 
-    from .audio import fit_length, load_audio
-    from .features import extract, norm_stats
-    from .model import create_model
-    from .protocols.data import SpecDataset
+    from ssl_bench.audio import fit_length, load_audio
+    from ssl_bench.features import extract, norm_stats
+    from ssl_bench.model import create_model
+    from ssl_bench.protocols.data import SpecDataset
 
     n_clips, seconds, batch = DATA_CLIPS[quick], DATA_SECONDS[quick], DATA_BATCH[quick]
     rounds = ROUNDS[quick]

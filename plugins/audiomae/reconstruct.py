@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import load_audio
+from ssl_bench.audio import load_audio
 
 
 def _random_mask(batch: int, length: int, ratio: float, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,195 @@
+"""The contract of an evaluation protocol, and what the runner hands it.
+
+A protocol is registered by name with ``register_protocols`` and owns one evaluation of one
+split: a linear probe, a kNN probe, fine-tuning, a per-layer probe, or the pretraining stage
+itself.  The runner knows none of them by name: ``--protocols`` choices, the ``--set
+NAME.field`` config sections (each protocol's ``Config`` dataclass), the ``ssl-bench NAME``
+subcommands and the run order all come from the registry.
+
+A protocol plugin in one file::
+
+    from dataclasses import dataclass
+    from ssl_bench import hookimpl
+    from ssl_bench.protocols.base import Protocol, ProtocolResult
+
+    class Centroid(Protocol):
+        help = "nearest class centroid on frozen embeddings"
+        frozen = True  # also run on the random-init encoder: the baseline row
+
+        @dataclass
+        class Config:
+            enabled: bool = True
+
+        def run(self, ctx):
+            X, y = ctx.embeddings(), ctx.targets()
+            ...
+            return [ProtocolResult(metrics=ctx.evaluate(scores_test, "test"))]
+
+    @hookimpl
+    def register_protocols(register):
+        register("centroid", Centroid)
+
+Rows: the runner turns each :class:`ProtocolResult` into one row per metric with the split,
+seed, init, protocol, the split's sizes and the result's ``extra`` columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import SplitData
+
+#: Stages, in run order: ``pretrain`` protocols make the encoder, ``evaluate`` ones score it.
+STAGES = ("pretrain", "evaluate")
+
+
+@dataclass
+class ProtocolResult:
+    """One result of a protocol on one split: ``metrics`` (name -> value, on the test part)
+    and ``extra`` row columns (chosen hyperparameters, validation scores, compute, ``layer``)."""
+
+    metrics: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Protocol:
+    """Base class of an evaluation protocol (see the module docstring).
+
+    Class attributes:
+
+    * ``Config``: a dataclass, the ``--set NAME.field`` section; an ``enabled`` field turns the
+      protocol off from a config file or preset.  Protocols that train subclass
+      :class:`ssl_bench.train.OptimConfig` so optimiser keys mean the same everywhere.
+    * ``slots``: component slots inside the section (``{"masker": "masker"}`` makes
+      ``--set NAME.masker=time`` choose a registered masker).
+    * ``stage``: ``"evaluate"`` (default) or ``"pretrain"`` (runs first; trains the model in
+      place; the others then evaluate the encoder it made).
+    * ``frozen``: the encoder is not trained, so the runner also runs it on the randomly
+      initialised encoder (``init=random``), the baseline every SSL number is read against.
+    * ``help``: one line for ``--help`` and ``ssl-bench plugins``; ``subcommand``: whether
+      ``ssl-bench NAME`` runs only this protocol.
+
+    ``run(ctx)`` returns a list of :class:`ProtocolResult`.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    slots: ClassVar[dict[str, str]] = {}
+    stage: ClassVar[str] = "evaluate"
+    frozen: ClassVar[bool] = False
+    help: ClassVar[str] = ""
+    subcommand: ClassVar[bool] = True
+
+    def __init__(self, name: str | None = None):
+        if name is not None:
+            self.name = name
+
+    def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
+        raise NotImplementedError(f"protocol {self.name!r} has no run()")
+
+
+@dataclass
+class ProtocolContext:
+    """Everything a protocol may use on one split.
+
+    ``model``: an :class:`~ssl_bench.model.SSLModel` on ``device`` with the weights under
+    evaluation (``init``: ``random``, ``pretrained`` or a checkpoint's name); a protocol that
+    trains works on a copy (``copy.deepcopy(ctx.model)``) unless it is a pretraining stage.
+    ``section``: the protocol's own typed ``Config``; ``config``: the whole resolved config.
+    ``state_dir``: a directory of this protocol on this split for resumable training
+    checkpoints; ``cache_dir``: the shared cache root (embeddings, pretrained encoders).
+    ``run``: the running experiment, for the pretraining stage (its corpus and features).
+    """
+
+    name: str
+    model: nn.Module
+    init: str
+    data: SplitData
+    config: dict[str, Any]
+    section: Any
+    device: torch.device
+    cache_dir: Path
+    state_dir: Path
+    resume: bool = True
+    progress: bool = False
+    log: Callable[[str], None] = print
+    log_metrics: Callable[[dict[str, Any]], None] | None = None
+    run: Any = None
+    _embeddings: dict[tuple[int, bool], tuple[np.ndarray, bool]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def split(self) -> str:
+        return self.data.name
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        """Record a per-epoch (or per-choice) line in the run's ``metrics.jsonl``."""
+        if self.log_metrics is not None:
+            self.log_metrics({"protocol": self.name, "init": self.init, **record})
+
+    def embeddings(self, layers: bool = False, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Frozen clip embeddings of the train/valid/test parts, from the on-disk cache when the
+        same encoder weights already embedded the same clips.
+
+        ``layers=False``: ``{"train": [N, D], ...}`` (the encoder's pooled output).
+        ``layers=True``: ``{"train": [N, K, D], ...}`` with ``K = depth + 2``: the pooled input
+        of the first block, every block's pooled output, then the pooled final output; all
+        from one forward pass, each layer cached in its own file.
+        """
+        from .probe import extract_embeddings
+
+        parts = ("train", "valid", "test")
+        indices = np.concatenate([getattr(self.data, p) for p in parts])
+        key = (id(self.model), layers)
+        if key not in self._embeddings:
+            bs = int(batch_size or getattr(self.section, "batch_size", 0) or 64)
+            self._embeddings[key] = extract_embeddings(
+                self.model, self.data, indices, batch_size=bs, device=self.device,
+                cache_dir=self.cache_dir / "embeddings", amp=bool(self.config.get("amp", True)),
+                num_workers=int(self.config.get("data", {}).get("num_workers", 0)), progress=self.progress,
+                layers=layers)
+        emb, _ = self._embeddings[key]
+        bounds = np.cumsum([0] + [len(getattr(self.data, p)) for p in parts])
+        return {p: emb[bounds[i]:bounds[i + 1]] for i, p in enumerate(parts)}
+
+    def embeddings_cached(self, layers: bool = False) -> bool:
+        """Whether :meth:`embeddings` came from the disk cache (call it first)."""
+        hit = self._embeddings.get((id(self.model), layers))
+        return bool(hit[1]) if hit else False
+
+    def targets(self) -> dict[str, np.ndarray]:
+        """``{"train": y, "valid": y, "test": y}``: class ids ``[N]`` or multi-hot ``[N, C]``."""
+        return {p: self.data.part_targets(p) for p in ("train", "valid", "test")}
+
+    def evaluate(self, scores: np.ndarray, part: str) -> dict[str, float]:
+        """The task's metrics of ``scores`` ``[N, classes]`` on ``part``."""
+        from ..metrics import evaluate
+
+        return evaluate(self.data.metrics, scores, self.data.part_targets(part))
+
+
+def section_config(protocol: type[Protocol] | Protocol, values: dict[str, Any] | None) -> Any:
+    """The protocol's typed ``Config`` from its resolved section (slot values kept as dicts)."""
+    cls = protocol.Config
+    values = dict(values or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, f in known.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if isinstance(value, list) and "tuple" in str(f.type):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,15 @@
+"""The built-in protocols, registered through the same hook as any plugin's."""
+
+from __future__ import annotations
+
+from ..hookspecs import hookimpl
+from .finetune import FinetuneProtocol
+from .pretrain import PretrainProtocol
+from .probe import LinearProtocol
+
+
+@hookimpl
+def register_protocols(register):
+    register("pretrain", PretrainProtocol)
+    register("finetune", FinetuneProtocol)
+    register("linear", LinearProtocol)
