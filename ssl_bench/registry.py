@@ -41,6 +41,7 @@ BUILTIN_MODULES = {
     "audio": "ssl_bench.plugins.audio",
     "audiomae": "ssl_bench.plugins.audiomae",
     "ast": "ssl_bench.plugins.ast",
+    "eat": "ssl_bench.plugins.eat",
     "synthetic": "ssl_bench.tasks.synthetic",
     "esc50": "ssl_bench.tasks.esc50",
     "speechcommands": "ssl_bench.tasks.speechcommands",
