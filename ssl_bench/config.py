@@ -7,15 +7,18 @@ A resolved configuration is a plain nested dict, saved as ``config.yaml`` with e
     encoder:   {name: vit, dim: 768, depth: 12, heads: 12, ...}
     masker:    {name: random, ratio: 0.8}
     decoder:   {name: shifted-window, ...}      (null when the model has none)
-    objective: {name: masked-mse, norm_pix: true}
-    pretrain:  {epochs: ..., batch_size: ..., blr: ...}
+    objective: {name: masked-mse, ...}
+    method:    {name: mae}                      (the pretraining method)
+    pretrain:  {epochs: ..., batch_size: ..., blr: ...}   one section per registered protocol
     finetune:  {..., masker: {name: time-frequency, ...} or null}
     linear:    {...}
     data:      {...}
 
-*Slots* (``frontend``, ``encoder``, ``masker``, ``decoder``, ``objective`` and
-``finetune.masker``) hold a component: ``--set decoder=global`` chooses one by name (its
-kind is the key), ``--set decoder.depth=4`` tunes it.  Settings come in layers, later
+*Slots* (the model's ``frontend``, ``encoder``, ``masker``, ``decoder``, ``objective``,
+``method``, and those protocols declare, such as ``finetune.masker``) hold a component:
+``--set decoder=NAME`` chooses one by name (its kind is the key), ``--set decoder.depth=4``
+tunes it.  Sections (``pretrain``, ``linear``, ``knn``, ...) are the registered protocols'
+``Config`` dataclasses, plus ``data``.  Settings come in layers, later
 winning: the model's defaults, the model's recipe for the task, the size preset, YAML
 files, then ``--set``.  Component choices are settled over all layers first, then values are
 applied; a value from the model's own layers that the chosen component does not have is

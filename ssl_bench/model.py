@@ -20,6 +20,7 @@ from torch import nn
 
 from .components import BuildContext, EncoderOutput
 from .config import ConfigError, instantiate_config, resolve, slots
+from .errors import UserError
 from .registry import Registry, get_registry
 
 
@@ -140,8 +141,11 @@ def build_model(config: dict[str, Any], registry: Registry | None = None) -> SSL
         cfg = instantiate_config(registry, kind, node)
         try:
             parts[slot] = entry.factory(cfg, ctx)
-        except TypeError as exc:
-            raise ConfigError(f"{slot} {node['name']!r} could not be built from {node}: {exc}") from exc
+        except UserError:
+            raise
+        except (TypeError, ValueError) as exc:  # a component refusing its settings is the user's to fix
+            raise ConfigError(f"{slot} {node['name']!r} (plugin {entry.plugin!r}) could not be built from "
+                              f"{node}: {exc}") from exc
         ctx.parts[slot] = parts[slot]
     if parts.get("encoder") is None:
         raise ConfigError(f"model {config['model']!r} has no encoder")
@@ -159,7 +163,7 @@ def create_model(
     """Build a registered model by name.
 
     ``overrides`` use the dotted keys of ``--set``; pass them with ``**{"encoder.depth": 2}``
-    or, for component choices, as keywords (``decoder="global"``).  ``checkpoint``: a file
+    or, for component choices, as keywords (``decoder="NAME"``).  ``checkpoint``: a file
     the model's importer understands (official releases or ssl-bench checkpoints).
     """
     registry = registry or get_registry()

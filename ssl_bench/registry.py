@@ -37,7 +37,6 @@ DISTRIBUTION = "ssl-bench"
 #: Built-in plugin modules, loaded directly when the package's entry points are not
 #: visible (running from a source tree that was never installed).
 BUILTIN_MODULES = {
-    "protocols": "ssl_bench.protocols.builtin",
     "audio": "ssl_bench.plugins.audio",
     "audiomae": "ssl_bench.plugins.audiomae",
     "ast": "ssl_bench.plugins.ast",
@@ -49,6 +48,10 @@ BUILTIN_MODULES = {
     "folder": "ssl_bench.tasks.folder",
     "hear": "ssl_bench.tasks.hear",
 }
+
+#: The core's own registrations (the built-in protocols), loaded into every registry, also one
+#: made with ``entry_points=False``: they use the same hooks as any plugin, but are not optional.
+CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin"}
 
 HOOKS = {f"register_{kind}s": kind for kind in KINDS}
 
@@ -83,6 +86,8 @@ class Registry:
         self.conflicts: dict[tuple[str, str], list[str]] = {}
         self.plugins: dict[str, PluginInfo] = {}
         self.errors: list[str] = []
+        for name, module in CORE_MODULES.items():
+            self._load_module(name, "built-in", lambda m=module: importlib.import_module(m))
         if entry_points:
             self._load_entry_points()
         dirs = list(plugins_dirs or [])
@@ -102,7 +107,7 @@ class Registry:
             dist_name = dist.metadata["Name"] if dist is not None else None
             builtin = dist_name is not None and dist_name.lower() == DISTRIBUTION
             if builtin:
-                if ep.name in seen_builtin:
+                if ep.name in seen_builtin or ep.name in CORE_MODULES:
                     continue  # the same distribution seen twice on sys.path
                 seen_builtin.add(ep.name)
             elif wanted_set is not None and ep.name not in wanted_set:

@@ -569,7 +569,7 @@ def test_checkpoint_sets_encoder_size(tiny_official):
 
 # --------------------------------------------------------------------------- reconstruction figure
 def test_reconstruct_writes_png(tmp_path):
-    from ssl_bench.reconstruct import reconstruct
+    from ssl_bench.plugins.audiomae.reconstruct import reconstruct
 
     sr = 16000
     t = np.arange(int(0.7 * sr)) / sr

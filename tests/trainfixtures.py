@@ -122,10 +122,25 @@ class ToyObjective(nn.Module):
         return (per_token * m).sum() / m.sum()
 
 
+class ToyMAE(nn.Module):
+    """The MAE method on the toy parts: masks of the global batch from the step's generator."""
+
+    def forward(self, model, spec, mask):
+        grid = model.encoder.grid_for(spec.shape[1], spec.shape[2])
+        out = model.encoder(spec, mask)
+        pred = model.decoder(out, mask.to(spec.device), grid)
+        return model.objective(pred.float(), model.encoder.patchify(spec).float(), mask.to(spec.device))
+
+    def loss(self, model, spec, step):
+        grid = model.encoder.grid_for(spec.shape[1], spec.shape[2])
+        full = model.masker(step.global_batch, grid, model.encoder.layout, "cpu", step.generator())
+        return self(model, spec, full[step.offset:step.offset + spec.shape[0]])
+
+
 def toy_model(seed: int = 0, dim: int = 16, depth: int = 2, config: dict | None = None) -> SSLModel:
     torch.manual_seed(seed)
     parts = {"frontend": ToyFrontend(), "encoder": ToyEncoder(dim, depth), "masker": ToyMasker(),
-             "decoder": ToyDecoder(dim), "objective": ToyObjective(), "finetune.masker": None}
+             "decoder": ToyDecoder(dim), "objective": ToyObjective(), "method": ToyMAE(), "finetune.masker": None}
     return SSLModel(config or {"model": "toy"}, parts, BuildContext(num_frames=T, num_bins=F))
 
 
