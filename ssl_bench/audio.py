@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +25,37 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
 
+#: Subtypes libsndfile converts to float32 by scaling an integer read (by 1 / 2^15 and 1 / 2^31):
+#: reading the integers and scaling them in numpy gives the same floats bit for bit, about three
+#: times faster than libsndfile's own conversion.
+_INT16_SUBTYPES = frozenset({"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"})
+_INT32_SUBTYPES = frozenset({"PCM_24", "PCM_32"})
+
+
+def _read_float32(path: Path) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(str(path)) as f:
+        if f.subtype in _INT16_SUBTYPES:
+            data = f.read(dtype="int16", always_2d=True)
+            return np.multiply(data, np.float32(1 / 2**15), dtype=np.float32), f.samplerate
+        if f.subtype in _INT32_SUBTYPES:
+            data = f.read(dtype="int32", always_2d=True)
+            return np.multiply(data, np.float32(1 / 2**31), dtype=np.float32), f.samplerate
+        return f.read(dtype="float32", always_2d=True), f.samplerate
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read ``path`` as float32 mono at its own rate: ``(samples, sample_rate)``.
 
-    Multi-channel audio is averaged to mono.  Raises :class:`AudioError` for a file that is
-    missing, unreadable, empty, or holds NaN/inf samples.  Thread-safe, and soundfile
-    releases the GIL while it decodes, so a thread pool reads files in parallel.
+    The samples are ``soundfile.read(path, dtype="float32")``'s; multi-channel audio is
+    averaged to mono.  Raises :class:`AudioError` for a file that is missing, unreadable,
+    empty, or holds NaN/inf samples.  Thread-safe, and soundfile releases the GIL while it
+    decodes, so a thread pool reads files in parallel.
     """
     path = Path(path)
     if not path.is_file():  # soundfile reports a missing file as an opaque "System error"
         raise AudioError(f"{path}: no such audio file")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = _read_float32(path)
     except FileNotFoundError:
         raise AudioError(f"{path}: no such audio file") from None
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types for bad files
@@ -57,103 +76,124 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return wave
 
 
-def read_many(paths: Iterable[str | Path], threads: int = 4,
-              lookahead: int = 64) -> Iterator[tuple[np.ndarray, int] | AudioError]:
-    """:func:`read_audio` of each path, in order, decoded by ``threads`` threads.
-
-    Yields ``(samples, sample_rate)`` or the :class:`AudioError` of a file that cannot be
-    used.  At most ``lookahead`` files are decoded ahead of the consumer, so memory stays
-    bounded and decoding overlaps whatever the consumer does with the previous files.
-    """
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-
-    def one(path) -> tuple[np.ndarray, int] | AudioError:
-        try:
-            return read_audio(path)
-        except AudioError as exc:
-            return exc
-
-    paths = iter(paths)
-    if threads == 1:
-        for path in paths:
-            yield one(path)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="read-audio") as pool:
-        queue: list[Future] = []
-        try:
-            for path in paths:
-                queue.append(pool.submit(one, path))
-                if len(queue) >= lookahead:
-                    yield queue.pop(0).result()
-            while queue:
-                yield queue.pop(0).result()
-        finally:  # the consumer stopped early: drop what is not started yet
-            for future in queue:
-                future.cancel()
-
-
 # --------------------------------------------------------------------------- resampling
-@functools.lru_cache(maxsize=64)
-def resampler(orig_sr: int, new_sr: int) -> AT.Resample:
-    """torchaudio's resampler from ``orig_sr`` to ``new_sr`` (its kernel built once, float32).
+#: Kernel taps below this fraction of the largest are dropped: they are the ~1e-24 tails of the
+#: window (outside its support), and leaving them out changes no output by more than ~1e-20.
+_TAP_FLOOR = 1e-12
+#: Output phases per matrix product, and the fewest phases per block of input (see SincResampler).
+_BAND = 16
+_MIN_PHASES = 32
+#: Largest input buffer (floats) a thread keeps between calls (64 MiB).
+_KEEP_BUFFER = 16 * 2**20
 
-    Its defaults are ``torchaudio.functional.resample``'s, and with the kernel in float32 it
-    gives that function's numbers bit for bit on the CPU.
+_LOCAL = threading.local()
+
+
+class SincResampler:
+    """``torchaudio.functional.resample`` from ``orig_sr`` to ``new_sr`` with its kernel built once.
+
+    torchaudio (defaults: ``sinc_interp_hann``, 6 zero crossings, rolloff 0.99) resamples with a
+    strided convolution: each block of ``o = orig_sr / gcd`` input samples gives ``n = new_sr /
+    gcd`` outputs, output phase ``p`` being the dot product of the kernel's row ``p`` with the
+    block's window of ``K = o + 2 * width`` samples.  Each row is non-zero on only about
+    ``2 * 6 * o / n`` taps (for 44.1 -> 16 kHz: 34 of 475), so here the phases are grouped in
+    bands of 16 whose taps lie in one short range, and each band is one matrix product over
+    the windows restricted to that range: 6 to 14 times fewer multiplications.  When ``n`` is
+    small (48 -> 16 kHz gives ``n = 1``), ``m`` consecutive blocks are taken as one so that a
+    block has at least 32 phases.  The sums are those of torchaudio's convolution over the
+    same taps in float32: per clip the outputs are within 1e-6 of torchaudio's (usually equal).
     """
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
-    return AT.Resample(int(orig_sr), int(new_sr), dtype=torch.float32)
+
+    def __init__(self, orig_sr: int, new_sr: int):
+        if orig_sr <= 0 or new_sr <= 0:
+            raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+        self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
+        reference = AT.Resample(self.orig_sr, self.new_sr, dtype=torch.float32)  # functional.resample's kernel
+        g = math.gcd(self.orig_sr, self.new_sr)
+        self.o, self.n = self.orig_sr // g, self.new_sr // g
+        if self.orig_sr == self.new_sr:
+            return
+        kernel = reference.kernel[:, 0]  # [n, K]
+        self.width = int(reference.width)
+        self.m = max(1, math.ceil(_MIN_PHASES / self.n))
+        taps = kernel.shape[1]
+        self.span = taps + (self.m - 1) * self.o  # window of one super-block of m blocks
+        rows = torch.zeros(self.n * self.m, self.span)
+        for q in range(self.m):  # block q of the super-block: the same rows, shifted by q * o
+            rows[q * self.n:(q + 1) * self.n, q * self.o:q * self.o + taps] = kernel
+        floor = float(kernel.abs().max()) * _TAP_FLOOR
+        self.bands: list[tuple[int, int, int, int, torch.Tensor]] = []
+        for p0 in range(0, rows.shape[0], _BAND):
+            p1 = min(p0 + _BAND, rows.shape[0])
+            used = (rows[p0:p1].abs() > floor).any(dim=0).nonzero().flatten()
+            lo, hi = int(used.min()), int(used.max()) + 1
+            self.bands.append((p0, p1, lo, hi, rows[p0:p1, lo:hi].t().contiguous()))
+
+    def output_length(self, num_samples: int) -> int:
+        """Samples the resampling gives for ``num_samples`` (torchaudio's float ceil)."""
+        if self.orig_sr == self.new_sr:
+            return num_samples
+        return math.ceil(self.n * num_samples / self.o)
+
+    def __call__(self, waves: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
+        """Resample float32 clips ``[N_i]`` of this rate together -> ``[M_i]`` each (CPU).
+
+        Clips of different lengths are zero-padded to the longest: torchaudio pads each clip
+        with zeros past its end anyway, so every clip's output is the one it gets alone.
+        """
+        tensors = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
+        if self.orig_sr == self.new_sr or not tensors:
+            return tensors
+        lengths = [t.shape[0] for t in tensors]
+        targets = [self.output_length(n) for n in lengths]
+        step = self.o * self.m
+        blocks = math.ceil(max(targets) / (self.n * self.m))
+        total = (blocks - 1) * step + self.span
+        padded = self._input_buffer(len(tensors), total)
+        padded[:, : self.width].zero_()
+        for row, t in zip(padded, tensors):  # torchaudio's zero padding of `width` samples on the left
+            row[self.width: self.width + t.shape[0]] = t
+            row[self.width + t.shape[0]:].zero_()
+        out = torch.empty(len(tensors), blocks, self.n * self.m)
+        for p0, p1, lo, hi, weights in self.bands:
+            windows = padded[:, lo:].unfold(1, hi - lo, step)[:, :blocks]  # [B, blocks, hi - lo], a view
+            out[:, :, p0:p1] = windows @ weights
+        flat = out.view(len(tensors), -1)
+        return [flat[i, :target] for i, target in enumerate(targets)]
+
+    @staticmethod
+    def _input_buffer(rows: int, cols: int) -> torch.Tensor:
+        """This thread's reusable input buffer (a fresh tensor this size costs page faults)."""
+        size = rows * cols
+        buf = getattr(_LOCAL, "buffer", None)
+        if buf is None or buf.numel() < size:
+            buf = torch.empty(size)
+            if size <= _KEEP_BUFFER:
+                _LOCAL.buffer = buf
+        return buf[:size].view(rows, cols)
+
+
+@functools.lru_cache(maxsize=64)
+def resampler(orig_sr: int, new_sr: int) -> SincResampler:
+    """The :class:`SincResampler` of a pair of rates, built once per process."""
+    return SincResampler(int(orig_sr), int(new_sr))
 
 
 def resampled_length(num_samples: int, orig_sr: int, new_sr: int) -> int:
     """Samples torchaudio's resampling gives for ``num_samples`` at ``orig_sr`` -> ``new_sr``."""
-    if orig_sr == new_sr:
-        return num_samples
-    g = math.gcd(int(orig_sr), int(new_sr))
-    return int(math.ceil(new_sr // g * num_samples / (orig_sr // g)))  # torchaudio's float ceil
+    return resampler(orig_sr, new_sr).output_length(num_samples)
 
 
-def resample_batch(waves: Sequence[np.ndarray | torch.Tensor], orig_sr: int, new_sr: int,
-                   device: str | torch.device = "cpu") -> list[torch.Tensor]:
-    """Resample clips of one rate together: float32 ``[N_i]`` each -> ``[M_i]`` on ``device``.
+def resample_batch(waves: Sequence[np.ndarray | torch.Tensor], orig_sr: int, new_sr: int) -> list[torch.Tensor]:
+    """Resample float32 clips of one rate together: ``[N_i]`` each -> ``[M_i]`` (CPU tensors).
 
-    Clips of different lengths are zero-padded to the longest: torchaudio pads each clip
-    with zeros past its end anyway, so every clip's output is the one it gets alone.  On CUDA
-    the products run in float64 (then rounded to float32), so TF32 settings cannot change
-    the numbers.
+    The numbers of ``torchaudio.functional.resample`` clip by clip (see :class:`SincResampler`).
     """
-    device = torch.device(device)
-    tensors = [torch.as_tensor(w, dtype=torch.float32) for w in waves]
-    if not tensors:
-        return []
-    if orig_sr == new_sr:
-        return [t.to(device) for t in tensors]
-    lengths = [t.shape[-1] for t in tensors]
-    longest = max(lengths)
-    if all(n == longest for n in lengths):
-        batch = torch.stack(tensors)
-    else:
-        batch = torch.zeros(len(tensors), longest)
-        for row, t in zip(batch, tensors):
-            row[: t.shape[-1]] = t
-    module = resampler(int(orig_sr), int(new_sr))
-    if device.type == "cpu":
-        out = module(batch)
-    else:
-        out = _device_resampler(module, device)(batch.to(device, torch.float64)).float()
-    return [out[i, : resampled_length(n, orig_sr, new_sr)] for i, n in enumerate(lengths)]
-
-
-@functools.lru_cache(maxsize=16)
-def _device_resampler(module: AT.Resample, device: torch.device) -> AT.Resample:
-    import copy
-
-    return copy.deepcopy(module).to(device, torch.float64)
+    return resampler(int(orig_sr), int(new_sr))(waves)
 
 
 def resample(wave: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Band-limited (sinc) resampling of one clip with torchaudio (kernel cached)."""
+    """Band-limited (sinc) resampling of one clip: ``torchaudio.functional.resample``'s numbers."""
     if orig_sr == new_sr:
         return wave
     return resample_batch([np.asarray(wave, dtype=np.float32)], orig_sr, new_sr)[0].numpy()

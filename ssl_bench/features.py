@@ -28,16 +28,18 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .audio import AudioError, read_many, resample_batch
+from .audio import AudioError, read_audio, resample_batch
 from .components import Clip
 
 #: Bumped whenever the on-disk layout or the way features are computed changes.
@@ -145,17 +147,16 @@ def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None) 
 #: Skipped clips named one warning each; beyond that one summary warning (AudioSet copies
 #: can miss thousands of clips, and a wall of warnings hides everything else).
 MAX_SKIP_WARNINGS = 10
-#: Threads decoding audio files ahead of the resampling and the frontend (soundfile releases
-#: the GIL, and on network storage most of a read is waiting).
-MAX_READ_THREADS = 8
 #: Clips of one rate are resampled together unless the longest would be padded past this
 #: factor of the shortest (zero-padding wastes work, it does not change the numbers).
 RESAMPLE_PAD_FACTOR = 1.25
 
+_WORKER = threading.local()
 
-def read_threads() -> int:
-    """Decoding threads of :func:`extract`: the machine's cores, between 2 and 8."""
-    return max(2, min(MAX_READ_THREADS, os.cpu_count() or 1))
+
+def extraction_threads() -> int:
+    """Worker threads of :func:`extract`: torch's intra-op thread count (``torch.set_num_threads``)."""
+    return max(1, torch.get_num_threads())
 
 
 def _skip(clip: Clip, reason: str, strict: bool, skipped: list[tuple[str, str]]) -> None:
@@ -191,31 +192,71 @@ def _fit_length(wave: torch.Tensor, num_samples: int | None) -> torch.Tensor:
     return torch.nn.functional.pad(wave, (0, num_samples - wave.shape[-1]))
 
 
-def _resampled(items: list[tuple[int, np.ndarray, int]], sample_rate: int, num_samples: int | None,
-               device: torch.device) -> list[tuple[int, torch.Tensor]]:
-    """``(position, samples at the source rate, rate)`` -> ``(position, samples at sample_rate)``.
+#: One clip's outcome: ``(position, features [T, F], None)`` or ``(position, None, reason)``.
+Outcome = tuple[int, "np.ndarray | None", "str | None"]
 
-    Clips of one rate and similar length are resampled as one batch with a kernel built once
-    per pair of rates, then padded or cropped to ``num_samples``.  On CUDA the resampling
-    runs there (in float64); elsewhere on the CPU.
+
+def _decode(clips: Sequence[Clip], job: range, sample_rate: int,
+            num_samples: int | None) -> tuple[list[Outcome], list[tuple[int, torch.Tensor]]]:
+    """Read the clips of ``job`` and resample them: (failures, ``(position, samples)``).
+
+    Clips of one rate and similar length are resampled as one batch (the kernel of each pair
+    of rates is built once per process), then padded or cropped to ``num_samples``.
     """
-    where = device if device.type == "cuda" else torch.device("cpu")
-    by_rate: dict[int, list[tuple[int, np.ndarray, int]]] = {}
-    for item in items:
-        by_rate.setdefault(item[2], []).append(item)
-    out: list[tuple[int, torch.Tensor]] = []
+    failed: list[Outcome] = []
+    by_rate: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for pos in job:
+        try:
+            wave, sr = read_audio(clips[pos].path)
+        except AudioError as exc:
+            failed.append((pos, None, str(exc)))
+            continue
+        by_rate.setdefault(sr, []).append((pos, wave))
+    waves: list[tuple[int, torch.Tensor]] = []
     for sr, group in by_rate.items():
         group.sort(key=lambda item: item[1].shape[0])
         start = 0
         while start < len(group):
-            stop = start + 1
-            limit = group[start][1].shape[0] * RESAMPLE_PAD_FACTOR
+            stop, limit = start + 1, group[start][1].shape[0] * RESAMPLE_PAD_FACTOR
             while stop < len(group) and group[stop][1].shape[0] <= limit:
                 stop += 1
             chunk = group[start:stop]
-            waves = resample_batch([w for _, w, _ in chunk], sr, sample_rate, where)
-            out.extend((pos, _fit_length(w, num_samples)) for (pos, _, _), w in zip(chunk, waves))
+            done = resample_batch([w for _, w in chunk], sr, sample_rate)
+            waves.extend((pos, _fit_length(w, num_samples)) for (pos, _), w in zip(chunk, done))
             start = stop
+    waves.sort(key=lambda item: item[0])
+    return failed, waves
+
+
+def _transform(frontend: Any, waves: list[tuple[int, torch.Tensor]], device, clips: Sequence[Clip]) -> list[Outcome]:
+    """The frontend over ``waves`` in groups of equal length (a failing group clip by clip)."""
+    groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for item in waves:
+        groups.setdefault(item[1].shape[0], []).append(item)
+    out: list[Outcome] = []
+    for items in groups.values():
+        try:
+            feats = list(_run_frontend(frontend, [w for _, w in items], device))
+        except Exception as exc:  # noqa: BLE001 - find the clip(s) the frontend refuses
+            if len(items) == 1:
+                out.append((items[0][0], None, f"{clips[items[0][0]].path}: frontend failed ({exc})"))
+                continue
+            feats = []
+            for pos, w in items:
+                try:
+                    feats.append(_run_frontend(frontend, [w], device)[0])
+                except Exception as one:  # noqa: BLE001
+                    out.append((pos, None, f"{clips[pos].path}: frontend failed ({one})"))
+                    feats.append(None)
+        for (pos, _), f in zip(items, feats):
+            if f is None:
+                continue
+            if f.shape[0] == 0:
+                out.append((pos, None, f"{clips[pos].path}: too short for one frame"))
+            elif not np.isfinite(f).all():
+                out.append((pos, None, f"{clips[pos].path}: features contain NaN or infinite values"))
+            else:
+                out.append((pos, f, None))
     return out
 
 
@@ -229,15 +270,19 @@ def _compute(
     progress: bool,
     sink,
 ) -> list[tuple[str, str]]:
-    """Decode, resample and transform ``clips`` in batches; ``sink(position, features[T, F])`` per clip.
+    """Decode, resample and transform ``clips``; ``sink(position, features[T, F])`` per clip, in order.
 
-    Files are decoded by a thread pool ahead of the batch being transformed; each batch is
-    resampled per source rate (one kernel per pair of rates) and goes through the frontend
-    in groups of equal length.
+    Batches of ``batch_size`` clips go to :func:`extraction_threads` worker threads, each
+    running torch on one thread: a worker reads its files (soundfile releases the GIL),
+    resamples them per rate and, on the CPU, runs the frontend.  Parallel over batches rather
+    than inside each op, a small machine spends nothing on OpenMP synchronisation (which costs
+    more than it gains on a busy two-core machine).  For another device the frontend runs on
+    it in this thread, batch after batch, while the workers decode the next ones.
     """
     sample_rate = int(frontend.cfg.sample_rate)
     num_samples = None if clip_seconds is None else int(round(clip_seconds * sample_rate))
     device = torch.device(device)
+    on_cpu = device.type == "cpu"
     skipped: list[tuple[str, str]] = []
     bar = None
     if progress:
@@ -245,55 +290,52 @@ def _compute(
 
         bar = tqdm(total=len(clips), desc="features", unit="clip", leave=False)
 
-    pending: list[tuple[int, np.ndarray, int]] = []
+    def work(job: range) -> tuple[list[Outcome], list[tuple[int, torch.Tensor]]]:
+        if not getattr(_WORKER, "pinned", False):
+            torch.set_num_threads(1)  # this thread's intra-op width
+            _WORKER.pinned = True
+        failed, waves = _decode(clips, job, sample_rate, num_samples)
+        if on_cpu:
+            return failed + _transform(frontend, waves, device, clips), []
+        return failed, waves
 
-    def flush() -> None:
-        if not pending:
-            return
-        # Same-length waves run as one batch; ragged ones (clip_seconds=None) by length.
-        groups: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        for item in sorted(_resampled(pending, sample_rate, num_samples, device), key=lambda item: item[0]):
-            groups.setdefault(item[1].shape[0], []).append(item)
-        for items in groups.values():
-            try:
-                feats = _run_frontend(frontend, [w for _, w in items], device)
-            except Exception as exc:  # noqa: BLE001 - find the clip(s) the frontend refuses
-                if len(items) == 1:
-                    _skip(clips[items[0][0]], f"{clips[items[0][0]].path}: frontend failed ({exc})", strict, skipped)
-                    continue
-                feats = []
-                for pos, w in items:
-                    try:
-                        feats.append(_run_frontend(frontend, [w], device)[0])
-                    except Exception as one:  # noqa: BLE001
-                        _skip(clips[pos], f"{clips[pos].path}: frontend failed ({one})", strict, skipped)
-                        feats.append(None)
-            for (pos, _), f in zip(items, feats):
-                if f is None:
-                    continue
-                if f.shape[0] == 0:
-                    _skip(clips[pos], f"{clips[pos].path}: too short for one frame", strict, skipped)
-                    continue
-                if not np.isfinite(f).all():
-                    _skip(clips[pos], f"{clips[pos].path}: features contain NaN or infinite values", strict, skipped)
-                    continue
-                sink(pos, f)
-        pending.clear()
-
-    decoded = read_many((clip.path for clip in clips), threads=read_threads(), lookahead=2 * batch_size)
-    try:
-        for pos, (clip, item) in enumerate(zip(clips, decoded)):
-            if isinstance(item, AudioError):
-                _skip(clip, str(item), strict, skipped)
+    def finish(outcomes: list[Outcome], waves: list[tuple[int, torch.Tensor]], count: int) -> None:
+        if waves:
+            outcomes = outcomes + _transform(frontend, waves, device, clips)
+        for pos, f, reason in sorted(outcomes, key=lambda item: item[0]):
+            if reason is not None:
+                _skip(clips[pos], reason, strict, skipped)
             else:
-                pending.append((pos, *item))
-            if len(pending) >= batch_size:
-                flush()
-            if bar is not None:
-                bar.update(1)
-        flush()
+                sink(pos, f)
+        if bar is not None:
+            bar.update(count)
+
+    jobs = [range(i, min(i + batch_size, len(clips))) for i in range(0, len(clips), batch_size)]
+    threads = torch.get_num_threads()
+    workers = extraction_threads()
+    try:
+        if workers == 1 or len(jobs) == 1:
+            for job in jobs:  # this thread, at its own torch width
+                failed, waves = _decode(clips, job, sample_rate, num_samples)
+                finish(failed, waves, len(job))
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="features") as pool:
+                queue: list[tuple[Future, int]] = []
+                try:
+                    for job in jobs:
+                        queue.append((pool.submit(work, job), len(job)))
+                        if len(queue) > workers:  # a bounded number of batches in memory
+                            future, count = queue.pop(0)
+                            finish(*future.result(), count)
+                    while queue:
+                        future, count = queue.pop(0)
+                        finish(*future.result(), count)
+                finally:  # a strict error: drop the batches not started
+                    for future, _ in queue:
+                        future.cancel()
     finally:
-        decoded.close()  # a strict error mid-way: stop the readers
+        # A worker pinning itself also moved the default that threads started later inherit.
+        torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
     _warn_rest(skipped, len(clips))
@@ -405,12 +447,11 @@ def extract(
 ) -> FeatureSet:
     """Raw log-mel features of ``clips``, computed once and cached.
 
-    Each clip is decoded (mono; :func:`ssl_bench.audio.read_audio`, by a pool of threads),
-    resampled to ``frontend.cfg.sample_rate`` (:func:`ssl_bench.audio.resample_batch`, the
+    Each clip is decoded (mono; :func:`ssl_bench.audio.read_audio`), resampled to ``frontend.cfg.sample_rate`` (:func:`ssl_bench.audio.resample_batch`, the
     numbers of ``torchaudio.functional.resample``), zero-padded or cropped to
     ``clip_seconds`` (``None`` keeps every clip's own length), and transformed with
     ``frontend.compute(waveform[B, N]) -> [B, T, F]`` on ``device`` in batches of
-    ``batch_size``.  With ``cache_dir`` the features are stored there (see the module
+    ``batch_size``, batches in parallel on :func:`extraction_threads` threads.  With ``cache_dir`` the features are stored there (see the module
     docstring) and a later call with the same clips and frontend settings reads them back
     memory-mapped; with ``cache_dir=None`` they are kept in memory only.
 
