@@ -14,83 +14,34 @@ banks from 20 Hz to Nyquist, and the log with a floor of float32 epsilon.
 
 from __future__ import annotations
 
-from ssl_bench.errors import UserError
 import dataclasses
 import math
-import os
 import threading
-from typing import Any
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchaudio.compliance.kaldi import get_mel_banks
 
 from ssl_bench.components import BuildContext, Component
+from ssl_bench.errors import UserError
 
 #: Kaldi's floor on spectral values: ``std::numeric_limits<float>::epsilon()``.
 FLOAT_EPS = float(torch.finfo(torch.float32).eps)
-FLOAT_EPS_32 = np.float32(FLOAT_EPS)
 PREEMPHASIS = 0.97
 LOW_FREQ = 20.0  # Hz, Kaldi default
-#: Frames per CPU work item: keeps the [frames, 512] work arrays in the core's cache.  On
-#: CUDA the whole batch goes at once.
+#: Frames per CPU run on one thread: keeps the [frames, 512] work arrays in the core's cache.
+#: With more torch threads each op is spread over them (OpenMP) on longer runs.
 CPU_CHUNK_FRAMES = 1024
-#: Without the compiled kernels, above this many torch threads the CPU path uses OpenMP-parallel
-#: ops instead of a pool of single-threaded workers (which would queue on the GIL), on runs of
-#: CPU_WIDE_CHUNK_FRAMES.
-CPU_POOL_MAX_THREADS = 4
 CPU_WIDE_CHUNK_FRAMES = 2048
 #: Frames per CUDA batch (bounds the float64 work arrays to ~0.3 GB each).
 GPU_CHUNK_FRAMES = 65536
 #: Mel filters per band GEMM on the CPU.
 MEL_GROUP = 16
 
-
+#: Per-thread work buffers: feature extraction calls ``compute`` from several threads at once.
 _THREAD_STATE = threading.local()
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _cpu_pool(threads: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``threads`` workers for the CPU frontend (re-made after a fork)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != threads:
-            _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="kaldi-fbank"))
-        return _POOL[2]
-
-
-_KERNELS: list = []  # [module or None] once looked up
-
-
-def _kernels():
-    """The compiled CPU kernels (:mod:`.kernels`), or ``None`` without numba.
-
-    ``SSL_BENCH_FBANK_KERNELS=0`` turns them off (the torch-only path gives the same numbers).
-    """
-    if not _KERNELS:
-        module = None
-        if os.environ.get("SSL_BENCH_FBANK_KERNELS", "1") != "0":
-            try:
-                from . import kernels as module
-            except ImportError:  # numba missing or unusable on this platform
-                module = None
-        _KERNELS.append(module)
-    return _KERNELS[0]
-
-
-def use_kernels(enabled: bool | None) -> None:
-    """Force the compiled CPU kernels on (``True``) or off (``False``), or re-detect (``None``)."""
-    _KERNELS.clear()
-    if enabled is not None:
-        if enabled:
-            from . import kernels as module
-        else:
-            module = None
-        _KERNELS.append(module)
 
 
 class FrontendError(UserError, ValueError):
@@ -99,25 +50,6 @@ class FrontendError(UserError, ValueError):
 
 def _next_power_of_2(x: int) -> int:
     return 1 if x <= 1 else 2 ** (x - 1).bit_length()
-
-
-def _mel_tables(banks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Kaldi mel banks ``[bins, F]`` -> ``(lo, hi, offsets, weights)`` for :func:`.kernels.log_mel`."""
-    num_filters = banks.shape[1]
-    lo = np.zeros(num_filters, np.int64)
-    hi = np.zeros(num_filters, np.int64)
-    offsets = np.zeros(num_filters, np.int64)
-    weights = []
-    total = 0
-    for f in range(num_filters):
-        used = np.flatnonzero(banks[:, f])
-        if len(used):
-            lo[f], hi[f] = used[0], used[-1] + 1
-            weights.append(banks[lo[f]:hi[f], f])
-        offsets[f] = total
-        total += hi[f] - lo[f]
-    flat = np.concatenate(weights).astype(np.float32) if weights else np.zeros(0, np.float32)
-    return lo, hi, offsets, np.ascontiguousarray(flat)
 
 
 class KaldiFbank(Component):
@@ -166,9 +98,6 @@ class KaldiFbank(Component):
         # Not persistent: derived from the config, and official checkpoints do not have them.
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_banks", banks, persistent=False)
-        # Constants of the compiled CPU kernels (numpy, on the CPU whatever the module's device).
-        self._kernel_window = (window.numpy().copy(), np.float32(PREEMPHASIS))
-        self._kernel_tables = _mel_tables(banks.numpy())
         # CPU path: groups of MEL_GROUP filters and the contiguous FFT-bin band they cover,
         # with weights repeated for the interleaved (re^2, im^2) layout of the power.
         self._bands: list[tuple[int, int, int, int]] = []
@@ -229,7 +158,7 @@ class KaldiFbank(Component):
     @property
     def cpu_implementation(self) -> str:
         """Which CPU path :meth:`compute` takes (``ssl-bench bench`` reports it)."""
-        return "numba kernels" if _kernels() is not None else "torch ops"
+        return "torch ops"
 
     @property
     def stats_key(self) -> str:
@@ -327,109 +256,28 @@ class KaldiFbank(Component):
             out[start:start + per_chunk] = mel
 
     def _compute_cpu(self, wav: torch.Tensor, means: torch.Tensor, out: torch.Tensor) -> None:
-        """CPU path: runs of frames small enough to stay in cache, in one of two schedules.
+        """CPU path: torch ops on runs of frames small enough to stay in cache.
 
-        Each run is computed by the compiled kernels (:mod:`.kernels`, which release the GIL)
-        when numba is installed, else by torch ops alone (the same numbers, about 1.7x the time).
-
-        The runs go to a pool of as many threads as torch has, each running its ops
-        single-threaded: on a small machine an OpenMP region per op over a few megabytes costs
-        more in synchronisation than it gains, and when the machine is busy a two-thread region
-        waits for whichever thread was descheduled (20x slower, measured).  Torch ops alone
-        hold the GIL between ops, so above ``CPU_POOL_MAX_THREADS`` threads the pool would queue
-        on it: there the runs are done one after the other with every op spread over all threads
-        (OpenMP), in longer runs.  Both schedules round exactly alike.
+        A run is part of one clip (long clips) or several whole clips (short ones), so its
+        slice of ``out`` is contiguous.  Feature extraction runs this on one torch thread per
+        worker, batches in parallel; other callers get each op spread over torch's threads.
         """
         batch, num_frames = out.shape[0], out.shape[1]
-        threads = torch.get_num_threads()
-        kernels = _kernels()
-        if kernels is not None and not bool(torch.isfinite(means).all()):
-            kernels = None  # NaN/inf audio: torch's ops give exactly Kaldi's NaN pattern (rare, not fast)
-        pooled = threads >= 2 and (kernels is not None or threads <= CPU_POOL_MAX_THREADS)
-        step = CPU_CHUNK_FRAMES if pooled or threads == 1 else CPU_WIDE_CHUNK_FRAMES
+        step = CPU_CHUNK_FRAMES if torch.get_num_threads() == 1 else CPU_WIDE_CHUNK_FRAMES
         if num_frames >= step:  # long clips: runs of frames within a clip
             jobs = [(i, i + 1, f0, min(f0 + step, num_frames))
                     for i in range(batch) for f0 in range(0, num_frames, step)]
         else:  # short clips: several whole clips per job
             per_job = step // num_frames
             jobs = [(i, min(i + per_job, batch), 0, num_frames) for i in range(0, batch, per_job)]
-        if kernels is not None:
-            def run(job, pin):
-                self._compiled_chunk(kernels, wav, means, out, job, step, pin)
-        else:
-            frames = (wav - means[:, None]).unfold(1, self.window_size, self.window_shift)  # [B, T, W]
-
-            def run(job, pin):
-                self._cpu_chunk(frames, out, job, step, pin)
-        if not pooled or len(jobs) == 1:
-            for job in jobs:
-                run(job, False)
-            return
-        try:
-            list(_cpu_pool(threads).map(lambda job: run(job, True), jobs))
-        finally:
-            # A pool thread pinning itself to one thread also moved the default that threads
-            # started later inherit; put it back.
-            torch.set_num_threads(threads)
-
-    def _compiled_chunk(self, kernels, wav: torch.Tensor, means: torch.Tensor, out: torch.Tensor,
-                        job: tuple[int, int, int, int], step: int, pin: bool) -> None:
-        """Log-mel of frames ``f0:f1`` of clips ``i0:i1`` with the compiled kernels.
-
-        Per clip: the clip's samples for these frames, mean-removed (the same float32 subtraction
-        as ``waveform - waveform.mean()``); each frame's mean by torch (whose reduction order
-        Kaldi's output depends on); the framing kernel. Then one FFT and the log-mel kernel for the
-        whole job.
-        """
-        if pin and not getattr(_THREAD_STATE, "pinned", False):
-            torch.set_num_threads(1)
-            _THREAD_STATE.pinned = True
-        i0, i1, f0, f1 = job
-        n = f1 - f0
-        rows = (i1 - i0) * n
-        samples, padded, spectrum = self._compiled_buffers(step)
-        s0, s1 = f0 * self.window_shift, (f1 - 1) * self.window_shift + self.window_size
-        x = samples[: s1 - s0]
-        x_np = x.numpy()
-        window, preemphasis = self._kernel_window
-        for k, i in enumerate(range(i0, i1)):
-            torch.sub(wav[i, s0:s1], means[i], out=x)
-            frame_means = x.unfold(0, self.window_size, self.window_shift).mean(dim=-1)
-            kernels.windowed_frames(x_np, frame_means.numpy(), self.window_shift, window, preemphasis,
-                                    padded[k * n:(k + 1) * n].numpy())
-        spec = spectrum[:rows]
-        torch.fft.rfft(padded[:rows], out=spec)
-        target = out[i0:i1, f0:f1].reshape(rows, -1)  # a view: the job's rows are contiguous
-        kernels.log_mel(torch.view_as_real(spec).view(rows, -1).numpy(), *self._kernel_tables, FLOAT_EPS_32,
-                        target.numpy())
-
-    def _compiled_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This thread's samples / padded-frames / spectrum buffers for runs of ``rows`` frames."""
-        key = ("compiled", rows, self.fft_size, self.window_size, self.window_shift)
-        cached = getattr(_THREAD_STATE, "compiled_buffers", None)
-        if cached is None or cached[0] != key:
-            cached = (key, torch.empty((rows - 1) * self.window_shift + self.window_size),
-                      torch.zeros(rows, self.fft_size),  # the columns past the window stay zero
-                      torch.empty(rows, self.fft_size // 2 + 1, dtype=torch.complex64))
-            _THREAD_STATE.compiled_buffers = cached
-        return cached[1], cached[2], cached[3]
-
-    def _cpu_chunk(self, frames: torch.Tensor, out: torch.Tensor, job: tuple[int, int, int, int], step: int,
-                   pin: bool) -> None:
-        """Log-mel of frames ``f0:f1`` of clips ``i0:i1`` into ``out[i0:i1, f0:f1]`` by torch ops.
-
-        A job is either part of one clip or whole clips, so its slice of ``out`` is contiguous.
-        """
-        if pin and not getattr(_THREAD_STATE, "pinned", False):
-            torch.set_num_threads(1)  # this thread's intra-op width (OpenMP and MKL state are per thread)
-            _THREAD_STATE.pinned = True
-        i0, i1, f0, f1 = job
-        shape = (i1 - i0, f1 - f0)
-        rows = shape[0] * shape[1]
+        frames = (wav - means[:, None]).unfold(1, self.window_size, self.window_shift)  # [B, T, W]
         centred, work, padded = self._thread_buffers(step)
-        self._windowed_frames(frames[i0:i1, f0:f1], centred[:rows].view(*shape, -1), work[:rows].view(*shape, -1),
-                              padded[:rows].view(*shape, -1))
-        self._log_mel(padded[:rows].view(*shape, -1), out[i0:i1, f0:f1])
+        for i0, i1, f0, f1 in jobs:
+            shape = (i1 - i0, f1 - f0)
+            rows = shape[0] * shape[1]
+            self._windowed_frames(frames[i0:i1, f0:f1], centred[:rows].view(*shape, -1),
+                                  work[:rows].view(*shape, -1), padded[:rows].view(*shape, -1))
+            self._log_mel(padded[:rows].view(*shape, -1), out[i0:i1, f0:f1])
 
     def _thread_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This thread's reusable work buffers of ``rows`` frames (the FFT padding stays zero)."""
