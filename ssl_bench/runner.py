@@ -203,16 +203,24 @@ class _Experiment:
         self.metric_names = list(self.task.metrics)
 
     def prepare_frontend(self) -> None:
+        """Build the frontend and settle the model's input length: the config's
+        ``frontend.num_frames`` when set, else the frontend's length for the task's clips
+        (written into the config when the frontend has that setting, so the model is built
+        for it)."""
         frontend = _build_frontend(self.config, self.registry)
-        if self.config["frontend"].get("num_frames", "absent") is None:
+        node = self.config["frontend"]
+        num_frames = node.get("num_frames")
+        if num_frames is None:
             if not hasattr(frontend, "num_frames_for"):
-                raise ConfigError(f"frontend {self.config['frontend']['name']!r} cannot size itself to the task's "
-                                  "clips (no num_frames_for); set frontend.num_frames")
-            self.config["frontend"]["num_frames"] = int(frontend.num_frames_for(float(self.task.clip_seconds)))
-            frontend = _build_frontend(self.config, self.registry)
+                raise ConfigError(f"frontend {node['name']!r} cannot size itself to the task's clips "
+                                  "(no num_frames_for); set frontend.num_frames")
+            num_frames = int(frontend.num_frames_for(float(self.task.clip_seconds)))
+            if "num_frames" in node:
+                node["num_frames"] = num_frames
+                frontend = _build_frontend(self.config, self.registry)
         self.frontend = frontend
-        self.num_frames = int(self.config["frontend"].get("num_frames") or frontend.num_frames)
-        self.num_bins = int(getattr(frontend, "num_bins", self.config["frontend"].get("num_bins", 128)))
+        self.num_frames = int(num_frames)
+        self.num_bins = int(frontend.num_bins)
 
     def extract(self, clips: Sequence[Clip]):
         from .features import extract

@@ -55,7 +55,7 @@ PLUGIN = textwrap.dedent('''
     def register_models(register):
         register("mae-checker", ModelSpec(
             components={"frontend": "kaldi-fbank", "encoder": "vit", "masker": "checkerboard",
-                        "decoder": "global", "objective": "masked-mse"},
+                        "decoder": "global", "objective": "masked-mse", "method": "mae"},
             presets={"tiny": {"encoder.dim": 32, "encoder.depth": 1, "encoder.heads": 2,
                               "decoder.dim": 32, "decoder.depth": 1, "decoder.heads": 2,
                               "pretrain.batch_size": 16, "finetune.batch_size": 16}},

@@ -148,3 +148,109 @@ def test_core_names_no_component_kind():
                                       and text in ("audiomae",)):
                 found.append(f"{path.relative_to(ROOT)}:{lineno}: {text!r}")
     assert not found, "\n".join(found)
+
+
+WAVE_FRONTEND = textwrap.dedent('''
+    """A frontend with no dataset statistics: 10 ms frames of the raw waveform as features."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from ssl_bench import hookimpl
+    from ssl_bench.components import Component
+
+
+    class WaveFrames(Component):
+        stats_key = None  # normalises with nothing measured on data
+
+        @dataclass
+        class Config:
+            sample_rate: int = 16000
+            hop: int = 160
+
+        def __init__(self, cfg=None, ctx=None):
+            super().__init__(cfg, ctx)
+            self.ctx.num_bins = self.cfg.hop
+
+        @property
+        def sample_rate(self):
+            return self.cfg.sample_rate
+
+        @property
+        def num_bins(self):
+            return self.cfg.hop
+
+        def compute(self, waveform):
+            n = waveform.shape[-1] // self.cfg.hop
+            return waveform[..., : n * self.cfg.hop].reshape(*waveform.shape[:-1], n, self.cfg.hop)
+
+        def num_frames_for(self, seconds):
+            return int(round(seconds * self.cfg.sample_rate)) // self.cfg.hop // 16 * 16
+
+        def normalize(self, x):
+            return x * 10.0
+
+        def cache_config(self):
+            return {"name": "wave-frames", "hop": self.cfg.hop}
+
+
+    @hookimpl
+    def register_frontends(register):
+        register("wave-frames", WaveFrames)
+''')
+
+
+def test_a_frontend_without_statistics_is_not_given_any(tmp_path, capsys):
+    """The runner fills statistics only for a frontend that declares them (stats_key): a waveform
+    frontend runs, and is never normalised with the task's log-mel statistics."""
+    plugins = tmp_path / "fe"
+    plugins.mkdir()
+    (plugins / "wave_frames.py").write_text(WAVE_FRONTEND)
+    results = tmp_path / "results"
+    code = cli.main(["--plugins-dir", str(plugins), "run", "-m", "audiomae", "-t", "synthetic", "-p", "tiny",
+                     "--protocols", "linear", "--splits", "fold1", "-q", "--results", str(results),
+                     "--set", "frontend=wave-frames", "--set", "linear.C=[1.0]"])
+    assert code == 0, capsys.readouterr().err
+    run_dir = next(p for p in results.iterdir() if not p.name.startswith("."))
+    log = (run_dir / "log.txt").read_text()
+    assert "norm mean" not in log
+    rows = json.loads((run_dir / "result.json").read_text())["rows"]
+    assert {r["protocol"] for r in rows} == {"linear"} and all(0 <= r["value"] <= 1 for r in rows)
+
+
+def test_task_statistics_only_for_the_same_features():
+    """A task's published statistics are keyed by the frontend's stats_key: another bin count
+    (other features) computes its own, the 128-bin Kaldi fbank takes the task's."""
+    import ssl_bench
+    from ssl_bench.tasks.common import KALDI_FBANK_128
+
+    fe128 = ssl_bench.create_model("audiomae", preset="tiny").frontend
+    fe64 = ssl_bench.create_model("audiomae", preset="tiny", **{"frontend.num_bins": 64}).frontend
+    assert fe128.stats_key == KALDI_FBANK_128
+    assert fe64.stats_key != KALDI_FBANK_128
+    # no preset or default lends AudioSet statistics to every task any more
+    assert fe128.norm_stats is None
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys):
+    assert cli.main(["run", "-m", "audiomae", "-t", "synthetic", "--set", "encoder.depht=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "encoder.depht" in err
+    plugins = tmp_path / "buggy"
+    plugins.mkdir()
+    (plugins / "buggy.py").write_text(textwrap.dedent('''
+        from ssl_bench import hookimpl
+        from ssl_bench.commands import Command
+
+        class Crash(Command):
+            help = "a command with a bug"
+
+            def run(self, args):
+                return {}["missing"]
+
+        @hookimpl
+        def register_commands(register):
+            register("crash", Crash())
+    '''))
+    with pytest.raises(KeyError):  # a bug is not turned into "ssl-bench: error: ..."
+        cli.main(["--plugins-dir", str(plugins), "crash"])
