@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from .errors import UserError
 import argparse
 import os
 import tempfile
@@ -20,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import UserError
 
 FORMAT = "ssl-bench"
 FORMAT_VERSION = 1

@@ -28,17 +28,17 @@ error that lists the valid ones.
 
 from __future__ import annotations
 
-from .errors import UserError
 import dataclasses
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .errors import UserError
 from .registry import Registry, RegistryError, get_registry
 
 #: The model's slots (path -> component kind), in build order.  Protocols add their own slots
@@ -64,6 +64,12 @@ class DataConfig:
     cache: bool = True  # cache frontend features on disk
     strict: bool = False  # unreadable clips are errors instead of counted skips
     num_workers: int = 0
+
+
+def data_settings(config: dict[str, Any]) -> DataConfig:
+    """The typed ``data`` section of a resolved config (its defaults where a key is absent)."""
+    return DataConfig(**{f.name: config.get("data", {})[f.name] for f in dataclasses.fields(DataConfig)
+                         if f.name in config.get("data", {})})
 
 
 @dataclass

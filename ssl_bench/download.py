@@ -14,7 +14,6 @@ and where to put it.
 
 from __future__ import annotations
 
-from .errors import UserError
 import hashlib
 import os
 import shutil
@@ -24,6 +23,8 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+
+from .errors import UserError
 
 CHUNK = 1 << 20
 

@@ -16,7 +16,6 @@ working.  A name registered twice is an error naming both plugins whenever it is
 
 from __future__ import annotations
 
-from .errors import UserError
 import importlib
 import importlib.metadata
 import importlib.util
@@ -30,6 +29,7 @@ import pluggy
 
 from . import hookspecs
 from .components import KINDS
+from .errors import UserError
 
 ENTRY_POINT_GROUP = "ssl_bench"
 DISTRIBUTION = "ssl-bench"

@@ -29,7 +29,6 @@ continues where it stopped.  Under ``torchrun`` every rank runs this function an
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -42,9 +41,9 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .checkpoint import atomic_write_text, save_model
+from .checkpoint import atomic_write_text
 from .components import BuildContext, Clip
-from .config import ConfigError, config_hash, instantiate_config
+from .config import ConfigError, config_hash, data_settings, instantiate_config
 from .protocols.base import Protocol, ProtocolContext, section_config
 from .protocols.data import SplitData, label_targets
 from .registry import get_registry
@@ -225,11 +224,11 @@ class _Experiment:
     def extract(self, clips: Sequence[Clip]):
         from .features import extract
 
-        data = self.config.get("data", {})
-        cache_dir = self.cache / "features" if data.get("cache", True) else None
+        data = data_settings(self.config)
+        cache_dir = self.cache / "features" if data.cache else None
         with D.main_first():
             return extract(clips, self.frontend, clip_seconds=float(self.task.clip_seconds), cache_dir=cache_dir,
-                           device=self.device, batch_size=32, strict=bool(data.get("strict", False)),
+                           device=self.device, batch_size=32, strict=bool(data.strict),
                            progress=self.progress_main)
 
     def run_hash(self) -> str:
@@ -307,7 +306,7 @@ class _Experiment:
         if carved:
             from .splits import carve_validation
 
-            fraction = float(cfg.get("data", {}).get("valid_fraction", 0.1))
+            fraction = float(data_settings(cfg).valid_fraction)
             train_clips, valid_clips = carve_validation(split.train, fraction, self.seed, self.multilabel)
 
         def idx(clips: Sequence[Clip]) -> np.ndarray:
@@ -411,7 +410,7 @@ class _Experiment:
         published = getattr(self.task, "norm_stats", None) or {}
         if isinstance(published, dict) and key in published:
             return tuple(float(v) for v in published[key]), "task"
-        corpus = self.config.get("pretrain", {}).get("corpus")
+        corpus = self.config.get("pretrain", {}).get("corpus")  # absent when no pretraining protocol exists
         if corpus and self.checkpoint is None and self.stage_protocols("pretrain"):
             # one encoder for every split: normalise with the corpus it is pretrained on
             _, feats = self.corpus()

@@ -7,7 +7,6 @@ nothing.  Task plugins import it; they never import each other's registration co
 
 from __future__ import annotations
 
-from ssl_bench.errors import UserError
 import csv
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ssl_bench.components import Clip, Split
-
+from ssl_bench.errors import UserError
 
 #: The ``stats_key`` of the 128-bin Kaldi fbank frontend of AudioMAE and AST (16 kHz, 25/10 ms):
 #: the features every published statistic below was measured on.

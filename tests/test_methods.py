@@ -221,8 +221,9 @@ def test_a_frontend_without_statistics_is_not_given_any(tmp_path, capsys):
 def test_task_statistics_only_for_the_same_features():
     """A task's published statistics are keyed by the frontend's stats_key: another bin count
     (other features) computes its own, the 128-bin Kaldi fbank takes the task's."""
-    import ssl_bench
     from ssl_bench.tasks.common import KALDI_FBANK_128
+
+    import ssl_bench
 
     fe128 = ssl_bench.create_model("audiomae", preset="tiny").frontend
     fe64 = ssl_bench.create_model("audiomae", preset="tiny", **{"frontend.num_bins": 64}).frontend

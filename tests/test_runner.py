@@ -13,7 +13,9 @@ import yaml
 from ssl_bench import results
 from ssl_bench import runner as runner_mod
 from ssl_bench.registry import set_registry
-from ssl_bench.runner import pretrain_hash, run_experiment
+from ssl_bench.config import MODEL_SLOTS
+from ssl_bench.protocols.pretrain import pretrain_hash
+from ssl_bench.runner import run_experiment
 from trainfixtures import TinyTones, tiny_config, tiny_registry
 
 @pytest.fixture(scope="module")
@@ -119,10 +121,10 @@ def test_pretraining_is_reused_when_the_hash_matches(first_run, registry):
     cfg = config(registry, **{"masker.ratio": 0.5})
     cfg_default = config(registry)
     clips = TinyTones(first_run["data"]).splits()[0].train
-    assert pretrain_hash(cfg, clips) != pretrain_hash(cfg_default, clips)
+    assert pretrain_hash(cfg, clips, MODEL_SLOTS) != pretrain_hash(cfg_default, clips, MODEL_SLOTS)
     # bookkeeping settings do not change the hash
-    assert pretrain_hash(config(registry, **{"pretrain.checkpoint_every": 5}), clips) == \
-        pretrain_hash(cfg_default, clips)
+    assert pretrain_hash(config(registry, **{"pretrain.checkpoint_every": 5}), clips, MODEL_SLOTS) == \
+        pretrain_hash(cfg_default, clips, MODEL_SLOTS)
 
 
 def test_a_checkpoint_replaces_pretraining(first_run, registry, tmp_path):

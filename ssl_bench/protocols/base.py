@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import data_settings
 from .data import SplitData
 
 #: Stages, in run order: ``pretrain`` protocols make the encoder, ``evaluate`` ones score it.
@@ -157,7 +158,7 @@ class ProtocolContext:
             self._embeddings[key] = extract_embeddings(
                 self.model, self.data, indices, batch_size=bs, device=self.device,
                 cache_dir=self.cache_dir / "embeddings", amp=bool(self.config.get("amp", True)),
-                num_workers=int(self.config.get("data", {}).get("num_workers", 0)), progress=self.progress,
+                num_workers=data_settings(self.config).num_workers, progress=self.progress,
                 layers=layers)
         emb, _ = self._embeddings[key]
         bounds = np.cumsum([0] + [len(getattr(self.data, p)) for p in parts])

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import distributed as D
-from ..config import ConfigError, config_hash
+from ..config import ConfigError, config_hash, data_settings
 from ..train import FitResult, OptimConfig, StepContext, TrainConfig, fit
 from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SpecDataset, normalize
@@ -64,7 +64,7 @@ def pretrain_loss(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> 
 def train_config(config: dict[str, Any]) -> TrainConfig:
     """The :class:`TrainConfig` of a resolved config's ``pretrain`` section."""
     return TrainConfig.from_sections(dict(config["pretrain"]), run=config,
-                                     num_workers=config.get("data", {}).get("num_workers", 0))
+                                     num_workers=data_settings(config).num_workers)
 
 
 def pretrain(

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import distributed as D
+from ..config import data_settings
 from ..metrics import evaluate
 from ..train import predict
 from .base import Protocol, ProtocolContext, ProtocolResult
@@ -245,7 +246,7 @@ def linear_probe(
     indices = np.concatenate([getattr(data, p) for p in parts])
     emb, cached = extract_embeddings(
         model, data, indices, batch_size=int(section.batch_size), device=device, cache_dir=cache_dir,
-        amp=bool(config.get("amp", True)), num_workers=int(config.get("data", {}).get("num_workers", 0)),
+        amp=bool(config.get("amp", True)), num_workers=data_settings(config).num_workers,
         progress=progress,
     )
     if not D.current().is_main:
