@@ -22,7 +22,15 @@ from .loop import (
     predict,
     to_device,
 )
-from .optim import NO_DECAY_NAMES, OptimConfig, TrainConfig, TrainConfigError, WarmupCosine, layer_decay_fn, param_groups
+from .optim import (
+    NO_DECAY_NAMES,
+    OptimConfig,
+    TrainConfig,
+    TrainConfigError,
+    WarmupCosine,
+    layer_decay_fn,
+    param_groups,
+)
 from .sampler import ShardedBatchSampler
 from .signals import STOP, GracefulStop, TrainingInterrupted
 from .state import (
