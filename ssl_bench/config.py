@@ -76,7 +76,7 @@ def data_settings(config: dict[str, Any]) -> DataConfig:
 class RunSettings:
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with bf16 matrix instructions
     compile: bool = False
     deterministic: bool = False
 

@@ -57,7 +57,7 @@ class TrainConfig(OptimConfig):
     log_every: int = 20  # steps between loss read-backs (the only host syncs in the loop)
     num_workers: int = 0
     seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with bf16 matrix instructions
     compile: bool = False
     deterministic: bool = False
 
