@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -310,9 +311,10 @@ def _compute(
         if bar is not None:
             bar.update(count)
 
-    jobs = [range(i, min(i + batch_size, len(clips))) for i in range(0, len(clips), batch_size)]
     threads = torch.get_num_threads()
     workers = extraction_threads()
+    size = max(1, min(batch_size, math.ceil(len(clips) / workers)))  # a batch for every worker
+    jobs = [range(i, min(i + size, len(clips))) for i in range(0, len(clips), size)]
     try:
         if workers == 1 or len(jobs) == 1:
             for job in jobs:  # this thread, at its own torch width

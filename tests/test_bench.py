@@ -8,13 +8,15 @@ import math
 import pytest
 import torch
 
-from ssl_bench import bench
+from ssl_bench.plugins.audiomae import bench
 
 REQUIRED = [
     "frontend_speedup", "frontend_max_abs_diff", "frontend_loop_clips_per_s", "frontend_batched_clips_per_s",
     "pretrain_speedup_vs_reference", "pretrain_samples_per_s", "pretrain_reference_samples_per_s",
     "pretrain_shifted_window_samples_per_s", "model_flops_per_sample", "gemm_flops_per_s", "mfu",
     "data_audio_clips_per_s", "data_cache_clips_per_s", "data_wait_fraction", "peak_memory_mb", "peak_rss_mb",
+    "files_to_features_speedup", "files_to_features_clips_per_s", "files_to_features_reference_clips_per_s",
+    "files_to_features_max_abs_diff", "resample_max_abs_diff", "bf16_gemm_speedup",
 ]
 
 
@@ -41,14 +43,29 @@ def test_quick_bench_figures(quick_results):
         assert key in saved, key
         value = saved[key]
         assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
-        if key == "frontend_max_abs_diff":
+        if key in ("frontend_max_abs_diff", "files_to_features_max_abs_diff"):
             assert 0 <= value <= 1e-3
+        elif key == "resample_max_abs_diff":  # torchaudio.functional.resample's numbers
+            assert 0 <= value <= 1e-5
         elif key == "data_wait_fraction":
             assert 0 <= value < 1
         else:
             assert value > 0, (key, value)
     assert 0 < saved["mfu"] < 1
     assert saved["device"] == "cpu"
+    # bf16: the JSON says whether this CPU has the instructions, and times bf16 only where it runs
+    from ssl_bench.train.loop import cpu_bf16_supported
+
+    assert saved["bf16_cpu_supported"] is cpu_bf16_supported()
+    assert saved["bf16_autocast_engaged"] is saved["bf16_cpu_supported"]
+    if saved["bf16_autocast_engaged"]:
+        assert saved["bf16_pretrain_step_speedup"] > 0 and saved["bf16_embedding_cosine_min"] >= 0.999
+    else:
+        assert "bf16_pretrain_step_speedup" not in saved
+    # the probe part, when the torch probe is there: both fits agree on the same classes
+    if saved["probe_measured"]:
+        assert saved["probe_speedup"] > 0 and saved["probe_sklearn_s"] > 0 and saved["probe_torch_s"] > 0
+        assert saved["probe_map_diff_points"] <= 1.0
     for key in ("torch_version", "torchaudio_version", "timm_version", "device_name"):
         assert isinstance(saved[key], str) and saved[key]
 

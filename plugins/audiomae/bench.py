@@ -1,9 +1,14 @@
 """``ssl-bench bench``: how fast the harness is, measured as ratios within one run.
 
-Four parts, each timed against its baseline in the same process, in rounds that alternate
-between the two sides: rates (clips/s, samples/s) are the best round's, ratios the median of
-the per-round ratios, so drift and bursts of other work on a shared machine mostly cancel:
+Each part is timed against its baseline in the same process, in rounds that alternate between
+the two sides: rates (clips/s, samples/s) are the best round's, ratios the median of the
+per-round ratios, so drift and bursts of other work on a shared machine mostly cancel:
 
+0. **files to features** (what a user waits for before the first epoch): ``extract`` of 5 s
+   WAV files at 44.1 kHz into a fresh feature cache against the plain per-clip loop of
+   ``soundfile.read`` + ``torchaudio.functional.resample`` + ``kaldi.fbank``, the loop run at
+   torch's thread count and on one thread; the largest difference of the log-mel values and
+   of the resampled waveforms;
 1. **frontend**: the batched ``kaldi-fbank`` frontend (CPU, and CUDA when present) against a
    per-clip loop of ``torchaudio.compliance.kaldi.fbank`` on the CPU, on clips of 10 s;
    clips/s, the ratio and the largest difference of the log-mel values;
@@ -14,19 +19,28 @@ the per-round ratios, so drift and bursts of other work on a shared machine most
    (MFU) against a matrix multiply measured in the same run;
 3. **data**: clips/s from the feature cache against decoding and transforming audio files,
    and the fraction of a cached training epoch spent waiting for data;
-4. **peak memory**: CUDA allocator peak per model, and the process's peak RSS.
+4. **peak memory**: CUDA allocator peak per model, and the process's peak RSS;
+5. **probe**: the joint torch linear probe against scikit-learn's one-vs-rest fits on a
+   20,000 x 768, 527-class multi-label problem (scikit-learn fits only a few of the classes,
+   each a separate problem, and its time is scaled to all 527); the mAP of both on those
+   classes;
+6. **bf16**: whether the CPU has bf16 matrix instructions, a GEMM in bf16 against float32, and
+   where bf16 autocast engages (such CPUs, CUDA) an encoder forward and a pretraining step in
+   bf16 against float32, with the embeddings' cosine similarity.
 
 :func:`run_bench` prints a table and returns (and writes) a flat dict of the figures.
 """
 
 from __future__ import annotations
 
-from ssl_bench.errors import UserError
+import contextlib
+import itertools
 import json
 import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +53,7 @@ import torch
 from torch import nn
 
 from ssl_bench.components import Clip
+from ssl_bench.errors import UserError
 
 # Sizes: full run / --quick (CI).
 FRONTEND_CLIPS = (64, 8)
@@ -50,6 +65,14 @@ PRETRAIN = {  # preset -> (batch, frames, steps per round) for full / quick
 }
 PRETRAIN_DEFAULT = ((16, 1024, 2), (4, 256, 4))
 PRETRAIN_ROUNDS = (9, 9)  # speed ratios are the median of per-round ratios
+F2F_CLIPS = (32, 8)
+F2F_SECONDS = (5.0, 2.0)  # ESC-50's clips are 5 s at 44.1 kHz
+F2F_RATE = 44100
+F2F_ROUNDS = (5, 3)
+#: (train clips, dimensions, classes, classes scikit-learn fits, rounds) for full / quick
+PROBE = ((20000, 768, 527, 4, 1), (1200, 64, 24, 24, 2))
+PROBE_C = 1.0
+BF16_ROUNDS = (5, 3)
 DATA_CLIPS = (64, 16)
 DATA_SECONDS = (10.0, 2.0)
 DATA_BATCH = (16, 4)
@@ -329,13 +352,16 @@ def _pretrain_sizes(preset: str, quick: bool) -> tuple[int, int, int]:
 
 
 def _make_step(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], spec: torch.Tensor,
-               device: torch.device) -> Callable[[], None]:
+               device: torch.device, amp: bool = True) -> Callable[[], None]:
+    """One optimiser step, under the training loop's autocast (bf16 where ``amp`` engages it)."""
+    from ssl_bench.train import autocast
+
     params = [p for p in model.parameters() if p.requires_grad]
     kwargs = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, **kwargs)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, amp):
             loss = loss_of(spec)
         loss.backward()
         opt.step()
@@ -515,6 +541,195 @@ def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
     }
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def bench_files_to_features(quick: bool) -> dict[str, Any]:
+    """``extract`` of 44.1 kHz WAV files into a fresh cache vs the plain per-clip loop."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+    from torchaudio.compliance import kaldi
+
+    from ssl_bench.audio import resample_batch
+    from ssl_bench.features import extract, extraction_threads
+
+    n_clips, seconds, rounds = F2F_CLIPS[quick], F2F_SECONDS[quick], F2F_ROUNDS[quick]
+    factory = _frontend_factory()
+    frontend = factory(factory.Config(num_frames=None), None)
+    sr, bins = frontend.sample_rate, frontend.num_bins
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-f2f-") as tmp:
+        root = Path(tmp)
+        (root / "audio").mkdir()
+        clips = _write_clips(root / "audio", n_clips, seconds, F2F_RATE)
+
+        def plain_clip(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            wave = AF.resample(torch.from_numpy(data.mean(axis=1)), rate, sr)
+            fbank = kaldi.fbank((wave - wave.mean())[None], htk_compat=True, sample_frequency=sr, use_energy=False,
+                                window_type="hanning", num_mel_bins=bins, dither=0.0, frame_shift=10)
+            return wave, fbank
+
+        def reference() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return [plain_clip(c.path) for c in clips]
+
+        def reference_one_thread() -> None:
+            with _torch_threads(1):
+                reference()
+
+        entries = itertools.count()
+
+        def ours():
+            cache = root / f"cache{next(entries)}"  # a fresh cache each time: nothing is read back
+            features = extract(clips, frontend, clip_seconds=seconds, cache_dir=cache, progress=False)
+            shutil.rmtree(cache, ignore_errors=True)
+            return features
+
+        expected = reference()
+        features = ours()
+        diff = max(float((features[i] - fbank).abs().max()) for i, (_, fbank) in enumerate(expected))
+        sources = [sf.read(str(c.path), dtype="float32")[0] for c in clips]
+        resampled = resample_batch(sources, F2F_RATE, sr)
+        resample_diff = max(float((r - wave).abs().max()) for r, (wave, _) in zip(resampled, expected))
+        fns: dict[str, Callable[[], Any]] = {"reference": reference, "ours": ours}
+        if threads > 1:
+            fns["reference_one_thread"] = reference_one_thread
+        runs = interleaved_times(fns, rounds, torch.device("cpu"))
+    best = {name: min(t) for name, t in runs.items()}
+    out = {
+        "files_to_features_clips": n_clips,
+        "files_to_features_clip_seconds": seconds,
+        "files_to_features_source_rate": F2F_RATE,
+        "files_to_features_threads": threads,
+        "files_to_features_workers": extraction_threads(),
+        "files_to_features_reference_clips_per_s": n_clips / best["reference"],
+        "files_to_features_clips_per_s": n_clips / best["ours"],
+        "files_to_features_speedup": paired_ratio(runs, "reference", "ours"),
+        "files_to_features_max_abs_diff": diff,
+        "resample_max_abs_diff": resample_diff,
+    }
+    if "reference_one_thread" in runs:
+        out["files_to_features_reference_1thread_clips_per_s"] = n_clips / best["reference_one_thread"]
+        out["files_to_features_speedup_vs_1thread_reference"] = paired_ratio(runs, "reference_one_thread", "ours")
+    return out
+
+
+def probe_problem(n_train: int, dim: int, num_classes: int, seed: int = 0) -> tuple[dict, dict]:
+    """A multi-label problem shaped like AudioSet embeddings: Gaussian features, each class a
+    noisy linear rule with a prevalence between 1 % and 10 %; valid and test a tenth of train."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((dim, num_classes)) * (3.0 / math.sqrt(dim))
+    prevalence = np.exp(rng.uniform(math.log(0.01), math.log(0.1), num_classes))
+    threshold = norm.ppf(1 - prevalence) * np.linalg.norm(weights, axis=0)
+    X, y = {}, {}
+    for part, n in (("train", n_train), ("valid", n_train // 10), ("test", n_train // 10)):
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        p = 1.0 / (1.0 + np.exp(-2.0 * (x @ weights - threshold)))
+        X[part], y[part] = x, (rng.random((n, num_classes)) < p).astype(np.int64)
+    return X, y
+
+
+def bench_probe(device: torch.device, quick: bool) -> dict[str, Any]:
+    """The joint torch linear probe vs scikit-learn on a 527-class multi-label problem."""
+    try:
+        from ssl_bench.protocols.torch_linear import fit_linear_torch
+    except ImportError:
+        return {"probe_measured": False}
+    from ssl_bench.protocols.probe import fit_linear
+
+    n_train, dim, classes, fitted, rounds = PROBE[quick]
+    X, y = probe_problem(n_train, dim, classes)
+    some = {part: v[:, :fitted] for part, v in y.items()}
+    common = {"multilabel": True, "metrics": ["mAP"], "Cs": [PROBE_C]}
+    results: dict[str, Any] = {}
+
+    def sklearn() -> None:
+        results["sklearn"] = fit_linear(X, some, num_classes=fitted, **common)
+
+    def torch_all() -> None:
+        results["torch"] = fit_linear_torch(X, y, num_classes=classes, device=device, **common)
+
+    # scikit-learn fits each class on its own: its time for `fitted` classes, scaled to all.
+    runs = interleaved_times({"sklearn": sklearn, "torch": torch_all}, rounds, device)
+    runs["sklearn_all"] = [t * classes / fitted for t in runs["sklearn"]]
+    same = fit_linear_torch(X, some, num_classes=fitted, device=device, **common)
+    sk_map, torch_map = results["sklearn"].test["mAP"], same.test["mAP"]
+    return {
+        "probe_measured": True,
+        "probe_train_clips": n_train,
+        "probe_dim": dim,
+        "probe_classes": classes,
+        "probe_sklearn_classes_fitted": fitted,
+        "probe_rounds": rounds,
+        "probe_sklearn_s": min(runs["sklearn_all"]),
+        "probe_torch_s": min(runs["torch"]),
+        "probe_speedup": paired_ratio(runs, "sklearn_all", "torch"),
+        "probe_map_sklearn": sk_map,
+        "probe_map_torch": torch_map,
+        "probe_map_diff_points": 100 * abs(sk_map - torch_map),
+        "probe_map_torch_all_classes": results["torch"].test["mAP"],
+    }
+
+
+def bench_bf16(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
+    """bf16 against float32: a GEMM always; an encoder forward and a pretraining step where the
+    training loop's autocast engages (CUDA, CPUs with bf16 matrix instructions)."""
+    from ssl_bench.model import create_model
+    from ssl_bench.train import autocast
+    from ssl_bench.train.loop import cpu_bf16_supported
+
+    supported = cpu_bf16_supported()
+    out: dict[str, Any] = {"bf16_cpu_supported": supported}
+    n = (4096 if not quick else 2048) if device.type == "cuda" else 256
+    mats = {dt: (torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt))
+            for dt in (torch.float32, torch.bfloat16)}
+    for a, b in mats.values():
+        a @ b
+    gemm = interleaved_times({str(dt): (lambda a=a, b=b: [a @ b for _ in range(3)]) for dt, (a, b) in mats.items()},
+                             BF16_ROUNDS[quick], device)
+    out["bf16_gemm_speedup"] = paired_ratio(gemm, "torch.float32", "torch.bfloat16")
+    engaged = device.type == "cuda" or (device.type == "cpu" and supported)
+    out["bf16_autocast_engaged"] = engaged
+    if not engaged:  # emulated bf16 (tens of times slower than float32): nothing to measure
+        return out
+    batch, frames, steps = _pretrain_sizes(preset, quick)
+    rounds = BF16_ROUNDS[quick]
+    torch.manual_seed(0)
+    model = create_model("audiomae", preset=preset, **{"frontend.num_frames": frames}).to(device)
+    spec = torch.randn(batch, frames, model.ctx.num_bins, device=device)
+    model.eval()
+
+    def forward(amp: bool) -> torch.Tensor:
+        with torch.no_grad(), autocast(device, amp):
+            return model.embed(spec).float()
+
+    cosine = torch.nn.functional.cosine_similarity(forward(False), forward(True), dim=1)
+    fwd = interleaved_times({"float32": lambda: forward(False), "bf16": lambda: forward(True)}, rounds, device)
+    model.train()
+    step_fns = {}
+    for name, amp in (("float32", False), ("bf16", True)):
+        step = _make_step(model, lambda s: model.forward_pretrain(s).loss, spec, device, amp=amp)
+        step()  # warm-up
+        step_fns[name] = (lambda step=step: [step() for _ in range(steps)])
+    train = interleaved_times(step_fns, rounds, device)
+    out.update({
+        "bf16_forward_speedup": paired_ratio(fwd, "float32", "bf16"),
+        "bf16_pretrain_step_speedup": paired_ratio(train, "float32", "bf16"),
+        "bf16_pretrain_samples_per_s": batch * steps / min(train["bf16"]),
+        "bf16_embedding_cosine_min": float(cosine.min()),
+    })
+    return out
+
+
 # --------------------------------------------------------------------------- entry point
 def _versions() -> dict[str, Any]:
     import torchaudio
@@ -556,6 +771,13 @@ def _device_info(device: torch.device) -> dict[str, Any]:
 
 
 TABLE = [
+    ("files", "files_to_features_reference_clips_per_s", "per-clip read+resample+fbank loop, clips/s"),
+    ("files", "files_to_features_reference_1thread_clips_per_s", "the same loop on one thread, clips/s"),
+    ("files", "files_to_features_clips_per_s", "extract 44.1 kHz files into a cache, clips/s"),
+    ("files", "files_to_features_speedup", "speedup, extract vs the loop"),
+    ("files", "files_to_features_speedup_vs_1thread_reference", "speedup, extract vs the loop on 1 thread"),
+    ("files", "files_to_features_max_abs_diff", "max |extract - loop| (log-mel)"),
+    ("files", "resample_max_abs_diff", "max |resampled - functional.resample|"),
     ("frontend", "frontend_loop_clips_per_s", "per-clip kaldi.fbank loop (CPU), clips/s"),
     ("frontend", "frontend_batched_clips_per_s", "batched kaldi-fbank (CPU), clips/s"),
     ("frontend", "frontend_speedup", "speedup, batched CPU vs loop"),
@@ -579,6 +801,15 @@ TABLE = [
     ("data", "data_cache_clips_per_s", "feature cache, clips/s"),
     ("data", "data_cache_speedup", "speedup, cache vs audio"),
     ("data", "data_wait_fraction", "cached epoch: fraction waiting for data"),
+    ("probe", "probe_sklearn_s", "scikit-learn one-vs-rest, s (scaled)"),
+    ("probe", "probe_torch_s", "joint torch probe, s"),
+    ("probe", "probe_speedup", "speedup, torch vs scikit-learn"),
+    ("probe", "probe_map_diff_points", "|mAP torch - mAP sklearn|, points"),
+    ("bf16", "bf16_cpu_supported", "CPU has bf16 matrix instructions"),
+    ("bf16", "bf16_gemm_speedup", "GEMM, bf16 vs float32"),
+    ("bf16", "bf16_forward_speedup", "encoder forward, bf16 vs float32"),
+    ("bf16", "bf16_pretrain_step_speedup", "pretraining step, bf16 vs float32"),
+    ("bf16", "bf16_embedding_cosine_min", "min cosine, bf16 vs float32 embeddings"),
     ("memory", "peak_memory_mb_ours", "CUDA peak, ours (global), MiB"),
     ("memory", "peak_memory_mb_reference", "CUDA peak, reference, MiB"),
     ("memory", "peak_memory_mb_shifted_window", "CUDA peak, shifted-window, MiB"),
@@ -596,12 +827,16 @@ def format_table(results: dict[str, Any]) -> str:
         if key not in results:
             continue
         value = results[key]
-        if key.endswith(("flops_per_sample", "flops_per_s")):
+        if isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif key.endswith(("flops_per_sample", "flops_per_s")):
             text = f"{value / 1e9:,.2f} G"
         elif "fraction" in key or key.startswith("mfu"):
             text = f"{100 * value:.2f} %"
-        elif "diff" in key:
+        elif "diff" in key and "points" not in key:
             text = f"{value:.2e}"
+        elif "cosine" in key:
+            text = f"{value:.5f}"
         else:
             text = f"{value:,.2f}"
         lines.append(f"  {part:<9} {label:<44} {text:>14}")
@@ -610,7 +845,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def run_bench(preset: str = "tiny", device: str | torch.device = "auto", quick: bool = False,
               out: str | Path | None = None) -> dict[str, Any]:
-    """Run the four benchmark parts; print a table; write the figures as JSON to ``out``.
+    """Run the benchmark parts; print a table; write the figures as JSON to ``out``.
 
     ``preset``: the AudioMAE size preset (``tiny``, ``base``, ...); ``device``: ``auto``,
     ``cpu``, ``cuda``...; ``quick``: CI sizes (seconds on a CPU).  Raises :class:`BenchError`
@@ -622,9 +857,12 @@ def run_bench(preset: str = "tiny", device: str | torch.device = "auto", quick: 
     results: dict[str, Any] = {"preset": preset, "quick": bool(quick)}
     results.update(_device_info(dev))
     results.update(_versions())
+    results.update(bench_files_to_features(quick))
     results.update(bench_frontend(dev, quick))
     results.update(bench_pretrain(preset, dev, quick))
     results.update(bench_data(preset, dev, quick))
+    results.update(bench_probe(dev, quick))
+    results.update(bench_bf16(preset, dev, quick))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if dev.type == "cuda":
         results["peak_memory_mb"] = max(v for k, v in results.items() if k.startswith("peak_memory_mb_"))
