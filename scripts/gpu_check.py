@@ -105,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu check: tests {passed} passed, {len(tests.get('failed', []))} failed "
           f"(exit {args.test_rc}); bench exit {args.bench_rc}; "
           f"{'OK' if ok else 'FAILED'}; wrote {out}")
-    for key in ("frontend_speedup", "frontend_cuda_speedup", "pretrain_speedup_vs_reference", "mfu",
-                "data_wait_fraction", "peak_memory_mb"):
+    for key in ("files_to_features_speedup", "files_to_features_speedup_vs_1thread_reference",
+                "files_to_features_max_abs_diff", "resample_max_abs_diff", "frontend_speedup",
+                "frontend_cuda_speedup", "pretrain_speedup_vs_reference", "mfu", "data_wait_fraction",
+                "probe_speedup", "probe_map_diff_points", "bf16_cpu_supported", "bf16_gemm_speedup",
+                "bf16_forward_speedup", "bf16_pretrain_step_speedup", "bf16_embedding_cosine_min", "peak_memory_mb"):
         if key in bench:
-            print(f"  {key}: {bench[key]:.4g}")
+            value = bench[key]
+            print(f"  {key}: {value if isinstance(value, bool) else format(value, '.4g')}")
     return 0 if ok else 1
 
 
