@@ -183,7 +183,9 @@ def checkpoint_settings(name: str, checkpoint: str | Path, task: str | None = No
     ``checkpoint_overrides`` hook), for the ``--set`` layer under the user's own overrides.
 
     Keys the model's recipe for ``task`` sets are left to the recipe (an AudioSet checkpoint's
-    1024 frames do not override the ESC-50 recipe's 512; the importer adapts the weights).
+    1024 frames do not override the ESC-50 recipe's 512; the importer adapts the weights), and
+    with a task the input length is the task's (its recipe, else its clip length); without
+    one the model adopts the checkpoint's length, so its position table is used as stored.
     """
     registry = registry or get_registry()
     spec = registry.get("model", name).factory
@@ -192,7 +194,8 @@ def checkpoint_settings(name: str, checkpoint: str | Path, task: str | None = No
         return {}
     found = dict(hook(Path(checkpoint)))
     recipe = (getattr(spec, "recipes", None) or {}).get(task, {}) if task else {}
-    return {k: v for k, v in found.items() if k not in recipe}
+    task_owned = set(recipe) | ({"frontend.num_frames"} if task else set())
+    return {k: v for k, v in found.items() if k not in task_owned}
 
 
 def load_checkpoint(model: SSLModel, path: str | Path, registry: Registry | None = None) -> Any:

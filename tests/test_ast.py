@@ -473,3 +473,31 @@ def test_waveform_to_logits_end_to_end(device):
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     logits.sum().backward()
     assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_official_512_frame_checkpoint_keeps_its_grid_without_a_frame_count(tmp_path):
+    """An official-layout AST fine-tuned at 512 frames (12 x 50 patches), loaded with no frame
+    count: the model adopts the checkpoint's length and equals the reference forward on it
+    (no stretch to 1024 frames at load and crop back at run time)."""
+    from ssl_bench.model import checkpoint_settings
+    from ssl_bench.plugins.ast.checkpoints import checkpoint_overrides, frames_for_time_patches
+
+    assert [frames_for_time_patches(t, 16, 10) for t in (101, 50, 12)] == [1024, 512, 128]
+    sd = official_state(dim=32, depth=2, frames=512, bins=128, classes=3, seed=3)
+    path = tmp_path / "esc50_512.pth"
+    atomic_save(sd, path)
+    assert checkpoint_overrides(path)["frontend.num_frames"] == 512
+    # a run on a task sizes the input from the task; the importer then adapts the table once
+    assert "frontend.num_frames" not in checkpoint_settings("ast", path, "synthetic")
+    model = ssl_bench.create_model("ast", preset="tiny", checkpoint=path).eval()
+    assert model.encoder.num_frames == 512 and model.encoder.grid == (50, 12)
+    torch.testing.assert_close(model.encoder.pos_embed, sd["module.v.pos_embed"])  # used as stored
+    spec = torch.randn(2, 512, 128, generator=torch.Generator().manual_seed(1))
+    ref = reference_pooled({k[len("module."):]: v for k, v in sd.items()}, spec, heads=model.encoder.cfg.heads,
+                           fstride=10, tstride=10, eps=1e-6)
+    with torch.no_grad():
+        ours = model.encoder.pool(model.encoder(spec))
+    assert (ours - ref).abs().max().item() <= 1e-4
+    # an ssl-bench AST checkpoint also brings its own length
+    saved = save_model(model, tmp_path / "ours.pt")
+    assert checkpoint_overrides(saved)["frontend.num_frames"] == 512

@@ -37,6 +37,8 @@ from .encoder import NUM_PREFIX_TOKENS, adapt_pos_embed, patch_grid
 
 #: The input the official AudioSet checkpoints were trained on (frames, mel bins).
 OFFICIAL_INPUT = (1024, 128)
+#: Patch stride (both axes) of every released AST checkpoint.
+OFFICIAL_STRIDE = 10
 #: LayerNorm epsilon of the official ``mlp_head`` (``nn.LayerNorm`` default).
 OFFICIAL_HEAD_EPS = 1e-5
 HF_MODEL_TYPE = "audio-spectrogram-transformer"
@@ -341,8 +343,16 @@ def checkpoint_overrides(path: str | Path) -> dict[str, Any]:
       ``mean``/``std``/``sampling_rate``.
     * official / SSAST / bare Hugging Face files: ``dim``, ``depth``, ``mlp_ratio`` and
       ``patch_size`` from the tensor shapes, ``heads = dim // 64`` (every released AST and
-      DeiT uses 64-dim heads); strides and input length cannot be read from the weights.
-    * ssl-bench AST checkpoints: the saved encoder settings and ``frontend.num_bins``.
+      DeiT uses 64-dim heads), and ``frontend.num_frames`` from the position table's rows with
+      the released geometry (128 bins, stride 10): a file fine-tuned at 512 frames builds a
+      512-frame model, so its table is used as stored instead of being stretched to another
+      length at load and cropped back at run time.  Strides cannot be read from the weights.
+    * ssl-bench AST checkpoints: the saved encoder settings, ``frontend.num_bins`` and
+      ``frontend.num_frames``.
+
+    A run on a task sizes the input from the task instead (its recipe or its clip length:
+    :func:`ssl_bench.model.checkpoint_settings`); the table is then adapted once, at load,
+    from the checkpoint's own grid.
 
     Anything else gives ``{}`` (``load_checkpoint`` then says what is wrong with it).
     """
@@ -358,9 +368,10 @@ def checkpoint_overrides(path: str | Path) -> dict[str, Any]:
             return {}
         enc.pop("drop_path", None)  # a training setting, not architecture
         out = {f"encoder.{k}": v for k, v in enc.items()}
-        bins = (config.get("frontend") or {}).get("num_bins")
-        if bins is not None:
-            out["frontend.num_bins"] = bins
+        front = config.get("frontend") or {}
+        for key in ("num_bins", "num_frames"):  # the input the saved position table was made for
+            if front.get(key) is not None:
+                out[f"frontend.{key}"] = front[key]
         return out
     try:
         raw = _unwrap(obj, path)
@@ -376,6 +387,29 @@ def checkpoint_overrides(path: str | Path) -> dict[str, Any]:
     return _overrides_from_shapes(state)
 
 
+def frames_for_time_patches(n_time: int, patch_size: int, stride: int) -> int:
+    """An input length (frames) whose patch grid has ``n_time`` time columns.
+
+    ``stride`` consecutive lengths share a grid (the conv never sees the frames past the last
+    patch); the one with the most factors of two is taken, so the released grids give the
+    lengths they were trained on (101 -> 1024, 50 -> 512, 12 -> 128)."""
+    low = (n_time - 1) * stride + patch_size
+    return max(range(low, low + stride), key=lambda n: ((n & -n), -n))
+
+
+def _official_frames(state: dict[str, torch.Tensor], patch_size: int) -> int | None:
+    """The input length an official (or bare Hugging Face) position table was stored for,
+    with the released geometry: 128 mel bins, stride 10 in both axes."""
+    table = state.get("encoder.pos_embed")
+    if table is None or table.ndim != 3:
+        return None
+    n_patch = table.shape[1] - NUM_PREFIX_TOKENS
+    n_freq = (OFFICIAL_INPUT[1] - patch_size) // OFFICIAL_STRIDE + 1
+    if n_patch <= 0 or n_patch % n_freq:
+        return None
+    return frames_for_time_patches(n_patch // n_freq, patch_size, OFFICIAL_STRIDE)
+
+
 def _overrides_from_shapes(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     conv = state.get("encoder.patch_embed.proj.weight")
@@ -384,6 +418,9 @@ def _overrides_from_shapes(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     dim = conv.shape[0]
     out["encoder.dim"] = dim
     out["encoder.patch_size"] = conv.shape[-1]
+    frames = _official_frames(state, int(conv.shape[-1]))
+    if frames is not None:  # the model adopts the checkpoint's input length unless told otherwise
+        out["frontend.num_frames"] = frames
     depth = len({k.split(".")[2] for k in state if k.startswith("encoder.blocks.")})
     if depth:
         out["encoder.depth"] = depth
