@@ -2,8 +2,13 @@
 
 ::
 
-    archive = download(url, dest_dir / "master.zip", sha256=None)
+    archive = download(url, dest_dir / "archive.zip", sha256=PINNED_SHA256)
     unpack(archive, dest_dir / "esc50")
+
+Tasks pin what they download: a fixed release URL and its published SHA-256.  A download
+whose digest differs is deleted and refused before anything is unpacked.  Where no digest is
+known, the one measured is recorded (``DOWNLOAD_RECORD`` in the dataset folder, and in each
+run's provenance), so two copies can still be told apart.
 
 A partial download is kept as ``<name>.part`` and resumed with an HTTP ``Range`` request.
 An archive is unpacked into a temporary sibling directory and renamed into place, so an
@@ -15,6 +20,7 @@ and where to put it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tarfile
@@ -27,6 +33,8 @@ from pathlib import Path
 from .errors import UserError
 
 CHUNK = 1 << 20
+#: File in a downloaded dataset folder naming the archive it was unpacked from.
+DOWNLOAD_RECORD = ".ssl-bench-download.json"
 
 
 class DownloadError(UserError, RuntimeError):
@@ -53,13 +61,15 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, sha256: str | None = None, md5: str | None = None) -> None:
+def verify(path: Path, sha256: str | None = None, md5: str | None = None, source: str | None = None) -> None:
     """Raise :class:`DownloadError` if ``path`` does not have the given checksum(s)."""
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected:
             actual = file_digest(path, algorithm)
             if actual.lower() != expected.lower():
-                raise DownloadError(f"{path}: {algorithm} is {actual}, expected {expected}; the file is corrupt or changed")
+                origin = f" (from {source})" if source else ""
+                raise DownloadError(f"{path}{origin}: {algorithm} is {actual}, expected {expected} (pinned); "
+                                    "the file is corrupt or not the pinned release, so nothing was unpacked")
 
 
 def download(
@@ -81,7 +91,11 @@ def download(
     dest = Path(dest)
     hint = manual_hint or f"download {url} yourself and save it as {dest}"
     if dest.exists():
-        verify(dest, sha256, md5)
+        try:
+            verify(dest, sha256, md5, source=url)
+        except DownloadError:
+            dest.unlink(missing_ok=True)  # the next attempt downloads afresh
+            raise
         return dest
     if offline():
         raise DownloadError(f"offline (SSL_BENCH_OFFLINE is set): {hint}")
@@ -138,7 +152,7 @@ def download(
                     f"download of {url} stopped at {part.stat().st_size} of {total} bytes; run again to resume, or {hint}"
                 )
     try:
-        verify(part, sha256, md5)
+        verify(part, sha256, md5, source=url)
     except DownloadError:
         part.unlink(missing_ok=True)
         raise
@@ -216,19 +230,43 @@ def fetch_dataset(
 ) -> Path:
     """Download ``url`` and unpack it into ``destination`` unless ``destination/expect`` exists.
 
-    The archive is stored next to ``destination`` (``<destination>.<archive_name>``) while
-    downloading, so an interrupted download resumes; it is deleted after a successful unpack
-    unless ``keep_archive``.
+    ``expect`` may be a glob pattern (``ESC-50*/meta/esc50.csv``).  The archive is stored next
+    to ``destination`` (``<destination>.<archive_name>``) while downloading, so an interrupted
+    download resumes; it is verified against ``sha256``/``md5`` before anything is unpacked
+    (a mismatch deletes it and raises), and deleted after a successful unpack unless
+    ``keep_archive``.  ``destination/DOWNLOAD_RECORD`` records the URL, the archive's SHA-256
+    and whether it matched a pinned digest.
     """
     destination = Path(destination)
-    if (destination / expect).exists():
+    if _found(destination, expect):
         return destination
     hint = manual_instructions(url, destination, str(destination / expect))
     archive = destination.parent / f"{destination.name}.{archive_name}"
     download(url, archive, sha256=sha256, md5=md5, progress=progress, manual_hint=hint)
+    digest = sha256.lower() if sha256 else file_digest(archive, "sha256")
     unpack(archive, destination)
-    if not (destination / expect).exists():
+    if not _found(destination, expect):
         raise DownloadError(f"{url} unpacked into {destination} but {expect} is not there; {hint}")
+    record = {"url": url, "sha256": digest, "verified": bool(sha256 or md5)}
+    (destination / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return destination
+
+
+def _found(destination: Path, expect: str) -> bool:
+    return any(destination.glob(expect)) if any(c in expect for c in "*?[") else (destination / expect).exists()
+
+
+def download_record(directory: str | Path) -> dict | None:
+    """What :func:`fetch_dataset` recorded about the archive a dataset folder came from
+    (``directory`` or one of its parents), or ``None`` for a copy made by hand."""
+    directory = Path(directory)
+    for d in (directory, *directory.parents[:2]):
+        path = d / DOWNLOAD_RECORD
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+    return None

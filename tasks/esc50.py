@@ -31,7 +31,12 @@ from .common import (
     resolve_inside,
 )
 
-ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
+#: The tagged v2.0.0 release archive (not the moving ``master`` branch).
+ESC50_URL = "https://github.com/karolpiczak/ESC-50/releases/download/v2.0.0/ESC-50-master.zip"
+#: Its SHA-256.  The release publishes none and none could be measured offline when this was
+#: pinned: ``None`` until one is, so the first download records the digest it measured
+#: (``.ssl-bench-download.json``, and every run's provenance) instead of trusting a guess.
+ESC50_SHA256: str | None = None
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 ESC50_META = "meta/esc50.csv"
 
@@ -79,8 +84,10 @@ def read_esc50_layout(root: Path, esc10_only: bool = False) -> tuple[list[str], 
 
 
 def find_esc50_root(directory: Path) -> Path | None:
-    """``directory`` itself or its ``ESC-50-master`` child, whichever holds meta/esc50.csv."""
-    for candidate in (directory, directory / "ESC-50-master"):
+    """``directory`` itself or its ``ESC-50-master`` (or other ``ESC-50*``) child, whichever
+    holds meta/esc50.csv."""
+    others = sorted(directory.glob("ESC-50*")) if directory.is_dir() else []
+    for candidate in (directory, directory / "ESC-50-master", *others):
         if (candidate / ESC50_META).is_file():
             return candidate
     return None
@@ -99,6 +106,7 @@ class ESC50Task(DatasetTask):
     esc10_only = False
     #: ``data_dir`` is downloaded into when it is empty; the default location is under data_home()
     download_url = ESC50_URL
+    download_sha256 = ESC50_SHA256
 
     def _locate(self) -> Path:
         base = self.data_dir if self.data_dir is not None else data_home() / "esc50"
@@ -112,8 +120,12 @@ class ESC50Task(DatasetTask):
             )
         from ssl_bench.download import fetch_dataset
 
-        fetch_dataset(self.download_url, base, archive_name="master.zip", expect=f"ESC-50-master/{ESC50_META}")
-        return base / "ESC-50-master"
+        fetch_dataset(self.download_url, base, archive_name="ESC-50.zip", expect=f"ESC-50*/{ESC50_META}",
+                      sha256=self.download_sha256)
+        found = find_esc50_root(base)
+        if found is None:  # pragma: no cover - fetch_dataset checked the pattern
+            raise DataNotFoundError(f"{base}: the ESC-50 archive holds no {ESC50_META}")
+        return found
 
     def _load(self, root: Path) -> None:
         classes, clips = read_esc50_layout(root, esc10_only=self.esc10_only)

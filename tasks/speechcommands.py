@@ -21,6 +21,8 @@ from ssl_bench.components import Clip, Split
 from .common import KALDI_FBANK_128, DataNotFoundError, DatasetTask, MetadataError, data_home, resolve_inside
 
 URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
+#: The archive's published SHA-256 (the same digest torchaudio's SPEECHCOMMANDS checks).
+SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"
 LISTS = ("validation_list.txt", "testing_list.txt")
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
@@ -62,6 +64,7 @@ class SpeechCommandsTask(DatasetTask):
     norm_stats = {KALDI_FBANK_128: (-6.845978, 5.5654526)}
     split_protocol = "official v0.02 split: validation_list.txt / testing_list.txt, train = the rest"
     download_url = URL
+    download_sha256 = SHA256
 
     def _locate(self) -> Path:
         base = self.data_dir if self.data_dir is not None else data_home() / "speechcommands"
@@ -75,7 +78,8 @@ class SpeechCommandsTask(DatasetTask):
             )
         from ssl_bench.download import fetch_dataset
 
-        fetch_dataset(self.download_url, base, archive_name="speech_commands_v0.02.tar.gz", expect=LISTS[0])
+        fetch_dataset(self.download_url, base, archive_name="speech_commands_v0.02.tar.gz", expect=LISTS[0],
+                      sha256=self.download_sha256)
         return base
 
     def _load(self, root: Path) -> None:

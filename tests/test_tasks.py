@@ -161,8 +161,8 @@ def test_esc50_offline_says_what_to_download_and_where(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError) as info:
         get_task("esc50", tmp_path / "esc").prepare()
     msg = str(info.value)
-    assert "https://github.com/karoldvl/ESC-50/archive/master.zip" in msg
-    assert str(tmp_path / "esc") in msg and "ESC-50-master/meta/esc50.csv" in msg
+    assert "https://github.com/karolpiczak/ESC-50/releases/download/v2.0.0/ESC-50-master.zip" in msg
+    assert str(tmp_path / "esc") in msg and "ESC-50*/meta/esc50.csv" in msg
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
     with pytest.raises(FileNotFoundError, match="does not look like ESC-50"):
@@ -299,6 +299,7 @@ def test_esc50_downloads_the_archive_when_missing(tmp_path, http_server, monkeyp
 
     task = ESC50Task(tmp_path / "esc")
     task.download_url = f"{url}/master.zip"
+    task.download_sha256 = hashlib.sha256((served / "master.zip").read_bytes()).hexdigest()
     assert task.classes == ["dog", "rooster"]
     assert task.root == tmp_path / "esc" / "ESC-50-master"
     assert not list((tmp_path).glob("esc.*"))  # the archive is removed after unpacking
