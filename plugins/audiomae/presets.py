@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ssl_bench.protocols.finetune import scaled_recipe
+
 #: Normalisation stats ``(mean, std)`` of the log-mel features and target lengths, per dataset
 #: (``norm_stats`` / ``target_length`` in the official scripts).
 AUDIOSET_STATS = (-4.2677393, 4.5689974)
@@ -83,15 +85,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         **_vit(64, 2, 4),
         "decoder.dim": 64, "decoder.depth": 2, "decoder.heads": 4, "decoder.meta_hidden": 64,
-        # lr = blr * 16 / 256: 1.5e-3 for pretraining, 1e-3 for fine-tuning (the paper's blr would
-        # give ~1e-5 at this batch size and learn nothing in a few hundred steps).
+        # Pretraining: lr = blr * 16 / 256 = 1.5e-3 (the paper's blr would give ~1e-5 at this
+        # batch size and learn nothing in a few hundred steps).
         "pretrain.epochs": 80, "pretrain.warmup_epochs": 4, "pretrain.batch_size": 16, "pretrain.blr": 0.024,
         "pretrain.weight_decay": 0.05, "pretrain.checkpoint_every": 10,
-        "finetune.epochs": 30, "finetune.warmup_epochs": 3, "finetune.batch_size": 16, "finetune.blr": 0.016,
+        # Fine-tuning: the rule of scaled_recipe (lr 7.5e-4 x {1/3, 1, 3} at batch 16, chosen on
+        # validation with the augmentation strength; head initialised by a linear probe).
+        "finetune.epochs": 30, "finetune.warmup_epochs": 3, "finetune.batch_size": 16,
+        **scaled_recipe(64),
         "finetune.drop_path": 0.0,
         "linear.batch_size": 32,
     },
-    "small": {**_vit(384, 12, 6)},
+    # ViT-S for tasks of a few hundred to a few thousand clips: the fine-tuning rule of
+    # scaled_recipe (blr 2e-3, lr and augmentation chosen on validation, probe-initialised head)
+    "small": {**_vit(384, 12, 6), **scaled_recipe(384)},
     "base": {**_vit(768, 12, 12)},
     "large": {**_vit(1024, 24, 16)},
     # ViT-B with the seed's stronger fine-tuning token dropping (0.3 time / 0.3 frequency).
