@@ -529,10 +529,12 @@ def test_hear_bad_metadata(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-#: One finetune epoch and a one-C linear probe on a 1-block encoder, cropped to 128 frames:
-#: enough to push every task through the real runner and CLI in a few seconds each.
+#: One finetune epoch (one lr: no validation grid) and a one-C linear probe on a 1-block
+#: encoder, cropped to 128 frames: enough to push every task through the real runner and CLI
+#: in a few seconds each.
 E2E = ["--model", "audiomae", "--preset", "tiny", "--protocols", "finetune,linear",
        "--set", "finetune.epochs=1", "--set", "finetune.batch_size=4", "--set", "encoder.depth=1",
+       "--set", "finetune.lr_factors=null",
        "--set", "linear.C=[1.0]", "--set", "frontend.num_frames=128", "--quiet"]
 
 

@@ -251,6 +251,7 @@ SMALL = {
     "frontend.num_frames": None, "frontend.mean": None, "frontend.std": None,
     "pretrain.epochs": 2, "pretrain.batch_size": 8, "pretrain.warmup_epochs": 1,
     "finetune.epochs": 2, "finetune.batch_size": 8, "finetune.warmup_epochs": 1,
+    "finetune.lr_factors": None,  # one fine-tuning per split (the lr grid is tested in test_finetune.py)
     "linear.C": [0.1, 10.0], "data.valid_fraction": 0.25,
 }
 
