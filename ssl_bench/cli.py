@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 
 #: ``ssl-bench probe`` is the linear probe's subcommand under its familiar name.
 ALIASES = {"probe": "linear"}
-CORE_COMMANDS = ("run", "results", "plugins")
+#: ``pretrain`` is the task-independent pretraining command (``run --protocols pretrain`` still
+#: runs the protocol inside a task's run).
+CORE_COMMANDS = ("run", "results", "plugins", "pretrain", "plot")
 
 
 def _registry(argv: list[str] | None):
@@ -40,7 +43,10 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
     if protocols_default is not None:
         p.add_argument("--protocols", default=protocols_default,
                        help=f"comma list of {', '.join(protocols)} (default: {protocols_default})")
-    p.add_argument("--checkpoint", help="start from this checkpoint (official or ssl-bench) instead of pretraining")
+    p.add_argument("--checkpoint", metavar="CKPT[,CKPT...]",
+                   help="start from a checkpoint instead of pretraining: a file (official or ssl-bench), a Hugging "
+                        "Face directory, or the id `ssl-bench pretrain` printed; a comma list runs once per "
+                        "checkpoint, like a --set sweep")
     p.add_argument("--splits", help="comma list of split names to run (default: all, e.g. every fold)")
     p.add_argument("--seed", type=int, help="random seed (default 0; also --set seed=N)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -48,6 +54,27 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start pretraining afresh instead of continuing from the last checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _tracking_args(p)
+
+
+def _tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", nargs="?", const="default", default=os.environ.get("SSL_BENCH_MLFLOW") or None,
+                   metavar="URI", help="also log params, per-epoch metrics and rows to MLflow (default store: "
+                                       "<results>/mlflow.db or <results>/mlruns; or $SSL_BENCH_MLFLOW)")
+    p.add_argument("--tensorboard", nargs="?", const="default", default=os.environ.get("SSL_BENCH_TENSORBOARD") or None,
+                   metavar="DIR", help="also write TensorBoard scalars (default <results>/tensorboard; or "
+                                       "$SSL_BENCH_TENSORBOARD)")
+
+
+def _track(args: argparse.Namespace) -> dict[str, str]:
+    from .tracking import DEFAULT
+
+    out = {}
+    for name in ("mlflow", "tensorboard"):
+        value = getattr(args, name, None)
+        if value and str(value).lower() not in ("0", "false", "no", "off"):
+            out[name] = DEFAULT if str(value).lower() in ("1", "true", "yes", "on") else str(value)
+    return out
 
 
 def build_parser(registry: Any = None) -> argparse.ArgumentParser:
@@ -81,13 +108,51 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
         _common_run_args(sp, None, protocols)
         sp.set_defaults(protocols=proto, command="run")
 
-    p = sub.add_parser("results", help="show the results table")
+    p = sub.add_parser("pretrain", help="pretrain a task-independent encoder on a corpus, once; "
+                                        "evaluate it later with run --checkpoint ID")
+    p.add_argument("--model", "-m", required=True, help="registered model name (see `ssl-bench plugins`)")
+    p.add_argument("--corpus", required=True, metavar="DIR|task:NAME",
+                   help="a folder of audio, or task:NAME (the task's unlabeled corpus, else its clips no split "
+                        "tests on)")
+    p.add_argument("--preset", "-p", help="size preset of the model (tiny, small, base, ...)")
+    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML", help="YAML file of settings")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override; a comma list (masker.ratio=0.6,0.8) makes one encoder per value")
+    p.add_argument("--clip-seconds", type=float,
+                   help="clip length of the corpus (default: the task's, or the median of the folder's clips)")
+    p.add_argument("--name", help="readable name of the encoder (the init column of its rows); {hash} is "
+                                  "replaced by the pretraining hash")
+    p.add_argument("--data-dir", help="where task:NAME's data lives")
+    p.add_argument("--results", default=os.environ.get("SSL_BENCH_RESULTS", "results"),
+                   help="results root; the encoder is cached under <results>/.cache/pretrain/")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _tracking_args(p)
+
+    p = sub.add_parser("results", help="show the results table (mean, std, n, 95%% interval)")
     p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
-    p.add_argument("--compare", nargs="+", metavar="KEY", help="config keys to pivot on (e.g. masker.ratio)")
+    p.add_argument("--compare", nargs="+", metavar="KEY",
+                   help="config keys to pivot on (e.g. masker.ratio), with a paired test against --baseline")
+    p.add_argument("--baseline", metavar="VALUE", help="the --compare value the others are tested against "
+                                                       "(default: the first; comma-joined for several keys)")
+    p.add_argument("--board", action="store_true",
+                   help="leaderboard: model/encoder x task, each task's primary metric with its 95%% interval")
     p.add_argument("--format", "-f", default="table", choices=["table", "md", "csv", "latex"])
-    p.add_argument("--raw", action="store_true", help="every row instead of mean ± std over splits and seeds")
+    p.add_argument("--raw", action="store_true", help="every row instead of the summary over splits and seeds")
     p.add_argument("--model", help="only this model")
     p.add_argument("--task", help="only this task")
+    p.add_argument("--protocol", help="only this protocol")
+
+    p = sub.add_parser("plot", help="write PNG plots: ablation bars, per-layer probe curves, training curves")
+    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
+    p.add_argument("--out", "-o", default=None, help="output folder (default <root>/plots)")
+    p.add_argument("--compare", nargs="+", metavar="KEY",
+                   help="settings to draw ablation bars for (default: every setting that varies)")
+    p.add_argument("--model", help="only this model")
+    p.add_argument("--task", help="only this task")
+    p.add_argument("--protocol", help="only this protocol")
 
     p = sub.add_parser("plugins", help="list plugins, where they come from and what they register")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -128,25 +193,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.strict:
         extra["data.strict"] = True
     # resolve everything first: a typo in the last sweep value fails before any training
+    # --checkpoint a,b sweeps like --set: files, Hugging Face directories or encoder ids
+    checkpoints: list[Path | None] = [None]
+    if args.checkpoint:
+        from .provenance import find_checkpoint
+        from .runner import cache_root
+
+        checkpoints = [find_checkpoint(c.strip(), cache_root(args.results))
+                       for c in args.checkpoint.split(",") if c.strip()]
     configs = []
-    for task in tasks:
-        # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
-        ckpt = checkpoint_settings(args.model, args.checkpoint, task) if args.checkpoint else {}
-        for sweep in sweeps:
-            configs.append(resolve(args.model, preset=args.preset, task=task, files=args.config,
-                                   overrides={**ckpt, **sweep, **extra}))
+    for checkpoint in checkpoints:
+        for task in tasks:
+            # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
+            ckpt = checkpoint_settings(args.model, checkpoint, task) if checkpoint else {}
+            for sweep in sweeps:
+                configs.append((checkpoint, resolve(args.model, preset=args.preset, task=task, files=args.config,
+                                                     overrides={**ckpt, **sweep, **extra})))
     run_dirs = []
-    for config in configs:
+    for checkpoint, config in configs:
         run_dirs.append(
             run_experiment(
                 config,
                 data_dir=args.data_dir,
                 results_root=args.results,
                 protocols=protocols,
-                checkpoint=args.checkpoint,
+                checkpoint=checkpoint,
                 splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
                 resume=args.resume,
                 progress=not args.quiet,
+                track=_track(args),
             )
         )
     if _is_main_process():
@@ -166,30 +241,44 @@ def _print_runs(root: str, run_ids: list[str]) -> None:
     if df.empty:
         print("no result rows were written")
         return
-    varying = results.varying_columns(df)
-    index = varying + ["task", "protocol", "init", "metric"]
+    varying = results.splitting_columns(df, ["model", "task", "protocol", "metric"])  # not per-task recipes
+    index = varying + ["task", "protocol", "init", "init_id", "metric"] + results.variant_columns(df)
     per_split = df.pivot_table(index=index, columns="split", values="value", aggfunc="mean")
     s = results.summary(df, by=varying).set_index(index)
-    per_split["mean ± std"] = [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(s.loc[per_split.index, "mean"],
-                                                                     s.loc[per_split.index, "std"])]
+    s = s.loc[per_split.index]
+    per_split["mean ± std"] = [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(s["mean"], s["std"])]
+    per_split["95% CI"] = [f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else "n/a"
+                           for lo, hi in zip(s["ci_low"], s["ci_high"])]
     print()
     print(results.format_table(per_split.round(4)))
     print(f"\nresults written to {', '.join(str(Path(root) / r) for r in run_ids)}")
 
 
-def cmd_results(args: argparse.Namespace) -> int:
+def _filtered(args: argparse.Namespace):
     from . import results
 
     df = results.load(args.root)
-    if args.model:
-        df = df[df["model"] == args.model]
-    if args.task:
-        df = df[df["task"] == args.task]
+    for column in ("model", "task", "protocol"):
+        if getattr(args, column, None):
+            df = df[df[column] == getattr(args, column)]
+    return df
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from . import results
+    from .config import ConfigError
+
+    df = _filtered(args)
     if df.empty:
         print(f"no results under {args.root}")
         return 0
-    if args.compare:
-        table = results.compare(df, args.compare)
+    if args.board:
+        table = results.board(df, args.format)
+    elif args.compare:
+        try:
+            table = results.compare(df, args.compare, baseline=args.baseline)
+        except KeyError as exc:
+            raise ConfigError(str(exc).strip("'\"")) from None
     elif args.raw:
         table = df[[c for c in results.ROW_KEYS if c in df.columns]]
     else:
@@ -214,7 +303,48 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "results": cmd_results, "plugins": cmd_plugins}
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import parse_overrides, resolve
+    from .corpus import pretrain_on_corpus
+
+    extra: dict[str, Any] = {}
+    if args.seed is not None:
+        extra["seed"] = args.seed
+    if args.device:
+        extra["device"] = args.device
+    configs = [resolve(args.model, preset=args.preset, task=None, files=args.config, overrides={**sweep, **extra})
+               for sweep in parse_overrides(args.overrides)]
+    made = []
+    for config in configs:
+        made.append(pretrain_on_corpus(config, args.corpus, data_dir=args.data_dir, results_root=args.results,
+                                       clip_seconds=args.clip_seconds, name=args.name, resume=args.resume,
+                                       progress=not args.quiet, track=_track(args)))
+    if _is_main_process():
+        print()
+        for meta in made:
+            print(f"encoder {meta['encoder_id']}  {meta['name']}  loss {meta['loss']:.4f}"
+                  f"{'  (reused)' if meta['reused'] else ''}  {meta['path']}")
+        ids = ",".join(m["encoder_id"] for m in made)
+        print(f"\nevaluate with: ssl-bench run -m {args.model} -t TASK --checkpoint {ids}"
+              + (f" --results {args.results}" if args.results != "results" else ""))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_results
+
+    df = _filtered(args)
+    if df.empty:
+        print(f"no results under {args.root}")
+        return 0
+    out = Path(args.out) if args.out else Path(args.root) / "plots"
+    for path in plot_results(df, args.root, out, compare=args.compare):
+        print(path)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "results": cmd_results, "plugins": cmd_plugins, "pretrain": cmd_pretrain,
+            "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

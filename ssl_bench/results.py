@@ -1,4 +1,4 @@
-"""Run records on disk, and the pandas tables made from them.
+"""Run records on disk, and the tables made from them.
 
 Layout of a results root::
 
@@ -6,20 +6,37 @@ Layout of a results root::
       <run-id>/            one finished run, written atomically (temp dir + rename)
         config.yaml        the fully resolved configuration
         metrics.jsonl      one JSON object per epoch / step record
-        result.json        {"run_id", "config_hash", "rows": [...]}
+        result.json        {"run_id", "config_hash", "provenance", "config", "rows": [...]}
         log.txt            what the run printed
         *.pt               checkpoints, where asked
       .tmp-<run-id>-*/     runs in progress (ignored by load; removed on error or Ctrl-C)
-      .cache/              features, pretrained encoders, probe embeddings
+      .cache/              features, pretrained encoders, probe embeddings, file digests
 
 :func:`load` returns one row per run x task x protocol x split x seed x metric with the
-flattened configuration as columns; :func:`summary` gives mean and std over splits and seeds;
-:func:`compare` pivots on the settings that vary.
+flattened configuration as columns.  Every row names its encoder by content: ``init`` (a
+readable name: ``random``, ``pretrained`` or the checkpoint's) and ``init_id`` (the SHA-256
+prefix of the weights, or of the pretraining recipe when each split pretrained its own), so
+tables group by ``init_id`` and two checkpoints never share a row.
+
+* :func:`summary`: mean, std, n and a 95% confidence interval over splits and seeds (fold and
+  seed spread apart when both vary);
+* :func:`compare`: one column per value of a setting, and a paired test of each value against
+  a baseline over matched splits and seeds;
+* :func:`board`: the leaderboard, encoders x tasks, each task's primary metric.
+
+Statistics (what README's "Reading the tables" explains): the interval is Student's t on the
+independent units: the per-split means when there are several splits (seeds are averaged
+within a split first, as folds share nothing but seeds share a test set), else the seeds.
+Cross-validation folds overlap in training data, so fold intervals are somewhat optimistic
+(Bengio & Grandvalet, 2004).  The paired test pairs each (split, seed) of a value with the
+same (split, seed) of the baseline: a paired t-test below :data:`WILCOXON_MIN_PAIRS` pairs (a
+signed-rank test cannot reach p < 0.05 with fewer than 6), else the Wilcoxon signed-rank test.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -29,13 +46,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from .checkpoint import atomic_write_text, save_model
 from .config import config_hash, dump_yaml, flat_config
 
-ROW_KEYS = ("run_id", "model", "task", "protocol", "split", "seed", "init", "metric", "value")
+ROW_KEYS = ("run_id", "model", "task", "protocol", "split", "seed", "init", "init_id", "metric", "value")
+#: Row columns that tell apart several results of one protocol on one split (the per-layer
+#: probes' ``layer``): summaries and tables keep them apart; rows without one hold "".
+VARIANT_KEYS = ("layer",)
+#: What names an encoder in a table: the readable name and the content id.
+ENCODER_KEYS = ("init", "init_id")
+#: Pairs from which the Wilcoxon signed-rank test replaces the paired t-test.
+WILCOXON_MIN_PAIRS = 8
+#: Settings of how an encoder was pretrained (meaningless for a random-init row).
+PRETRAINING_PREFIXES = ("pretrain", "masker", "decoder", "objective", "method")
+#: Config columns that never split a table (bookkeeping, or said by ``init_id``).
+NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers", "pretrain.checkpoint_every")
 
 
 def new_run_id(config: dict[str, Any]) -> str:
@@ -51,19 +80,30 @@ class RunWriter:
     ``result.json`` is written and the directory is renamed to ``<root>/<run_id>`` in one
     step.  On an exception or Ctrl-C the temporary directory is removed: ``results/`` never
     holds half a run.  ``keep_partial=True`` keeps it under ``.failed-<run_id>`` instead.
+
+    ``provenance``: the run's provenance block (:func:`ssl_bench.provenance.run_record` plus
+    data and checkpoint digests), saved in ``result.json``.  ``track``: trackers to copy the
+    params, per-epoch metrics and final rows to (``{"mlflow": URI, "tensorboard": DIR}``).
     """
 
     def __init__(self, root: str | Path, run_id: str, config: dict[str, Any], *, echo: bool = False,
-                 keep_partial: bool = False):
+                 keep_partial: bool = False, provenance: dict[str, Any] | None = None,
+                 track: dict[str, Any] | None = None):
         self.root = Path(root)
         self.run_id = run_id
         self.config = config
         self.echo = echo
         self.keep_partial = keep_partial
+        self.provenance = dict(provenance or {})
         self.rows: list[dict[str, Any]] = []
         self.final_dir = self.root / run_id
         self.dir: Path | None = None
         self._t0 = time.time()
+        self.trackers = None
+        if track:
+            from .tracking import Trackers
+
+            self.trackers = Trackers(track, self.root)
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> "RunWriter":
@@ -72,24 +112,45 @@ class RunWriter:
             raise FileExistsError(f"{self.final_dir} already exists")
         self.dir = Path(tempfile.mkdtemp(prefix=f".tmp-{self.run_id}-", dir=self.root))
         atomic_write_text(self.dir / "config.yaml", dump_yaml(self.config))
+        if self.trackers:
+            self.trackers.start(self.run_id, self.config, self._tags())
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self.dir is not None
         if exc_type is None:
             self._finish()
-        elif self.keep_partial:
-            os.replace(self.dir, self.root / f".failed-{self.run_id}")
         else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.trackers:
+                self.trackers.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            if self.keep_partial:
+                os.replace(self.dir, self.root / f".failed-{self.run_id}")
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
         return False
 
+    def _tags(self) -> dict[str, str]:
+        tags = {"ssl_bench.run_id": self.run_id, "ssl_bench.run_dir": str(self.final_dir.resolve()),
+                "ssl_bench.model": str(self.config.get("model")), "ssl_bench.task": str(self.config.get("task"))}
+        if self.provenance.get("code_version"):
+            tags["ssl_bench.code_version"] = str(self.provenance["code_version"])
+        if self.provenance.get("command"):
+            tags["ssl_bench.command"] = str(self.provenance["command"])[:5000]
+        return tags
+
     def _finish(self) -> None:
+        if self.trackers:
+            ids = sorted({str(r.get("init_id")) for r in self.rows if r.get("init_id")})
+            self.trackers.rows(self.rows, {**self._tags(), "ssl_bench.init_ids": ",".join(ids)})
+            self.trackers.end("FINISHED")
+            self.provenance["tracking"] = self.trackers.describe()
         payload = {
             "run_id": self.run_id,
             "config_hash": config_hash(self.config),
             "host": socket.gethostname(),
             "wall_time_s": round(time.time() - self._t0, 3),
+            "provenance": self.provenance,
+            "config": self.config,
             "rows": self.rows,
         }
         atomic_write_text(self.dir / "result.json", json.dumps(payload, indent=1, default=_jsonable))
@@ -106,6 +167,8 @@ class RunWriter:
     def metrics(self, record: dict[str, Any]) -> None:
         with open(self.dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record, default=_jsonable) + "\n")
+        if self.trackers:
+            self.trackers.record(record)
 
     def add_row(self, *, task: str, protocol: str, split: str, seed: int, init: str, metric: str,
                 value: float, **extra: Any) -> dict[str, Any]:
@@ -137,7 +200,10 @@ def run_dirs(root: str | Path) -> list[Path]:
 
 
 def load(root: str | Path = "results") -> pd.DataFrame:
-    """Every finished run under ``root`` as one tidy DataFrame (see module docstring)."""
+    """Every finished run under ``root`` as one tidy DataFrame (see module docstring).
+
+    Rows of runs written before encoders had ids get ``init_id`` ``random`` (random rows) or
+    ``unknown:<run id>`` (one id per run, so they never pool with other checkpoints)."""
     frames = []
     for d in run_dirs(root):
         try:
@@ -149,57 +215,275 @@ def load(root: str | Path = "results") -> pd.DataFrame:
         if not rows:
             continue
         df = pd.DataFrame(rows)
+        if "init_id" not in df.columns:
+            df["init_id"] = [("random" if i == "random" else f"unknown:{d.name}") for i in df["init"]]
         flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
-        for k, v in flat.items():
-            df[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+        if flat:
+            df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
         df["config_hash"] = result.get("config_hash")
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=list(ROW_KEYS))
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    for key in variant_columns(df):
+        df[key] = df[key].fillna("").astype(str)
+    return df
+
+
+def variant_columns(df: pd.DataFrame) -> list[str]:
+    """The :data:`VARIANT_KEYS` present in ``df``."""
+    return [k for k in VARIANT_KEYS if k in df.columns]
 
 
 def varying_columns(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
     """Config columns (dotted names) whose value differs between runs."""
     out = []
     for col in df.columns:
-        if col in ROW_KEYS or col in exclude or col in ("config_hash", "checkpoint") or "." not in col:
+        if col in ROW_KEYS or col in exclude or col in NOT_SETTINGS or "." not in col:
             continue
         if df[col].astype(str).nunique(dropna=False) > 1:
             out.append(col)
     return out
 
 
-def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Mean, std and count of ``value`` over splits and seeds.
-
-    Grouped by model, task, protocol, init, metric, plus ``by`` (defaults to the config
-    columns that vary between the runs, so ablations come out as separate rows).
-    """
-    if df.empty:
-        return pd.DataFrame(columns=["model", "task", "protocol", "init", "metric", "mean", "std", "n"])
-    by = list(by) if by is not None else varying_columns(df)
-    keys = by + ["model", "task", "protocol", "init", "metric"]
-    keys = list(dict.fromkeys(k for k in keys if k in df.columns))
-    grouped = df.groupby(keys, dropna=False, sort=True)["value"]
-    out = grouped.agg(["mean", "std", "count"]).rename(columns={"count": "n"}).reset_index()
-    out["std"] = out["std"].fillna(0.0)
+def splitting_columns(df: pd.DataFrame, within: list[str], exclude: tuple[str, ...] = ()) -> list[str]:
+    """The varying config columns that take more than one value inside some group of
+    ``within`` (a recipe setting that differs only between tasks does not split a task's rows)."""
+    cols = varying_columns(df, exclude)
+    within = [c for c in within if c in df.columns]
+    if not within:
+        return cols
+    out = []
+    for col in cols:
+        counts = df[within + [col]].astype(str).groupby(within, sort=False)[col].nunique()
+        if (counts > 1).any():
+            out.append(col)
     return out
 
 
-def compare(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One table: rows = task/protocol/init/metric, columns = the values of ``keys``, cells mean ± std."""
+# --------------------------------------------------------------------------- statistics
+def t_interval(values: np.ndarray, confidence: float = 0.95) -> float:
+    """Half-width of Student's t interval of the mean of ``values`` (NaN for fewer than 2)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    sd = float(np.std(values, ddof=1))
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+
+
+def _cell_stats(group: pd.DataFrame) -> dict[str, Any]:
+    """Mean, std, n and the 95% interval of one table cell (see the module docstring)."""
+    values = group["value"].to_numpy(dtype=float)
+    per_split = group.groupby("split", sort=False)["value"].mean().to_numpy(dtype=float)
+    seeds = group["seed"].nunique() if "seed" in group else 1
+    units = per_split if len(per_split) > 1 else values
+    out = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+           "n": int(len(values)), "n_splits": int(len(per_split)), "n_seeds": int(seeds),
+           "ci95": t_interval(units)}
+    out["ci_low"], out["ci_high"] = out["mean"] - out["ci95"], out["mean"] + out["ci95"]
+    if len(per_split) > 1 and seeds > 1:
+        out["std_split"] = float(per_split.std(ddof=1))  # spread of the fold means
+        within = group.groupby("split", sort=False)["value"].std(ddof=1).dropna()
+        out["std_seed"] = float(np.sqrt((within ** 2).mean())) if len(within) else float("nan")
+    return out
+
+
+def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Mean, std, n, 95% interval (``ci95`` half-width, ``ci_low``, ``ci_high``) of ``value``
+    over splits and seeds; ``std_split`` and ``std_seed`` when both vary.
+
+    Grouped by model, task, protocol, the encoder (``init``, ``init_id``), metric and any
+    variant column (``layer``), plus ``by`` (default: the config columns that vary within a
+    task, so ablations come out as separate rows).
+    """
+    base = ["model", "task", "protocol", *ENCODER_KEYS, "metric"]
+    columns = base + ["mean", "std", "n", "ci95"]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    by = list(by) if by is not None else splitting_columns(df, ["model", "task", "protocol", "metric"])
+    keys = list(dict.fromkeys(k for k in by + base + variant_columns(df) if k in df.columns))
+    records = []
+    for values, group in df.groupby(keys, dropna=False, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        records.append({**dict(zip(keys, values)), **_cell_stats(group)})
+    out = pd.DataFrame.from_records(records)
+    extra = [c for c in ("std_split", "std_seed") if c in out.columns]
+    return out[keys + ["mean", "std", "n", "ci95", "ci_low", "ci_high", "n_splits", "n_seeds"] + extra]
+
+
+def paired_test(diffs: np.ndarray) -> tuple[str, float]:
+    """``(test, p)`` for paired differences: a two-sided paired t-test below
+    :data:`WILCOXON_MIN_PAIRS` pairs, else the Wilcoxon signed-rank test.  ``p`` is NaN for
+    fewer than two pairs or for identical non-zero differences (no spread to test against),
+    1.0 when every difference is zero."""
+    from scipy import stats
+
+    diffs = np.asarray(diffs, dtype=float)
+    n = len(diffs)
+    test = "t" if n < WILCOXON_MIN_PAIRS else "W"
+    if n < 2:
+        return test, float("nan")
+    if np.allclose(diffs, 0.0, atol=1e-12):
+        return test, 1.0
+    if np.allclose(diffs, diffs[0], atol=1e-12):
+        return test, float("nan")
+    if test == "t":
+        return test, float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    return test, float(stats.wilcoxon(diffs).pvalue)
+
+
+def significance(p: float) -> str:
+    """``***`` p < 0.001, ``**`` p < 0.01, ``*`` p < 0.05, ``ns`` otherwise, ``-`` untested."""
+    if not math.isfinite(p):
+        return "-"
+    return "***" if p < 1e-3 else "**" if p < 1e-2 else "*" if p < 0.05 else "ns"
+
+
+def format_cell(mean: float, ci: float, n: int) -> str:
+    """``0.8123 ± 0.0211 (n=5)``: the mean and the half-width of its 95% interval."""
+    if not math.isfinite(ci):
+        return f"{mean:.4f} (n={n})"
+    return f"{mean:.4f} ± {ci:.4f} (n={n})"
+
+
+def _label(values: tuple) -> str:
+    return " / ".join(str(v) for v in values) if len(values) > 1 else str(values[0])
+
+
+def _matches(value: Any, wanted: str) -> bool:
+    from .config import parse_value
+
+    return str(value) == wanted or value == parse_value(wanted)
+
+
+def compare(df: pd.DataFrame, keys: list[str], baseline: str | None = None) -> pd.DataFrame:
+    """One table: a row per model/task/protocol/encoder kind/metric (and any other setting that
+    varies), a column per value of ``keys`` (``mean ± 95% CI (n)``), and per value a column
+    ``p vs <baseline>``: the paired test over the (split, seed) pairs both have.
+
+    ``baseline``: the value the others are tested against (``0.8``; for several keys the
+    values joined by commas); default the first value in sorted order.  The encoder's
+    ``init``/``init_id`` join the row key only where one cell would otherwise mix encoders.
+    """
     missing = [k for k in keys if k not in df.columns]
     if missing:
         valid = sorted(c for c in df.columns if "." in c)
         raise KeyError(f"no column {', '.join(missing)} in the results; config columns: {', '.join(valid)}")
-    s = summary(df, by=keys)
-    s["cell"] = [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(s["mean"], s["std"])]
-    index = [c for c in ("model", "task", "protocol", "init", "metric") if c in s.columns]
-    table = s.pivot_table(index=index, columns=keys, values="cell", aggfunc="first")
+    df = df.copy()
+    df["_encoder"] = np.where(df["init_id"].astype(str) == "random", "random", "trained") \
+        if "init_id" in df.columns else df["init"].astype(str)
+    base = ["model", "task", "protocol", "_encoder", "metric", *variant_columns(df)]
+    base += splitting_columns(df, ["model", "task", "protocol", "metric"], exclude=tuple(keys))
+    base = list(dict.fromkeys(c for c in base if c in df.columns))
+    for col in ENCODER_KEYS:  # an encoder column joins the row key only where a cell would mix encoders
+        if col in df.columns and (df.astype({col: str}).groupby(base + keys, dropna=False)[col].nunique() > 1).any():
+            base.append(col)
+    column_values = sorted({tuple(v) for v in df[keys].itertuples(index=False, name=None)}, key=lambda t: tuple(
+        (0, float(x)) if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, str(x)) for x in t))
+    base_value = column_values[0] if column_values else None
+    if baseline is not None:
+        wanted = [b.strip() for b in str(baseline).split(",")] if len(keys) > 1 else [str(baseline)]
+        found = [v for v in column_values if len(wanted) == len(v) and all(_matches(x, w) for x, w in zip(v, wanted))]
+        if not found:
+            raise KeyError(f"--baseline {baseline}: {', '.join(keys)} takes the values "
+                           f"{', '.join(_label(v) for v in column_values)}")
+        base_value = found[0]
+    records = []
+    for index, group in df.groupby(base, dropna=False, sort=True):
+        index = index if isinstance(index, tuple) else (index,)
+        row = dict(zip(base, index))
+        if "init" not in base:  # name the encoders of this row
+            names = sorted({str(i) for i in group["init"]})
+            row["init"] = names[0] if len(names) == 1 else ", ".join(names)
+        cells = {v: g for v, g in group.groupby(keys, dropna=False, sort=False)}
+        cells = {(v if isinstance(v, tuple) else (v,)): g for v, g in cells.items()}
+        ref = cells.get(base_value)
+        for value in column_values:
+            g = cells.get(value)
+            if g is None:
+                row[_label(value)] = ""
+                continue
+            st = _cell_stats(g)
+            row[_label(value)] = format_cell(st["mean"], st["ci95"], st["n"])
+        for value in column_values:
+            if value == base_value:
+                continue
+            g = cells.get(value)
+            name = f"p: {_label(value)} vs {_label(base_value)}"
+            if g is None or ref is None:
+                row[name] = ""
+                continue
+            a = g.groupby(["split", "seed"])["value"].mean()
+            b = ref.groupby(["split", "seed"])["value"].mean()
+            pairs = a.index.intersection(b.index)
+            test, p = paired_test((a.loc[pairs] - b.loc[pairs]).to_numpy())
+            shown = f"{p:.3g}" if math.isfinite(p) else "n/a"
+            row[name] = f"{shown} {significance(p)} ({test}, n={len(pairs)})"
+        records.append(row)
+    out = pd.DataFrame.from_records(records)
+    index = [("init" if c == "_encoder" else c) for c in base]
+    if "init" not in base:
+        out = out.drop(columns=["_encoder"])
+    else:
+        out = out.drop(columns=["_encoder"])
+        index = [c for c in index if c != "init" or c in out.columns]
+    index = list(dict.fromkeys(c for c in index if c in out.columns))
+    return out.set_index(index)
+
+
+def primary_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each task's primary metric (``primary_metric``, the task's first; for older
+    records the first metric each task reports)."""
+    if "primary_metric" in df.columns and df["primary_metric"].notna().any():
+        known = df["primary_metric"].notna() & (df["primary_metric"].astype(str) != "")
+        keep = known & (df["metric"] == df["primary_metric"])
+        first = df[~known].groupby("task")["metric"].first()
+        keep |= ~known & (df["metric"] == df["task"].map(first))
+        return df[keep]
+    first = df.groupby("task")["metric"].first()
+    return df[df["metric"] == df["task"].map(first)]
+
+
+def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
+    """The leaderboard: a row per model, encoder (``init``, ``init_id``) and protocol (and any
+    setting that varies within a task), a column per task holding the task's primary metric as
+    ``mean ± 95% CI (n)``; the best of each column is bold in ``md`` and ``latex``."""
+    df = df[df["protocol"] != "pretrain"] if "protocol" in df.columns else df
+    df = primary_rows(df)
+    if df.empty:
+        return pd.DataFrame()
+    extra = splitting_columns(df, ["model", "task", "protocol", "metric"])
+    # a random-init row is not made by any pretraining setting: one row, each evaluation once
+    # (runs of a pretraining sweep repeat the same random-init baseline)
+    pretraining = [c for c in extra if c.split(".")[0] in PRETRAINING_PREFIXES]
+    if pretraining and "init_id" in df.columns:
+        df = df.copy()
+        random = df["init_id"].astype(str) == "random"
+        df[pretraining] = df[pretraining].astype(object)
+        df.loc[random, pretraining] = "-"
+        rest = [c for c in ("task", "protocol", "split", "seed", "metric", *extra, *variant_columns(df))
+                if c in df.columns and c not in pretraining]
+        df = pd.concat([df[~random], df[random].drop_duplicates(subset=rest)])
+    index = ["model", *ENCODER_KEYS, "protocol", *extra, *variant_columns(df)]
+    index = list(dict.fromkeys(c for c in index if c in df.columns))
+    s = summary(df, by=index)
+    tasks = sorted(s["task"].unique())
+    s["cell"] = [format_cell(m, c, n) for m, c, n in zip(s["mean"], s["ci95"], s["n"])]
+    best = s.groupby("task")["mean"].transform("max")  # every primary metric here is higher-is-better
+    bold = {"md": "**{}**", "latex": "\\textbf{{{}}}"}.get(fmt)
+    if bold is not None:
+        s.loc[s["mean"] == best, "cell"] = [bold.format(c) for c in s.loc[s["mean"] == best, "cell"]]
+    metric = s.groupby("task")["metric"].first()
+    table = s.pivot_table(index=index, columns="task", values="cell", aggfunc="first").fillna("")
+    table = table[tasks]
+    table.columns = [f"{t} ({metric[t]})" for t in tasks]
     return table
 
 
+# --------------------------------------------------------------------------- output
 def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
     """Render a DataFrame as ``table`` (plain text), ``md``, ``csv`` or ``latex``."""
     if fmt == "csv":
@@ -207,9 +491,12 @@ def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
     if fmt == "md":
         return _markdown(df)
     if fmt == "latex":
-        return df.to_latex()
+        flat = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
+        text = flat.to_latex(index=False, na_rep="", float_format="%.4f")
+        return text.replace("±", "$\\pm$").replace("_", "\\_").replace("\\textbf\\{", "\\textbf{")
     if fmt == "table":
-        with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
+        with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 250,
+                               "display.max_colwidth", 60):
             return df.to_string()
     raise ValueError(f"unknown format {fmt!r}; choose table, md, csv or latex")
 
@@ -225,5 +512,5 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
+        return "" if math.isnan(v) else f"{v:.4f}"
+    return str(v).replace("|", "\\|")

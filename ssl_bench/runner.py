@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -157,7 +158,8 @@ def _build_frontend(config: dict[str, Any], registry) -> Any:
 
 # --------------------------------------------------------------------------- the experiment
 class _Experiment:
-    def __init__(self, config, *, data_dir, results_root, protocols, checkpoint, splits, resume, progress):
+    def __init__(self, config, *, data_dir, results_root, protocols, checkpoint, splits, resume, progress,
+                 track=None):
         self.registry = get_registry()
         known = self.registry.names("protocol")
         unknown = [p for p in protocols if p not in known]
@@ -167,14 +169,21 @@ class _Experiment:
             raise ConfigError("run_experiment needs a config resolved with a task (config['task'])")
         self.config = copy.deepcopy(config)
         self.protocols = tuple(protocols)
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        if self.checkpoint is not None and not self.checkpoint.is_file():
-            raise ConfigError(f"--checkpoint {self.checkpoint}: no such file")
-        if self.checkpoint is not None:
+        self.checkpoint: Path | None = None
+        self.identity: dict[str, Any] | None = None  # init, init_id, sha256, config of the checkpoint
+        self.pretrained_by = "this run"
+        if checkpoint:
+            from .provenance import encoder_identity, find_checkpoint
+
+            # a file, a Hugging Face directory, or the id of an encoder `ssl-bench pretrain` made
+            self.checkpoint = find_checkpoint(checkpoint, cache_root(results_root))
+            self.identity = encoder_identity(self.checkpoint, cache_root(results_root))
             self.config["checkpoint"] = str(self.checkpoint)
+            self.pretrained_by = apply_pretraining_record(self.config, self.identity["config"])
         self.data_dir, self.results_root = data_dir, Path(results_root)
         self.split_names = list(splits) if splits else None
         self.resume, self.progress = resume, progress
+        self.track = dict(track or {})
         self.info = D.init(self.config.get("device"))
         self.device = D.resolve_device(self.config.get("device"), self.info)
         self.progress_main = progress and self.info.is_main
@@ -250,12 +259,14 @@ class _Experiment:
                         unique.setdefault(clip.key, clip)
             self.features = self.extract(list(unique.values()))
             self.feature_index = {clip.key: i for i, clip in enumerate(self.features.clips)}
+            self.provenance = self.record()
             self.skipped = {key for key, _ in self.features.skipped}
             self.state_dir = self.results_root / ".cache" / "runs" / self.run_hash()
             if not self.resume and self.info.is_main and self.state_dir.exists():
                 shutil.rmtree(self.state_dir, ignore_errors=True)
             D.barrier()
-            writer = (RunWriter(self.results_root, new_run_id(self.config), self.config, echo=self.progress)
+            writer = (RunWriter(self.results_root, new_run_id(self.config), self.config, echo=self.progress,
+                                provenance=self.provenance, track=self.track)
                       if self.info.is_main else _NullWriter())
             with writer:
                 self.writer = writer
@@ -270,12 +281,38 @@ class _Experiment:
             D.barrier()
         return writer.final_dir if self.info.is_main else None
 
-    def row(self, split_ctx: dict[str, Any], protocol: str, init: str, metrics: dict[str, float],
+    def record(self) -> dict[str, Any]:
+        """The provenance of this run (``result.json``'s ``provenance``): versions, git commit,
+        device, command line, a digest of the data read and the checkpoint's identity."""
+        from .download import download_record
+        from .provenance import dataset_digest, run_record
+
+        with D.main_first():
+            self.data_digest = dataset_digest(self.features.clips, self.cache)
+        root = getattr(self.task, "root", None)
+        record = run_record(self.device)
+        record["data"] = {"task": self.task.name, "root": str(root) if root else None, **self.data_digest,
+                          "download": download_record(root) if root else None}
+        if self.identity is not None:
+            record["checkpoint"] = {"path": str(self.checkpoint), "init": self.identity["init"],
+                                    "init_id": self.identity["init_id"], "sha256": self.identity["sha256"],
+                                    "pretrained_by": self.pretrained_by, "config": self.identity["config"]}
+        return record
+
+    def row(self, split_ctx: dict[str, Any], protocol: str, init: str, init_id: str, metrics: dict[str, float],
             extra: dict[str, Any]) -> list[dict[str, Any]]:
+        """One row per metric: the split, the encoder (``init`` name and content ``init_id``), the
+        code and data that produced it, the split's sizes and the protocol's columns."""
+        from .provenance import ID_LENGTH
+
+        who = {"init": init, "init_id": init_id, "pretrained_by": "" if init_id == "random" else self.pretrained_by,
+               "primary_metric": self.metric_names[0] if self.metric_names else "",
+               "code_version": self.provenance["code_version"],
+               "data_sha256": self.data_digest["sha256"][:ID_LENGTH]}
         rows = []
         for metric, value in metrics.items():
             rows.append(dict(task=self.task.name, protocol=protocol, split=split_ctx["split"], seed=self.seed,
-                             init=init, metric=metric, value=float(value), **split_ctx["columns"], **extra))
+                             metric=metric, value=float(value), **who, **split_ctx["columns"], **extra))
         return rows
 
     def emit(self, rows: list[dict[str, Any]]) -> None:
@@ -345,23 +382,27 @@ class _Experiment:
         random_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.to(self.device)
 
-        init = "random"
+        init, init_id = "random", "random"
         if self.checkpoint is not None:
             report = load_checkpoint(model, self.checkpoint, self.registry)
-            self.writer.log(f"[{split.name}] loaded {report}")
-            init = self.checkpoint.name
+            self.writer.log(f"[{split.name}] loaded {report} (init_id {self.identity['init_id']})")
+            init, init_id = self.identity["init"], self.identity["init_id"]
         else:
             for name in self.stage_protocols("pretrain"):
-                self.emit(self.run_protocol(name, model, "random", data, split_ctx))
+                rows = self.run_protocol(name, model, "random", "random", data, split_ctx)
+                self.emit(rows)
                 init = "pretrained"
+                init_id = next((str(r["encoder_id"]) for r in rows if r.get("encoder_id")), None) or \
+                    self.recipe_id()
         for name in self.stage_protocols("evaluate"):
             proto = self.protocol(name)
-            self.cached_rows(split.name, f"{name}-{init}", lambda: self.run_protocol(name, model, init, data, split_ctx))
-            if proto.frozen and init != "random":
+            self.cached_rows(split.name, f"{name}-{_slug(init)}",
+                             lambda: self.run_protocol(name, model, init, init_id, data, split_ctx))
+            if proto.frozen and init_id != "random":
                 def baseline(name: str = name) -> list[dict[str, Any]]:
                     base = copy.deepcopy(model)
                     base.load_state_dict(random_state, strict=False)
-                    return self.run_protocol(name, base, "random", data, split_ctx)
+                    return self.run_protocol(name, base, "random", "random", data, split_ctx)
 
                 self.cached_rows(split.name, f"{name}-random", baseline)
         self.writer.log(f"[{split.name}] done in {time.time() - t_split:.1f} s")
@@ -379,14 +420,21 @@ class _Experiment:
         return [n for n in self.protocols
                 if self.protocol(n).stage == stage and getattr(self.section(n), "enabled", True)]
 
-    def run_protocol(self, name: str, model: nn.Module, init: str, data: SplitData,
+    def recipe_id(self) -> str:
+        """``init_id`` of an encoder a pretraining protocol made without naming it."""
+        from .config import MODEL_SLOTS
+        from .protocols.pretrain import recipe_id
+
+        return recipe_id(self.config, MODEL_SLOTS, self.data_digest["sha256"])
+
+    def run_protocol(self, name: str, model: nn.Module, init: str, init_id: str, data: SplitData,
                      split_ctx: dict[str, Any]) -> list[dict[str, Any]]:
         """Run protocol ``name`` on one split and turn its results into rows."""
         proto = self.protocol(name)
         t0 = time.time()
         ctx = ProtocolContext(
             name=name, model=model, init=init, data=data, config=self.config, section=self.section(name),
-            device=self.device, cache_dir=self.cache, state_dir=self.state_dir / data.name / f"{name}-{init}",
+            device=self.device, cache_dir=self.cache, state_dir=self.state_dir / data.name / f"{name}-{_slug(init)}",
             resume=self.resume, progress=self.progress_main, log=self.writer.log,
             log_metrics=self.writer.metrics, run=self)
         rows = []
@@ -395,7 +443,7 @@ class _Experiment:
             extra.setdefault("wall_s", round(time.time() - t0, 3))
             extra.setdefault("device", compute_columns(parameters=0, flops=None, fit=None, wall_s=0.0,
                                                        device=self.device, world_size=1)["device"])
-            rows += self.row(split_ctx, name, init, result.metrics, extra)
+            rows += self.row(split_ctx, name, init, init_id, result.metrics, extra)
         return rows
 
     def norm_stats(self, train: np.ndarray) -> tuple[tuple[float, float] | None, str]:
@@ -432,6 +480,31 @@ class _Experiment:
         return self._corpus
 
 
+def _slug(text: str) -> str:
+    """``text`` as one file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+#: The slots that make a pretraining (the frontend and encoder are the checkpoint's own).
+PRETRAINING_SLOTS = ("masker", "decoder", "objective", "method")
+
+
+def apply_pretraining_record(config: dict[str, Any], saved: dict[str, Any] | None) -> str:
+    """Put into ``config`` how a checkpoint's encoder was pretrained: the ``pretrain`` section and
+    the pretraining slots (masker, decoder, objective, method) of the config saved in it, so the
+    rows evaluated from it say what produced it (``results --compare masker.ratio`` then works
+    across pretraining ablations).  Returns the ``pretrained_by`` column: ``checkpoint config``,
+    or ``unknown`` for a checkpoint that carries no ssl-bench config (official releases)."""
+    if not isinstance(saved, dict):
+        return "unknown"
+    for slot in PRETRAINING_SLOTS:
+        if slot in saved and slot in config:
+            config[slot] = copy.deepcopy(saved[slot])
+    if isinstance(saved.get("pretrain"), dict) and isinstance(config.get("pretrain"), dict):
+        config["pretrain"] = {**config["pretrain"], **copy.deepcopy(saved["pretrain"])}
+    return "checkpoint config"
+
+
 def jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
@@ -448,13 +521,17 @@ def run_experiment(
     splits: Sequence[str] | None = None,
     resume: bool = True,
     progress: bool = True,
+    track: dict[str, Any] | None = None,
 ) -> Path | None:
     """Run ``protocols`` of a resolved ``config`` (with ``config["task"]`` set) on every split.
 
     Returns the run directory on rank 0 (``None`` on other torchrun ranks).  ``checkpoint``
-    replaces pretraining with a checkpoint file (official or ssl-bench); ``splits`` restricts
-    the splits by name; ``resume`` continues an interrupted identical run (and an interrupted
-    pretraining) instead of starting over.  See the module docstring.
+    replaces pretraining with a checkpoint (an official or ssl-bench file, a Hugging Face
+    directory, or the id of an encoder ``ssl-bench pretrain`` made); ``splits`` restricts the
+    splits by name; ``resume`` continues an interrupted identical run (and an interrupted
+    pretraining) instead of starting over; ``track`` also logs to experiment trackers
+    (``{"mlflow": URI, "tensorboard": DIR}``, see :mod:`ssl_bench.tracking`).  See the module
+    docstring.
     """
     return _Experiment(config, data_dir=data_dir, results_root=results_root, protocols=protocols,
-                       checkpoint=checkpoint, splits=splits, resume=resume, progress=progress).run()
+                       checkpoint=checkpoint, splits=splits, resume=resume, progress=progress, track=track).run()

@@ -133,7 +133,8 @@ def test_a_checkpoint_replaces_pretraining(first_run, registry, tmp_path):
     run = run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, protocols=("linear",),
                          checkpoint=ckpt, splits=["fold2"], progress=False)
     rows = _rows(run)
-    assert {(r["split"], r["init"]) for r in rows} == {("fold2", "pretrained.pt"), ("fold2", "random")}
+    assert {(r["split"], r["init"]) for r in rows} == {("fold2", f"pretrained-{ckpt.parent.name[:6]}"),
+                                                      ("fold2", "random")}
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["checkpoint"] == str(ckpt)
 

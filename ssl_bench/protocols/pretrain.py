@@ -9,8 +9,10 @@ steps, and after any resume.
 
 As a protocol (``pretrain``, stage ``pretrain``) it trains the split's model in place, on the
 split's training audio or on ``pretrain.corpus``, and reuses a finished pretraining with the
-same hash of (model slots, pretraining settings, seed, audio) from
+same hash of (model slots, pretraining settings, seed, audio *content*) from
 ``<cache>/pretrain/<hash>/``; an interrupted one continues from its per-epoch checkpoint there.
+:func:`pretrain_encoder` is that step on its own, which ``ssl-bench pretrain`` also uses to
+make a task-independent encoder from a corpus.
 """
 
 from __future__ import annotations
@@ -101,28 +103,104 @@ def pretrain(
     )
 
 
-def audio_digest(clips: Any) -> str:
-    """Digest of the audio a pretraining reads (paths, in order-independent form)."""
-    import hashlib
+def audio_digest(clips: Any, cache_dir: str | Path | None = None) -> str:
+    """Digest of the audio a pretraining reads: its content (sorted file SHA-256s, cached per
+    path, size and mtime), not its paths, so replacing a file's sound forces a new pretraining
+    and moving the corpus does not."""
+    from ..provenance import audio_digest as content_digest
 
-    return hashlib.sha256("\n".join(sorted(str(c.path) for c in clips)).encode()).hexdigest()
+    return content_digest(clips, cache_dir)
 
 
-def pretrain_hash(config: dict[str, Any], clips: Any, model_slots: Any,
-                  norm_stats: tuple[float, float] | None = None) -> str:
-    """Hash of what determines a pretrained encoder: the model's component slots, pretraining
-    settings (minus bookkeeping), seed, the feature normalisation and the audio it sees."""
-    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "checkpoint_every")}
-    payload = {
+def _recipe(config: dict[str, Any], model_slots: Any, norm_stats: tuple[float, float] | None) -> dict[str, Any]:
+    # the corpus is keyed by its audio content (below), not by where it is stored
+    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "checkpoint_every", "corpus")}
+    return {
         "norm": [float(v) for v in norm_stats] if norm_stats is not None else None,
         "model": config.get("model"),
         "slots": {s: config.get(s) for s in model_slots},
         "pretrain": pre,
         "seed": config.get("seed"),
-        "audio": audio_digest(clips),
-        "n": len(clips),
     }
-    return config_hash(payload)
+
+
+def pretrain_hash(config: dict[str, Any], clips: Any, model_slots: Any,
+                  norm_stats: tuple[float, float] | None = None, cache_dir: str | Path | None = None) -> str:
+    """Hash of what determines a pretrained encoder: the model's component slots, pretraining
+    settings (minus bookkeeping), seed, the feature normalisation and the audio content it sees
+    (``cache_dir`` keeps the file digests between runs)."""
+    return config_hash({**_recipe(config, model_slots, norm_stats), "audio": audio_digest(clips, cache_dir),
+                        "n": len(clips)})
+
+
+def recipe_id(config: dict[str, Any], model_slots: Any, data_sha256: str) -> str:
+    """The ``init_id`` of rows whose encoder was pretrained split by split on a task's own
+    training audio: one id for the recipe and the task's data, since each split has its own
+    encoder (its ``pretrain_hash`` tells them apart)."""
+    return "per-split:" + config_hash({**_recipe(config, model_slots, None), "data": data_sha256})
+
+
+def pretrain_encoder(model: nn.Module, *, clips: Any, features: Any, indices: np.ndarray, num_frames: int,
+                     config: dict[str, Any], device: torch.device, cache_dir: Path, resume: bool = True,
+                     progress: bool = False, log: Callable[[str], None] = print,
+                     log_metrics: Callable[[dict[str, Any]], None] | None = None, label: str = "",
+                     name: str | None = None) -> dict[str, Any]:
+    """Pretrain ``model`` in place on ``features[indices]`` (the audio of ``clips``), or load the
+    finished pretraining with the same :func:`pretrain_hash` from ``<cache_dir>/pretrain/<hash>/``.
+
+    Returns its record (``meta.json``): ``hash``, ``loss``, ``epochs``, ``steps``, ``n_clips``,
+    ``compute``, ``path`` (the weights), ``weights_sha256`` and ``encoder_id`` (the weights'
+    content id, the ``init_id`` of rows evaluated from it), ``name`` (``{hash}`` in it becomes
+    the hash's first characters), and ``reused``.
+    """
+    from ..checkpoint import atomic_write_text, load_into, save_model
+    from ..config import MODEL_SLOTS
+    from ..provenance import ID_LENGTH, file_sha256
+    from ..runner import compute_columns, count_parameters, flops_per_sample, jsonable, spec_probe
+
+    prefix = f"[{label}] " if label else ""
+    h = pretrain_hash(config, clips, MODEL_SLOTS, getattr(model.frontend, "norm_stats", None), cache_dir)
+    name = name.format(hash=h[:6]) if name else None
+    out_dir = cache_dir / "pretrain" / h
+    final = out_dir / "pretrained.pt"
+    meta_path = out_dir / "meta.json"
+    t0 = time.time()
+    if D.broadcast_object(final.is_file() and meta_path.is_file()):
+        load_into(model, final, strict=True)
+        meta = json.loads(meta_path.read_text())
+        log(f"{prefix}pretrain: reusing {final} (hash {h}, final loss {meta['loss']:.4f})")
+        reused = True
+    else:
+        ds = SpecDataset(features, indices, num_frames, random_crop=True)
+        result = pretrain(model, ds, config, device=device, checkpoint_dir=out_dir, resume=resume,
+                          progress=progress, log_metrics=log_metrics)
+        probe = spec_probe(num_frames, model.ctx.num_bins, device)
+        step = StepContext(0, 0, 0, 0, 0, 1, 0)  # a fixed step: counting FLOPs must not consume any RNG
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            flops = flops_per_sample(lambda s: _method(model).loss(model, normalize(model, s), step), probe)
+        meta = {
+            "hash": h, "loss": result.final_loss, "epochs": result.epochs, "steps": result.steps,
+            "n_clips": len(indices), "corpus": config["pretrain"].get("corpus"), "num_frames": int(num_frames),
+            "norm": getattr(model.frontend, "norm_stats", None),
+            "compute": compute_columns(parameters=count_parameters(model), flops=flops, fit=result,
+                                       wall_s=result.wall_s, device=device, world_size=D.current().world_size),
+        }
+        if D.current().is_main:
+            save_model(model, final, pretrain_hash=h, **({"name": name} if name else {}))
+        D.barrier()
+        reused = False
+        resumed = (f"resumed from epoch {result.resumed_from[0] + 1} step {result.resumed_from[1]}, "
+                   if result.resumed_from else "")
+        log(f"{prefix}pretrain: {resumed}{result.epochs} epochs, final loss "
+            f"{result.final_loss:.4f}, {result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
+    if "weights_sha256" not in meta or (name and meta.get("name") != name):
+        meta["weights_sha256"] = file_sha256(final, cache_dir)
+        meta["encoder_id"] = meta["weights_sha256"][:ID_LENGTH]
+        meta["name"] = name or meta.get("name")
+        if D.current().is_main:
+            atomic_write_text(meta_path, json.dumps(meta, indent=1, default=jsonable))
+        D.barrier()
+    return {**meta, "path": str(final), "reused": reused}
 
 
 class PretrainProtocol(Protocol):
@@ -133,9 +211,7 @@ class PretrainProtocol(Protocol):
     help = "only pretrain (checkpoints are cached and reused by config hash)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
-        from ..checkpoint import atomic_write_text, load_into, save_model
         from ..config import MODEL_SLOTS
-        from ..runner import compute_columns, count_parameters, flops_per_sample, jsonable, spec_probe
 
         run, model = ctx.run, ctx.model
         corpus = ctx.section.corpus
@@ -145,41 +221,16 @@ class PretrainProtocol(Protocol):
         else:
             clips, feats = ctx.data.extra["unlabeled_clips"], ctx.data.features
             indices = np.asarray(ctx.data.extra["unlabeled"], dtype=np.int64)
-        h = pretrain_hash(ctx.config, clips, MODEL_SLOTS, getattr(model.frontend, "norm_stats", None))
-        out_dir = ctx.cache_dir / "pretrain" / h
-        final = out_dir / "pretrained.pt"
-        meta_path = out_dir / "meta.json"
-        t0 = time.time()
-        if D.broadcast_object(final.is_file() and meta_path.is_file()):
-            load_into(model, final, strict=True)
-            meta = json.loads(meta_path.read_text())
-            ctx.log(f"[{ctx.split}] pretrain: reusing {final} (hash {h}, final loss {meta['loss']:.4f})")
-            reused = True
-        else:
-            ds = SpecDataset(feats, indices, ctx.data.num_frames, random_crop=True)
-            result = pretrain(model, ds, ctx.config, device=ctx.device, checkpoint_dir=out_dir, resume=ctx.resume,
-                              progress=ctx.progress,
-                              log_metrics=lambda r: ctx.log_metrics({"split": ctx.split, **r}) if ctx.log_metrics
-                              else None)
-            probe = spec_probe(ctx.data.num_frames, model.ctx.num_bins, ctx.device)
-            step = StepContext(0, 0, 0, 0, 0, 1, 0)  # a fixed step: counting FLOPs must not consume any RNG
-            with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-                flops = flops_per_sample(lambda s: _method(model).loss(model, normalize(model, s), step), probe)
-            meta = {
-                "hash": h, "loss": result.final_loss, "epochs": result.epochs, "steps": result.steps,
-                "n_clips": len(indices), "corpus": corpus,
-                "compute": compute_columns(parameters=count_parameters(model), flops=flops, fit=result,
-                                           wall_s=result.wall_s, device=ctx.device,
-                                           world_size=D.current().world_size),
-            }
-            if D.current().is_main:
-                save_model(model, final, pretrain_hash=h)
-                atomic_write_text(meta_path, json.dumps(meta, indent=1, default=jsonable))
-            D.barrier()
-            reused = False
-            resumed = (f"resumed from epoch {result.resumed_from[0] + 1} step {result.resumed_from[1]}, "
-                       if result.resumed_from else "")
-            ctx.log(f"[{ctx.split}] pretrain: {resumed}{result.epochs} epochs, final loss "
-                    f"{result.final_loss:.4f}, {result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
-        return [ProtocolResult({"loss": meta["loss"]}, {**meta["compute"], "reused": reused, "pretrain_hash": h,
-                                                        "n_pretrain": meta["n_clips"]})]
+        meta = pretrain_encoder(
+            model, clips=clips, features=feats, indices=indices, num_frames=ctx.data.num_frames, config=ctx.config,
+            device=ctx.device, cache_dir=ctx.cache_dir, resume=ctx.resume, progress=ctx.progress, log=ctx.log,
+            log_metrics=(lambda r: ctx.log_metrics({"split": ctx.split, **r}))
+            if ctx.log_metrics else None, label=ctx.split)
+        # rows evaluated from this encoder: one encoder for every split (a corpus) is named by
+        # its weights; per-split encoders share the id of their recipe on this task's data
+        data_sha = getattr(run, "data_digest", {}).get("sha256", "") if run is not None else ""
+        encoder_id = meta["encoder_id"] if corpus else recipe_id(ctx.config, MODEL_SLOTS, data_sha)
+        return [ProtocolResult({"loss": meta["loss"]}, {**meta["compute"], "reused": meta["reused"],
+                                                        "pretrain_hash": meta["hash"], "n_pretrain": meta["n_clips"],
+                                                        "encoder_id": encoder_id,
+                                                        "encoder_sha256": meta["weights_sha256"]})]

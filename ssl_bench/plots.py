@@ -1,0 +1,235 @@
+"""PNG plots of a results root (``ssl-bench plot``), drawn with matplotlib's Agg canvas.
+
+* ``ablation-<key>.png``: for each setting that varies (or each ``--compare`` key), one panel
+  per task and protocol: a bar per value of the setting, per encoder (random init apart from
+  trained encoders), the height the mean of the task's primary metric, the error bar its 95%
+  interval (:func:`ssl_bench.results.summary`).
+* ``layers-<task>.png``: per-layer probe curves (rows with a ``layer`` column): the metric of
+  each layer with its 95% interval as a band, one line per model, encoder and protocol.
+* ``curves-<run-id>.png``: the training curves in the run's ``metrics.jsonl``: the
+  pretraining loss per epoch, the fine-tuning loss and its validation score, one line per
+  split.
+
+No pyplot state is touched (figures are built on their own canvas), so plotting from a
+notebook or a server thread leaves the user's backend alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .checkpoint import _atomic_write
+from .results import primary_rows, splitting_columns, summary
+
+#: At most this many settings get an ablation plot when none are named.
+MAX_AUTO_ABLATIONS = 6
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return _atomic_write(path, "wb", lambda fh: fh.write(buf.getvalue()))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+def _order(values: list[Any]) -> list[Any]:
+    def key(v: Any) -> tuple:
+        try:
+            return (0, float(v), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(v))
+
+    return sorted(values, key=key)
+
+
+# --------------------------------------------------------------------------- ablations
+def plot_ablation(df: pd.DataFrame, key: str, path: Path) -> Path | None:
+    """Bars of the primary metric per value of ``key``, with 95% intervals (see module)."""
+    rows = primary_rows(df[df["protocol"] != "pretrain"])
+    if rows.empty or key not in rows.columns:
+        return None
+    rows = rows.copy()
+    rows["encoder"] = np.where(rows["init_id"].astype(str) == "random", "random init", "trained encoder")
+    s = summary(rows, by=[key, "encoder"])
+    panels = sorted({(t, p, m) for t, p, m in zip(s["task"], s["protocol"], s["metric"])})
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig = _figure(4.2 * cols, 3.4 * nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False)).ravel()
+    encoders = [e for e in ("trained encoder", "random init") if e in set(s["encoder"])]
+    colors = {"trained encoder": "#1f77b4", "random init": "#bbbbbb"}
+    for ax, (task, protocol, metric) in zip(axes, panels):
+        part = s[(s["task"] == task) & (s["protocol"] == protocol) & (s["metric"] == metric)]
+        values = _order(list(dict.fromkeys(part[key].tolist())))
+        width = 0.8 / len(encoders)
+        for j, enc in enumerate(encoders):
+            sub = part[part["encoder"] == enc].groupby(key, sort=False).agg(
+                mean=("mean", "mean"), ci=("ci95", "max"), n=("n", "sum"))
+            xs, heights, errs = [], [], []
+            for i, v in enumerate(values):
+                if v in sub.index:
+                    xs.append(i + (j - (len(encoders) - 1) / 2) * width)
+                    heights.append(sub.loc[v, "mean"])
+                    ci = sub.loc[v, "ci"]
+                    errs.append(ci if math.isfinite(ci) else 0.0)
+            ax.bar(xs, heights, width=width * 0.95, yerr=errs, capsize=4, color=colors[enc], label=enc,
+                   edgecolor="black", linewidth=0.5)
+            for x, h in zip(xs, heights):
+                ax.annotate(f"{h:.3f}", (x, h), textcoords="offset points", xytext=(0, 2), ha="center",
+                            va="bottom", fontsize=7)
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{task} · {protocol}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{key}: mean over splits and seeds, error bars = 95% CI", fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- layers
+def plot_layers(df: pd.DataFrame, task: str, path: Path) -> Path | None:
+    """The metric of each layer with its 95% interval, per model / encoder / protocol."""
+    if "layer" not in df.columns:
+        return None
+    rows = df[(df["task"] == task) & (df["layer"].astype(str) != "") & df["layer"].notna()]
+    rows = primary_rows(rows)
+    if rows.empty:
+        return None
+    rows = rows.copy()
+    rows["layer_n"] = pd.to_numeric(rows["layer"], errors="coerce")
+    rows = rows[rows["layer_n"].notna()]
+    if rows.empty:
+        return None
+    fig = _figure(6.0, 3.8)
+    ax = fig.subplots()
+    metric = rows["metric"].iloc[0]
+    for (model, init, init_id, protocol), part in rows.groupby(["model", "init", "init_id", "protocol"], sort=True):
+        s = summary(part, by=["layer_n"]).sort_values("layer_n")
+        x = s["layer_n"].to_numpy(dtype=float)
+        y = s["mean"].to_numpy(dtype=float)
+        ci = np.nan_to_num(s["ci95"].to_numpy(dtype=float))
+        style = "--" if str(init_id) == "random" else "-"
+        line, = ax.plot(x, y, style, marker="o", ms=3, label=f"{model} {init} ({protocol})")
+        ax.fill_between(x, y - ci, y + ci, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("layer (0 = patch embedding)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: per-layer probe, band = 95% CI", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- training curves
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def plot_curves(run_dir: Path, path: Path) -> Path | None:
+    """Pretraining loss, fine-tuning loss and validation score per epoch, one line per split."""
+    from matplotlib.ticker import MaxNLocator
+
+    records = [r for r in read_metrics(run_dir) if "epoch" in r and isinstance(r.get("loss"), (int, float))]
+    if not records:
+        return None
+    panels: list[tuple[str, str, list[dict[str, Any]]]] = []
+    pre = [r for r in records if r.get("protocol") == "pretrain"]
+    fine = [r for r in records if r.get("protocol") == "finetune"]
+    if pre:
+        panels.append(("pretraining loss", "loss", pre))
+    if fine:
+        panels.append(("fine-tuning loss", "loss", fine))
+        valid_keys = sorted({k for r in fine for k in r if k.startswith("valid_") and k != "valid_loss"
+                             and isinstance(r[k], (int, float))})
+        if valid_keys:
+            panels.append((f"fine-tuning {valid_keys[0]}", valid_keys[0], fine))
+    if not panels:
+        return None
+    fig = _figure(4.0 * len(panels), 3.3)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    for ax, (title, key, recs) in zip(axes, panels):
+        groups: dict[str, list[tuple[int, float]]] = {}
+        for r in recs:
+            if isinstance(r.get(key), (int, float)):
+                label = str(r.get("split", ""))
+                if r.get("init") not in (None, "", "pretrained", "random"):
+                    label += f" {r['init']}"
+                groups.setdefault(label, []).append((int(r["epoch"]), float(r[key])))
+        for label, points in sorted(groups.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(key)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if len(groups) > 1:
+            ax.legend(fontsize=7, title="split", title_fontsize=7)
+    fig.suptitle(run_dir.name, fontsize=9)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- all
+def plot_results(df: pd.DataFrame, root: str | Path, out: str | Path,
+                 compare: list[str] | None = None) -> list[Path]:
+    """Every plot the rows of ``df`` (loaded from ``root``) allow, written under ``out``."""
+    out = Path(out)
+    written: list[Path] = []
+    keys = list(compare) if compare else splitting_columns(
+        df[df["protocol"] != "pretrain"], ["model", "task", "protocol", "metric"])[:MAX_AUTO_ABLATIONS]
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        from .config import ConfigError
+
+        valid = sorted(c for c in df.columns if "." in c)
+        raise ConfigError(f"plot --compare: no column {', '.join(missing)}; config columns: {', '.join(valid)}")
+    for key in keys:
+        p = plot_ablation(df, key, out / f"ablation-{_slug(key)}.png")
+        if p is not None:
+            written.append(p)
+    for task in sorted(df["task"].dropna().unique()):
+        p = plot_layers(df, task, out / f"layers-{_slug(task)}.png")
+        if p is not None:
+            written.append(p)
+    for run_id in sorted(df["run_id"].dropna().unique()):
+        p = plot_curves(Path(root) / run_id, out / f"curves-{_slug(run_id)}.png")
+        if p is not None:
+            written.append(p)
+    return written

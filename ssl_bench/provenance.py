@@ -1,0 +1,356 @@
+"""What produced a number: content digests of audio and weights, and a run's provenance record.
+
+* :func:`file_sha256` hashes a file's bytes, cached per ``(path, size, mtime)`` in a small
+  SQLite table under the cache root, so a rerun over the same files reads none of them again
+  and a file replaced in place (new size or mtime) is hashed anew.
+* :func:`audio_digest` is the digest of the *content* of the audio a pretraining reads (the
+  sorted file digests: the same sounds under other paths give the same digest, other sounds
+  under the same paths do not); :func:`dataset_digest` also covers the clip keys (labels hang
+  on them) and is what a run records of its task's data.
+* :func:`encoder_identity` names an encoder by content: ``init_id`` is the SHA-256 prefix of a
+  checkpoint's weights (of a Hugging Face directory: its weights and JSON configs), with a
+  readable ``init`` name, and the ssl-bench config saved in it, when there is one.
+* :func:`run_record` is the provenance block of ``result.json``: ssl-bench version, git commit
+  (and whether the checkout was dirty), Python/torch/torchaudio/CUDA versions, device, host,
+  command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import shlex
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+#: Length of the hex prefixes used as ids in tables (48 bits: collisions are not a concern).
+ID_LENGTH = 12
+#: File names too generic to tell checkpoints apart: their folder's name is put in front.
+GENERIC_NAMES = {"pretrained", "checkpoint", "model", "pytorch_model", "best", "last", "final", "weights",
+                 "encoder"}
+CHUNK = 1 << 20
+
+_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- file digests
+class DigestCache:
+    """``path -> (size, mtime_ns, sha256)`` in ``<dir>/digests.sqlite`` (in memory when ``dir``
+    is None).  Several processes may share the file: SQLite serialises the writes."""
+
+    def __init__(self, directory: str | Path | None):
+        self.path = Path(directory) / "digests.sqlite" if directory is not None else None
+        self.memory: dict[str, tuple[int, int, str]] = {}
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self.path is None:
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=60)
+        con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                    "sha256 TEXT)")
+        return con
+
+    def lookup(self, paths: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        found = {p: self.memory[p] for p in paths if p in self.memory}
+        con = self._connect()
+        if con is not None:
+            with con:
+                wanted = [p for p in paths if p not in found]
+                for i in range(0, len(wanted), 500):
+                    part = wanted[i:i + 500]
+                    rows = con.execute(f"SELECT path, size, mtime_ns, sha256 FROM files WHERE path IN "
+                                       f"({','.join('?' * len(part))})", part).fetchall()
+                    found.update({r[0]: (r[1], r[2], r[3]) for r in rows})
+            con.close()
+        return found
+
+    def store(self, entries: dict[str, tuple[int, int, str]]) -> None:
+        self.memory.update(entries)
+        con = self._connect()
+        if con is None or not entries:
+            return
+        with con:
+            con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
+                            [(p, *v) for p, v in entries.items()])
+        con.close()
+
+
+def _hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = None,
+                 threads: int | None = None) -> dict[str, str]:
+    """``{absolute path: sha256 hex}`` of the existing files among ``paths`` (missing ones are
+    left out), hashing only those whose size or mtime changed since they were last hashed."""
+    stats: dict[str, tuple[int, int]] = {}
+    for p in paths:
+        key = str(Path(p).expanduser().resolve())
+        try:
+            st = os.stat(key)
+        except OSError:
+            continue
+        stats[key] = (st.st_size, st.st_mtime_ns)
+    cache = DigestCache(cache_dir)
+    with _lock:
+        known = cache.lookup(list(stats))
+    out, todo = {}, []
+    for key, (size, mtime) in stats.items():
+        hit = known.get(key)
+        if hit is not None and hit[0] == size and hit[1] == mtime:
+            out[key] = hit[2]
+        else:
+            todo.append(key)
+    if todo:
+        workers = threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL on large blocks
+            digests = list(pool.map(_hash_file, todo))
+        fresh = {key: (*stats[key], d) for key, d in zip(todo, digests)}
+        with _lock:
+            cache.store(fresh)
+        out.update({key: d for key, d in zip(todo, digests)})
+    return out
+
+
+def file_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """SHA-256 of one file's bytes (cached as :func:`file_digests`)."""
+    found = file_digests([path], cache_dir)
+    if not found:
+        raise FileNotFoundError(f"{path}: no such file")
+    return next(iter(found.values()))
+
+
+def audio_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) -> str:
+    """Digest of the audio content of ``clips`` (objects with ``.path``): the sorted SHA-256 of
+    each readable file, so it follows the sounds, not where they are stored."""
+    digests = file_digests([c.path for c in clips], cache_dir)
+    missing = len({str(Path(c.path).expanduser().resolve()) for c in clips}) - len(digests)
+    text = "\n".join(sorted(digests.values())) + f"\nmissing {missing}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dataset_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """What a run records of the data it read: ``{"sha256", "files", "bytes", "missing"}``; the
+    digest covers each clip's key (its labels hang on it) and its content."""
+    digests = file_digests([c.path for c in clips], cache_dir)
+    lines, total, missing = [], 0, 0
+    for c in clips:
+        key = str(Path(c.path).expanduser().resolve())
+        d = digests.get(key)
+        if d is None:
+            missing += 1
+            continue
+        total += os.stat(key).st_size
+        lines.append(f"{c.key}\t{d}")
+    text = "\n".join(sorted(lines))
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "files": len(lines), "bytes": total,
+            "missing": missing}
+
+
+# --------------------------------------------------------------------------- encoders
+def _weights_files(path: Path) -> list[Path]:
+    """The files whose bytes make up a checkpoint: the file, or a directory's weights and JSON
+    configuration files (a Hugging Face model directory)."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = [p for p in sorted(path.iterdir()) if p.is_file()
+                 and (p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt") or p.suffix == ".json")]
+        if files:
+            return files
+    raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+
+
+def weights_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """SHA-256 of a checkpoint's content (a directory's files, by name and content)."""
+    path = Path(path).expanduser()
+    files = _weights_files(path)
+    if len(files) == 1 and files[0] == path:
+        return file_sha256(path, cache_dir)
+    digests = file_digests(files, cache_dir)
+    text = "\n".join(f"{p.name}\t{digests[str(p.resolve())]}" for p in files)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def readable_name(path: str | Path) -> str:
+    """A short name for a checkpoint: its stem, behind its folder's name when the stem says
+    nothing (``run-a/pretrained``), a directory's own name."""
+    path = Path(path).expanduser()
+    stem = path.name if path.is_dir() else path.stem
+    parent = path.parent.name
+    if stem.lower() in GENERIC_NAMES and parent:
+        if len(parent) >= 12 and all(c in "0123456789abcdef" for c in parent.lower()):
+            return f"{stem}-{parent[:6]}"  # an encoder in the pretraining cache: <hash>/pretrained.pt
+        return f"{parent}/{stem}"
+    return stem
+
+
+@lru_cache(maxsize=64)
+def _ssl_bench_payload(path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
+    """The non-tensor part of an ssl-bench checkpoint (config, name, pretraining hash), read
+    with ``mmap`` so that the weights themselves are not read."""
+    if path.endswith(".safetensors"):
+        return None
+    import torch
+
+    from .checkpoint import SAFE_GLOBALS, is_ssl_bench
+
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - foreign or legacy formats: the importer reports them
+        return None
+    if not is_ssl_bench(obj):
+        return None
+    return {k: v for k, v in obj.items() if k != "model"}
+
+
+def checkpoint_payload(path: str | Path) -> dict[str, Any] | None:
+    """``{"config": ..., "name": ..., "pretrain_hash": ...}`` of an ssl-bench checkpoint file
+    (``None`` for official, Hugging Face and other files, and for directories)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    st = path.stat()
+    payload = _ssl_bench_payload(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return copy.deepcopy(payload) if payload is not None else None
+
+
+def encoder_identity(path: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """``{"init", "init_id", "sha256", "config"}`` of a checkpoint: a readable name (the name
+    saved in an ssl-bench checkpoint, else :func:`readable_name`), the content id, the full
+    digest, and the ssl-bench config saved with it (``None`` when it carries none)."""
+    digest = weights_digest(path, cache_dir)
+    payload = checkpoint_payload(path) or {}
+    name = _stored_name(Path(path).expanduser(), digest) or payload.get("name") or readable_name(path)
+    return {"init": str(name), "init_id": digest[:ID_LENGTH], "sha256": digest, "config": payload.get("config")}
+
+
+def find_checkpoint(ref: str | Path, cache_dir: str | Path) -> Path:
+    """The checkpoint ``ref`` names: an existing file or directory, else the id of an encoder
+    in ``<cache_dir>/pretrain/`` (a prefix of its weights' SHA-256, its ``init_id``, or of its
+    pretraining hash), as ``ssl-bench pretrain`` prints it."""
+    from .config import ConfigError
+
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    text = str(ref).strip().lower()
+    store = Path(cache_dir) / "pretrain"
+    known: list[tuple[str, str, Path]] = []
+    for meta_path in sorted(store.glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        weights = meta_path.parent / "pretrained.pt"
+        if weights.is_file():
+            known.append((str(meta.get("weights_sha256", "")), meta_path.parent.name, weights))
+    if len(text) >= 6 and all(c in "0123456789abcdef" for c in text):
+        hits = {w for sha, h, w in known if sha.startswith(text) or h.startswith(text)}
+        if len(hits) == 1:
+            return hits.pop()
+        if len(hits) > 1:
+            raise ConfigError(f"--checkpoint {ref}: {len(hits)} encoders under {store} start with this id; "
+                              "give more of it")
+    ids = ", ".join(sha[:ID_LENGTH] for sha, _, _ in known if sha) or "none"
+    raise ConfigError(f"--checkpoint {ref}: no such file or directory, and no encoder with that id under {store} "
+                      f"(encoder ids there: {ids})")
+
+
+def _stored_name(path: Path, digest: str) -> str | None:
+    """The name ``ssl-bench pretrain --name`` gave an encoder (its ``meta.json``), if the file
+    is that encoder's weights."""
+    meta_path = path.parent / "meta.json"
+    if not path.is_file() or not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("name") if meta.get("weights_sha256") == digest else None
+
+
+# --------------------------------------------------------------------------- the run
+@lru_cache(maxsize=1)
+def git_state() -> dict[str, Any] | None:
+    """``{"commit", "dirty"}`` of the checkout ssl-bench runs from, or ``None`` when it is an
+    installed copy (or git is not there)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=20, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def versions() -> dict[str, Any]:
+    """ssl-bench, Python, torch, torchaudio, CUDA and cuDNN versions."""
+    import torch
+
+    from . import __version__
+
+    try:
+        import torchaudio
+
+        ta = torchaudio.__version__
+    except Exception:  # noqa: BLE001 - recorded as absent
+        ta = None
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"ssl_bench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchaudio": ta, "cuda": torch.version.cuda, "cudnn": cudnn}
+
+
+def code_version() -> str:
+    """``0.1.0+g<commit12>[.dirty]`` from a checkout, else the package version: one column that
+    says which code produced a row."""
+    from . import __version__
+
+    git = git_state()
+    if git is None:
+        return __version__
+    return f"{__version__}+g{git['commit'][:ID_LENGTH]}{'.dirty' if git['dirty'] else ''}"
+
+
+def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The provenance block of a run record (see the module docstring)."""
+    import torch
+
+    dev = torch.device(device) if device is not None else None
+    name = torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else (
+        platform.processor() or platform.machine())
+    argv = list(sys.argv if argv is None else argv)
+    return {
+        "versions": versions(),
+        "git": git_state(),
+        "code_version": code_version(),
+        "device": {"type": dev.type if dev is not None else None, "name": name},
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "command": shlex.join([Path(argv[0]).name if argv else "python", *argv[1:]]),
+    }
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON round trip of ``obj`` (tuples become lists), for comparing records."""
+    return json.loads(json.dumps(obj, default=str))
