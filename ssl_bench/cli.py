@@ -351,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
     from .registry import set_registry
 
+    from .provenance import set_command
+
+    set_command(argv)  # what run records report as the command line
     registry = _registry(argv)
     previous = set_registry(registry)
     try:

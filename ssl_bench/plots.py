@@ -138,6 +138,9 @@ def plot_layers(df: pd.DataFrame, task: str, path: Path) -> Path | None:
         style = "--" if str(init_id) == "random" else "-"
         line, = ax.plot(x, y, style, marker="o", ms=3, label=f"{model} {init} ({protocol})")
         ax.fill_between(x, y - ci, y + ci, color=line.get_color(), alpha=0.2, linewidth=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (0 = patch embedding)")
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: per-layer probe, band = 95% CI", fontsize=10)

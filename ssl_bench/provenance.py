@@ -332,6 +332,17 @@ def code_version() -> str:
     return f"{__version__}+g{git['commit'][:ID_LENGTH]}{'.dirty' if git['dirty'] else ''}"
 
 
+#: The command line of this process's ssl-bench command (set by the CLI, which may be called
+#: in-process with its own argv); ``sys.argv`` when unset.
+_COMMAND: list[str] | None = None
+
+
+def set_command(argv: Sequence[str] | None) -> None:
+    """Record ``ssl-bench <argv>`` as the command line runs report (``None``: ``sys.argv``)."""
+    global _COMMAND
+    _COMMAND = ["ssl-bench", *argv] if argv is not None else None
+
+
 def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The provenance block of a run record (see the module docstring)."""
     import torch
@@ -339,7 +350,7 @@ def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[st
     dev = torch.device(device) if device is not None else None
     name = torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else (
         platform.processor() or platform.machine())
-    argv = list(sys.argv if argv is None else argv)
+    argv = list(argv if argv is not None else _COMMAND or sys.argv)
     return {
         "versions": versions(),
         "git": git_state(),
