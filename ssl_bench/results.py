@@ -202,8 +202,9 @@ def run_dirs(root: str | Path) -> list[Path]:
 def load(root: str | Path = "results") -> pd.DataFrame:
     """Every finished run under ``root`` as one tidy DataFrame (see module docstring).
 
-    Rows of runs written before encoders had ids get ``init_id`` ``random`` (random rows) or
-    ``unknown:<run id>`` (one id per run, so they never pool with other checkpoints)."""
+    Rows of runs written before encoders had ids keep ``random`` and ``pretrained`` (an in-run
+    pretraining, told apart by the config columns) as their ``init_id``; a checkpoint's row
+    gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name."""
     frames = []
     for d in run_dirs(root):
         try:
@@ -216,7 +217,7 @@ def load(root: str | Path = "results") -> pd.DataFrame:
             continue
         df = pd.DataFrame(rows)
         if "init_id" not in df.columns:
-            df["init_id"] = [("random" if i == "random" else f"unknown:{d.name}") for i in df["init"]]
+            df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
         flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
         if flat:
             df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
