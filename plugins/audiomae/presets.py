@@ -90,14 +90,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrain.epochs": 80, "pretrain.warmup_epochs": 4, "pretrain.batch_size": 16, "pretrain.blr": 0.024,
         "pretrain.weight_decay": 0.05, "pretrain.checkpoint_every": 10,
         # Fine-tuning: the rule of scaled_recipe (lr 7.5e-4 x {1/3, 1, 3} at batch 16, chosen on
-        # validation; head initialised by a linear probe).
+        # validation with the augmentation strength, 0 or 1; head initialised by a linear probe).
         "finetune.epochs": 30, "finetune.warmup_epochs": 3, "finetune.batch_size": 16,
         **scaled_recipe(64),
         "finetune.drop_path": 0.0,
         "linear.batch_size": 32,
     },
     # ViT-S for tasks of a few hundred to a few thousand clips: the fine-tuning rule of
-    # scaled_recipe (blr 2e-3, lr chosen on validation, probe-initialised head)
+    # scaled_recipe (blr 2e-3, lr and augmentation strength chosen on validation, probe-initialised head)
     "small": {**_vit(384, 12, 6), **scaled_recipe(384)},
     "base": {**_vit(768, 12, 12)},
     "large": {**_vit(1024, 24, 16)},

@@ -283,11 +283,13 @@ def scaled_recipe(dim: int, *, reference_blr: float = REFERENCE_BLR,
       LP-FT): with a few hundred clips a near-zero head sends the encoder uninformative
       gradients for much of the short run, and the probe's solution is where fine-tuning
       should start from;
-    * **augmentation and token dropping** keep the task recipe's strength.  ``aug_factors``
-      can choose it on validation too, but each grid point is a whole fine-tuning, and with
-      validation sets of 16 to 32 clips (a tenth of a small task's training folds) a bigger
-      grid mostly adds selection noise: on the synthetic task's fold 1, x{1/3, 1, 3} lr x {0, 1}
-      strength chose a setting that scored 0.45 on test against 0.525 for the lr grid alone.
+    * **augmentation and token dropping**: their strength is chosen on validation between
+      none and the task recipe's (``aug_factors: [0, 1]``).  A recipe made for ViT-B and
+      thousands of clips can starve a small model of fit: on the ESC-50-layout fixture
+      (288 training clips, tiny) SpecAugment 24/96 with 0.2/0.2 token dropping left the
+      training loss at 1.1-1.5 after 30 epochs and, against the probe-initialised head, sent
+      it to 4-9 in the first epoch (the head was fitted on clean inputs); without them the
+      same run reached 0.7 and 0.875 validation accuracy against 0.78.
     """
     if dim <= 0:
         raise ValueError(f"scaled_recipe: width must be positive, got {dim}")
@@ -295,6 +297,7 @@ def scaled_recipe(dim: int, *, reference_blr: float = REFERENCE_BLR,
         "finetune.lr": None,
         "finetune.blr": reference_blr * reference_width / dim,
         "finetune.lr_factors": list(SCALED_LR_FACTORS),
+        "finetune.aug_factors": [0.0, 1.0],
         "finetune.head_init": "probe",
     }
 
