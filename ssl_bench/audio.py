@@ -32,15 +32,17 @@ _INT16_SUBTYPES = frozenset({"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"})
 _INT32_SUBTYPES = frozenset({"PCM_24", "PCM_32"})
 
 
-def _read_float32(path: Path) -> tuple[np.ndarray, int]:
+def _read_float32(path: Path) -> tuple[np.ndarray, int, bool]:
+    """``(samples [N] or [N, C] float32, rate, whether the samples can be non-finite)``."""
     with sf.SoundFile(str(path)) as f:
+        two_d = f.channels > 1
         if f.subtype in _INT16_SUBTYPES:
-            data = f.read(dtype="int16", always_2d=True)
-            return np.multiply(data, np.float32(1 / 2**15), dtype=np.float32), f.samplerate
+            data = f.read(dtype="int16", always_2d=two_d)
+            return np.multiply(data, np.float32(1 / 2**15), dtype=np.float32), f.samplerate, False
         if f.subtype in _INT32_SUBTYPES:
-            data = f.read(dtype="int32", always_2d=True)
-            return np.multiply(data, np.float32(1 / 2**31), dtype=np.float32), f.samplerate
-        return f.read(dtype="float32", always_2d=True), f.samplerate
+            data = f.read(dtype="int32", always_2d=two_d)
+            return np.multiply(data, np.float32(1 / 2**31), dtype=np.float32), f.samplerate, False
+        return f.read(dtype="float32", always_2d=two_d), f.samplerate, True
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -49,22 +51,22 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     The samples are ``soundfile.read(path, dtype="float32")``'s; multi-channel audio is
     averaged to mono.  Raises :class:`AudioError` for a file that is missing, unreadable,
     empty, or holds NaN/inf samples.  Thread-safe, and soundfile releases the GIL while it
-    decodes, so a thread pool reads files in parallel.
+    decodes, so threads read files in parallel.
     """
     path = Path(path)
     if not path.is_file():  # soundfile reports a missing file as an opaque "System error"
         raise AudioError(f"{path}: no such audio file")
     try:
-        data, sr = _read_float32(path)
+        data, sr, floating = _read_float32(path)
     except FileNotFoundError:
         raise AudioError(f"{path}: no such audio file") from None
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types for bad files
         raise AudioError(f"{path}: cannot decode audio ({str(exc).strip() or type(exc).__name__})") from None
     if data.size == 0:
         raise AudioError(f"{path}: audio file is empty (0 samples)")
-    if not np.isfinite(data).all():
+    if floating and not np.isfinite(data).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    wave = data.mean(axis=1) if data.ndim > 1 else data
     return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
 
 
