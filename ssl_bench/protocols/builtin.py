@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from ..hookspecs import hookimpl
 from .finetune import FinetuneProtocol
+from .knn import KNNProtocol
+from .layers import LayersProtocol
+from .mlp import MLPProtocol
 from .pretrain import PretrainProtocol
 from .probe import LinearProtocol
 
@@ -13,3 +16,6 @@ def register_protocols(register):
     register("pretrain", PretrainProtocol)
     register("finetune", FinetuneProtocol)
     register("linear", LinearProtocol)
+    register("knn", KNNProtocol)
+    register("mlp", MLPProtocol)
+    register("layers", LayersProtocol)

@@ -1,0 +1,383 @@
+"""The joint torch linear probe: one model for all classes, full-batch L-BFGS, on any device.
+
+scikit-learn's probe fits one logistic regression per class for a multi-label task (527 of them
+for AudioSet), each a matrix-vector problem bound by memory bandwidth.  Here every class is
+fitted at once, so each L-BFGS step is two matrix products, on the GPU when there is one.
+
+It solves the same problems as :func:`~ssl_bench.protocols.probe.fit_linear`, so the two agree
+up to convergence:
+
+* single-label: multinomial softmax cross-entropy (a binary logistic regression on one logit
+  when the training part has two classes, as scikit-learn does);
+* multi-label: the sum over classes of the binary cross-entropy, i.e. one-vs-rest, jointly;
+* the objective is scikit-learn's divided by ``C * n``:
+  ``mean_i loss_i + ||W||^2 / (2 C n)`` (biases unpenalised), and L-BFGS stops when every
+  gradient entry is below ``1e-4``, scikit-learn's ``tol`` on that same scaled objective;
+* features standardised with the training part's mean and (population) std; ``C`` chosen on
+  ``valid`` by the first metric, ties keep the smaller ``C``; ``test`` scored once.
+
+The ``C`` grid is walked from the strongest regularisation to the weakest, each fit starting
+from the previous solution (warm start).  The fit runs in float32 with TF32 matmuls off.
+:func:`fit_layer_mixture` reuses the same machinery for SUPERB's learned weighted sum of layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..metrics import evaluate
+from .probe import ProbeResult
+
+#: L-BFGS stops when the largest gradient entry of the scaled objective is below this
+#: (scikit-learn's LogisticRegression ``tol``, applied the same way).
+GRAD_TOL = 1e-4
+HISTORY = 20
+PARTS = ("train", "valid", "test")
+
+
+@contextlib.contextmanager
+def _full_float32(device: torch.device) -> Iterator[None]:
+    """No TF32 matmuls while fitting: L-BFGS needs gradients good to 1e-4."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+class _Targets:
+    """The loss and the scores of one kind of target (multi-label, binary or multinomial)."""
+
+    def __init__(self, y_train: np.ndarray, num_classes: int, multilabel: bool, device: torch.device):
+        self.num_classes, self.multilabel = num_classes, multilabel
+        if multilabel:
+            self.classes = np.arange(num_classes)
+            self.target = torch.as_tensor(np.asarray(y_train, dtype=np.float32), device=device)
+            self.outputs = num_classes
+            return
+        y = np.asarray(y_train).astype(np.int64)
+        self.classes = np.unique(y)  # classes absent from training score 0, as in scikit-learn
+        if len(self.classes) < 2:
+            raise ValueError("linear probe: the training part has fewer than two classes")
+        local = np.searchsorted(self.classes, y)
+        self.binary = len(self.classes) == 2
+        self.outputs = 1 if self.binary else len(self.classes)
+        self.target = torch.as_tensor(local.astype(np.float32) if self.binary else local, device=device)
+        if self.binary:
+            self.target = self.target[:, None]
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Mean over examples of the loss (summed over classes for multi-label)."""
+        n = logits.shape[0]
+        if self.multilabel or self.binary:
+            return F.binary_cross_entropy_with_logits(logits, self.target, reduction="sum") / n
+        return F.cross_entropy(logits, self.target, reduction="sum") / n
+
+    def scores(self, logits: torch.Tensor) -> np.ndarray:
+        """``[N, num_classes]`` probabilities (float64)."""
+        logits = logits.double()
+        if self.multilabel:
+            return torch.sigmoid(logits).cpu().numpy()
+        if self.binary:
+            p = torch.sigmoid(logits[:, 0])
+            proba = torch.stack([1 - p, p], dim=1)
+        else:
+            proba = torch.softmax(logits, dim=1)
+        out = np.zeros((logits.shape[0], self.num_classes), dtype=np.float64)
+        out[:, self.classes] = proba.cpu().numpy()
+        return out
+
+
+def standardise(X: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Each part as float32 on ``device``, standardised with the training part's statistics
+    over the last axis (scikit-learn's ``StandardScaler``: population std, a constant feature
+    keeps scale 1); works for ``[N, D]`` and per-layer ``[N, K, D]`` embeddings alike."""
+    train = torch.as_tensor(np.asarray(X["train"]), device=device, dtype=torch.float64)
+    mean = train.mean(dim=0)
+    std = train.std(dim=0, unbiased=False)
+    std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
+    out = {}
+    for part, x in X.items():
+        t = torch.as_tensor(np.asarray(x), device=device, dtype=torch.float64)
+        out[part] = ((t - mean) / std).float()
+    return out
+
+
+class LinearHead(nn.Module):
+    """``x @ W.T + b``; ``W`` is the penalised weight (zeros at the start, as scikit-learn)."""
+
+    def __init__(self, dim: int, outputs: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, outputs)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def penalised(self) -> list[torch.Tensor]:
+        return [self.linear.weight]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class LayerMixture(nn.Module):
+    """SUPERB's weighted sum: ``softmax(w) . x[:, k]`` over the layers, then a linear head.
+
+    The weighted sum is standardised again with its training-part statistics (recomputed in
+    every full-batch training forward, kept for evaluation), so the head's L2 penalty sees
+    features of the same scale whatever the weights: without it, a mixture of weakly correlated
+    layers has a smaller norm than any single layer, and the penalty alone would push the
+    weights to one layer.  The layer weights start equal and are not penalised.
+    """
+
+    def __init__(self, layers: int, dim: int, outputs: int):
+        super().__init__()
+        self.layer_logits = nn.Parameter(torch.zeros(layers))
+        self.head = LinearHead(dim, outputs)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def penalised(self) -> list[torch.Tensor]:
+        return self.head.penalised()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [N, K, D]
+        z = torch.einsum("k,nkd->nd", self.weights(), x)
+        if self.training:  # the full training part: its statistics, differentiated through
+            mean, std = z.mean(dim=0), z.std(dim=0, unbiased=False).clamp_min(1e-6)
+            self.mean.copy_(mean.detach())
+            self.std.copy_(std.detach())
+        else:
+            mean, std = self.mean, self.std
+        return self.head((z - mean) / std)
+
+
+def lbfgs_fit(model: nn.Module, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+    """Minimise ``mean loss + ||penalised||^2 / (2 C n)`` over ``model``'s parameters from where
+    they are (warm start), full batch, L-BFGS with a strong-Wolfe line search; returns the
+    number of iterations."""
+    n = x.shape[0]
+    strength = 0.5 / (float(C) * n)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=int(max_iter), max_eval=int(max_iter) * 5 // 4,
+                            tolerance_grad=GRAD_TOL, tolerance_change=1e-12, history_size=HISTORY,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=False)
+        loss = targets.loss(model(x)) + strength * sum(p.pow(2).sum() for p in model.penalised())
+        loss.backward()
+        return loss
+
+    model.train()
+    opt.step(closure)
+    if any(True for _ in model.buffers()):  # statistics of the accepted point, not the last line-search trial
+        with torch.no_grad():
+            model(x)
+    model.eval()
+    state = opt.state[next(iter(model.parameters()))]
+    return int(state.get("n_iter", 0))
+
+
+@torch.no_grad()
+def per_class_lbfgs_fit(model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+    """Multi-label: minimise each class's ``mean BCE + ||w_k||^2 / (2 C n)`` with its own L-BFGS
+    (history, step length, stopping), all classes' products in one matrix product per step.
+
+    The classes of a multi-label probe are independent problems (scikit-learn's one-vs-rest),
+    and one L-BFGS over all of them shares a single step length and curvature history between
+    classes whose curvatures differ by orders of magnitude (rare and common labels): it needs
+    several times the iterations of per-class fits.  Here each class keeps its own two-loop
+    recursion and Armijo backtracking step and stops when its own largest gradient entry is
+    below ``GRAD_TOL`` (scikit-learn's per-class criterion), so only the classes still moving
+    are evaluated.  The objective is convex, so every accepted step has positive curvature.
+    Returns the number of iterations of the slowest class.
+    """
+    n = x.shape[0]
+    lam = 1.0 / (float(C) * n)
+    x1 = torch.cat([x, x.new_ones(n, 1)], dim=1)  # the bias is the last, unpenalised, column
+    lin = model.linear
+    theta = torch.cat([lin.weight, lin.bias[:, None]], dim=1).clone()  # [K, D + 1]
+    K = theta.shape[0]
+    Y = targets.target
+
+    def value_grad(th: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        yk = Y if len(idx) == K else Y[:, idx]
+        logits = x1 @ th.T
+        f = F.binary_cross_entropy_with_logits(logits, yk, reduction="none").sum(0) / n
+        f += 0.5 * lam * th[:, :-1].pow(2).sum(1)
+        g = (torch.sigmoid(logits) - yk).T @ x1 / n
+        g[:, :-1] += lam * th[:, :-1]
+        return f, g
+
+    every = torch.arange(K, device=x.device)
+    f, g = value_grad(theta, every)
+    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1 / s.y), zero rows: no pair
+    active = g.abs().amax(dim=1) > GRAD_TOL
+    it = 0
+    while it < max_iter and bool(active.any()):
+        it += 1
+        a = active.nonzero().squeeze(1)
+        q = g[a].clone()
+        alphas = []
+        for s_, y_, r_ in reversed(history):  # two-loop recursion, per class
+            alpha = r_[a] * (s_[a] * q).sum(1)
+            q -= alpha[:, None] * y_[a]
+            alphas.append(alpha)
+        if history:
+            s_, y_, _ = history[-1]
+            sy, yy = (s_[a] * y_[a]).sum(1), (y_[a] * y_[a]).sum(1)
+            q *= torch.where(yy > 0, sy / yy.clamp_min(1e-30), torch.ones_like(sy))[:, None]
+        else:  # first step: as torch.optim.LBFGS, at most a unit step in l1
+            q *= (1.0 / g[a].abs().sum(1).clamp_min(1e-30)).clamp(max=1.0)[:, None]
+        for (s_, y_, r_), alpha in zip(history, reversed(alphas)):
+            beta = r_[a] * (y_[a] * q).sum(1)
+            q += (alpha - beta)[:, None] * s_[a]
+        d = -q
+        slope = (g[a] * d).sum(1)
+        # Armijo backtracking, per class: only the classes not yet accepted are evaluated again
+        new_theta, new_f, new_g = theta[a].clone(), f[a].clone(), g[a].clone()
+        step = torch.ones(len(a), device=x.device, dtype=theta.dtype)
+        pending = torch.arange(len(a), device=x.device)
+        for _ in range(40):
+            trial = theta[a[pending]] + step[pending, None] * d[pending]
+            f_t, g_t = value_grad(trial, a[pending])
+            ok = f_t <= f[a[pending]] + 1e-4 * step[pending] * slope[pending]
+            done = pending[ok]
+            new_theta[done], new_f[done], new_g[done] = trial[ok], f_t[ok], g_t[ok]
+            pending = pending[~ok]
+            if len(pending) == 0:
+                break
+            step[pending] *= 0.5
+        s_new = new_theta - theta[a]
+        y_new = new_g - g[a]
+        sy = (s_new * y_new).sum(1)
+        pair = [torch.zeros_like(theta), torch.zeros_like(theta), torch.zeros(K, device=x.device, dtype=theta.dtype)]
+        pair[0][a], pair[1][a] = s_new, y_new
+        pair[2][a] = torch.where(sy > 1e-12, 1.0 / sy.clamp_min(1e-12), torch.zeros_like(sy))
+        history.append((pair[0], pair[1], pair[2]))
+        if len(history) > HISTORY:
+            history.pop(0)
+        theta[a], f[a], g[a] = new_theta, new_f, new_g
+        still = g[a].abs().amax(dim=1) > GRAD_TOL
+        if len(pending):  # no decrease found along the direction: float32 resolution reached
+            still[pending] = False
+        active[a] = still
+    lin.weight.copy_(theta[:, :-1])
+    lin.bias.copy_(theta[:, -1])
+    return it
+
+
+def fit_path(
+    model: nn.Module,
+    Z: dict[str, torch.Tensor],
+    y: dict[str, np.ndarray],
+    targets: _Targets,
+    *,
+    metrics: list[str],
+    Cs: Sequence[float],
+    max_iter: int,
+    fit: Callable[[Any, torch.Tensor, _Targets, float, int], int] = lbfgs_fit,
+) -> tuple[ProbeResult, dict[str, Any]]:
+    """Fit ``model`` for each ``C`` (ascending, warm-started) with ``fit``, choose ``C`` on
+    ``valid`` by the first metric (ties keep the smaller ``C``), score ``test`` with the chosen fit.
+
+    Returns the result and ``{"state": chosen state dict, "iterations": {C: n}}``.
+    """
+    Cs = sorted(float(c) for c in Cs)
+    if not Cs:
+        raise ValueError("linear.C is empty: give at least one regularisation value")
+    has_valid = len(y["valid"]) > 0
+    if not has_valid and len(Cs) > 1:
+        raise ValueError(
+            f"linear probe: no validation data to choose C from {Cs}; set data.valid_fraction > 0 or give one C"
+        )
+    metric = metrics[0]
+    best: tuple[float, float, dict[str, torch.Tensor], dict[str, float]] | None = None
+    valid_by_C: dict[float, float] = {}
+    iterations: dict[float, int] = {}
+    for C in Cs:
+        iterations[C] = fit(model, Z["train"], targets, C, max_iter)
+        if not has_valid:
+            best = (C, float("nan"), _snapshot(model), {})
+            break
+        with torch.no_grad():
+            valid = evaluate(metrics, targets.scores(model(Z["valid"])), y["valid"])
+        valid_by_C[C] = valid[metric]
+        if best is None or valid[metric] > best[1]:  # ascending Cs: ties keep the smaller C
+            best = (C, valid[metric], _snapshot(model), valid)
+    assert best is not None
+    C, _, state, valid = best
+    model.load_state_dict(state)
+    with torch.no_grad():
+        test = evaluate(metrics, targets.scores(model(Z["test"])), y["test"])
+    result = ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=valid_by_C,
+                         embed_dim=int(Z["train"].shape[-1]), selection="valid" if has_valid else "single C")
+    return result, {"state": state, "iterations": iterations}
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fit_linear_torch(
+    X: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    *,
+    num_classes: int,
+    multilabel: bool,
+    metrics: list[str],
+    Cs: Sequence[float],
+    max_iter: int = 1000,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ProbeResult:
+    """The contract of :func:`~ssl_bench.protocols.probe.fit_linear`, one joint torch model for
+    all classes (see the module docstring).  ``seed`` is accepted for the same signature: the
+    fit starts from zeros and is full batch, so it has nothing random."""
+    device = torch.device(device)
+    with _full_float32(device):
+        targets = _Targets(y["train"], num_classes, multilabel, device)
+        Z = standardise(X, device)
+        model = LinearHead(Z["train"].shape[1], targets.outputs).to(device)
+        result, _ = fit_path(model, Z, y, targets, metrics=metrics, Cs=Cs, max_iter=max_iter,
+                             fit=per_class_lbfgs_fit if multilabel else lbfgs_fit)
+    return result
+
+
+def fit_layer_mixture(
+    X: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    *,
+    num_classes: int,
+    multilabel: bool,
+    metrics: list[str],
+    Cs: Sequence[float],
+    max_iter: int = 1000,
+    device: torch.device | str = "cpu",
+) -> tuple[ProbeResult, list[float]]:
+    """SUPERB's learned weighted sum of layers on per-layer embeddings ``[N, K, D]``: each layer
+    standardised with training statistics, softmax weights over the ``K`` layers and a linear
+    head trained jointly (L-BFGS, the linear probe's objective; the weights are unpenalised),
+    ``C`` and with it the weights chosen on ``valid``.  Returns the result and the chosen fit's
+    layer weights."""
+    device = torch.device(device)
+    with _full_float32(device):
+        targets = _Targets(y["train"], num_classes, multilabel, device)
+        Z = standardise(X, device)
+        _, K, D = Z["train"].shape
+        model = LayerMixture(K, D, targets.outputs).to(device)
+        result, fit = fit_path(model, Z, y, targets, metrics=metrics, Cs=Cs, max_iter=max_iter)
+        weights = torch.softmax(fit["state"]["layer_logits"].double(), dim=0).cpu().tolist()
+    return result, [float(w) for w in weights]
