@@ -18,6 +18,12 @@
 The runner knows no protocol by name: the registry lists them, their stage and whether they
 are frozen.
 
+Every row names its encoder by content: ``init`` (``random``, ``pretrained`` or the
+checkpoint's name) and ``init_id`` (the weights' SHA-256 prefix, or the pretraining recipe's
+hash when each split pretrained its own encoder); a checkpoint's saved pretraining settings
+(``pretrain.*``, masker, decoder, objective, method) replace the run's, so its rows say what
+produced it.  ``result.json`` records the run's provenance (:mod:`ssl_bench.provenance`).
+
 Rows go to a :class:`~ssl_bench.results.RunWriter` (one atomic run directory); per-epoch
 records to its ``metrics.jsonl``.  An interrupted run (error, Ctrl-C, SIGTERM, SIGKILL) leaves
 nothing in the results directory; its finished protocols and training checkpoints stay in
