@@ -1,24 +1,28 @@
-"""The joint torch linear probe: one model for all classes, full-batch L-BFGS, on any device.
+"""The torch linear probe: all classes in one matrix product, full-batch L-BFGS, on any device.
 
 scikit-learn's probe fits one logistic regression per class for a multi-label task (527 of them
-for AudioSet), each a matrix-vector problem bound by memory bandwidth.  Here every class is
-fitted at once, so each L-BFGS step is two matrix products, on the GPU when there is one.
+for AudioSet), each step a matrix-vector product bound by memory bandwidth.  Here every step
+of every class is one matrix product over all classes, on the GPU when there is one.
 
 It solves the same problems as :func:`~ssl_bench.protocols.probe.fit_linear`, so the two agree
 up to convergence:
 
 * single-label: multinomial softmax cross-entropy (a binary logistic regression on one logit
-  when the training part has two classes, as scikit-learn does);
-* multi-label: the sum over classes of the binary cross-entropy, i.e. one-vs-rest, jointly;
+  when the training part has two classes, as scikit-learn does), one joint model fitted with
+  ``torch.optim.LBFGS`` (strong-Wolfe line search);
+* multi-label: one-vs-rest binary cross-entropy; the classes are independent problems, so each
+  keeps its own L-BFGS history, step and stopping test (:class:`PerClassLBFGS`), batched;
 * the objective is scikit-learn's divided by ``C * n``:
   ``mean_i loss_i + ||W||^2 / (2 C n)`` (biases unpenalised), and L-BFGS stops when every
-  gradient entry is below ``1e-4``, scikit-learn's ``tol`` on that same scaled objective;
+  gradient entry (of a class, for multi-label) is below ``1e-4``: scikit-learn's ``tol`` on
+  that same scaled objective;
 * features standardised with the training part's mean and (population) std; ``C`` chosen on
   ``valid`` by the first metric, ties keep the smaller ``C``; ``test`` scored once.
 
 The ``C`` grid is walked from the strongest regularisation to the weakest, each fit starting
-from the previous solution (warm start).  The fit runs in float32 with TF32 matmuls off.
-:func:`fit_layer_mixture` reuses the same machinery for SUPERB's learned weighted sum of layers.
+from the previous solution (warm start).  The fit runs in float32 with TF32 matmuls off (the
+agreement tests pass in float32).  :func:`fit_layer_mixture` reuses the same machinery for
+SUPERB's learned weighted sum of layers.
 """
 
 from __future__ import annotations
@@ -77,6 +81,17 @@ class _Targets:
         if self.binary:
             self.target = self.target[:, None]
 
+    def prior_logits(self) -> torch.Tensor:
+        """The biases of the best model with zero weights: each class's training log-odds
+        (multi-label, binary) or log-frequency (multinomial).  Fits start there: the optimum
+        is the same as from zeros, a few iterations closer."""
+        n = self.target.shape[0]
+        if self.multilabel or self.binary:
+            p = self.target.float().mean(0).clamp(1.0 / n, 1.0 - 1.0 / n)
+            return torch.log(p / (1 - p))
+        counts = torch.bincount(self.target, minlength=self.outputs).float()
+        return torch.log(counts / n)
+
     def loss(self, logits: torch.Tensor) -> torch.Tensor:
         """Mean over examples of the loss (summed over classes for multi-label)."""
         n = logits.shape[0]
@@ -99,23 +114,39 @@ class _Targets:
         return out
 
 
-def standardise(X: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+def standardise(X: dict[str, np.ndarray], device: torch.device, chunk: int = 4096) -> dict[str, torch.Tensor]:
     """Each part as float32 on ``device``, standardised with the training part's statistics
-    over the last axis (scikit-learn's ``StandardScaler``: population std, a constant feature
-    keeps scale 1); works for ``[N, D]`` and per-layer ``[N, K, D]`` embeddings alike."""
-    train = torch.as_tensor(np.asarray(X["train"]), device=device, dtype=torch.float64)
-    mean = train.mean(dim=0)
-    std = train.std(dim=0, unbiased=False)
+    over the first axis (scikit-learn's ``StandardScaler``: population std, a constant feature
+    keeps scale 1); works for ``[N, D]`` and per-layer ``[N, K, D]`` embeddings alike.  The
+    statistics are accumulated in float64, two passes of ``chunk`` rows, so no float64 copy of
+    the embeddings is ever made."""
+    train = X["train"]
+    n = len(train)
+
+    def chunks(a: np.ndarray):
+        for i in range(0, len(a), chunk):
+            yield torch.as_tensor(np.asarray(a[i:i + chunk]), device=device)
+
+    total = torch.zeros(train.shape[1:], dtype=torch.float64, device=device)
+    for t in chunks(train):
+        total += t.double().sum(dim=0)
+    mean = total / n
+    total.zero_()
+    for t in chunks(train):
+        total += (t.double() - mean).pow(2).sum(dim=0)
+    std = (total / n).sqrt()
     std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
     out = {}
     for part, x in X.items():
-        t = torch.as_tensor(np.asarray(x), device=device, dtype=torch.float64)
-        out[part] = ((t - mean) / std).float()
+        z = torch.empty(x.shape, dtype=torch.float32, device=device)
+        for i, t in enumerate(chunks(x)):
+            z[i * chunk:(i + 1) * chunk] = ((t.double() - mean) / std).float()
+        out[part] = z
     return out
 
 
 class LinearHead(nn.Module):
-    """``x @ W.T + b``; ``W`` is the penalised weight (zeros at the start, as scikit-learn)."""
+    """``x @ W.T + b``; ``W`` is the penalised weight (zeros at the start, as scikit-learn's)."""
 
     def __init__(self, dim: int, outputs: int):
         super().__init__()
@@ -190,8 +221,7 @@ def lbfgs_fit(model: nn.Module, x: torch.Tensor, targets: _Targets, C: float, ma
     return int(state.get("n_iter", 0))
 
 
-@torch.no_grad()
-def per_class_lbfgs_fit(model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+class PerClassLBFGS:
     """Multi-label: minimise each class's ``mean BCE + ||w_k||^2 / (2 C n)`` with its own L-BFGS
     (history, step length, stopping), all classes' products in one matrix product per step.
 
@@ -202,81 +232,114 @@ def per_class_lbfgs_fit(model: LinearHead, x: torch.Tensor, targets: _Targets, C
     recursion and Armijo backtracking step and stops when its own largest gradient entry is
     below ``GRAD_TOL`` (scikit-learn's per-class criterion), so only the classes still moving
     are evaluated.  The objective is convex, so every accepted step has positive curvature.
-    Returns the number of iterations of the slowest class.
+
+    Called once per ``C`` of the grid (the same training data), it keeps each class's
+    curvature pairs: only the penalty's share of ``y = grad(theta + s) - grad(theta)`` depends
+    on ``C``, so the pairs are corrected exactly (``y += (lam' - lam) s`` on the weights) and the
+    next ``C`` starts with a good Hessian model as well as from the previous solution.
+    A call returns the number of iterations of the slowest class.
     """
-    n = x.shape[0]
-    lam = 1.0 / (float(C) * n)
-    x1 = torch.cat([x, x.new_ones(n, 1)], dim=1)  # the bias is the last, unpenalised, column
-    lin = model.linear
-    theta = torch.cat([lin.weight, lin.bias[:, None]], dim=1).clone()  # [K, D + 1]
-    K = theta.shape[0]
-    Y = targets.target
 
-    def value_grad(th: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        yk = Y if len(idx) == K else Y[:, idx]
-        logits = x1 @ th.T
-        f = F.binary_cross_entropy_with_logits(logits, yk, reduction="none").sum(0) / n
-        f += 0.5 * lam * th[:, :-1].pow(2).sum(1)
-        g = (torch.sigmoid(logits) - yk).T @ x1 / n
-        g[:, :-1] += lam * th[:, :-1]
-        return f, g
+    def __init__(self) -> None:
+        self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1/s.y); zero rows: no pair
+        self.lam: float | None = None
+        self.x: torch.Tensor | None = None
 
-    every = torch.arange(K, device=x.device)
-    f, g = value_grad(theta, every)
-    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1 / s.y), zero rows: no pair
-    active = g.abs().amax(dim=1) > GRAD_TOL
-    it = 0
-    while it < max_iter and bool(active.any()):
-        it += 1
-        a = active.nonzero().squeeze(1)
-        q = g[a].clone()
+    @torch.no_grad()
+    def __call__(self, model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+        n = x.shape[0]
+        lam = 1.0 / (float(C) * n)
+        x1 = torch.cat([x, x.new_ones(n, 1)], dim=1)  # the bias is the last, unpenalised, column
+        lin = model.linear
+        theta = torch.cat([lin.weight, lin.bias[:, None]], dim=1).clone()  # [K, D + 1]
+        K = theta.shape[0]
+        Y = targets.target
+        if self.x is not x:
+            self.history = []
+        elif self.lam is not None and lam != self.lam:
+            self.history = [self._pair(s_, y_ + (lam - self.lam) * _weights_only(s_)) for s_, y_, _ in self.history]
+        self.x, self.lam = x, lam
+        history = self.history
+
+        def value_grad(th: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            yk = Y if len(idx) == K else Y[:, idx]
+            logits = x1 @ th.T
+            f = F.binary_cross_entropy_with_logits(logits, yk, reduction="none").sum(0) / n
+            f += 0.5 * lam * th[:, :-1].pow(2).sum(1)
+            g = (torch.sigmoid(logits) - yk).T @ x1 / n
+            g[:, :-1] += lam * th[:, :-1]
+            return f, g
+
+        f, g = value_grad(theta, torch.arange(K, device=x.device))
+        active = g.abs().amax(dim=1) > GRAD_TOL
+        it = 0
+        while it < max_iter and bool(active.any()):
+            it += 1
+            a = active.nonzero().squeeze(1)
+            d = -self._direction(g[a], a)
+            slope = (g[a] * d).sum(1)
+            # Armijo backtracking, per class: only the classes not yet accepted are evaluated again
+            new_theta, new_f, new_g = theta[a].clone(), f[a].clone(), g[a].clone()
+            step = torch.ones(len(a), device=x.device, dtype=theta.dtype)
+            pending = torch.arange(len(a), device=x.device)
+            for _ in range(40):
+                trial = theta[a[pending]] + step[pending, None] * d[pending]
+                f_t, g_t = value_grad(trial, a[pending])
+                ok = f_t <= f[a[pending]] + 1e-4 * step[pending] * slope[pending]
+                done = pending[ok]
+                new_theta[done], new_f[done], new_g[done] = trial[ok], f_t[ok], g_t[ok]
+                pending = pending[~ok]
+                if len(pending) == 0:
+                    break
+                step[pending] *= 0.5
+            s_new, y_new = torch.zeros_like(theta), torch.zeros_like(theta)
+            s_new[a], y_new[a] = new_theta - theta[a], new_g - g[a]
+            history.append(self._pair(s_new, y_new))
+            if len(history) > HISTORY:
+                history.pop(0)
+            theta[a], f[a], g[a] = new_theta, new_f, new_g
+            still = g[a].abs().amax(dim=1) > GRAD_TOL
+            if len(pending):  # no decrease found along the direction: float32 resolution reached
+                still[pending] = False
+            active[a] = still
+        lin.weight.copy_(theta[:, :-1])
+        lin.bias.copy_(theta[:, -1])
+        return it
+
+    @staticmethod
+    def _pair(s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sy = (s * y).sum(1)
+        return s, y, torch.where(sy > 1e-12, 1.0 / sy.clamp_min(1e-12), torch.zeros_like(sy))
+
+    def _direction(self, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The L-BFGS two-loop recursion for the classes ``a`` (gradients ``g``): ``H^-1 g``."""
+        q = g.clone()
         alphas = []
-        for s_, y_, r_ in reversed(history):  # two-loop recursion, per class
+        for s_, y_, r_ in reversed(self.history):
             alpha = r_[a] * (s_[a] * q).sum(1)
             q -= alpha[:, None] * y_[a]
             alphas.append(alpha)
-        if history:
-            s_, y_, _ = history[-1]
-            sy, yy = (s_[a] * y_[a]).sum(1), (y_[a] * y_[a]).sum(1)
-            q *= torch.where(yy > 0, sy / yy.clamp_min(1e-30), torch.ones_like(sy))[:, None]
-        else:  # first step: as torch.optim.LBFGS, at most a unit step in l1
-            q *= (1.0 / g[a].abs().sum(1).clamp_min(1e-30)).clamp(max=1.0)[:, None]
-        for (s_, y_, r_), alpha in zip(history, reversed(alphas)):
+        # initial Hessian: s.y / y.y of each class's newest pair; a class without any pair
+        # (its first step) takes at most a unit step in l1, as torch.optim.LBFGS does
+        scale = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0)
+        unset = torch.ones_like(scale, dtype=torch.bool)
+        for s_, y_, r_ in reversed(self.history):
+            has = unset & (r_[a] > 0)
+            yy = (y_[a] * y_[a]).sum(1).clamp_min(1e-30)
+            scale = torch.where(has, 1.0 / (r_[a] * yy).clamp_min(1e-30), scale)  # 1 / (r y.y) = s.y / y.y
+            unset &= ~has
+        q *= scale[:, None]
+        for (s_, y_, r_), alpha in zip(self.history, reversed(alphas)):
             beta = r_[a] * (y_[a] * q).sum(1)
             q += (alpha - beta)[:, None] * s_[a]
-        d = -q
-        slope = (g[a] * d).sum(1)
-        # Armijo backtracking, per class: only the classes not yet accepted are evaluated again
-        new_theta, new_f, new_g = theta[a].clone(), f[a].clone(), g[a].clone()
-        step = torch.ones(len(a), device=x.device, dtype=theta.dtype)
-        pending = torch.arange(len(a), device=x.device)
-        for _ in range(40):
-            trial = theta[a[pending]] + step[pending, None] * d[pending]
-            f_t, g_t = value_grad(trial, a[pending])
-            ok = f_t <= f[a[pending]] + 1e-4 * step[pending] * slope[pending]
-            done = pending[ok]
-            new_theta[done], new_f[done], new_g[done] = trial[ok], f_t[ok], g_t[ok]
-            pending = pending[~ok]
-            if len(pending) == 0:
-                break
-            step[pending] *= 0.5
-        s_new = new_theta - theta[a]
-        y_new = new_g - g[a]
-        sy = (s_new * y_new).sum(1)
-        pair = [torch.zeros_like(theta), torch.zeros_like(theta), torch.zeros(K, device=x.device, dtype=theta.dtype)]
-        pair[0][a], pair[1][a] = s_new, y_new
-        pair[2][a] = torch.where(sy > 1e-12, 1.0 / sy.clamp_min(1e-12), torch.zeros_like(sy))
-        history.append((pair[0], pair[1], pair[2]))
-        if len(history) > HISTORY:
-            history.pop(0)
-        theta[a], f[a], g[a] = new_theta, new_f, new_g
-        still = g[a].abs().amax(dim=1) > GRAD_TOL
-        if len(pending):  # no decrease found along the direction: float32 resolution reached
-            still[pending] = False
-        active[a] = still
-    lin.weight.copy_(theta[:, :-1])
-    lin.bias.copy_(theta[:, -1])
-    return it
+        return q
+
+
+def _weights_only(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its last (bias) column zeroed: the part of a step the penalty sees."""
+    out = t.clone()
+    out[:, -1] = 0
+    return out
 
 
 def fit_path(
@@ -343,16 +406,17 @@ def fit_linear_torch(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> ProbeResult:
-    """The contract of :func:`~ssl_bench.protocols.probe.fit_linear`, one joint torch model for
-    all classes (see the module docstring).  ``seed`` is accepted for the same signature: the
+    """The contract of :func:`~ssl_bench.protocols.probe.fit_linear`, all classes in one torch
+    model (see the module docstring).  ``seed`` is accepted for the same signature: the
     fit starts from zeros and is full batch, so it has nothing random."""
     device = torch.device(device)
     with _full_float32(device):
         targets = _Targets(y["train"], num_classes, multilabel, device)
         Z = standardise(X, device)
         model = LinearHead(Z["train"].shape[1], targets.outputs).to(device)
+        model.linear.bias.data.copy_(targets.prior_logits())
         result, _ = fit_path(model, Z, y, targets, metrics=metrics, Cs=Cs, max_iter=max_iter,
-                             fit=per_class_lbfgs_fit if multilabel else lbfgs_fit)
+                             fit=PerClassLBFGS() if multilabel else lbfgs_fit)
     return result
 
 
@@ -378,6 +442,7 @@ def fit_layer_mixture(
         Z = standardise(X, device)
         _, K, D = Z["train"].shape
         model = LayerMixture(K, D, targets.outputs).to(device)
+        model.head.linear.bias.data.copy_(targets.prior_logits())
         result, fit = fit_path(model, Z, y, targets, metrics=metrics, Cs=Cs, max_iter=max_iter)
         weights = torch.softmax(fit["state"]["layer_logits"].double(), dim=0).cpu().tolist()
     return result, [float(w) for w in weights]
