@@ -28,6 +28,8 @@ import pandas as pd
 from .checkpoint import _atomic_write
 from .results import primary_rows, splitting_columns, summary
 
+#: Record keys that tell apart several trainings of one split (fine-tuning's grid).
+TRIAL_KEYS = ("lr_peak", "aug")
 #: At most this many settings get an ablation plot when none are named.
 MAX_AUTO_ABLATIONS = 6
 
@@ -67,6 +69,8 @@ def _order(values: list[Any]) -> list[Any]:
 def plot_ablation(df: pd.DataFrame, key: str, path: Path) -> Path | None:
     """Bars of the primary metric per value of ``key``, with 95% intervals (see module)."""
     rows = primary_rows(df[df["protocol"] != "pretrain"])
+    if "layer" in rows.columns:  # per-layer results have their own plot
+        rows = rows[rows["layer"].fillna("").astype(str) == ""]
     if rows.empty or key not in rows.columns:
         return None
     rows = rows.copy()
@@ -95,7 +99,9 @@ def plot_ablation(df: pd.DataFrame, key: str, path: Path) -> Path | None:
                     heights.append(sub.loc[v, "mean"])
                     ci = sub.loc[v, "ci"]
                     errs.append(ci if math.isfinite(ci) else 0.0)
-            ax.bar(xs, heights, width=width * 0.95, yerr=errs, capsize=4, color=colors[enc], label=enc,
+            if not xs:
+                continue
+            ax.bar(xs, heights, width=width * 0.95, yerr=errs, capsize=4, color=colors[enc],
                    edgecolor="black", linewidth=0.5)
             for x, h in zip(xs, heights):
                 ax.annotate(f"{h:.3f}", (x, h), textcoords="offset points", xytext=(0, 2), ha="center",
@@ -108,7 +114,10 @@ def plot_ablation(df: pd.DataFrame, key: str, path: Path) -> Path | None:
         ax.set_axisbelow(True)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8, loc="lower right")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=colors[e], edgecolor="black", linewidth=0.5, label=e) for e in encoders]
+    axes[0].legend(handles=handles, fontsize=8, loc="best", framealpha=0.9)
     fig.suptitle(f"{key}: mean over splits and seeds, error bars = 95% CI", fontsize=10)
     return _save(fig, path)
 
@@ -192,19 +201,29 @@ def plot_curves(run_dir: Path, path: Path) -> Path | None:
         for r in recs:
             if isinstance(r.get(key), (int, float)):
                 label = str(r.get("split", ""))
-                if r.get("init") not in (None, "", "pretrained", "random"):
-                    label += f" {r['init']}"
+                # one line per training: fine-tuning's lr / augmentation trials apart
+                trial = ", ".join(f"{t} {r[t]:g}" for t in TRIAL_KEYS if isinstance(r.get(t), (int, float)))
+                if trial:
+                    label += f" ({trial})"
                 groups.setdefault(label, []).append((int(r["epoch"]), float(r[key])))
+        # one colour per split; a split's several trainings (trials) share it, labelled once
+        splits = list(dict.fromkeys(label.split(" (")[0] for label in sorted(groups)))
+        palette = [f"C{i % 10}" for i in range(len(splits))]
+        labelled: set[str] = set()
         for label, points in sorted(groups.items()):
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=label)
+            split = label.split(" (")[0]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, alpha=0.8,
+                    color=palette[splits.index(split)], label=None if split in labelled else split)
+            labelled.add(split)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        if len(groups) > 1:
-            ax.legend(fontsize=7, title="split", title_fontsize=7)
+        if len(splits) > 1:
+            ax.legend(fontsize=7, title="split (one line per trial)" if len(groups) > len(splits) else "split",
+                      title_fontsize=7, framealpha=0.8)
     fig.suptitle(run_dir.name, fontsize=9)
     return _save(fig, path)
 

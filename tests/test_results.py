@@ -124,15 +124,19 @@ def test_the_encoder_is_reused_by_audio_content_and_retrained_when_it_changes(fl
     moved = _corpus(tmp_path / "moved")
     args = [*flow["common"], "pretrain", "-m", "audiomae", "--corpus", str(moved), "--results", str(flow["res"]),
             "--set", "masker.ratio=0.6", *TINY, *PRETRAIN]
-    assert main(args) == 0
-    df = results.load(flow["res"])
-    again = df[(df["protocol"] == "pretrain")].sort_values("run_id").iloc[-1]
+    def new_pretrain_row():
+        before = {d.name for d in results.run_dirs(flow["res"])}
+        assert main(args) == 0
+        df = results.load(flow["res"])
+        rows = df[(df["protocol"] == "pretrain") & ~df["run_id"].isin(before)]  # run ids share a second
+        assert len(rows) == 1
+        return rows.iloc[0]
+
+    again = new_pretrain_row()
     assert bool(again["reused"]) and again["encoder_id"] == flow["ids"][0.6]
     # the same paths with other sounds: a new pretraining, a new id
     _corpus(moved, n=1, offset=77)
-    assert main(args) == 0
-    df = results.load(flow["res"])
-    changed = df[(df["protocol"] == "pretrain")].sort_values("run_id").iloc[-1]
+    changed = new_pretrain_row()
     assert not bool(changed["reused"]) and changed["pretrain_hash"] != again["pretrain_hash"]
     assert changed["encoder_id"] != again["encoder_id"]
 
@@ -193,7 +197,7 @@ def test_mlflow_run_is_read_back_with_mlflow_client(flow):
     from mlflow.tracking import MlflowClient
 
     pre = results.load(flow["res"])
-    pre = pre[pre["protocol"] == "pretrain"].sort_values("run_id").iloc[0]
+    pre = pre[(pre["protocol"] == "pretrain") & (pre["masker.ratio"] == 0.6)].sort_values("run_id").iloc[0]
     record = json.loads((flow["res"] / pre["run_id"] / "result.json").read_text())
     tracking = record["provenance"]["tracking"]["mlflow"]
     assert tracking["uri"].startswith(("file:", "sqlite:")) and str(flow["res"].resolve()) in tracking["uri"]
