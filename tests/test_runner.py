@@ -173,6 +173,6 @@ def test_bad_split_and_protocol_names(first_run, registry, tmp_path):
         run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, splits=["fold9"],
                        progress=False)
     with pytest.raises(ValueError, match="unknown protocol"):
-        run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, protocols=("knn",),
+        run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, protocols=("knnn",),
                        progress=False)
     assert not np.any([p.name for p in tmp_path.iterdir() if p.name != ".cache"])
