@@ -98,6 +98,46 @@ def test_grid_run_resumes_to_the_same_choice_and_keeps_only_its_weights(tmp_path
     assert again.columns() == first.columns() and again.test == first.test
 
 
+def test_a_diverging_grid_point_is_left_out_not_fatal(monkeypatch):
+    real_fit = ft.fit
+    base_lr = ft.train_config(toy_config()).peak_lr
+
+    def fit(model, dataset, loss_fn, cfg, **kwargs):
+        if cfg.peak_lr > 2 * base_lr:  # the high lr "diverges" before its first validation epoch
+            raise FloatingPointError("finetune: loss became nan by epoch 1 step 3")
+        return real_fit(model, dataset, loss_fn, cfg, **kwargs)
+
+    monkeypatch.setattr(ft, "fit", fit)
+    split = toy_split()
+    res = ft.finetune(toy_model(), split, toy_config(finetune={"epochs": 2, "lr_factors": [1.0, 9.0]}), device="cpu",
+                      progress=False)
+    assert res.lr == pytest.approx(base_lr) and np.isnan(res.trials[1]["best_valid"]) and res.selection == "valid"
+    with pytest.raises(FloatingPointError, match="every grid point"):
+        ft.finetune(toy_model(), split, toy_config(finetune={"epochs": 2, "lr_factors": [3.0, 9.0]}), device="cpu",
+                    progress=False)
+    with pytest.raises(FloatingPointError, match="nan"):  # a lone setting has nothing to fall back on
+        ft.finetune(toy_model(), split, toy_config(finetune={"epochs": 2, "lr_factors": [9.0]}), device="cpu",
+                    progress=False)
+
+
+def test_a_grid_point_that_diverges_late_keeps_its_scored_epochs(monkeypatch):
+    real_fit = ft.fit
+    base_lr = ft.train_config(toy_config()).peak_lr
+
+    def fit(model, dataset, loss_fn, cfg, **kwargs):
+        out = real_fit(model, dataset, loss_fn, cfg, **kwargs)
+        if cfg.peak_lr > 2 * base_lr:  # scored its epochs, then "diverged"
+            raise FloatingPointError("finetune: loss became inf")
+        return out
+
+    monkeypatch.setattr(ft, "fit", fit)
+    res = ft.finetune(toy_model(), toy_split(), toy_config(finetune={"epochs": 2, "lr_factors": [0.01, 9.0]}),
+                      device="cpu", progress=False)
+    late = res.trials[1]
+    assert late["best_epoch"] >= 1 and np.isfinite(late["best_valid"]) and np.isnan(late["final_loss"])
+    assert json.loads(res.columns()["valid_by_grid"])[ft._trial_name(late)] == late["best_valid"]
+
+
 def test_a_grid_needs_validation_data_and_sane_values():
     no_valid = toy_split(n_valid=0)
     with pytest.raises(ConfigError, match="valid_fraction"):

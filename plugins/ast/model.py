@@ -34,7 +34,7 @@ PRESETS = {
     # synthetic task (a few dozen 2 s clips per fold)
     "tiny": {
         "encoder.dim": 64, "encoder.depth": 2, "encoder.heads": 4,
-        # fine-tuning: the rule of scaled_recipe (lr 7.5e-4 x {1/3, 1, 3} at batch 16 chosen on
+        # fine-tuning: the rule of scaled_recipe (lr 7.5e-4 x {1, 3, 9} at batch 16 chosen on
         # validation with the augmentation strength, 0 or 1; head initialised by a linear probe)
         "finetune.epochs": 15, "finetune.warmup_epochs": 1, "finetune.batch_size": 16, **scaled_recipe(64),
         "finetune.min_lr": 1e-5, "linear.batch_size": 32,

@@ -89,7 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # batch size and learn nothing in a few hundred steps).
         "pretrain.epochs": 80, "pretrain.warmup_epochs": 4, "pretrain.batch_size": 16, "pretrain.blr": 0.024,
         "pretrain.weight_decay": 0.05, "pretrain.checkpoint_every": 10,
-        # Fine-tuning: the rule of scaled_recipe (lr 7.5e-4 x {1/3, 1, 3} at batch 16, chosen on
+        # Fine-tuning: the rule of scaled_recipe (lr 7.5e-4 x {1, 3, 9} at batch 16, chosen on
         # validation with the augmentation strength, 0 or 1; head initialised by a linear probe).
         "finetune.epochs": 30, "finetune.warmup_epochs": 3, "finetune.batch_size": 16,
         **scaled_recipe(64),
