@@ -209,6 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             for sweep in sweeps:
                 configs.append((checkpoint, resolve(args.model, preset=args.preset, task=task, files=args.config,
                                                      overrides={**ckpt, **sweep, **extra})))
+    from .model import check_config
+
+    for _, config in configs:  # every component checks its settings (and the memory) before any data work
+        check_config(config)
     run_dirs = []
     for checkpoint, config in configs:
         run_dirs.append(

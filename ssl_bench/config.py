@@ -256,6 +256,9 @@ def resolve(
     for f in files or []:
         layers.append(Layer(load_yaml(f, registry), f"file {f}"))
     if overrides:
+        fixed = sorted(k for k in overrides if k in ("model", "preset", "task"))
+        if fixed:
+            raise ConfigError(f"--set {fixed[0]}=...: the {fixed[0]} is chosen with --{fixed[0]}, not --set")
         layers.append(Layer(dict(overrides), "--set"))
 
     # 1. settle which component fills each slot

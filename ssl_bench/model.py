@@ -11,6 +11,7 @@ calls it); downstream use needs only the encoder.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -72,6 +73,8 @@ class SSLModel(nn.Module):
             if slot not in parts:
                 setattr(self, slot, None)
         self.head: ClassifierHead | None = None
+        #: slot -> "kind 'name' (plugin 'p')", for messages that must say whose part misbehaved
+        self.origins: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -108,6 +111,29 @@ class SSLModel(nn.Module):
         pooled = [self.encoder.pool(out._replace(tokens=h, hidden_states=None)) for h in out.hidden_states]
         return torch.stack(pooled + [self.encoder.pool(out)], dim=1)
 
+    def draw_mask(self, slot: str, batch_size: int, grid: tuple[int, int], device: Any = "cpu",
+                  generator: torch.Generator | None = None, need_hidden: bool = False) -> torch.Tensor:
+        """The mask the masker in ``slot`` draws, checked: ``[batch_size, n_time * n_freq]``, the
+        same number of hidden tokens in every row, some hidden and some visible.  A masker that
+        breaks this is named with its plugin."""
+        masker = getattr(self, slot.replace(".", "_"))
+        mask = masker(batch_size, grid, self.encoder.layout, device, generator)
+        who = self.origins.get(slot, f"{slot} {type(masker).__name__}")
+        length = grid[0] * grid[1]
+        if not torch.is_tensor(mask) or tuple(mask.shape) != (batch_size, length):
+            shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+            raise ConfigError(f"{who} returned a mask of shape {shape}; expected {(batch_size, length)} "
+                              f"(batch, patch tokens of the {grid[0]}x{grid[1]} grid)")
+        counts = mask.bool().sum(dim=1)
+        if batch_size and bool((counts != counts[0]).any()):
+            raise ConfigError(f"{who} hides a different number of tokens per row ({sorted(set(counts.tolist()))}); "
+                              "every row must hide the same number")
+        if batch_size and int(counts[0]) >= length:
+            raise ConfigError(f"{who} hides every one of the {length} tokens; lower its ratio")
+        if need_hidden and batch_size and int(counts[0]) == 0:
+            raise ConfigError(f"{who} hides no token, so there is nothing to predict; raise its ratio above 0")
+        return mask
+
     def set_head(self, num_classes: int) -> ClassifierHead:
         """Attach a new classification head (LayerNorm + Linear) for ``num_classes``."""
         self.head = ClassifierHead(self.encoder.dim, num_classes)
@@ -118,18 +144,21 @@ class SSLModel(nn.Module):
         if self.head is None:
             raise RuntimeError("call set_head(num_classes) first")
         mask = None
-        masker = getattr(self, "finetune_masker", None)
-        if drop_tokens and masker is not None:
-            grid = self.grid(spec)
-            mask = masker(spec.shape[0], grid, self.encoder.layout, "cpu")  # no GPU sync
+        if drop_tokens and getattr(self, "finetune_masker", None) is not None:
+            mask = self.draw_mask("finetune.masker", spec.shape[0], self.grid(spec))  # on the CPU: no GPU sync
         return self.head(self.encoder.pool(self.encoder(spec, mask)))
 
 
-def build_model(config: dict[str, Any], registry: Registry | None = None) -> SSLModel:
-    """Instantiate every slot of a resolved config, in order, sharing a :class:`BuildContext`."""
+def build_model(config: dict[str, Any], registry: Registry | None = None, dry_run: bool = False) -> SSLModel:
+    """Instantiate every slot of a resolved config, in order, sharing a :class:`BuildContext`.
+
+    ``dry_run``: build the weights on the meta device, to check every setting the components
+    check and to count parameters before any data work, without allocating them.
+    """
     registry = registry or get_registry()
     ctx = BuildContext()
     parts: dict[str, nn.Module | None] = {}
+    origins: dict[str, str] = {}
     for slot, kind in slots(registry).items():
         node: Any = config
         for key in slot.split("."):
@@ -139,17 +168,26 @@ def build_model(config: dict[str, Any], registry: Registry | None = None) -> SSL
             continue
         entry = registry.get(kind, node["name"])
         cfg = instantiate_config(registry, kind, node)
+        # a dry run builds weights on the meta device (no memory); the frontend's tables are data
+        where = torch.device("meta") if dry_run and slot != "frontend" else contextlib.nullcontext()
         try:
-            parts[slot] = entry.factory(cfg, ctx)
+            with where:
+                parts[slot] = entry.factory(cfg, ctx)
         except UserError:
             raise
         except (TypeError, ValueError) as exc:  # a component refusing its settings is the user's to fix
             raise ConfigError(f"{slot} {node['name']!r} (plugin {entry.plugin!r}) could not be built from "
                               f"{node}: {exc}") from exc
+        except Exception as exc:  # a bug: keep the traceback, and say whose
+            exc.add_note(f"raised by plugin {entry.plugin!r} while building {slot} {node['name']!r}")
+            raise
         ctx.parts[slot] = parts[slot]
+        origins[slot] = f"{kind} {node['name']!r} (plugin {entry.plugin!r})"
     if parts.get("encoder") is None:
         raise ConfigError(f"model {config['model']!r} has no encoder")
-    return SSLModel(config, parts, ctx)
+    model = SSLModel(config, parts, ctx)
+    model.origins = origins
+    return model
 
 
 def create_model(
@@ -207,3 +245,36 @@ def load_checkpoint(model: SSLModel, path: str | Path, registry: Registry | None
     if spec.load_checkpoint is not None:
         return spec.load_checkpoint(model, Path(path))
     return load_into(model, Path(path))
+
+
+#: Bytes per parameter of a training step in float32: weights, gradients and AdamW's two moments.
+TRAIN_BYTES_PER_PARAMETER = 16
+
+
+def check_config(config: dict[str, Any], registry: Registry | None = None,
+                 memory_bytes: int | None = None) -> int:
+    """Build ``config``'s model without allocating it (a dry run), so every component checks its
+    settings before any data work, and refuse a model whose weights and optimiser state alone
+    need more memory than there is (``memory_bytes``, default: this machine's RAM for a CPU run).
+    Returns the parameter count."""
+    model = build_model(config, registry, dry_run=True)
+    n = sum(p.numel() for p in model.parameters())
+    if memory_bytes is None and str(config.get("device", "auto")).startswith(("cpu", "auto")):
+        memory_bytes = _physical_memory()
+    need = n * TRAIN_BYTES_PER_PARAMETER
+    if memory_bytes and need > memory_bytes:
+        raise ConfigError(
+            f"model {config['model']!r} has {n / 1e6:,.1f} M parameters: training it needs at least "
+            f"{need / 2**30:,.1f} GiB for weights, gradients and optimiser state, more than the "
+            f"{memory_bytes / 2**30:,.1f} GiB of this machine; lower encoder.dim/encoder.depth or choose a smaller preset"
+        )
+    return n
+
+
+def _physical_memory() -> int | None:
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -145,7 +145,7 @@ class Registry:
     def _load_module(self, name: str, origin: str, load: Callable[[], Any]) -> None:
         try:
             module = load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure (sys.exit too) is reported
             self.plugins[name] = PluginInfo(name, origin, error=f"failed to import: {_cause(exc)}")
             self._error(name, f"failed to import: {_cause(exc)}")
             return
@@ -180,7 +180,7 @@ class Registry:
                     continue
                 try:
                     impl.function(**{arg: self._register_fn(kind, name, info) for arg in impl.argnames})
-                except Exception as exc:  # noqa: BLE001 - a raising hook only loses its own plugin
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - a raising hook only loses its own plugin
                     info.error = f"{hc.name} raised {_cause(exc)}"
                     self._error(name, info.error)
 
@@ -188,9 +188,17 @@ class Registry:
         def register(name: str, factory: Any) -> None:
             existing = self.entries[kind].get(name)
             if existing is not None and existing.plugin != plugin:
+                message = f"{kind} {name!r} is already registered by plugin {existing.plugin!r}"
+                if self.plugins.get(existing.plugin, PluginInfo("", "")).origin == "built-in":
+                    # the built-in keeps its name; the newcomer's registration is refused
+                    message += " (built-in, kept); rename yours"
+                    info.error = f"{info.error}; {message}" if info.error else message
+                    self._error(plugin, message)
+                    return
                 owners = self.conflicts.setdefault((kind, name), [existing.plugin])
                 owners.append(plugin)
-                self._error(plugin, f"{kind} {name!r} is already registered by plugin {existing.plugin!r}")
+                info.error = f"{info.error}; {message}" if info.error else message
+                self._error(plugin, message)
                 return
             self.entries[kind][name] = Entry(kind, name, factory, plugin)
             info.registered.setdefault(kind, []).append(name)

@@ -87,8 +87,9 @@ class ViTEncoder(Component):
         check_mode(cfg.pos_embed, "encoder.pos_embed")
         if cfg.pool not in POOLS:
             raise ValueError(f"encoder.pool must be one of {', '.join(POOLS)}, got {cfg.pool!r}")
-        if cfg.patch_size < 1:
-            raise ValueError(f"encoder.patch_size must be positive, got {cfg.patch_size}")
+        for name in ("patch_size", "dim", "depth", "heads"):
+            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+                raise ValueError(f"encoder.{name} must be a positive whole number, got {getattr(cfg, name)!r}")
         if cfg.dim % cfg.heads:
             raise ValueError(f"encoder.dim {cfg.dim} is not divisible by encoder.heads {cfg.heads}")
         if cfg.dim % 4:

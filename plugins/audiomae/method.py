@@ -55,7 +55,7 @@ class MaskedAutoencoder(Component):
         grid = encoder.grid_for(spec.shape[1], spec.shape[2])
         if mask is None:  # drawn on the CPU (with a CPU or no generator): no GPU sync to find the kept tokens
             where = generator.device if generator is not None else "cpu"
-            mask = masker(spec.shape[0], grid, encoder.layout, where, generator)
+            mask = model.draw_mask("masker", spec.shape[0], grid, where, generator, need_hidden=True)
         mask = mask.bool()
         if mask.shape != (spec.shape[0], grid[0] * grid[1]):
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {(spec.shape[0], grid[0] * grid[1])}")
@@ -69,7 +69,7 @@ class MaskedAutoencoder(Component):
     def loss(self, model: nn.Module, spec: torch.Tensor, step: Any) -> torch.Tensor:
         """One micro-batch: the masks of the whole global batch come from ``step.generator()``
         and this micro-batch takes its slice, so any split of the batch masks alike."""
-        masker, _, _ = self._parts(model)
+        self._parts(model)
         grid = model.encoder.grid_for(spec.shape[1], spec.shape[2])
-        full = masker(step.global_batch, grid, model.encoder.layout, "cpu", step.generator())
+        full = model.draw_mask("masker", step.global_batch, grid, "cpu", step.generator(), need_hidden=True)
         return self(model, spec, full[step.offset:step.offset + spec.shape[0]]).loss
