@@ -52,7 +52,7 @@ from .checkpoint import atomic_write_text
 from .components import BuildContext, Clip
 from .config import ConfigError, config_hash, data_settings, instantiate_config
 from .protocols.base import Protocol, ProtocolContext, section_config
-from .protocols.data import SplitData, label_targets
+from .protocols.data import SplitData, label_targets, normalize
 from .registry import get_registry
 from .train import STOP, FitResult, configure_backends, peak_memory_mb
 
@@ -443,13 +443,21 @@ class _Experiment:
             device=self.device, cache_dir=self.cache, state_dir=self.state_dir / data.name / f"{name}-{_slug(init)}",
             resume=self.resume, progress=self.progress_main, log=self.writer.log,
             log_metrics=self.writer.metrics, run=self)
+        results = proto.run(ctx)
+        wall = time.time() - t0
+        base: dict[str, Any] = {}
+        if results:
+            # the compute columns every row carries; a protocol that trains gives its own
+            model.eval()
+            flops = flops_per_sample(lambda s: model.embed(normalize(model, s)),
+                                     spec_probe(self.num_frames, self.num_bins, self.device))
+            n = len(data.train) + len(data.valid) + len(data.test)
+            base = compute_columns(parameters=count_parameters(model.encoder), flops=flops, fit=None, wall_s=wall,
+                                   device=self.device, world_size=self.info.world_size,
+                                   samples_per_s=n / wall if wall > 0 else 0.0)
         rows = []
-        for result in proto.run(ctx):
-            extra = dict(result.extra)
-            extra.setdefault("wall_s", round(time.time() - t0, 3))
-            extra.setdefault("device", compute_columns(parameters=0, flops=None, fit=None, wall_s=0.0,
-                                                       device=self.device, world_size=1)["device"])
-            rows += self.row(split_ctx, name, init, init_id, result.metrics, extra)
+        for result in results:
+            rows += self.row(split_ctx, name, init, init_id, result.metrics, {**base, **result.extra})
         return rows
 
     def norm_stats(self, train: np.ndarray) -> tuple[tuple[float, float] | None, str]:

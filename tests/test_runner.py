@@ -160,7 +160,9 @@ def test_nothing_is_left_in_results_after_an_error(first_run, registry, tmp_path
     def boom(self, *a, **kw):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(runner_mod._Experiment, "linear", boom)
+    from ssl_bench.protocols.probe import LinearProtocol
+
+    monkeypatch.setattr(LinearProtocol, "run", boom)
     with pytest.raises(RuntimeError, match="injected failure"):
         run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path,
                        protocols=("linear",), progress=False)

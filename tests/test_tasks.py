@@ -63,8 +63,10 @@ def test_synthetic_builds_once_deterministically_in_esc50_layout(tmp_path):
     assert len(corpus) == synthetic.UNLABELED_CLIPS and all(c.labels == () for c in corpus)
     fold_audio = {sf.read(c.path)[0].tobytes() for s in splits for c in s.test}
     assert not fold_audio & {sf.read(c.path)[0].tobytes() for c in corpus[:50]}
-    mean, std = task.norm_stats
-    assert -20 < mean < 5 and 0.5 < std < 10
+    from ssl_bench.tasks.common import KALDI_FBANK_128
+
+    (key, (mean, std)), = task.norm_stats.items()  # keyed by the features they were measured on
+    assert key == KALDI_FBANK_128 and -20 < mean < 5 and 0.5 < std < 10
     header = (tmp_path / "syn" / "meta" / "esc50.csv").read_text().splitlines()[0]
     assert header == "filename,fold,target,category,esc10,src_file,take"
     wave, sr = sf.read(splits[0].test[0].path)
