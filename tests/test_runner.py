@@ -84,11 +84,16 @@ def test_rows_for_every_protocol_and_split(first_run):
     # the resolved config holds the model length the task's clip length implies
     saved = yaml.safe_load((first_run["dir"] / "config.yaml").read_text())
     assert saved["frontend"]["num_frames"] == 64
-    # per-epoch metrics: 2 pretrain + 2 finetune epochs per split, plus the probe records
+    # per-epoch metrics: 2 pretrain epochs per split; 2 finetune epochs per split and setting of
+    # the validation grid, then one record per split of the setting chosen; the probe records
     records = [json.loads(line) for line in (first_run["dir"] / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["protocol"] == "pretrain" for r in records) == 4
-    assert sum(r["protocol"] == "finetune" for r in records) == 4
-    assert all("valid_accuracy" in r for r in records if r["protocol"] == "finetune")
+    ft_epochs = [r for r in records if r["protocol"] == "finetune" and "epoch" in r]
+    trials = {(r["split"], r["lr_peak"], r["aug"]) for r in ft_epochs}
+    assert len(ft_epochs) == 2 * len(trials) and {s for s, _, _ in trials} == {"fold1", "fold2"}
+    assert all("valid_accuracy" in r for r in ft_epochs)
+    chosen = [r for r in records if r["protocol"] == "finetune" and "chosen" in r]
+    assert sorted(r["split"] for r in chosen) == ["fold1", "fold2"]
     # results.load sees one run with every row
     df = results.load(first_run["root"])
     assert len(df) == len(rows) and set(df["init"]) == {"random", "pretrained"}
