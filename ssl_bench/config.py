@@ -326,6 +326,8 @@ def _apply(tree: dict[str, Any], key: str, value: Any, layer: Layer, SLOTS: dict
             if leaf not in node or leaf == "name" or (owner in SECTIONS and owner + "." + leaf in SLOTS):
                 valid = sorted(k for k in node if k != "name" and f"{owner}.{k}" not in SLOTS)
                 return _unknown(key, [f"{owner}.{k}" for k in valid], layer)
+            if isinstance(node[leaf], (list, tuple)) and value is not None and not isinstance(value, (list, tuple)):
+                value = [value]  # a grid given one point: `--set linear.C=1` means C in [1]
             node[leaf] = list(value) if isinstance(value, tuple) else value
             return
     return _unknown(key, sorted(TOP_LEVEL | set(SECTIONS) | set(SLOTS)), layer)

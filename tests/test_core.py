@@ -189,6 +189,14 @@ def test_overrides_expand_into_sweeps():
     assert parse_overrides(["pretrain.blr=4e-3", "decoder=global"]) == [{"pretrain.blr": 0.004, "decoder": "global"}]
 
 
+def test_one_point_of_a_grid_is_a_list(registry):
+    # `--set linear.C=1` (no brackets) used to reach the probe as a float and crash iterating it
+    cfg = resolve("toy-model", overrides={"linear.C": 1.0}, registry=registry)
+    assert cfg["linear"]["C"] == [1.0]
+    cfg = resolve("toy-model", overrides={"linear.C": [0.1, 1.0]}, registry=registry)
+    assert cfg["linear"]["C"] == [0.1, 1.0]
+
+
 def test_yaml_files_and_flatten(registry, tmp_path):
     f = tmp_path / "exp.yaml"
     f.write_text("masker:\n  name: toy\n  ratio: 0.25\npretrain:\n  epochs: 11\n")
