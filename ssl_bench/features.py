@@ -45,6 +45,7 @@ import torch
 
 from .audio import AudioError, read_audio, resample_batch
 from .components import Clip
+from .files import name_bytes
 
 #: Bumped whenever the on-disk layout or the way features are computed changes.
 CACHE_VERSION = 1
@@ -143,7 +144,7 @@ def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None) 
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"  # still hashed: the entry records it as skipped
-        h.update(f"\n{path.resolve()}\t{stamp}".encode())
+        h.update(b"\n" + name_bytes(path.resolve()) + f"\t{stamp}".encode())
     return h.hexdigest()[:32]
 
 

@@ -159,7 +159,7 @@ class RunWriter:
 
     # ------------------------------------------------------------------ records
     def log(self, message: str) -> None:
-        with open(self.dir / "log.txt", "a") as fh:
+        with open(self.dir / "log.txt", "a", errors="backslashreplace") as fh:  # a non-UTF-8 file name
             fh.write(message.rstrip("\n") + "\n")
         if self.echo:
             print(message, flush=True)

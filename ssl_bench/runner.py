@@ -346,17 +346,24 @@ class _Experiment:
         t_split = time.time()
         train_clips, valid_clips = list(split.train), list(split.valid) if split.valid is not None else None
         carved = valid_clips is None
+        n_skipped = sum(1 for part in (split.train, split.valid or [], split.test) for c in part
+                        if c.key in self.skipped)
         if carved:
             from .splits import carve_validation
 
+            # carved from the clips that could be read, so no skipped clip takes a validation place
+            usable = [c for c in split.train if c.key in self.feature_index]
             fraction = float(data_settings(cfg).valid_fraction)
-            train_clips, valid_clips = carve_validation(split.train, fraction, self.seed, self.multilabel)
+            train_clips, valid_clips = carve_validation(usable, fraction, self.seed, self.multilabel)
 
         def idx(clips: Sequence[Clip]) -> np.ndarray:
             return np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index], dtype=np.int64)
 
         train, valid, test = idx(train_clips), idx(valid_clips), idx(split.test)
-        n_skipped = sum(1 for part in (train_clips, valid_clips, split.test) for c in part if c.key in self.skipped)
+        if 0 < len(valid) < len(self.classes):
+            self.writer.log(f"[{split.name}] warning: the validation set has {len(valid)} clip(s) for "
+                            f"{len(self.classes)} classes; choices made on it (C, k, epochs) are noisy: raise "
+                            "data.valid_fraction or give the task a validation split")
         if len(train) == 0 or len(test) == 0:
             raise ConfigError(f"task {self.task.name!r} split {split.name!r}: no usable training or test clips "
                               f"({n_skipped} skipped)")

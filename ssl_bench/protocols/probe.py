@@ -90,7 +90,7 @@ def embedding_key(model: nn.Module, data: SplitData, indices: Sequence[int]) -> 
         "frontend": _frontend_config(model),
         "num_frames": data.num_frames,
         "features": str(getattr(data.features, "path", None)),
-        "clips": hashlib.sha256("\n".join(clips).encode()).hexdigest(),
+        "clips": hashlib.sha256("\n".join(clips).encode("utf-8", "surrogateescape")).hexdigest(),
         "n": len(clips),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]

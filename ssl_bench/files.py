@@ -1,0 +1,172 @@
+"""Small file helpers shared by the caches, the results writer and the tasks.
+
+* :func:`name_bytes`: the bytes of a file name or key that may not be valid UTF-8 (POSIX file
+  names are bytes; Python carries the undecodable ones as surrogate escapes), for hashing;
+* :func:`shown`: a name for messages that is always printable (``repr`` when not valid UTF-8);
+* :func:`follow_umask`: ``mkdtemp``/``mkstemp`` make owner-only (0700/0600) entries; results
+  and caches are meant to be shared, so they get the permissions of an ordinary ``mkdir``/``open``;
+* :func:`temp_prefix` / :func:`clean_stale_temps`: temporary directories named after the
+  writer (host, process id, process start), so a later writer on the same host can tell a
+  dead writer's leftovers from a live one's and remove them;
+* :func:`blake2_file`: a fast content checksum of a file (BLAKE2b, 128 bits);
+* :func:`disk_full_message`: one line saying that the disk is full, naming the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+_UMASK: list[int] = []
+
+
+def name_bytes(name: str | os.PathLike) -> bytes:
+    """The bytes of a file name or clip key, surrogate-escaped characters included."""
+    return os.fsencode(os.fspath(name))
+
+
+def shown(name: str | os.PathLike) -> str:
+    """``name`` as text for a message: itself when it is valid UTF-8, else its ``repr``."""
+    text = os.fspath(name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(text)
+    return text
+
+
+def umask() -> int:
+    """The process umask (read once: reading it means setting it for an instant)."""
+    if not _UMASK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _UMASK.append(mask)
+    return _UMASK[0]
+
+
+def follow_umask(path: str | os.PathLike, directory: bool | None = None) -> None:
+    """Give ``path`` the mode an ordinary ``mkdir`` (0777) or ``open`` (0666) would, under the umask."""
+    path = Path(path)
+    if directory is None:
+        directory = path.is_dir()
+    try:
+        os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+    except OSError:
+        pass  # not ours to change (a shared directory owned by someone else): leave it
+
+
+def _process_start() -> str:
+    """This process's start time (clock ticks since boot on Linux; else the import time)."""
+    try:
+        with open(f"/proc/{os.getpid()}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return str(int(_IMPORTED))
+
+
+_IMPORTED = time.time()
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """``.tmp-<name>-<host>-<pid>-<start>-`` for a temporary directory of this process."""
+    return f".tmp-{name}-{_host()}-{os.getpid()}-{_process_start()}-"
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode() == start
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True  # cannot tell: keep it
+
+
+def clean_stale_temps(root: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
+    """Remove ``.tmp-*`` directories under ``root`` left by dead writers on this host.
+
+    A directory is removed when its name carries this host, a process id and that process's
+    start time (:func:`temp_prefix`), and no process with that id and start time is running,
+    and it is older than ``min_age_s``.  Directories of other hosts or of the older naming are
+    left alone (their writer may be alive elsewhere).  Returns what was removed.
+    """
+    root = Path(root)
+    removed = []
+    host = _host()
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(".tmp-") or f"-{host}-" not in name:
+            continue
+        tail = name.rsplit(f"-{host}-", 1)[1].split("-")
+        if len(tail) < 3 or not tail[0].isdigit():
+            continue
+        pid, start = int(tail[0]), tail[1]
+        if _alive(pid, start):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < min_age_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def blake2_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """BLAKE2b (128-bit) hex digest of a file's content."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or exceeded quota.
+
+    ``torch.save`` reports a failed write as ``RuntimeError: ... unexpected pos``; that is
+    counted as a full disk only when the filesystem indeed has no room left (checked by the
+    caller with :func:`free_bytes`)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the filesystem of ``path`` (None when unknown)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full_message(path: str | os.PathLike) -> str:
+    """One line: writing ``path`` failed for lack of disk space, and what to do."""
+    free = free_bytes(Path(path).parent)
+    left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+    return (f"{shown(path)}: no space left on the device{left}; free some space (or point "
+            "--results / SSL_BENCH_CACHE elsewhere) and run the same command again to resume")
