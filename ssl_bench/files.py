@@ -170,3 +170,75 @@ def disk_full_message(path: str | os.PathLike) -> str:
     left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
     return (f"{shown(path)}: no space left on the device{left}; free some space (or point "
             "--results / SSL_BENCH_CACHE elsewhere) and run the same command again to resume")
+
+
+# --------------------------------------------------------------------------- checksums
+class CacheWarning(UserWarning):
+    """A cache entry that failed its check (truncated, overwritten, unreadable) and is rebuilt."""
+
+
+def sum_path(path: str | os.PathLike) -> Path:
+    """The checksum file kept beside ``path``: ``<path>.sum``."""
+    path = Path(path)
+    return path.with_name(path.name + ".sum")
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """``{"size", "blake2b"}`` of a file, what :func:`check_file` compares against."""
+    return {"size": os.path.getsize(path), "blake2b": blake2_file(path)}
+
+
+def write_sum(path: str | os.PathLike) -> None:
+    """Record ``path``'s size and checksum in ``<path>.sum`` (written atomically)."""
+    import json
+
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(sum_path(path), json.dumps(file_record(path)))
+
+
+def check_file(path: str | os.PathLike, record: dict | None, label: str | None = None) -> str | None:
+    """What is wrong with ``path`` against ``record`` (``{"size", "blake2b"}``), or None.
+
+    The size is compared first (a truncated file costs no read), then the checksum.  ``label``:
+    how the message names the file (default its path)."""
+    path = Path(path)
+    label = label or shown(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"{label} cannot be read ({exc.strerror or exc})"
+    if record is None:
+        return None
+    if size != int(record.get("size", -1)):
+        return f"{label} holds {size} bytes, {record.get('size')} were written (truncated or replaced)"
+    if record.get("blake2b") and blake2_file(path) != record["blake2b"]:
+        return f"{label} does not match the checksum written with it (overwritten or damaged)"
+    return None
+
+
+def check_sum(path: str | os.PathLike) -> str | None:
+    """What is wrong with ``path`` against its ``.sum`` file, or None (also when it has none:
+    an entry written before checksums were kept is checked only by being read)."""
+    import json
+
+    sp = sum_path(path)
+    if not sp.is_file():
+        return check_file(path, None)
+    try:
+        record = json.loads(sp.read_text())
+    except (OSError, ValueError):
+        return f"{shown(sp)} is unreadable"
+    return check_file(path, record)
+
+
+def discard(*paths: str | os.PathLike) -> None:
+    """Remove cache files (and their ``.sum``) that failed a check; missing ones are fine."""
+    for p in paths:
+        for q in (Path(p), sum_path(p)):
+            try:
+                q.unlink()
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                shutil.rmtree(q, ignore_errors=True)
