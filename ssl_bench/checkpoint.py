@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import DiskFullError, UserError
+from .files import disk_full_message, follow_umask, write_failed
 
 FORMAT = "ssl-bench"
 FORMAT_VERSION = 1
@@ -83,12 +84,15 @@ def _atomic_write(path: str | Path, mode: str, write: Any) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        follow_umask(tmp, directory=False)  # mkstemp makes it owner-only
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if write_failed(exc):
+            raise DiskFullError(disk_full_message(path)) from exc
         raise
     return path
 

@@ -152,6 +152,15 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+def write_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for lack of space: ``ENOSPC``/``EDQUOT``, or
+    ``torch.save``'s ``unexpected pos`` / ``failed writing`` (its way of saying the same)."""
+    if is_disk_full(exc):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("unexpected pos" in text or "failed writing" in text)
+
+
 def free_bytes(path: str | os.PathLike) -> int | None:
     """Bytes free to this user on the filesystem of ``path`` (None when unknown)."""
     path = Path(path)

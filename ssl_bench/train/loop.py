@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import distributed as D
 from ..checkpoint import CheckpointError
+from ..errors import DivergedError
 from ..files import CacheWarning
 from ..nn import to_device as tensor_to_device
 from .optim import TrainConfig, TrainConfigError, WarmupCosine, param_groups
@@ -357,7 +358,7 @@ def fit(
                     if done % cfg.log_every == 0 or done == steps_per_epoch:
                         mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
                         if not math.isfinite(mean):
-                            raise FloatingPointError(
+                            raise DivergedError(
                                 f"{desc}: loss became {mean} by epoch {epoch + 1} step {done}; "
                                 "lower the learning rate or set clip_grad"
                             )
