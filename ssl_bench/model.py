@@ -190,6 +190,37 @@ def build_model(config: dict[str, Any], registry: Registry | None = None, dry_ru
     return model
 
 
+def blame(model: nn.Module, exc: BaseException) -> str | None:
+    """``raised in masker 'x' (plugin 'y')``: the component whose code raised ``exc``, found by
+    walking its traceback from the innermost frame out to the first frame in a component's
+    module; None when no component's code is on it."""
+    import sys
+
+    origins = getattr(model, "origins", None) or {}
+    parts = getattr(getattr(model, "ctx", None), "parts", {}) or {}
+    files: dict[str, str] = {}
+    for slot, origin in origins.items():
+        part = parts.get(slot)
+        for cls in type(part).__mro__ if part is not None else ():
+            module = sys.modules.get(cls.__module__)
+            path = getattr(module, "__file__", None)
+            if path and not cls.__module__.startswith(("torch", "ssl_bench.components", "builtins")):
+                files.setdefault(str(Path(path).resolve()), origin)
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    for filename in reversed(frames):
+        try:
+            origin = files.get(str(Path(filename).resolve()))
+        except OSError:
+            origin = None
+        if origin is not None:
+            return f"raised in {origin}"
+    return None
+
+
 def create_model(
     name: str,
     preset: str | None = None,

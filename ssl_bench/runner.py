@@ -51,6 +51,7 @@ from . import distributed as D
 from .checkpoint import atomic_write_text
 from .components import BuildContext, Clip
 from .config import ConfigError, config_hash, data_settings, instantiate_config
+from .errors import UserError
 from .protocols.base import Protocol, ProtocolContext, section_config
 from .protocols.data import SplitData, label_targets, normalize
 from .registry import get_registry
@@ -450,7 +451,16 @@ class _Experiment:
             device=self.device, cache_dir=self.cache, state_dir=self.state_dir / data.name / f"{name}-{_slug(init)}",
             resume=self.resume, progress=self.progress_main, log=self.writer.log,
             log_metrics=self.writer.metrics, run=self)
-        results = proto.run(ctx)
+        try:
+            results = proto.run(ctx)
+        except UserError:
+            raise
+        except Exception as exc:  # a bug: keep the traceback, and say whose code raised it
+            from .model import blame
+
+            entry = self.registry.get("protocol", name)
+            exc.add_note(blame(model, exc) or f"raised while running protocol {name!r} (plugin {entry.plugin!r})")
+            raise
         wall = time.time() - t0
         base: dict[str, Any] = {}
         if results:
