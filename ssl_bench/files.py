@@ -22,9 +22,6 @@ import socket
 import time
 from pathlib import Path
 
-_UMASK: list[int] = []
-
-
 def name_bytes(name: str | os.PathLike) -> bytes:
     """The bytes of a file name or clip key, surrogate-escaped characters included."""
     return os.fsencode(os.fspath(name))
@@ -41,12 +38,18 @@ def shown(name: str | os.PathLike) -> str:
 
 
 def umask() -> int:
-    """The process umask (read once: reading it means setting it for an instant)."""
-    if not _UMASK:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        _UMASK.append(mask)
-    return _UMASK[0]
+    """The process umask: from ``/proc/self/status`` on Linux (no change to it, so safe beside
+    other threads), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def follow_umask(path: str | os.PathLike, directory: bool | None = None) -> None:

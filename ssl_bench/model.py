@@ -289,6 +289,16 @@ def check_config(config: dict[str, Any], registry: Registry | None = None,
     need more memory than there is (``memory_bytes``, default: this machine's RAM for a CPU run).
     Returns the parameter count."""
     model = build_model(config, registry, dry_run=True)
+    grid = getattr(model.ctx, "grid", None)
+    pretraining = bool((config.get("pretrain") or {}).get("enabled", True))
+    for slot in ("masker", "finetune.masker"):  # a mask drawn now: a ratio of 0 or 1 is refused before data work
+        if grid and getattr(model, slot.replace(".", "_"), None) is not None:
+            try:
+                model.draw_mask(slot, 2, tuple(grid), need_hidden=slot == "masker" and pretraining)
+            except UserError:
+                raise
+            except Exception:  # noqa: BLE001 - a masker that cannot draw on the meta build is checked in training
+                pass
     n = sum(p.numel() for p in model.parameters())
     if memory_bytes is None and str(config.get("device", "auto")).startswith(("cpu", "auto")):
         memory_bytes = _physical_memory()
