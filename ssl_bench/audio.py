@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.transforms as AT
+
+from .files import shown
 
 
 class AudioError(ValueError):
@@ -32,9 +36,44 @@ _INT16_SUBTYPES = frozenset({"PCM_16", "PCM_S8", "PCM_U8", "ULAW", "ALAW"})
 _INT32_SUBTYPES = frozenset({"PCM_24", "PCM_32"})
 
 
+def wav_promised_frames(path: str | Path) -> tuple[int, int] | None:
+    """``(frames the header of a RIFF/WAVE file promises, frames its data chunk holds)``.
+
+    None for anything else (another format, RF64, or a streaming header whose data size is
+    0 or 0xFFFFFFFF, which promises nothing).  libsndfile silently shortens a WAV whose data
+    chunk was cut off to what is there; this is how a copy that stopped half-way is caught.
+    """
+    with open(os.fsencode(path), "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = 0
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = fh.read(size)
+                if len(fmt) < 14:
+                    return None
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+                if size % 2:
+                    fh.seek(1, os.SEEK_CUR)
+            elif cid == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                here = fh.tell()
+                available = os.fstat(fh.fileno()).st_size - here
+                return size // block_align, max(0, min(size, available)) // block_align
+            else:
+                fh.seek(size + (size % 2), os.SEEK_CUR)
+
+
 def _read_float32(path: Path) -> tuple[np.ndarray, int, bool]:
     """``(samples [N] or [N, C] float32, rate, whether the samples can be non-finite)``."""
-    with sf.SoundFile(str(path)) as f:
+    # bytes: a file name that is not valid UTF-8 reaches libsndfile as it is on disk
+    with sf.SoundFile(os.fsencode(path)) as f:
         two_d = f.channels > 1
         if f.subtype in _INT16_SUBTYPES:
             data = f.read(dtype="int16", always_2d=two_d)
@@ -54,18 +93,29 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     decodes, so threads read files in parallel.
     """
     path = Path(path)
+    name = shown(path)
     if not path.is_file():  # soundfile reports a missing file as an opaque "System error"
-        raise AudioError(f"{path}: no such audio file")
+        if path.is_symlink():
+            raise AudioError(f"{name}: dangling symbolic link (to {shown(os.readlink(path))}); "
+                             "restore its target or remove the link")
+        raise AudioError(f"{name}: no such audio file")
     try:
+        promised = wav_promised_frames(path) if path.suffix.lower() in (".wav", ".wave") else None
+        if promised is not None and promised[1] < promised[0]:
+            raise AudioError(f"{name}: truncated WAV: the header promises {promised[0]} frames, the file holds "
+                             f"{promised[1]}; copy or export it again")
         data, sr, floating = _read_float32(path)
+    except AudioError:
+        raise
     except FileNotFoundError:
-        raise AudioError(f"{path}: no such audio file") from None
+        raise AudioError(f"{name}: no such audio file") from None
     except Exception as exc:  # noqa: BLE001 - soundfile raises several types for bad files
-        raise AudioError(f"{path}: cannot decode audio ({str(exc).strip() or type(exc).__name__})") from None
+        msg = str(exc).strip().replace(str(path), name) or type(exc).__name__
+        raise AudioError(f"{name}: cannot decode audio ({msg})") from None
     if data.size == 0:
-        raise AudioError(f"{path}: audio file is empty (0 samples)")
+        raise AudioError(f"{name}: audio file is empty (0 samples)")
     if floating and not np.isfinite(data).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
     wave = data.mean(axis=1) if data.ndim > 1 else data
     return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
 

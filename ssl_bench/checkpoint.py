@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import DiskFullError, UserError
+from .files import disk_full_message, follow_umask, write_failed
 
 FORMAT = "ssl-bench"
 FORMAT_VERSION = 1
@@ -54,6 +56,9 @@ class CheckpointReport:
 def safe_load(path: str | Path) -> Any:
     """Load a checkpoint file without executing pickled code."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file; give the weights file in it "
+                              "(a Hugging Face model directory is read only by the model that imports it)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
@@ -69,7 +74,17 @@ def safe_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or unsafe pickles all end here
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc)
+        blocked = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
+        if blocked or "Weights only load failed" in text:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+            what = (f"names the global {blocked.group(1)}" if blocked else
+                    f"uses what the safe loader does not run ({detail.group(1).strip() if detail else 'unknown'})")
+            raise CheckpointError(
+                f"{path}: refused: its pickle {what}; loading a checkpoint never runs pickled code (it could do "
+                "anything), only tensors and plain containers are read. Re-save the weights as a state dict "
+                "(torch.save(model.state_dict(), ...)) or as .safetensors") from None
+        msg = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({msg})") from None
 
 
@@ -83,12 +98,15 @@ def _atomic_write(path: str | Path, mode: str, write: Any) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        follow_umask(tmp, directory=False)  # mkstemp makes it owner-only
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if write_failed(exc):
+            raise DiskFullError(disk_full_message(path)) from exc
         raise
     return path
 

@@ -381,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk anywhere (the feature cache, a log line): one line, not a bug
+        from .files import disk_full_message, is_disk_full
+
+        if not is_disk_full(exc) or "--debug" in (argv if argv is not None else sys.argv[1:]):
+            raise
+        where = exc.filename or os.environ.get("SSL_BENCH_RESULTS") or "results"
+        print(f"ssl-bench: error: {disk_full_message(where)}", file=sys.stderr)
+        return 2
     finally:
         from .distributed import shutdown
 

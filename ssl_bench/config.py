@@ -176,6 +176,11 @@ def load_yaml(path: str | Path, registry: Registry | None = None) -> dict[str, A
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not text (byte {exc.start} is not UTF-8); give a YAML file") \
+            from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if data is None:
@@ -312,6 +317,11 @@ def _apply(tree: dict[str, Any], key: str, value: Any, layer: Layer, SLOTS: dict
         if key in TOP_LEVEL:
             tree[key] = value
             return
+        if layer.strict and (key in SECTIONS or key in SLOTS):  # `pretrain: 5`: a section given a value
+            what = "a section of settings" if key in SECTIONS else "a component"
+            raise ConfigError(f"{layer.source}: {key!r} is {what}, not a value (got {value!r}); set its keys "
+                              f"({key}.NAME: VALUE, or a mapping under {key}:)"
+                              + (f", or choose one with {key}=NAME" if key in SLOTS else ""))
         return _unknown(key, sorted(TOP_LEVEL | set(SECTIONS) | set(SLOTS)), layer)
     # the longest slot or section that prefixes the key owns it
     for n in range(len(parts) - 1, 0, -1):

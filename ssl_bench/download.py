@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import UserError
+from .files import follow_umask
 
 CHUNK = 1 << 20
 #: File in a downloaded dataset folder naming the archive it was unpacked from.
@@ -185,6 +186,7 @@ def unpack(archive: str | Path, destination: str | Path) -> Path:
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.unpack-", dir=destination.parent))
+    follow_umask(tmp, directory=True)  # mkdtemp makes it owner-only
     try:
         name = archive.name.lower()
         if name.endswith(".zip"):

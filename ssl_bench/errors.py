@@ -11,3 +11,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Something the user can fix; the message says what is wrong and what to do."""
+
+
+class DivergedError(UserError, FloatingPointError):
+    """Training diverged (the loss became NaN or infinite); the message says where and what to try."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write failed for lack of disk space; the message names the file and the free space."""

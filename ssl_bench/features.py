@@ -6,7 +6,13 @@ un-padded) log-mel spectrograms.  With a ``cache_dir`` the result is stored unde
 
     features.bin    float32, all clips' frames concatenated: [sum(T_i), F]
     index.npy       int64 [n_kept, 3]: (position in the clip list, frame offset, frames)
-    manifest.json   format version, frontend config, clip keys, skipped clips, shapes
+    manifest.json   format version, frontend config, clip keys, skipped clips, shapes, and the
+                    size and BLAKE2b checksum of features.bin and index.npy
+    verified.json   when those checksums last matched (a file unchanged since is not re-read)
+
+Every read checks the entry (:func:`check_entry`): sizes, the index against the features and,
+for a file changed since its last check, its checksum.  A damaged entry (truncated, overwritten,
+unreadable) is rebuilt with one :class:`~ssl_bench.files.CacheWarning` naming it.
 
 The hash covers the clip list (paths, sizes and modification times), the clip length and the
 frontend's class and config except the settings that act after the cache (normalisation
@@ -45,6 +51,8 @@ import torch
 
 from .audio import AudioError, read_audio, resample_batch
 from .components import Clip
+from .files import (CacheWarning, check_file, clean_stale_temps, file_record, follow_umask, name_bytes, shown,
+                    temp_prefix)
 
 #: Bumped whenever the on-disk layout or the way features are computed changes.
 CACHE_VERSION = 1
@@ -143,7 +151,7 @@ def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None) 
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"  # still hashed: the entry records it as skipped
-        h.update(f"\n{path.resolve()}\t{stamp}".encode())
+        h.update(b"\n" + name_bytes(path.resolve()) + f"\t{stamp}".encode())
     return h.hexdigest()[:32]
 
 
@@ -414,6 +422,7 @@ def _write_entry(tmp: Path, clips, frontend, clip_seconds, device, batch_size, s
     rows.sort()
     index = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
     np.save(tmp / "index.npy", index)
+    files = {name: file_record(tmp / name) for name in ENTRY_FILES}
     manifest = {
         "version": CACHE_VERSION,
         "frontend": f"{type(frontend).__module__}.{type(frontend).__qualname__}",
@@ -425,30 +434,96 @@ def _write_entry(tmp: Path, clips, frontend, clip_seconds, device, batch_size, s
         "num_bins": num_bins[0] if num_bins[0] is not None else int(getattr(frontend.cfg, "num_bins", 0)),
         "keys": [c.key for c in clips],
         "skipped": skipped,
+        "files": files,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    _write_stamp(tmp)  # the checksums were just taken: a first read need not take them again
+
+
+#: The data files of an entry, each with its size and checksum in the manifest's ``files``.
+ENTRY_FILES = ("features.bin", "index.npy")
+#: ``(size, mtime_ns, inode)`` of each data file when its checksum last matched: an unchanged
+#: file is not read again to be checked; one rewritten in any way is.
+STAMP_NAME = "verified.json"
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _write_stamp(entry: Path) -> None:
+    from .checkpoint import atomic_write_text
+
+    try:
+        atomic_write_text(entry / STAMP_NAME, json.dumps({n: _stat(entry / n) for n in ENTRY_FILES}))
+    except OSError:
+        pass  # a read-only cache: the checksums are taken again next time
+
+
+def check_entry(entry: Path) -> tuple[str | None, dict | None, np.ndarray | None]:
+    """``(problem, manifest, index)`` of a cache entry; ``problem`` is None when it is sound.
+
+    Checked: the manifest, the size and checksum of ``features.bin`` and ``index.npy`` against
+    the manifest (checksums only when a file changed since it last matched), and that the index
+    fits the features (its shape, and every clip's frames inside the file)."""
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        total, bins = int(manifest["total_frames"]), int(manifest["num_bins"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"manifest.json is missing or unreadable ({type(exc).__name__})", None, None
+    if manifest.get("version") != CACHE_VERSION:
+        return f"format version {manifest.get('version')}, expected {CACHE_VERSION}", None, None
+    records = manifest.get("files") or {}
+    try:
+        stamp = json.loads((entry / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    checked = False
+    for name in ENTRY_FILES:
+        path, record = entry / name, records.get(name)
+        if record is not None and stamp.get(name) is not None and stamp.get(name) == _stat(path):
+            record = {"size": record["size"]}  # unchanged since its checksum matched
+        elif record is not None:
+            checked = True
+        problem = check_file(path, record, label=name)
+        if problem:
+            return problem, None, None
+    size = (entry / "features.bin").stat().st_size
+    if size != total * bins * 4:
+        return (f"features.bin holds {size} bytes, the manifest promises {total} frames x {bins} bins "
+                "(truncated)"), None, None
+    try:
+        index = np.load(entry / "index.npy")
+    except (OSError, ValueError, EOFError) as exc:
+        return f"index.npy is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", \
+            None, None
+    kept = int(manifest.get("num_kept", len(index)))
+    if index.ndim != 2 or index.shape != (kept, 3) or index.dtype != np.int64:
+        return f"index.npy has shape {index.shape} {index.dtype}, expected ({kept}, 3) int64", None, None
+    if kept and (index[:, 1].min() < 0 or index[:, 2].min() < 1 or int((index[:, 1] + index[:, 2]).max()) > total
+                 or index[:, 0].min() < 0 or int(index[:, 0].max()) >= int(manifest.get("num_clips", kept))):
+        return f"index.npy points outside features.bin or the clip list", None, None
+    if checked:
+        _write_stamp(entry)
+    return None, manifest, index
 
 
 def _entry_ok(entry: Path) -> bool:
-    """Whether ``entry`` is a complete cache entry of the current format."""
-    try:
-        manifest = json.loads((entry / "manifest.json").read_text())
-        size = (entry / "features.bin").stat().st_size
-    except (OSError, ValueError):
-        return False
-    return (manifest.get("version") == CACHE_VERSION and (entry / "index.npy").exists()
-            and size == int(manifest["total_frames"]) * int(manifest["num_bins"]) * 4)
+    """Whether ``entry`` is a complete, intact cache entry of the current format."""
+    return check_entry(entry)[0] is None
 
 
 def _read_entry(entry: Path, clips: Sequence[Clip], strict: bool, warn: bool = True) -> FeatureSet | None:
     """The cached FeatureSet, or None when the entry is unusable (then it is rebuilt)."""
-    if not _entry_ok(entry):
-        return None
-    try:
-        manifest = json.loads((entry / "manifest.json").read_text())
-        index = np.load(entry / "index.npy")
-    except (OSError, ValueError):
+    problem, manifest, index = check_entry(entry)
+    if problem is not None:
+        warnings.warn(f"feature cache entry {shown(entry)} is damaged and is rebuilt: {problem}", CacheWarning,
+                      stacklevel=3)
         return None
     if manifest.get("keys") != [c.key for c in clips]:
         return None
@@ -506,7 +581,9 @@ def extract(
         if fs is not None:
             return fs
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=cache_dir))
+    clean_stale_temps(cache_dir)  # what killed writers left behind
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(entry.name), dir=cache_dir))
+    follow_umask(tmp, directory=True)
     try:
         _write_entry(tmp, clips, frontend, clip_seconds, device, batch_size, strict, progress)
         _install(tmp, entry)

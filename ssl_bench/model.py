@@ -190,6 +190,37 @@ def build_model(config: dict[str, Any], registry: Registry | None = None, dry_ru
     return model
 
 
+def blame(model: nn.Module, exc: BaseException) -> str | None:
+    """``raised in masker 'x' (plugin 'y')``: the component whose code raised ``exc``, found by
+    walking its traceback from the innermost frame out to the first frame in a component's
+    module; None when no component's code is on it."""
+    import sys
+
+    origins = getattr(model, "origins", None) or {}
+    parts = getattr(getattr(model, "ctx", None), "parts", {}) or {}
+    files: dict[str, str] = {}
+    for slot, origin in origins.items():
+        part = parts.get(slot)
+        for cls in type(part).__mro__ if part is not None else ():
+            module = sys.modules.get(cls.__module__)
+            path = getattr(module, "__file__", None)
+            if path and not cls.__module__.startswith(("torch", "ssl_bench.components", "builtins")):
+                files.setdefault(str(Path(path).resolve()), origin)
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    for filename in reversed(frames):
+        try:
+            origin = files.get(str(Path(filename).resolve()))
+        except OSError:
+            origin = None
+        if origin is not None:
+            return f"raised in {origin}"
+    return None
+
+
 def create_model(
     name: str,
     preset: str | None = None,
@@ -258,6 +289,16 @@ def check_config(config: dict[str, Any], registry: Registry | None = None,
     need more memory than there is (``memory_bytes``, default: this machine's RAM for a CPU run).
     Returns the parameter count."""
     model = build_model(config, registry, dry_run=True)
+    grid = getattr(model.ctx, "grid", None)
+    pretraining = bool((config.get("pretrain") or {}).get("enabled", True))
+    for slot in ("masker", "finetune.masker"):  # a mask drawn now: a ratio of 0 or 1 is refused before data work
+        if grid and getattr(model, slot.replace(".", "_"), None) is not None:
+            try:
+                model.draw_mask(slot, 2, tuple(grid), need_hidden=slot == "masker" and pretraining)
+            except UserError:
+                raise
+            except Exception:  # noqa: BLE001 - a masker that cannot draw on the meta build is checked in training
+                pass
     n = sum(p.numel() for p in model.parameters())
     if memory_bytes is None and str(config.get("device", "auto")).startswith(("cpu", "auto")):
         memory_bytes = _physical_memory()

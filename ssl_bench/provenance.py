@@ -61,17 +61,28 @@ class DigestCache:
                     "sha256 TEXT)")
         return con
 
+    @staticmethod
+    def _key(path: str) -> str:
+        """The database key of ``path``: itself, or ``bytes:<hex>`` for a name that is not valid
+        UTF-8 (SQLite takes only encodable text)."""
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            return "bytes:" + os.fsencode(path).hex()
+        return path
+
     def lookup(self, paths: Sequence[str]) -> dict[str, tuple[int, int, str]]:
         found = {p: self.memory[p] for p in paths if p in self.memory}
         con = self._connect()
         if con is not None:
             with con:
-                wanted = [p for p in paths if p not in found]
+                keys = {self._key(p): p for p in paths if p not in found}
+                wanted = list(keys)
                 for i in range(0, len(wanted), 500):
                     part = wanted[i:i + 500]
                     rows = con.execute(f"SELECT path, size, mtime_ns, sha256 FROM files WHERE path IN "
                                        f"({','.join('?' * len(part))})", part).fetchall()
-                    found.update({r[0]: (r[1], r[2], r[3]) for r in rows})
+                    found.update({keys[r[0]]: (r[1], r[2], r[3]) for r in rows})
             con.close()
         return found
 
@@ -82,7 +93,7 @@ class DigestCache:
             return
         with con:
             con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
-                            [(p, *v) for p, v in entries.items()])
+                            [(self._key(p), *v) for p, v in entries.items()])
         con.close()
 
 
@@ -141,7 +152,7 @@ def audio_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) -> s
     digests = file_digests([c.path for c in clips], cache_dir)
     missing = len({str(Path(c.path).expanduser().resolve()) for c in clips}) - len(digests)
     text = "\n".join(sorted(digests.values())) + f"\nmissing {missing}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def dataset_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) -> dict[str, Any]:
@@ -158,7 +169,7 @@ def dataset_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) ->
         total += os.stat(key).st_size
         lines.append(f"{c.key}\t{d}")
     text = "\n".join(sorted(lines))
-    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "files": len(lines), "bytes": total,
+    return {"sha256": hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest(), "files": len(lines), "bytes": total,
             "missing": missing}
 
 
@@ -184,7 +195,7 @@ def weights_digest(path: str | Path, cache_dir: str | Path | None = None) -> str
         return file_sha256(path, cache_dir)
     digests = file_digests(files, cache_dir)
     text = "\n".join(f"{p.name}\t{digests[str(p.resolve())]}" for p in files)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def readable_name(path: str | Path) -> str:

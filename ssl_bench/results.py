@@ -9,7 +9,9 @@ Layout of a results root::
         result.json        {"run_id", "config_hash", "provenance", "config", "rows": [...]}
         log.txt            what the run printed
         *.pt               checkpoints, where asked
-      .tmp-<run-id>-*/     runs in progress (ignored by load; removed on error or Ctrl-C)
+      .tmp-<run-id>-<host>-<pid>-<start>-*/
+                           runs in progress (ignored by load; removed on error or Ctrl-C, and
+                           by a later writer on the same host once that process is gone)
       .cache/              features, pretrained encoders, probe embeddings, file digests
 
 :func:`load` returns one row per run x task x protocol x split x seed x metric with the
@@ -42,6 +44,7 @@ import shutil
 import socket
 import tempfile
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ import yaml
 
 from .checkpoint import atomic_write_text, save_model
 from .config import config_hash, dump_yaml, flat_config
+from .files import clean_stale_temps, follow_umask, shown, temp_prefix
 
 ROW_KEYS = ("run_id", "model", "task", "protocol", "split", "seed", "init", "init_id", "metric", "value")
 #: Row columns that tell apart several results of one protocol on one split (the per-layer
@@ -65,6 +69,10 @@ WILCOXON_MIN_PAIRS = 8
 PRETRAINING_PREFIXES = ("pretrain", "masker", "decoder", "objective", "method")
 #: Config columns that never split a table (bookkeeping, or said by ``init_id``).
 NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers", "pretrain.checkpoint_every")
+
+
+class ResultsWarning(UserWarning):
+    """A run directory whose record cannot be read; it is left out of the tables."""
 
 
 def new_run_id(config: dict[str, Any]) -> str:
@@ -110,7 +118,9 @@ class RunWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.final_dir.exists():
             raise FileExistsError(f"{self.final_dir} already exists")
-        self.dir = Path(tempfile.mkdtemp(prefix=f".tmp-{self.run_id}-", dir=self.root))
+        clean_stale_temps(self.root)  # what writers killed on this host left behind
+        self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(self.run_id), dir=self.root))
+        follow_umask(self.dir, directory=True)  # a shared results directory stays readable to the team
         atomic_write_text(self.dir / "config.yaml", dump_yaml(self.config))
         if self.trackers:
             self.trackers.start(self.run_id, self.config, self._tags())
@@ -159,7 +169,7 @@ class RunWriter:
 
     # ------------------------------------------------------------------ records
     def log(self, message: str) -> None:
-        with open(self.dir / "log.txt", "a") as fh:
+        with open(self.dir / "log.txt", "a", errors="backslashreplace") as fh:  # a non-UTF-8 file name
             fh.write(message.rstrip("\n") + "\n")
         if self.echo:
             print(message, flush=True)
@@ -206,16 +216,26 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     pretraining, told apart by the config columns) as their ``init_id``; a checkpoint's row
     gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name."""
     frames = []
+    bad: list[tuple[Path, str]] = []
+    loaded = 0
     for d in run_dirs(root):
         try:
             result = json.loads((d / "result.json").read_text())
             config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ValueError(f"{d}: unreadable run record ({exc})") from None
-        rows = result.get("rows", [])
-        if not rows:
+            if not isinstance(result, dict) or not isinstance(result.get("rows", []), list) \
+                    or not isinstance(config or {}, dict):
+                raise ValueError("not a run record")
+            rows = result.get("rows", [])
+            df = pd.DataFrame(rows) if rows else None
+            if df is not None and not {"init", "value"} <= set(df.columns):
+                raise ValueError("its rows lack init/value")
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            bad.append((d, reason[:200]))
             continue
-        df = pd.DataFrame(rows)
+        loaded += 1
+        if df is None:
+            continue
         if "init_id" not in df.columns:
             df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
         flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
@@ -223,6 +243,9 @@ def load(root: str | Path = "results") -> pd.DataFrame:
             df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
         df["config_hash"] = result.get("config_hash")
         frames.append(df)
+    for d, reason in bad:  # one damaged record must not hide every other run
+        warnings.warn(f"{shown(d / 'result.json')}: unreadable run record ({reason}); skipped, {loaded} run(s) "
+                      "loaded; remove or repair that directory", ResultsWarning, stacklevel=2)
     if not frames:
         return pd.DataFrame(columns=list(ROW_KEYS))
     df = pd.concat(frames, ignore_index=True)

@@ -51,6 +51,7 @@ from . import distributed as D
 from .checkpoint import atomic_write_text
 from .components import BuildContext, Clip
 from .config import ConfigError, config_hash, data_settings, instantiate_config
+from .errors import UserError
 from .protocols.base import Protocol, ProtocolContext, section_config
 from .protocols.data import SplitData, label_targets, normalize
 from .registry import get_registry
@@ -346,17 +347,24 @@ class _Experiment:
         t_split = time.time()
         train_clips, valid_clips = list(split.train), list(split.valid) if split.valid is not None else None
         carved = valid_clips is None
+        n_skipped = sum(1 for part in (split.train, split.valid or [], split.test) for c in part
+                        if c.key in self.skipped)
         if carved:
             from .splits import carve_validation
 
+            # carved from the clips that could be read, so no skipped clip takes a validation place
+            usable = [c for c in split.train if c.key in self.feature_index]
             fraction = float(data_settings(cfg).valid_fraction)
-            train_clips, valid_clips = carve_validation(split.train, fraction, self.seed, self.multilabel)
+            train_clips, valid_clips = carve_validation(usable, fraction, self.seed, self.multilabel)
 
         def idx(clips: Sequence[Clip]) -> np.ndarray:
             return np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index], dtype=np.int64)
 
         train, valid, test = idx(train_clips), idx(valid_clips), idx(split.test)
-        n_skipped = sum(1 for part in (train_clips, valid_clips, split.test) for c in part if c.key in self.skipped)
+        if 0 < len(valid) < len(self.classes):
+            self.writer.log(f"[{split.name}] warning: the validation set has {len(valid)} clip(s) for "
+                            f"{len(self.classes)} classes; choices made on it (C, k, epochs) are noisy: raise "
+                            "data.valid_fraction or give the task a validation split")
         if len(train) == 0 or len(test) == 0:
             raise ConfigError(f"task {self.task.name!r} split {split.name!r}: no usable training or test clips "
                               f"({n_skipped} skipped)")
@@ -443,7 +451,16 @@ class _Experiment:
             device=self.device, cache_dir=self.cache, state_dir=self.state_dir / data.name / f"{name}-{_slug(init)}",
             resume=self.resume, progress=self.progress_main, log=self.writer.log,
             log_metrics=self.writer.metrics, run=self)
-        results = proto.run(ctx)
+        try:
+            results = proto.run(ctx)
+        except UserError:
+            raise
+        except Exception as exc:  # a bug: keep the traceback, and say whose code raised it
+            from .model import blame
+
+            entry = self.registry.get("protocol", name)
+            exc.add_note(blame(model, exc) or f"raised while running protocol {name!r} (plugin {entry.plugin!r})")
+            raise
         wall = time.time() - t0
         base: dict[str, Any] = {}
         if results:

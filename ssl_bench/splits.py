@@ -28,7 +28,7 @@ def _stratum(clip: Clip, multilabel: bool, label_counts: Counter) -> tuple[int, 
 def _order_key(clip: Clip, seed: int) -> str:
     # A per-clip hash instead of a shuffle of the input list: the result then depends only on
     # the set of clips and the seed, not on the order a task happened to list them in.
-    return hashlib.sha1(f"{seed}:{clip.key}".encode()).hexdigest()
+    return hashlib.sha1(f"{seed}:{clip.key}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def carve_validation(
@@ -68,7 +68,7 @@ def carve_validation(
                 remaining += 1
 
     def tie(k):  # deterministic, seed-dependent tie-break between equal remainders
-        return hashlib.sha1(f"{seed}:{k}".encode()).hexdigest()
+        return hashlib.sha1(f"{seed}:{k}".encode("utf-8", "surrogateescape")).hexdigest()
 
     # First pass keeps at least one clip of each stratum in train; the second may not.
     for keep_one in (True, False):

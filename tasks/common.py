@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Sequence
 
 from ssl_bench.components import Clip, Split
 from ssl_bench.errors import UserError
+from ssl_bench.files import follow_umask
 
 #: The ``stats_key`` of the 128-bin Kaldi fbank frontend of AudioMAE and AST (16 kHz, 25/10 ms):
 #: the features every published statistic below was measured on.
@@ -283,6 +284,7 @@ def atomic_directory(final: Path) -> Iterator[Path | None]:
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{uuid.uuid4().hex[:6]}-", dir=final.parent))
+    follow_umask(tmp, directory=True)  # mkdtemp makes it owner-only; data are shared like any folder
     try:
         yield tmp
         try:

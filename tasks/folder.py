@@ -29,6 +29,7 @@ import yaml
 
 from ssl_bench import hookimpl
 from ssl_bench.components import Clip, Split
+from ssl_bench.files import name_bytes
 from ssl_bench.metrics import METRICS
 
 from .common import (
@@ -51,7 +52,8 @@ DEFAULT_FOLDS = 5
 
 
 def _hash_order(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()
+    # a file name need not be valid UTF-8 (its undecodable bytes arrive as surrogate escapes)
+    return hashlib.sha1(name_bytes(key)).hexdigest()
 
 
 def stratified_folds(clips: list[Clip], folds: int = DEFAULT_FOLDS) -> list[tuple[Clip, int]]:
@@ -184,7 +186,8 @@ class FolderTask(DatasetTask):
             )
         for label, name in enumerate(names):
             for f in sorted((root / name).rglob("*")):
-                if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS:
+                # a dangling link is listed too: it is then skipped with a warning and counted
+                if (f.is_file() or f.is_symlink()) and f.suffix.lower() in AUDIO_EXTENSIONS:
                     clips.append(Clip(f, (label,), clip_key(root, f)))
         self._classes = names
         self.multilabel = False

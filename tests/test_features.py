@@ -111,7 +111,8 @@ def test_cache_second_call_reads_instead_of_decoding(clips, tmp_path, monkeypatc
     fe = StandInFbank()
     first = F.extract(clips, fe, clip_seconds=1.0, cache_dir=cache, progress=False)
     assert not first.from_cache and first.path.parent == cache
-    assert sorted(p.name for p in first.path.iterdir()) == ["features.bin", "index.npy", "manifest.json"]
+    assert sorted(p.name for p in first.path.iterdir()) == ["features.bin", "index.npy", "manifest.json",
+                                                           "verified.json"]
     assert [p.name for p in cache.iterdir()] == [first.path.name]  # no temp dirs left
 
     def no_decode(*a, **k):

@@ -191,7 +191,7 @@ def test_an_interrupted_run_continues_where_it_stopped(tiny, tmp_path, monkeypat
     run = run_experiment(cfg, results_root=root, **kw)
     log = (run / "log.txt").read_text()
     assert "[fold1] linear-pretrained: finished before the interruption" in log
-    assert "[fold2] pretrain: resumed from epoch 2 step 2" in log
+    assert "[fold2] pretrain: resumed at epoch 2 of 3, step 2" in log
 
     def key(r):
         return (r["split"], r["protocol"], r["init"], r["metric"])

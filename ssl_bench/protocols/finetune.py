@@ -35,6 +35,7 @@ from .. import distributed as D
 from ..augment import mixup, spec_augment
 from ..checkpoint import atomic_save, safe_load
 from ..config import ConfigError, instantiate_config
+from ..errors import DivergedError
 from ..metrics import evaluate
 from ..nn import set_drop_path
 from ..registry import get_registry
@@ -571,7 +572,7 @@ def finetune(
             tracker.weights = None
 
     if not runs:
-        raise FloatingPointError(f"fine-tuning diverged at every grid point ({', '.join(map(_trial_name, trials))}) "
+        raise DivergedError(f"fine-tuning diverged at every grid point ({', '.join(map(_trial_name, trials))}) "
                                  "before a validation epoch; lower finetune.lr_factors or set finetune.clip_grad")
     tracker, result, lr_factor, strength, cfg = runs[chosen]
     model.finetune_masker = base_masker

@@ -165,9 +165,9 @@ def pretrain_encoder(model: nn.Module, *, clips: Any, features: Any, indices: np
     final = out_dir / "pretrained.pt"
     meta_path = out_dir / "meta.json"
     t0 = time.time()
-    if D.broadcast_object(final.is_file() and meta_path.is_file()):
+    meta = D.broadcast_object(_verified_meta(final, meta_path, cache_dir) if D.current().is_main else None)
+    if meta is not None:
         load_into(model, final, strict=True)
-        meta = json.loads(meta_path.read_text())
         log(f"{prefix}pretrain: reusing {final} (hash {h}, final loss {meta['loss']:.4f})")
         reused = True
     else:
@@ -189,8 +189,13 @@ def pretrain_encoder(model: nn.Module, *, clips: Any, features: Any, indices: np
             save_model(model, final, pretrain_hash=h, **({"name": name} if name else {}))
         D.barrier()
         reused = False
-        resumed = (f"resumed from epoch {result.resumed_from[0] + 1} step {result.resumed_from[1]}, "
-                   if result.resumed_from else "")
+        epochs = train_config(config).epochs
+        if result.resumed_from and result.resumed_from[0] >= epochs:  # killed before its weights were saved
+            resumed = f"finished before the interruption ({out_dir / 'last.pt'}), weights saved now; "
+        elif result.resumed_from:
+            resumed = (f"resumed at epoch {result.resumed_from[0] + 1} of {epochs}, step {result.resumed_from[1]}; ")
+        else:
+            resumed = ""
         log(f"{prefix}pretrain: {resumed}{result.epochs} epochs, final loss "
             f"{result.final_loss:.4f}, {result.samples_per_s:.1f} samples/s, {time.time() - t0:.1f} s")
     if "weights_sha256" not in meta or (name and meta.get("name") != name):
@@ -201,6 +206,39 @@ def pretrain_encoder(model: nn.Module, *, clips: Any, features: Any, indices: np
             atomic_write_text(meta_path, json.dumps(meta, indent=1, default=jsonable))
         D.barrier()
     return {**meta, "path": str(final), "reused": reused}
+
+
+def _verified_meta(final: Path, meta_path: Path, cache_dir: Path) -> dict[str, Any] | None:
+    """The record of a finished pretraining whose weights are intact, or None.
+
+    ``pretrained.pt`` must have the SHA-256 its ``meta.json`` recorded (truncated or overwritten
+    weights are caught before they are loaded); a damaged pair is removed with one warning
+    naming it, and the pretraining is made again (from its finished ``last.pt`` when that is
+    intact, which costs no training)."""
+    import warnings
+
+    from ..files import CacheWarning, shown
+    from ..provenance import file_sha256
+
+    if not (final.is_file() and meta_path.is_file()):
+        return None
+    problem = None
+    try:
+        meta = json.loads(meta_path.read_text())
+        float(meta["loss"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"{shown(meta_path)} is unreadable ({type(exc).__name__})"
+    else:
+        want = meta.get("weights_sha256")
+        if want and file_sha256(final, cache_dir) != want:
+            problem = (f"{shown(final)} ({final.stat().st_size} bytes) does not have the SHA-256 recorded in "
+                       f"{meta_path.name} (truncated or overwritten)")
+    if problem is None:
+        return meta
+    warnings.warn(f"pretrained encoder cache: {problem}; it is made again", CacheWarning, stacklevel=3)
+    for p in (final, meta_path):
+        p.unlink(missing_ok=True)
+    return None
 
 
 class PretrainProtocol(Protocol):

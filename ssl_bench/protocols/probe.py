@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import distributed as D
 from ..config import data_settings
+from ..files import CacheWarning, check_sum, discard, follow_umask, shown, write_sum
 from ..metrics import evaluate
 from ..train import predict
 from .base import Protocol, ProtocolContext, ProtocolResult
@@ -90,7 +91,7 @@ def embedding_key(model: nn.Module, data: SplitData, indices: Sequence[int]) -> 
         "frontend": _frontend_config(model),
         "num_frames": data.num_frames,
         "features": str(getattr(data.features, "path", None)),
-        "clips": hashlib.sha256("\n".join(clips).encode()).hexdigest(),
+        "clips": hashlib.sha256("\n".join(clips).encode("utf-8", "surrogateescape")).hexdigest(),
         "n": len(clips),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -122,10 +123,13 @@ def extract_embeddings(
         key = embedding_key(model, data, indices)
         path, layers_path = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.layers.npy"
         if layers_path.is_file():
-            emb = np.load(layers_path, mmap_mode=None if layers else "r")
-            return (emb if layers else np.ascontiguousarray(emb[:, -1])), True
+            emb = _load_npy(layers_path, len(indices), mmap_mode=None if layers else "r")
+            if emb is not None:
+                return (emb if layers else np.ascontiguousarray(emb[:, -1])), True
         if path.is_file() and not layers:
-            return np.load(path), True
+            emb = _load_npy(path, len(indices))
+            if emb is not None:
+                return emb, True
     was_training = model.training
     model.to(device)  # a model built on the CPU probes on the device asked for
     model.eval()
@@ -142,13 +146,37 @@ def extract_embeddings(
     return emb, False
 
 
+def _load_npy(path: Path, rows: int, mmap_mode: str | None = None) -> np.ndarray | None:
+    """A cached embedding array, checked against its ``.sum`` (size and checksum) and the number
+    of clips it must hold; None (and the files removed, with one warning naming them) when it
+    fails, so the caller computes it again."""
+    problem = check_sum(path)
+    emb = None
+    if problem is None:
+        try:
+            emb = np.load(path, mmap_mode=mmap_mode)
+        except (OSError, ValueError, EOFError) as exc:
+            problem = f"{shown(path)} is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        else:
+            if emb.ndim < 2 or emb.shape[0] != rows or emb.dtype != np.float32:
+                problem = f"{shown(path)} holds {emb.shape} {emb.dtype}, expected {rows} rows of float32"
+    if problem is None:
+        return emb
+    warnings.warn(f"embedding cache: {problem}; it is computed again", CacheWarning, stacklevel=3)
+    del emb
+    discard(path)
+    return None
+
+
 def _save_npy(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, np.ascontiguousarray(array))
+        follow_umask(tmp, directory=False)
         os.replace(tmp, path)
+        write_sum(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -47,6 +47,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import distributed as D
+from ..checkpoint import CheckpointError
+from ..errors import DivergedError
+from ..files import CacheWarning
 from ..nn import to_device as tensor_to_device
 from .optim import TrainConfig, TrainConfigError, WarmupCosine, param_groups
 from .sampler import ShardedBatchSampler
@@ -106,8 +109,9 @@ class _StepModule(nn.Module):
 @dataclass
 class FitResult:
     """What :func:`fit` did.  ``history``: one record per epoch (all epochs, resumed or not);
-    ``step_losses``: the global mean loss of every optimiser step; throughput and memory are for
-    the steps this call ran."""
+    ``step_losses``: the global mean loss of every optimiser step; ``wall_s``, ``train_s`` and
+    ``samples_per_s`` cover the whole training, the parts before a resume included (saved in
+    the checkpoint); memory is this call's."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
@@ -231,7 +235,20 @@ def fit(
         )
     model.to(device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    saved = load_train_checkpoint(ckpt_path) if (resume and ckpt_path is not None and ckpt_path.is_file()) else None
+    saved = None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        try:
+            saved = load_train_checkpoint(ckpt_path)
+        except CheckpointError as exc:  # truncated or foreign: start again rather than fail every rerun
+            if info.is_main:
+                warnings.warn(f"{exc}; training starts from the beginning", CacheWarning, stacklevel=2)
+                ckpt_path.replace(ckpt_path.with_name(ckpt_path.name + ".damaged"))
+            D.barrier()
+    # compute spent before this call (a resumed run's earlier parts), so the totals cover the whole run
+    before = dict((saved or {}).get("compute") or {})
+    prior_wall = float(before.get("wall_s", 0.0))
+    prior_train = float(before.get("train_s", 0.0))
+    prior_samples = int(before.get("samples", 0))
     if saved is not None and saved.get("world_size", 1) != info.world_size:
         warnings.warn(f"{ckpt_path}: written with {saved.get('world_size')} processes, resuming with "
                       f"{info.world_size}; per-rank RNG streams are re-seeded", stacklevel=2)
@@ -241,8 +258,13 @@ def fit(
         restore_train_state(saved, model, state)
         history = list(saved["history"])
         losses = [float(x) for x in saved["step_losses"]]
+        if log_metrics is not None and info.is_main:
+            for record in history:  # the records of the run that finished, for this run's log
+                log_metrics(dict(record))
         return FitResult(history=history, step_losses=losses, epochs=len(history), steps=len(losses),
-                         wall_s=time.perf_counter() - t_start, world_size=info.world_size, device=str(device),
+                         wall_s=prior_wall + time.perf_counter() - t_start, train_s=prior_train,
+                         samples_per_s=prior_samples / prior_train if prior_train > 0 else 0.0,
+                         world_size=info.world_size, device=str(device),
                          resumed_from=(int(saved["epoch"]), int(saved["step"])), checkpoint=ckpt_path)
     # done for any world size so parameter groups (and checkpoints) do not depend on it
     frozen = _freeze_unused(model, dataset, loss_fn, sampler, collate_fn, device, cfg)
@@ -265,6 +287,9 @@ def fit(
             result.resumed_from = (start_epoch, start_step)
             if start_step:
                 epoch_losses[:start_step] = saved["epoch_losses"][:start_step].to(device)
+            if log_metrics is not None and info.is_main:
+                for record in result.history:  # the epochs before the interruption, so the log is whole
+                    log_metrics(dict(record))
 
         step_module: nn.Module = _StepModule(model, loss_fn)
         if info.enabled:
@@ -286,7 +311,10 @@ def fit(
         # at, which costs a (tiny) all-reduce and a host sync: every few steps, not every step.
         # torchrun gives its workers 30 s after forwarding SIGTERM, so "a few" stays small.
         checks_stop_every = 1 if not info.enabled else max(1, min(cfg.log_every, STOP_CHECK_STEPS))
-        samples_run, t_train = 0, 0.0
+        samples_run, t_train = prior_samples, prior_train
+
+        def spent() -> dict[str, float]:  # compute so far, saved in checkpoints
+            return {"wall_s": prior_wall + time.perf_counter() - t_start, "train_s": t_train, "samples": samples_run}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -330,7 +358,7 @@ def fit(
                     if done % cfg.log_every == 0 or done == steps_per_epoch:
                         mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
                         if not math.isfinite(mean):
-                            raise FloatingPointError(
+                            raise DivergedError(
                                 f"{desc}: loss became {mean} by epoch {epoch + 1} step {done}; "
                                 "lower the learning rate or set clip_grad"
                             )
@@ -340,7 +368,7 @@ def fit(
                         bar.close()
                         path = save_train_checkpoint(ckpt_path, model, optimizer, schedule, scaler, epoch, done,
                                                      result.history, result.step_losses, epoch_losses, state,
-                                                     finished=False)
+                                                     finished=False, compute=spent())
                         raise TrainingInterrupted(stop.signum or signal.SIGTERM, path)
                 bar.close()
                 if device.type == "cuda":
@@ -366,7 +394,8 @@ def fit(
                 stopping = not last and D.any_rank(stop.signum is not None)
                 if ckpt_path is not None and (last or stopping or (epoch + 1) % max(cfg.checkpoint_every, 1) == 0):
                     save_train_checkpoint(ckpt_path, model, optimizer, schedule, scaler, epoch + 1, 0, result.history,
-                                          result.step_losses, epoch_losses, state, finished=last)
+                                          result.step_losses, epoch_losses, state, finished=last,
+                                          compute=spent())
                 if stopping:
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM, ckpt_path)
 
@@ -375,7 +404,7 @@ def fit(
         result.train_s = t_train
         result.samples_per_s = samples_run / t_train if t_train > 0 else 0.0
         result.peak_memory_mb = peak_memory_mb(device)
-        result.wall_s = time.perf_counter() - t_start
+        result.wall_s = prior_wall + time.perf_counter() - t_start
         return result
     finally:
         for p in frozen:  # the caller gets its model back as it was

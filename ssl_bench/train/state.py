@@ -83,11 +83,13 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_train_checkpoint(path: Path | None, model: nn.Module, optimizer: Any, schedule: Any, scaler: Any,
                           epoch: int, step: int, history: list[dict[str, Any]], step_losses: list[float],
-                          epoch_losses: torch.Tensor, state: Stateful | None, finished: bool) -> Path | None:
+                          epoch_losses: torch.Tensor, state: Stateful | None, finished: bool,
+                          compute: dict[str, float] | None = None) -> Path | None:
     """Write the training checkpoint on rank 0 (every rank takes part in gathering RNG states).
 
     ``epoch``/``step``: where training continues (``step`` > 0: inside ``epoch``, whose first
-    ``step`` losses are ``epoch_losses[:step]``).
+    ``step`` losses are ``epoch_losses[:step]``).  ``compute``: wall and training seconds and
+    samples so far (``wall_s``, ``train_s``, ``samples``), which a resumed run adds to.
     """
     if path is None:
         return None
@@ -112,6 +114,7 @@ def save_train_checkpoint(path: Path | None, model: nn.Module, optimizer: Any, s
             "state": state.state_dict() if state is not None else None,
             "rng": rngs,
             "world_size": info.world_size,
+            "compute": {k: float(v) for k, v in (compute or {}).items()},
         }
         atomic_save(payload, path)
     D.barrier()

@@ -1,0 +1,256 @@
+"""Small file helpers shared by the caches, the results writer and the tasks.
+
+* :func:`name_bytes`: the bytes of a file name or key that may not be valid UTF-8 (POSIX file
+  names are bytes; Python carries the undecodable ones as surrogate escapes), for hashing;
+* :func:`shown`: a name for messages that is always printable (``repr`` when not valid UTF-8);
+* :func:`follow_umask`: ``mkdtemp``/``mkstemp`` make owner-only (0700/0600) entries; results
+  and caches are meant to be shared, so they get the permissions of an ordinary ``mkdir``/``open``;
+* :func:`temp_prefix` / :func:`clean_stale_temps`: temporary directories named after the
+  writer (host, process id, process start), so a later writer on the same host can tell a
+  dead writer's leftovers from a live one's and remove them;
+* :func:`blake2_file`: a fast content checksum of a file (BLAKE2b, 128 bits);
+* :func:`disk_full_message`: one line saying that the disk is full, naming the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+def name_bytes(name: str | os.PathLike) -> bytes:
+    """The bytes of a file name or clip key, surrogate-escaped characters included."""
+    return os.fsencode(os.fspath(name))
+
+
+def shown(name: str | os.PathLike) -> str:
+    """``name`` as text for a message: itself when it is valid UTF-8, else its ``repr``."""
+    text = os.fspath(name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(text)
+    return text
+
+
+def umask() -> int:
+    """The process umask: from ``/proc/self/status`` on Linux (no change to it, so safe beside
+    other threads), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike, directory: bool | None = None) -> None:
+    """Give ``path`` the mode an ordinary ``mkdir`` (0777) or ``open`` (0666) would, under the umask."""
+    path = Path(path)
+    if directory is None:
+        directory = path.is_dir()
+    try:
+        os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+    except OSError:
+        pass  # not ours to change (a shared directory owned by someone else): leave it
+
+
+def _process_start() -> str:
+    """This process's start time (clock ticks since boot on Linux; else the import time)."""
+    try:
+        with open(f"/proc/{os.getpid()}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return str(int(_IMPORTED))
+
+
+_IMPORTED = time.time()
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """``.tmp-<name>-<host>-<pid>-<start>-`` for a temporary directory of this process."""
+    return f".tmp-{name}-{_host()}-{os.getpid()}-{_process_start()}-"
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode() == start
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True  # cannot tell: keep it
+
+
+def clean_stale_temps(root: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
+    """Remove ``.tmp-*`` directories under ``root`` left by dead writers on this host.
+
+    A directory is removed when its name carries this host, a process id and that process's
+    start time (:func:`temp_prefix`), and no process with that id and start time is running,
+    and it is older than ``min_age_s``.  Directories of other hosts or of the older naming are
+    left alone (their writer may be alive elsewhere).  Returns what was removed.
+    """
+    root = Path(root)
+    removed = []
+    host = _host()
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(".tmp-") or f"-{host}-" not in name:
+            continue
+        tail = name.rsplit(f"-{host}-", 1)[1].split("-")
+        if len(tail) < 3 or not tail[0].isdigit():
+            continue
+        pid, start = int(tail[0]), tail[1]
+        if _alive(pid, start):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < min_age_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def blake2_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """BLAKE2b (128-bit) hex digest of a file's content."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or exceeded quota.
+
+    ``torch.save`` reports a failed write as ``RuntimeError: ... unexpected pos``; that is
+    counted as a full disk only when the filesystem indeed has no room left (checked by the
+    caller with :func:`free_bytes`)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def write_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for lack of space: ``ENOSPC``/``EDQUOT``, or
+    ``torch.save``'s ``unexpected pos`` / ``failed writing`` (its way of saying the same)."""
+    if is_disk_full(exc):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("unexpected pos" in text or "failed writing" in text)
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the filesystem of ``path`` (None when unknown)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full_message(path: str | os.PathLike) -> str:
+    """One line: writing ``path`` failed for lack of disk space, and what to do."""
+    free = free_bytes(Path(path).parent)
+    left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+    return (f"{shown(path)}: no space left on the device{left}; free some space (or point "
+            "--results / SSL_BENCH_CACHE elsewhere) and run the same command again to resume")
+
+
+# --------------------------------------------------------------------------- checksums
+class CacheWarning(UserWarning):
+    """A cache entry that failed its check (truncated, overwritten, unreadable) and is rebuilt."""
+
+
+def sum_path(path: str | os.PathLike) -> Path:
+    """The checksum file kept beside ``path``: ``<path>.sum``."""
+    path = Path(path)
+    return path.with_name(path.name + ".sum")
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """``{"size", "blake2b"}`` of a file, what :func:`check_file` compares against."""
+    return {"size": os.path.getsize(path), "blake2b": blake2_file(path)}
+
+
+def write_sum(path: str | os.PathLike) -> None:
+    """Record ``path``'s size and checksum in ``<path>.sum`` (written atomically)."""
+    import json
+
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(sum_path(path), json.dumps(file_record(path)))
+
+
+def check_file(path: str | os.PathLike, record: dict | None, label: str | None = None) -> str | None:
+    """What is wrong with ``path`` against ``record`` (``{"size", "blake2b"}``), or None.
+
+    The size is compared first (a truncated file costs no read), then the checksum.  ``label``:
+    how the message names the file (default its path)."""
+    path = Path(path)
+    label = label or shown(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"{label} cannot be read ({exc.strerror or exc})"
+    if record is None:
+        return None
+    if size != int(record.get("size", -1)):
+        return f"{label} holds {size} bytes, {record.get('size')} were written (truncated or replaced)"
+    if record.get("blake2b") and blake2_file(path) != record["blake2b"]:
+        return f"{label} does not match the checksum written with it (overwritten or damaged)"
+    return None
+
+
+def check_sum(path: str | os.PathLike) -> str | None:
+    """What is wrong with ``path`` against its ``.sum`` file, or None (also when it has none:
+    an entry written before checksums were kept is checked only by being read)."""
+    import json
+
+    sp = sum_path(path)
+    if not sp.is_file():
+        return check_file(path, None)
+    try:
+        record = json.loads(sp.read_text())
+    except (OSError, ValueError):
+        return f"{shown(sp)} is unreadable"
+    return check_file(path, record)
+
+
+def discard(*paths: str | os.PathLike) -> None:
+    """Remove cache files (and their ``.sum``) that failed a check; missing ones are fine."""
+    for p in paths:
+        for q in (Path(p), sum_path(p)):
+            try:
+                q.unlink()
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                shutil.rmtree(q, ignore_errors=True)
