@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchaudio.compliance import kaldi
 
 import ssl_bench
-from ssl_bench.checkpoint import CheckpointError, atomic_save
+from ssl_bench.checkpoint import CheckpointError, atomic_save, save_model
 from ssl_bench.config import resolve
 from ssl_bench.plugins.beats import downsample_padding_mask, extract_features, relative_buckets
 from ssl_bench.runner import run_experiment
@@ -249,6 +249,11 @@ def test_strict_loading_names_missing_unexpected_and_differing_keys(tmp_path, re
     with pytest.raises(CheckpointError, match="max_distance 1280"):
         ssl_bench.model.load_checkpoint(model, tmp_path / "default.pt")
     assert ssl_bench.create_model("beats", checkpoint=tmp_path / "default.pt").encoder.cfg.max_distance == 1280
+    # an ssl-bench checkpoint of the loaded model round-trips, predictor head included
+    save_model(model, tmp_path / "ours.pt")
+    again = ssl_bench.create_model("beats", checkpoint=tmp_path / "ours.pt")
+    assert set(again.state_dict()) == set(model.state_dict())
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
     atomic_save({"model": sd}, tmp_path / "nocfg.pt")
     with pytest.raises(CheckpointError, match="'cfg'"):
         ssl_bench.model.load_checkpoint(model, tmp_path / "nocfg.pt")
