@@ -41,7 +41,8 @@ def release_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     sd = {
         "patch_embedding.weight": r(E, 1, p, p, scale=0.05), "layer_norm.weight": r(E, offset=1.0),
         "layer_norm.bias": r(E), "post_extract_proj.weight": r(D, E), "post_extract_proj.bias": r(D),
-        "encoder.pos_conv.0.weight_g": r(1, 1, K, scale=0.5, offset=1.0), "encoder.pos_conv.0.weight_v": r(D, D // G, K),
+        "encoder.pos_conv.0.weight_g": r(1, 1, K, scale=0.5, offset=1.0),
+        "encoder.pos_conv.0.weight_v": r(D, D // G, K),
         "encoder.pos_conv.0.bias": r(D), "encoder.layer_norm.weight": r(D, offset=1.0), "encoder.layer_norm.bias": r(D),
     }
     table = r(cfg["num_buckets"], H, scale=1.0)

@@ -77,7 +77,8 @@ def settings_from_cfg(cfg: dict[str, Any], path: Path | str = "checkpoint") -> d
         raise CheckpointError(f"{path}: cfg sets layer_norm_first=True (pre-LN); only the released post-LN "
                               "BEATs is implemented")
     if cfg.get("activation_fn") != "gelu":
-        raise CheckpointError(f"{path}: cfg sets activation_fn={cfg.get('activation_fn')!r}; only 'gelu' is implemented")
+        raise CheckpointError(f"{path}: cfg sets activation_fn={cfg.get('activation_fn')!r}; "
+                              "only 'gelu' is implemented")
     if int(cfg.get("input_patch_size", -1)) <= 0:
         raise CheckpointError(f"{path}: cfg has input_patch_size={cfg.get('input_patch_size')}; "
                               "the release's class default (-1) builds no model")
@@ -138,7 +139,8 @@ def load_checkpoint(model: Any, path: str | Path) -> CheckpointReport:
         state.update({"head.1." + k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("predictor.")})
     elif cfg.get("finetuned_model"):
         raise CheckpointError(f"{path}: cfg says finetuned_model=True but there is no predictor.weight")
-    own = {k for k in model.state_dict() if k.startswith(PREFIX) or (k.startswith("head.") and "head.1.weight" in state)}
+    with_head = "head.1.weight" in state
+    own = {k for k in model.state_dict() if k.startswith(PREFIX) or (with_head and k.startswith("head."))}
     missing = sorted(own - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:

@@ -59,7 +59,8 @@ class BEATsFbank(Component):
         super().__init__(cfg, ctx)
         cfg = self.cfg
         if cfg.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"frontend.sample_rate: BEATs was trained on {SAMPLE_RATE} Hz audio, got {cfg.sample_rate}")
+            raise ValueError(f"frontend.sample_rate: BEATs was trained on {SAMPLE_RATE} Hz audio, "
+                             f"got {cfg.sample_rate}")
         if cfg.num_bins <= 3:
             raise ValueError(f"frontend.num_bins must be at least 4 (Kaldi mel banks), got {cfg.num_bins}")
         if cfg.num_frames is not None and cfg.num_frames <= 0:
@@ -110,9 +111,11 @@ class BEATsFbank(Component):
         single = waveform.ndim == 1
         batch = waveform[None] if single else waveform
         if batch.ndim != 2:
-            raise BEATsFrontendError(f"beats-fbank expects a waveform [batch, samples], got shape {tuple(waveform.shape)}")
+            raise BEATsFrontendError(f"beats-fbank expects a waveform [batch, samples], "
+                                     f"got shape {tuple(waveform.shape)}")
         if batch.shape[1] < self.window_size:
-            raise BEATsFrontendError(f"waveform of {batch.shape[1]} samples is shorter than one 25 ms frame (400 samples)")
+            raise BEATsFrontendError(f"waveform of {batch.shape[1]} samples is shorter than one 25 ms frame "
+                                     "(400 samples)")
         with torch.autocast(batch.device.type, enabled=False):
             out = torch.stack([
                 kaldi.fbank(clip[None].float() * PCM_SCALE, num_mel_bins=self.cfg.num_bins,
