@@ -141,3 +141,12 @@ def test_runner_records_the_imagenet_file_as_the_init(tmp_path):
     inits = {(r["init"], r["init_id"]) for r in rows}
     assert ("random", "random") in inits  # the frozen-probe baseline
     assert any(init_id == digest[:len(init_id)] and init != "random" for init, init_id in inits)
+
+
+def test_pretraining_refuses_a_model_that_starts_from_imagenet(tmp_path):
+    from ssl_bench.corpus import pretrain_on_corpus
+
+    path, _ = deit_file(tmp_path)
+    cfg = resolve("ast", preset="tiny", overrides={**TINY, "encoder.init": "imagenet", "encoder.init_file": str(path)})
+    with pytest.raises(ConfigError, match=r"starts from .*deit\.pth.*replaces pretraining"):
+        pretrain_on_corpus(cfg, str(tmp_path / "corpus"), results_root=tmp_path / "res")
