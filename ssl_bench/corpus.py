@@ -110,6 +110,12 @@ def pretrain_on_corpus(
     config = copy.deepcopy(config)
     if config.get("method") is None:
         raise ConfigError(f"model {config.get('model')!r} has no pretraining method; choose one with --set method=NAME")
+    from .model import initial_checkpoint
+
+    start = initial_checkpoint(config, registry)
+    if start is not None:  # the runner evaluates such a model as it would a --checkpoint; never pretrain it silently
+        raise ConfigError(f"model {config.get('model')!r} with these settings starts from {start} (e.g. encoder.init), "
+                          "which replaces pretraining; set it back to random init to pretrain")
     clips, label, task_seconds, task = corpus_clips(corpus, data_dir)
     seconds = float(clip_seconds) if clip_seconds else (task_seconds or median_seconds(clips))
     config["pretrain"]["corpus"] = corpus if corpus.startswith("task:") else str(Path(corpus).expanduser().resolve())

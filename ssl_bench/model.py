@@ -38,6 +38,10 @@ class ModelSpec:
     ``notes``: free text shown by ``ssl-bench plugins`` (provenance, unknown paper values).
     ``checkpoint_overrides(path) -> dict``: optional; dotted settings a checkpoint dictates
     (sizes, strides, input length read from it), applied before the model is built.
+    ``initial_checkpoint(config) -> Path | None``: optional; the weights a resolved config
+    starts from when no checkpoint is given (AST's ``encoder.init=imagenet``).  It is loaded
+    exactly as that checkpoint would be (``load_checkpoint``), so rows record its identity,
+    and like any checkpoint it replaces pretraining.
     """
 
     components: dict[str, str | None]
@@ -49,6 +53,7 @@ class ModelSpec:
     description: str = ""
     notes: dict[str, str] = field(default_factory=dict)
     checkpoint_overrides: Callable[[Path], dict[str, Any]] | None = None
+    initial_checkpoint: Callable[[dict[str, Any]], Path | None] | None = None
 
 
 class ClassifierHead(nn.Sequential):
@@ -239,6 +244,8 @@ def create_model(
     if checkpoint is not None:
         overrides = {**checkpoint_settings(name, checkpoint, task, registry), **overrides}
     config = resolve(name, preset=preset, task=task, overrides=overrides, registry=registry)
+    if checkpoint is None:
+        checkpoint = initial_checkpoint(config, registry)
     model = build_model(config, registry)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, registry)
@@ -265,6 +272,15 @@ def checkpoint_settings(name: str, checkpoint: str | Path, task: str | None = No
     recipe = (getattr(spec, "recipes", None) or {}).get(task, {}) if task else {}
     task_owned = set(recipe) | ({"frontend.num_frames"} if task else set())
     return {k: v for k, v in found.items() if k not in task_owned}
+
+
+def initial_checkpoint(config: dict[str, Any], registry: Registry | None = None) -> Path | None:
+    """The checkpoint a resolved ``config`` starts from without ``--checkpoint`` (its model
+    spec's ``initial_checkpoint`` hook; fetched if need be), or ``None``: random init."""
+    registry = registry or get_registry()
+    hook = getattr(registry.get("model", config["model"]).factory, "initial_checkpoint", None)
+    found = hook(config) if hook is not None else None
+    return Path(found) if found is not None else None
 
 
 def load_checkpoint(model: SSLModel, path: str | Path, registry: Registry | None = None) -> Any:

@@ -10,7 +10,8 @@
    published ones for the same features, else those of the split's training features;
 3. the protocols of stage ``pretrain`` (the built-in ``pretrain``: the model's method on the
    split's training audio, or on ``pretrain.corpus``) train the encoder, unless a
-   ``checkpoint`` replaces them;
+   ``checkpoint`` replaces them (given, or the one the config starts from: the model spec's
+   ``initial_checkpoint``, such as AST's ImageNet weights);
 4. every other requested protocol (``finetune``, ``linear``, ``knn``, ... any registered one)
    evaluates those weights; a frozen-encoder protocol also runs on the same encoder at its
    random initialisation (``init=random``), the baseline every SSL number is read against.
@@ -179,6 +180,12 @@ class _Experiment:
         self.checkpoint: Path | None = None
         self.identity: dict[str, Any] | None = None  # init, init_id, sha256, config of the checkpoint
         self.pretrained_by = "this run"
+        self.info = D.init(self.config.get("device"))
+        if not checkpoint:  # weights the config itself starts from (ImageNet for AST), recorded like a checkpoint
+            from .model import initial_checkpoint
+
+            with D.main_first():  # rank 0 fetches it first
+                checkpoint = initial_checkpoint(self.config, self.registry)
         if checkpoint:
             from .provenance import encoder_identity, find_checkpoint
 
@@ -191,7 +198,6 @@ class _Experiment:
         self.split_names = list(splits) if splits else None
         self.resume, self.progress = resume, progress
         self.track = dict(track or {})
-        self.info = D.init(self.config.get("device"))
         self.device = D.resolve_device(self.config.get("device"), self.info)
         self.progress_main = progress and self.info.is_main
         self.seed = int(self.config.get("seed", 0))

@@ -7,11 +7,14 @@ table, DeiT blocks, and ``(token0 + token1) / 2`` into a LayerNorm + Linear head
 supervised baseline: by default there is no pretraining stage (``pretrain.enabled: false``).
 
 Presets: ``tiny`` (64 dims, 2 blocks: CPU seconds), ``small`` (DeiT-S), ``base`` (DeiT-B, the
-default).  Recipes (the original's) for ``esc50``, ``speechcommands`` and ``audioset``.
+default), ``base-imagenet`` (DeiT-B initialised from the ImageNet DeiT-B/384 release, as the
+paper: ``encoder.init=imagenet``, :mod:`.imagenet`).  Recipes (the original's) for ``esc50``,
+``speechcommands`` and ``audioset``.
 
 Usage::
 
     ssl-bench run --model ast --task esc50                              # supervised, random init
+    ssl-bench run --model ast --task esc50 --preset base-imagenet       # from ImageNet DeiT, as the paper
     ssl-bench run --model ast --task esc50 --checkpoint audioset_10_10_0.4593.pth
     ssl-bench run --model ast --task esc50 --checkpoint ./ast-finetuned-audioset-10-10-0.4593/
 

@@ -34,6 +34,7 @@ import torch
 from ssl_bench.checkpoint import CheckpointError, CheckpointReport, is_ssl_bench, load_state, safe_load
 
 from .encoder import NUM_PREFIX_TOKENS, adapt_pos_embed, patch_grid
+from .imagenet import is_timm_layout, timm_to_ours
 
 #: The input the official AudioSet checkpoints were trained on (frames, mel bins).
 OFFICIAL_INPUT = (1024, 128)
@@ -130,8 +131,11 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def detect_layout(state: dict[str, torch.Tensor]) -> str:
-    """``"official"`` (AST/SSAST ``v.*``), ``"huggingface"``, ``"ssl-bench"`` or ``"unknown"``."""
+    """``"official"`` (AST/SSAST ``v.*``), ``"huggingface"``, ``"ssl-bench"``, ``"imagenet"``
+    (a timm ViT/DeiT image model) or ``"unknown"``."""
     keys = set(state)
+    if is_timm_layout(state):
+        return "imagenet"
     if "v.patch_embed.proj.weight" in keys or any(k.startswith("mlp_head.") for k in keys):
         return "official"
     if any(k.removeprefix(HF_PREFIX) == "embeddings.patch_embeddings.projection.weight" for k in keys):
@@ -309,12 +313,16 @@ def load_checkpoint(model: Any, path: str | Path) -> CheckpointReport:
                 head_eps = model.encoder.cfg.eps
         elif layout == "ssl-bench":
             state, unused, fmt = dict(raw), [], "state-dict"
+        elif layout == "imagenet":  # the AST paper's init: adapted to this model's audio grid here, once
+            state, unused = timm_to_ours(raw, model.encoder, file, model.encoder.cfg.init_channels)
+            fmt = "ImageNet ViT/DeiT (timm layout)"
         else:
             sample = ", ".join(sorted(raw)[:6])
             raise CheckpointError(
                 f"{file}: not an AST checkpoint: expected official keys (module.v.patch_embed...), "
-                f"Hugging Face keys (audio_spectrogram_transformer.embeddings...) or an ssl-bench AST "
-                f"checkpoint; found {sample}{' ...' if len(raw) > 6 else ''}"
+                f"Hugging Face keys (audio_spectrogram_transformer.embeddings...), an ssl-bench AST "
+                f"checkpoint or a timm ViT/DeiT (cls_token, pos_embed, patch_embed.proj...); "
+                f"found {sample}{' ...' if len(raw) > 6 else ''}"
             )
     raw_for_grid = state if fmt == "ssl-bench" else raw
     _fit_pos_embed(state, model, file, raw_for_grid, hint)
@@ -382,6 +390,9 @@ def checkpoint_overrides(path: str | Path) -> dict[str, Any]:
         state, _ = official_to_ours(raw)
     elif layout == "huggingface":
         state, _ = hf_to_ours(raw)
+    elif layout == "imagenet":  # sizes only: an image's position grid says nothing of the audio length
+        state = {"encoder." + k: v for k, v in raw.items() if k.startswith(("patch_embed.", "blocks."))}
+        return {k: v for k, v in _overrides_from_shapes(state).items() if not k.startswith("frontend.")}
     else:
         return {}
     return _overrides_from_shapes(state)

@@ -118,6 +118,11 @@ class ASTEncoder(Component):
         time_stride: int = 10
         eps: float = 1e-6  # LayerNorm epsilon: 1e-6 in the original (DeiT), 1e-12 in Hugging Face
         drop_path: float = 0.0  # stochastic depth, linear over depth (fine-tuning sets its own)
+        # what the weights start from without --checkpoint: "random" (trunc-normal 0.02) or
+        # "imagenet" (the AST paper's DeiT init, :mod:`.imagenet`; the model's initial_checkpoint)
+        init: str = "random"
+        init_file: str | None = None  # a local ViT/DeiT file in timm's layout instead of the DeiT download
+        init_channels: str = "sum"  # RGB patch kernel -> one channel: "sum" (the release) or "mean" (the paper's text)
 
     layout = FREQ_MAJOR
     num_prefix_tokens = NUM_PREFIX_TOKENS
@@ -130,6 +135,10 @@ class ASTEncoder(Component):
                 raise ValueError(f"encoder.{name} must be positive, got {getattr(cfg, name)}")
         if cfg.dim % cfg.heads:
             raise ValueError(f"encoder.dim {cfg.dim} is not divisible by encoder.heads {cfg.heads}")
+        if cfg.init not in ("random", "imagenet"):
+            raise ValueError(f"encoder.init must be 'random' or 'imagenet', got {cfg.init!r}")
+        if cfg.init_channels not in ("sum", "mean"):
+            raise ValueError(f"encoder.init_channels must be 'sum' or 'mean', got {cfg.init_channels!r}")
         self.dim, self.depth = cfg.dim, cfg.depth
         self.patch_size = cfg.patch_size
         self.num_frames, self.num_bins = ctx.num_frames, ctx.num_bins
