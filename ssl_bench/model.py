@@ -203,11 +203,15 @@ def create_model(
     """Build a registered model by name.
 
     ``overrides`` use the dotted keys of ``--set``; pass them with ``**{"encoder.depth": 2}``
-    or, for component choices, as keywords (``decoder="NAME"``).  ``checkpoint``: a file
-    the model's importer understands (official releases or ssl-bench checkpoints).
+    or, for component choices, as keywords (``decoder="NAME"``).  ``checkpoint``: anything
+    :func:`ssl_bench.sources.resolve_checkpoint` resolves (a file the model's importer
+    understands, a Hugging Face directory, ``torchaudio:BUNDLE``, an encoder id).
     """
     registry = registry or get_registry()
     if checkpoint is not None:
+        from .sources import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)  # a file, HF directory, torchaudio:BUNDLE or encoder id
         overrides = {**checkpoint_settings(name, checkpoint, task, registry), **overrides}
     config = resolve(name, preset=preset, task=task, overrides=overrides, registry=registry)
     model = build_model(config, registry)

@@ -179,11 +179,13 @@ class _Experiment:
         self.identity: dict[str, Any] | None = None  # init, init_id, sha256, config of the checkpoint
         self.pretrained_by = "this run"
         if checkpoint:
-            from .provenance import encoder_identity, find_checkpoint
+            from .provenance import encoder_identity
+            from .sources import resolve_checkpoint, source_name
 
-            # a file, a Hugging Face directory, or the id of an encoder `ssl-bench pretrain` made
-            self.checkpoint = find_checkpoint(checkpoint, cache_root(results_root))
+            # a file, a Hugging Face directory, torchaudio:BUNDLE, or the id of an encoder `ssl-bench pretrain` made
+            self.checkpoint = resolve_checkpoint(checkpoint, cache_root(results_root))
             self.identity = encoder_identity(self.checkpoint, cache_root(results_root))
+            self.identity["init"] = source_name(self.checkpoint) or self.identity["init"]
             self.config["checkpoint"] = str(self.checkpoint)
             self.pretrained_by = apply_pretraining_record(self.config, self.identity["config"])
         self.data_dir, self.results_root = data_dir, Path(results_root)
@@ -395,6 +397,10 @@ class _Experiment:
             init, init_id = self.identity["init"], self.identity["init_id"]
         else:
             for name in self.stage_protocols("pretrain"):
+                if getattr(model, "method", None) is None:  # a frozen import, or a model evaluated as built
+                    self.writer.log(f"[{split.name}] {name}: skipped, model {model.name!r} has no pretraining method; "
+                                    "its encoder is evaluated with the weights it was built with")
+                    continue
                 rows = self.run_protocol(name, model, "random", "random", data, split_ctx)
                 self.emit(rows)
                 init = "pretrained"
@@ -404,6 +410,8 @@ class _Experiment:
             proto = self.protocol(name)
             self.cached_rows(split.name, f"{name}-{_slug(init)}",
                              lambda: self.run_protocol(name, model, init, init_id, data, split_ctx))
+            if proto.frozen and init_id != "random" and not self.has_random_state(model, random_state, split.name, name):
+                continue
             if proto.frozen and init_id != "random":
                 def baseline(name: str = name) -> list[dict[str, Any]]:
                     base = copy.deepcopy(model)
@@ -412,6 +420,19 @@ class _Experiment:
 
                 self.cached_rows(split.name, f"{name}-random", baseline)
         self.writer.log(f"[{split.name}] done in {time.time() - t_split:.1f} s")
+
+    def has_random_state(self, model: nn.Module, random_state: dict[str, torch.Tensor], split: str,
+                         protocol: str) -> bool:
+        """Whether the random-init baseline of ``model`` is really random: its encoder has weights
+        of its own and the evaluated ones differ from those it was built with.  An encoder that
+        keeps none (a frozen import such as a HEAR module) gets no baseline row, said in the log."""
+        own = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+        if own and any(k not in random_state or not torch.equal(random_state[k], v.detach().cpu())
+                       for k, v in own.items()):
+            return True
+        self.writer.log(f"[{split}] {protocol}: no init=random baseline, encoder {type(model.encoder).__name__} "
+                        "has no weights of its own that a random initialisation would replace")
+        return False
 
     # ------------------------------------------------------------------ protocols
     def protocol(self, name: str) -> Protocol:

@@ -29,7 +29,6 @@ __all__ = ["HuBERTEncoder", "MODELS", "Wav2Vec2Encoder", "WavLMEncoder", "conv_f
 #: What every one of these models shares: a frozen-feature evaluation model.
 SETTINGS = {
     "frontend.num_frames": None,  # the task's clip length, in samples
-    "pretrain.enabled": False,  # no pretraining method: weights come from --checkpoint (or stay random)
     "finetune.masker": None,  # no token masks: these encoders run on the whole waveform
     "finetune.layer_decay": 1.0,
 }
