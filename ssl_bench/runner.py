@@ -395,6 +395,10 @@ class _Experiment:
             report = load_checkpoint(model, self.checkpoint, self.registry)
             self.writer.log(f"[{split.name}] loaded {report} (init_id {self.identity['init_id']})")
             init, init_id = self.identity["init"], self.identity["init_id"]
+            for name in self.stage_protocols("pretrain"):
+                why = ("has no pretraining method" if getattr(model, "method", None) is None
+                       else "is evaluated from --checkpoint")
+                self.writer.log(f"[{split.name}] {name}: skipped, model {model.name!r} {why}")
         else:
             for name in self.stage_protocols("pretrain"):
                 if getattr(model, "method", None) is None:  # a frozen import, or a model evaluated as built
@@ -431,7 +435,8 @@ class _Experiment:
                        for k, v in own.items()):
             return True
         self.writer.log(f"[{split}] {protocol}: no init=random baseline, encoder {type(model.encoder).__name__} "
-                        "has no weights of its own that a random initialisation would replace")
+                        "evaluates the weights it was built with (a frozen import): there is no random "
+                        "initialisation of it to compare with")
         return False
 
     # ------------------------------------------------------------------ protocols
@@ -532,8 +537,11 @@ def apply_pretraining_record(config: dict[str, Any], saved: dict[str, Any] | Non
     or ``unknown`` for a checkpoint that carries no ssl-bench config (official releases)."""
     if not isinstance(saved, dict):
         return "unknown"
+    # the slots are parts of the model that is built: only a checkpoint of the same model may set
+    # them (a frozen import of another model's checkpoint, such as a HEAR module, keeps its own)
+    same_model = saved.get("model") in (None, config.get("model"))
     for slot in PRETRAINING_SLOTS:
-        if slot in saved and slot in config:
+        if same_model and slot in saved and slot in config:
             config[slot] = copy.deepcopy(saved[slot])
     if isinstance(saved.get("pretrain"), dict) and isinstance(config.get("pretrain"), dict):
         config["pretrain"] = {**config["pretrain"], **copy.deepcopy(saved["pretrain"])}
