@@ -157,7 +157,12 @@ class Wav2Vec2Encoder(Component):
         if frames is not None:
             padding = torch.arange(x.shape[1], device=x.device)[None, :] >= frames[:, None]
         # WavLM's attention takes padding as a key mask (torchaudio asserts it gets no attention mask)
-        masks = {"key_padding_mask": padding} if self.key_padding_mask else {"attention_mask": attn_mask}
+        if self.key_padding_mask:
+            additive = None if padding is None else torch.zeros(padding.shape, dtype=x.dtype, device=x.device).masked_fill(
+                padding, float("-inf"))
+            masks = {"key_padding_mask": additive}
+        else:
+            masks = {"attention_mask": attn_mask}
         for layer in transformer.layers:
             # torchaudio's LayerDrop: skip a layer at random while training
             if not (self.training and transformer.layer_drop > 0 and torch.rand(1).item() <= transformer.layer_drop):
