@@ -45,8 +45,9 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
                        help=f"comma list of {', '.join(protocols)} (default: {protocols_default})")
     p.add_argument("--checkpoint", metavar="CKPT[,CKPT...]",
                    help="start from a checkpoint instead of pretraining: a file (official or ssl-bench), a Hugging "
-                        "Face directory, or the id `ssl-bench pretrain` printed; a comma list runs once per "
-                        "checkpoint, like a --set sweep")
+                        "Face directory, torchaudio:BUNDLE (e.g. torchaudio:HUBERT_BASE, from the torch hub cache), "
+                        "or the id `ssl-bench pretrain` printed; a comma list runs once per checkpoint, like a "
+                        "--set sweep")
     p.add_argument("--splits", help="comma list of split names to run (default: all, e.g. every fold)")
     p.add_argument("--seed", type=int, help="random seed (default 0; also --set seed=N)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -196,10 +197,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # --checkpoint a,b sweeps like --set: files, Hugging Face directories or encoder ids
     checkpoints: list[Path | None] = [None]
     if args.checkpoint:
-        from .provenance import find_checkpoint
         from .runner import cache_root
+        from .sources import resolve_checkpoint
 
-        checkpoints = [find_checkpoint(c.strip(), cache_root(args.results))
+        checkpoints = [resolve_checkpoint(c.strip(), cache_root(args.results))
                        for c in args.checkpoint.split(",") if c.strip()]
     configs = []
     for checkpoint in checkpoints:

@@ -71,13 +71,16 @@ class EncoderOutput(NamedTuple):
     were.  ``hidden_states``: only when asked (``encoder(spec, hidden_states=True)``), the
     input of the first block and the output of every block, ``depth + 1`` tensors of the
     shape of ``tokens`` (s3prl / Hugging Face convention; the last one is before the final
-    norm).
+    norm).  ``padding_mask``: ``[B, L]`` bool, True where a token covers only padding (an
+    encoder given the clips' ``lengths``); ``None`` when every token is real.  ``pool`` leaves
+    padded tokens out.
     """
 
     tokens: torch.Tensor
     ids_keep: torch.Tensor | None
     num_prefix_tokens: int
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    padding_mask: torch.Tensor | None = None
 
 
 class PretrainOutput(NamedTuple):
@@ -131,7 +134,8 @@ class Encoder(Protocol):
     * ``forward(spec[B, T, F], mask=None, hidden_states=False) -> EncoderOutput``: ``mask`` is
       ``[B, L]`` bool with True = drop; every row masks the same number of tokens; the encoder
       runs the visible tokens only.  ``hidden_states=True`` also returns every layer's tokens
-      (one forward pass serves a per-layer probe).
+      (one forward pass serves a per-layer probe).  An encoder of variable-length input may
+      also take ``lengths`` (``[B]`` valid input frames per clip) and return a ``padding_mask``.
     * ``pool(out: EncoderOutput) -> [B, D]``: the clip embedding (mean of patch tokens, cls...).
     * ``dim``, ``depth``, ``num_prefix_tokens``;
       ``layer_id(param_name) -> int`` in ``0..depth+1`` for layer-wise lr decay

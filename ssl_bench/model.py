@@ -101,16 +101,18 @@ class SSLModel(nn.Module):
                hidden_states: bool = False) -> EncoderOutput:
         return self.encoder(spec, mask, hidden_states=hidden_states) if hidden_states else self.encoder(spec, mask)
 
-    def embed(self, spec: torch.Tensor, layers: bool = False) -> torch.Tensor:
+    def embed(self, spec: torch.Tensor, layers: bool = False, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """The pooled clip embedding ``[B, D]`` that probes use.
 
         ``layers``: ``[B, K, D]`` from one forward pass: the encoder's pooling applied to the
         input of the first block and to every block's output, then the embedding itself
-        (``K = depth + 2``).
+        (``K = depth + 2``).  ``lengths``: ``[B]`` valid input frames of zero-padded clips, for
+        an encoder that takes them (its ``padding_mask`` keeps the padding out of the pooling).
         """
+        extra = {} if lengths is None else {"lengths": lengths}
         if not layers:
-            return self.encoder.pool(self.encoder(spec))
-        out = self.encoder(spec, hidden_states=True)
+            return self.encoder.pool(self.encoder(spec, **extra))
+        out = self.encoder(spec, hidden_states=True, **extra)
         if out.hidden_states is None:
             raise ConfigError(f"encoder {type(self.encoder).__name__} does not return hidden_states")
         pooled = [self.encoder.pool(out._replace(tokens=h, hidden_states=None)) for h in out.hidden_states]
@@ -237,11 +239,15 @@ def create_model(
     """Build a registered model by name.
 
     ``overrides`` use the dotted keys of ``--set``; pass them with ``**{"encoder.depth": 2}``
-    or, for component choices, as keywords (``decoder="NAME"``).  ``checkpoint``: a file
-    the model's importer understands (official releases or ssl-bench checkpoints).
+    or, for component choices, as keywords (``decoder="NAME"``).  ``checkpoint``: anything
+    :func:`ssl_bench.sources.resolve_checkpoint` resolves (a file the model's importer
+    understands, a Hugging Face directory, ``torchaudio:BUNDLE``, an encoder id).
     """
     registry = registry or get_registry()
     if checkpoint is not None:
+        from .sources import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)  # a file, HF directory, torchaudio:BUNDLE or encoder id
         overrides = {**checkpoint_settings(name, checkpoint, task, registry), **overrides}
     config = resolve(name, preset=preset, task=task, overrides=overrides, registry=registry)
     if checkpoint is None:

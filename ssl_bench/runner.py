@@ -187,11 +187,13 @@ class _Experiment:
             with D.main_first():  # rank 0 fetches it first
                 checkpoint = initial_checkpoint(self.config, self.registry)
         if checkpoint:
-            from .provenance import encoder_identity, find_checkpoint
+            from .provenance import encoder_identity
+            from .sources import resolve_checkpoint, source_name
 
-            # a file, a Hugging Face directory, or the id of an encoder `ssl-bench pretrain` made
-            self.checkpoint = find_checkpoint(checkpoint, cache_root(results_root))
+            # a file, a Hugging Face directory, torchaudio:BUNDLE, or the id of an encoder `ssl-bench pretrain` made
+            self.checkpoint = resolve_checkpoint(checkpoint, cache_root(results_root))
             self.identity = encoder_identity(self.checkpoint, cache_root(results_root))
+            self.identity["init"] = source_name(self.checkpoint) or self.identity["init"]
             self.config["checkpoint"] = str(self.checkpoint)
             self.pretrained_by = apply_pretraining_record(self.config, self.identity["config"])
         self.data_dir, self.results_root = data_dir, Path(results_root)
@@ -407,8 +409,16 @@ class _Experiment:
             report = load_checkpoint(model, self.checkpoint, self.registry)
             self.writer.log(f"[{split.name}] loaded {report} (init_id {self.identity['init_id']})")
             init, init_id = self.identity["init"], self.identity["init_id"]
+            for name in self.stage_protocols("pretrain"):
+                why = ("has no pretraining method" if getattr(model, "method", None) is None
+                       else "is evaluated from --checkpoint")
+                self.writer.log(f"[{split.name}] {name}: skipped, model {model.name!r} {why}")
         else:
             for name in self.stage_protocols("pretrain"):
+                if getattr(model, "method", None) is None:  # a frozen import, or a model evaluated as built
+                    self.writer.log(f"[{split.name}] {name}: skipped, model {model.name!r} has no pretraining method; "
+                                    "its encoder is evaluated with the weights it was built with")
+                    continue
                 rows = self.run_protocol(name, model, "random", "random", data, split_ctx)
                 self.emit(rows)
                 init = "pretrained"
@@ -418,6 +428,8 @@ class _Experiment:
             proto = self.protocol(name)
             self.cached_rows(split.name, f"{name}-{_slug(init)}",
                              lambda: self.run_protocol(name, model, init, init_id, data, split_ctx))
+            if proto.frozen and init_id != "random" and not self.has_random_state(model, random_state, split.name, name):
+                continue
             if proto.frozen and init_id != "random":
                 def baseline(name: str = name) -> list[dict[str, Any]]:
                     base = copy.deepcopy(model)
@@ -426,6 +438,20 @@ class _Experiment:
 
                 self.cached_rows(split.name, f"{name}-random", baseline)
         self.writer.log(f"[{split.name}] done in {time.time() - t_split:.1f} s")
+
+    def has_random_state(self, model: nn.Module, random_state: dict[str, torch.Tensor], split: str,
+                         protocol: str) -> bool:
+        """Whether the random-init baseline of ``model`` is really random: its encoder has weights
+        of its own and the evaluated ones differ from those it was built with.  An encoder that
+        keeps none (a frozen import such as a HEAR module) gets no baseline row, said in the log."""
+        own = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+        if own and any(k not in random_state or not torch.equal(random_state[k], v.detach().cpu())
+                       for k, v in own.items()):
+            return True
+        self.writer.log(f"[{split}] {protocol}: no init=random baseline, encoder {type(model.encoder).__name__} "
+                        "evaluates the weights it was built with (a frozen import): there is no random "
+                        "initialisation of it to compare with")
+        return False
 
     # ------------------------------------------------------------------ protocols
     def protocol(self, name: str) -> Protocol:
@@ -534,8 +560,11 @@ def apply_pretraining_record(config: dict[str, Any], saved: dict[str, Any] | Non
     or ``unknown`` for a checkpoint that carries no ssl-bench config (official releases)."""
     if not isinstance(saved, dict):
         return "unknown"
+    # the slots are parts of the model that is built: only a checkpoint of the same model may set
+    # them (a frozen import of another model's checkpoint, such as a HEAR module, keeps its own)
+    same_model = saved.get("model") in (None, config.get("model"))
     for slot in PRETRAINING_SLOTS:
-        if slot in saved and slot in config:
+        if same_model and slot in saved and slot in config:
             config[slot] = copy.deepcopy(saved[slot])
     if isinstance(saved.get("pretrain"), dict) and isinstance(config.get("pretrain"), dict):
         config["pretrain"] = {**config["pretrain"], **copy.deepcopy(saved["pretrain"])}

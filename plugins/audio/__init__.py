@@ -1,4 +1,4 @@
-"""Built-in audio components: the Kaldi fbank frontend, maskers and the masked-MSE objective."""
+"""Built-in audio components: the Kaldi fbank and raw waveform frontends, maskers and the masked-MSE objective."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from ssl_bench import hookimpl
 from .frontend import KaldiFbank
 from .maskers import FrequencyMasker, RandomMasker, TimeFrequencyMasker, TimeMasker
 from .objectives import MaskedMSE
+from .waveform import Waveform
 
-__all__ = ["FrequencyMasker", "KaldiFbank", "MaskedMSE", "RandomMasker", "TimeFrequencyMasker", "TimeMasker"]
+__all__ = ["FrequencyMasker", "KaldiFbank", "MaskedMSE", "RandomMasker", "TimeFrequencyMasker", "TimeMasker", "Waveform"]
 
 
 @hookimpl
 def register_frontends(register):
     register("kaldi-fbank", KaldiFbank)
+    register("waveform", Waveform)
 
 
 @hookimpl

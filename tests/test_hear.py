@@ -1,0 +1,215 @@
+"""The HEAR 2021 API both ways: our conformance test of an exported tiny AudioMAE, the round trip
+export -> pip install (offline, into a temporary target) -> import as ``-m hear``, and the CLI.
+
+``hearvalidator`` (the HEAR kit's own check) is not installed here: it pulls TensorFlow.  The
+contract it checks (names, attributes, shapes, dtypes, timestamps) is what the conformance test
+below checks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ssl_bench
+from ssl_bench.checkpoint import save_model
+from ssl_bench.config import ConfigError
+
+SR = 16000
+NUM_FRAMES = 128  # 1 s clips of the kaldi frontend: 98 frames, padded to 128
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny AudioMAE, its ssl-bench checkpoint, the exported package, installed and imported."""
+    root = tmp_path_factory.mktemp("hear")
+    torch.manual_seed(0)
+    model = ssl_bench.create_model("audiomae", preset="tiny", **{"frontend.num_frames": NUM_FRAMES,
+                                                                 "frontend.mean": -6.0, "frontend.std": 4.0})
+    save_model(model, root / "tiny.pt")
+    from ssl_bench.cli import main
+
+    assert main(["export-hear", "--checkpoint", str(root / "tiny.pt"), "-o", str(root / "pkg"),
+                 "--name", "ssl_bench_test_hear_tiny"]) == 0
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                          "--target", str(root / "site"), str(root / "pkg")], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    sys.path.insert(0, str(root / "site"))
+    try:
+        module = importlib.import_module("ssl_bench_test_hear_tiny")
+        yield {"root": root, "module": module, "hear": module.load_model(), "model": model.eval()}
+    finally:
+        sys.path.remove(str(root / "site"))
+        sys.modules.pop("ssl_bench_test_hear_tiny", None)
+
+
+def native_embedding(model, audio: torch.Tensor) -> torch.Tensor:
+    """What ssl-bench's probes embed: raw features zero-padded to the model's length, normalised."""
+    feats = model.frontend.compute(audio)
+    feats = torch.nn.functional.pad(feats, (0, 0, 0, NUM_FRAMES - feats.shape[1]))
+    with torch.no_grad():
+        return model.embed(model.frontend.normalize(feats))
+
+
+# --------------------------------------------------------------------------- conformance
+def test_installed_module_has_the_api(exported):
+    module, hear = exported["module"], exported["hear"]
+    for name in ("load_model", "get_scene_embeddings", "get_timestamp_embeddings"):
+        assert callable(getattr(module, name))
+    assert isinstance(hear, torch.nn.Module)
+    assert isinstance(hear.sample_rate, int) and hear.sample_rate == SR
+    assert isinstance(hear.scene_embedding_size, int) and hear.scene_embedding_size == 64
+    assert isinstance(hear.timestamp_embedding_size, int) and hear.timestamp_embedding_size == 64
+    assert Path(module.__file__).parent.parent == exported["root"] / "site"  # the installed copy, not the source
+    # load_model(path) takes an exported checkpoint too
+    again = module.load_model(str(exported["root"] / "pkg" / "ssl_bench_test_hear_tiny" / "model.pt"))
+    audio = 0.1 * torch.randn(2, SR)
+    assert torch.equal(module.get_scene_embeddings(audio, again), module.get_scene_embeddings(audio, hear))
+
+
+def test_scene_and_timestamp_shapes_dtypes_and_timestamps(exported):
+    module, hear = exported["module"], exported["hear"]
+    audio = 0.1 * torch.randn(3, int(2.5 * SR))
+    scene = module.get_scene_embeddings(audio, hear)
+    assert scene.shape == (3, 64) and scene.dtype == torch.float32
+    emb, ts = module.get_timestamp_embeddings(audio, hear)
+    assert emb.dtype == torch.float32 and ts.dtype == torch.float32
+    assert emb.shape[:2] == ts.shape and emb.shape[0] == 3 and emb.shape[2] == hear.timestamp_embedding_size
+    hop = hear.hop_ms  # 16-frame patch columns of 10 ms frames
+    assert hop == pytest.approx(160.0)
+    # centred timestamps in ms: hop/2, 3 hop/2, ... up to the end of the audio, the same for every sound
+    expected = (torch.arange(ts.shape[1], dtype=torch.float32) + 0.5) * hop
+    assert torch.allclose(ts[0], expected) and torch.equal(ts[0], ts[2])
+    assert ts[0, -1] < 2500 and ts[0, -1] + hop >= 2500 - hop
+    assert ts.shape[1] == 16  # columns centred inside 2.5 s: 80, 240, ..., 2480 ms
+    assert torch.isfinite(emb).all() and torch.isfinite(scene).all()
+
+
+def test_batching_does_not_change_embeddings(exported):
+    module, hear = exported["module"], exported["hear"]
+    audio = 0.1 * torch.randn(4, SR + 3000)
+    scene = module.get_scene_embeddings(audio, hear)
+    emb, _ = module.get_timestamp_embeddings(audio, hear)
+    for i in range(4):
+        one_scene = module.get_scene_embeddings(audio[i:i + 1], hear)
+        one_emb, _ = module.get_timestamp_embeddings(audio[i:i + 1], hear)
+        assert torch.allclose(one_scene[0], scene[i], atol=1e-5)
+        assert torch.allclose(one_emb[0], emb[i], atol=1e-5)
+
+
+@pytest.mark.parametrize("samples", [0, 1, 100, 399, 400, 1000])
+def test_silence_and_very_short_clips(exported, samples):
+    module, hear = exported["module"], exported["hear"]
+    audio = torch.zeros(2, samples)
+    scene = module.get_scene_embeddings(audio, hear)
+    emb, ts = module.get_timestamp_embeddings(audio, hear)
+    assert scene.shape == (2, 64) and torch.isfinite(scene).all()
+    assert emb.shape == (2, 1, 64) and ts.shape == (2, 1) and torch.isfinite(emb).all()
+
+
+def test_long_clips_are_windowed(exported):
+    module, hear = exported["module"], exported["hear"]
+    audio = 0.1 * torch.randn(1, 4 * SR)  # four 1.28 s windows (the last one padded)
+    emb, ts = module.get_timestamp_embeddings(audio, hear)
+    assert ts.shape[1] == 25 and bool((ts[0, 1:] - ts[0, :-1] == hear.hop_ms).all())
+    scene = module.get_scene_embeddings(audio, hear)
+    windows, count = hear._windows(audio)
+    assert count == 4 and windows.shape == (4, NUM_FRAMES, 128)
+    assert torch.allclose(scene[0], hear.model.embed(windows).mean(0), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- round trip
+def test_round_trip_export_install_import(exported):
+    """Native ssl-bench embedding == the exported module's == the module imported as ``-m hear``."""
+    module, hear, model, root = exported["module"], exported["hear"], exported["model"], exported["root"]
+    audio = 0.1 * torch.randn(3, SR)
+    native = native_embedding(model, audio)
+    assert torch.allclose(module.get_scene_embeddings(audio, hear), native, atol=1e-5)
+    imported = ssl_bench.create_model("hear", checkpoint=root / "site" / "ssl_bench_test_hear_tiny" / "model.pt",
+                                      **{"encoder.module": "ssl_bench_test_hear_tiny",
+                                         "frontend.num_frames": SR}).eval()
+    assert imported.encoder.dim == 64 and imported.encoder.cfg.weights_id
+    spec = imported.frontend.normalize(imported.frontend.compute(audio))  # [3, N, 1] waveforms
+    assert torch.allclose(imported.embed(spec), native, atol=1e-5)
+    # per-layer embeddings (the ssl-bench extension) round-trip too
+    with torch.no_grad():
+        feats = torch.nn.functional.pad(model.frontend.compute(audio), (0, 0, 0, NUM_FRAMES - 98))
+        layers = model.embed(model.frontend.normalize(feats), layers=True)
+    assert torch.allclose(imported.embed(spec, layers=True), layers, atol=1e-5)
+    assert not any(p.requires_grad for p in imported.encoder.parameters())  # a frozen import
+
+
+def test_run_hear_end_to_end(exported, tmp_path):
+    """``ssl-bench run -m hear`` with linear and layers: no pretraining, no random baseline row,
+    rows named by the checkpoint's content."""
+    from taskfixtures import make_esc50
+
+    from ssl_bench import results
+    from ssl_bench.cli import main
+    from ssl_bench.provenance import file_sha256
+
+    data = make_esc50(tmp_path / "data", num_classes=2, per_fold=2, seconds=1.0, sr=SR)
+    ckpt = exported["root"] / "site" / "ssl_bench_test_hear_tiny" / "model.pt"
+    code = main(["run", "-m", "hear", "-t", "esc50", "--data-dir", str(data), "--splits", "fold1",
+                 "--set", "encoder.module=ssl_bench_test_hear_tiny", "--checkpoint", str(ckpt),
+                 "--protocols", "pretrain,linear,layers", "--results", str(tmp_path / "res"), "-q"])
+    assert code == 0
+    df = results.load(tmp_path / "res")
+    assert set(df["protocol"]) == {"linear", "layers"}
+    assert set(df["init_id"]) == {file_sha256(ckpt)[:12]} and "random" not in set(df["init"])
+    log = next((tmp_path / "res").glob("*/log.txt")).read_text()
+    assert "pretrain: skipped, model 'hear' has no pretraining method" in log
+    assert "no init=random baseline" in log
+
+
+# --------------------------------------------------------------------------- errors
+def test_hear_import_errors(exported):
+    ckpt = exported["root"] / "tiny.pt"
+    with pytest.raises(ConfigError, match="encoder.module=NAME"):
+        ssl_bench.create_model("hear", checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="cannot import"):
+        ssl_bench.create_model("hear", checkpoint=ckpt, **{"encoder.module": "no_such_hear_module_xyz"})
+    with pytest.raises(ConfigError, match="not a HEAR 2021 module"):
+        ssl_bench.create_model("hear", checkpoint=ckpt, **{"encoder.module": "json"})
+    with pytest.raises(ConfigError, match="--checkpoint FILE"):
+        ssl_bench.create_model("hear", **{"encoder.module": "ssl_bench_test_hear_tiny"})
+    with pytest.raises(ConfigError, match="frontend.sample_rate=16000"):
+        ssl_bench.create_model("hear", checkpoint=ckpt, **{"encoder.module": "ssl_bench_test_hear_tiny",
+                                                          "frontend.sample_rate": 22050})
+
+
+def test_export_refuses_missing_statistics_and_a_used_directory(tmp_path):
+    from ssl_bench.plugins.hear import export_hear
+
+    torch.manual_seed(0)
+    model = ssl_bench.create_model("audiomae", preset="tiny", **{"frontend.num_frames": NUM_FRAMES})
+    save_model(model, tmp_path / "nostats.pt")
+    with pytest.raises(ConfigError, match="frontend.mean=M"):
+        export_hear(str(tmp_path / "nostats.pt"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    with pytest.raises(ConfigError, match="not empty"):
+        export_hear(str(tmp_path / "nostats.pt"), tmp_path / "used")
+    # the statistics given on the command line make it exportable
+    pkg = export_hear(str(tmp_path / "nostats.pt"), tmp_path / "out",
+                      overrides={"frontend.mean": -6.0, "frontend.std": 4.0})
+    assert (pkg / "model.pt").is_file() and (pkg.parent / "pyproject.toml").is_file()
+
+
+def test_a_checkpoint_of_another_model_sets_no_slots():
+    from ssl_bench.runner import apply_pretraining_record
+
+    saved = {"model": "audiomae", "decoder": {"name": "shifted-window"}, "method": {"name": "mae"},
+             "pretrain": {"epochs": 3}}
+    config = {"model": "hear", "decoder": None, "method": None, "pretrain": {"epochs": 1}}
+    assert apply_pretraining_record(config, saved) == "checkpoint config"
+    assert config["decoder"] is None and config["method"] is None and config["pretrain"]["epochs"] == 3
+    same = {"model": "audiomae", "decoder": {"name": "global"}, "method": {"name": "mae"}}
+    apply_pretraining_record(same, saved)
+    assert same["decoder"] == {"name": "shifted-window"}
