@@ -202,6 +202,35 @@ def test_export_refuses_missing_statistics_and_a_used_directory(tmp_path):
     assert (pkg / "model.pt").is_file() and (pkg.parent / "pyproject.toml").is_file()
 
 
+def test_export_a_torchaudio_hubert(tmp_path):
+    """A model of any input length (HuBERT on waveforms) exports with windows of --window-seconds;
+    its timestamps follow the conv stack's frames (40 samples = 2.5 ms for the tiny stack)."""
+    import torchaudio
+
+    from ssl_bench.plugins.hear import export_hear, load_exported
+
+    torch.manual_seed(0)
+    source = ssl_bench.create_model("hubert", preset="tiny", **{"frontend.num_frames": SR}).eval()
+    ref = torchaudio.models.wav2vec2_model(**source.encoder.builder_arguments())
+    ref.load_state_dict(source.encoder.state_dict())
+    torch.save(ref.state_dict(), tmp_path / "hubert_tiny.pth")
+    pkg = export_hear(str(tmp_path / "hubert_tiny.pth"), tmp_path / "out", model_name="hubert", preset="tiny",
+                      overrides={"encoder.heads": 4}, window_seconds=0.5)
+    hear = load_exported(pkg / "model.pt")
+    assert hear.window == SR // 2 and hear.hop_ms == pytest.approx(2.5)
+    audio = 0.1 * torch.randn(2, SR // 2)
+    emb, ts = hear.timestamp_embeddings(audio)
+    assert emb.shape[1] == ts.shape[1] == source.encoder.grid_for(SR // 2, 1)[0]
+    # frame j's receptive field: samples 40 j .. 40 j + 59 (kernels 10, 3, 3, 2; strides 5, 2, 2, 2)
+    assert source.encoder.min_samples() == 60
+    assert torch.allclose(ts[0, :3], torch.tensor([29.5, 69.5, 109.5]) / 16)
+    with torch.no_grad():
+        assert torch.allclose(hear.scene_embeddings(audio), source.embed(audio[..., None]), atol=1e-5)
+    with pytest.raises(ConfigError, match="--window-seconds"):
+        export_hear(str(tmp_path / "hubert_tiny.pth"), tmp_path / "out2", model_name="hubert", preset="tiny",
+                    overrides={"encoder.heads": 4, "frontend.num_frames": SR}, window_seconds=0.5)
+
+
 def test_a_checkpoint_of_another_model_sets_no_slots():
     from ssl_bench.runner import apply_pretraining_record
 

@@ -69,6 +69,24 @@ def test_padding_mask_keeps_padding_out(name):
     assert torch.allclose(padded[1], alone[0], atol=1e-5)
 
 
+def test_finetuning_step_and_layer_ids():
+    from ssl_bench.train.optim import layer_decay_fn
+
+    model = tiny("hubert").train()
+    model.set_head(3)
+    wave = 0.1 * torch.randn(2, SAMPLES, 1)
+    loss = torch.nn.functional.cross_entropy(model.classify(wave), torch.tensor([0, 2]))
+    loss.backward()
+    assert model.encoder.encoder.transformer.layers[1].feed_forward.output_dense.weight.grad is not None
+    enc = model.encoder
+    assert enc.layer_id("feature_extractor.conv_layers.0.conv.weight") == 0
+    assert enc.layer_id("encoder.transformer.layers.1.attention.k_proj.weight") == 2
+    assert enc.layer_id("encoder.transformer.layer_norm.weight") == enc.depth + 1
+    layer_of, top = layer_decay_fn(model)
+    assert top == enc.depth + 1
+    assert {layer_of(n) for n, _ in model.named_parameters()} == set(range(enc.depth + 2))
+
+
 def test_random_init_is_random_and_dry_run_builds():
     a, b = tiny("hubert"), ssl_bench.create_model("hubert", preset="tiny", **TINY)
     torch.manual_seed(1)
