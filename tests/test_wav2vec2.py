@@ -122,6 +122,47 @@ def test_torchaudio_state_dict_loads_and_rows_name_it(tmp_path):
     assert exp.identity["init_id"] == file_sha256(tmp_path / "my_hubert.pth")[:12]
 
 
+FAIRSEQ_NAMES = [  # torchaudio name -> fairseq name (the inverse of torchaudio's importer)
+    (r"^feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+    (r"^encoder\.feature_projection\.projection\.", "post_extract_proj."),
+    (r"^encoder\.feature_projection\.layer_norm\.", "layer_norm."),
+    (r"^encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", "encoder.pos_conv.0.weight_g"),
+    (r"^encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", "encoder.pos_conv.0.weight_v"),
+    (r"^encoder\.transformer\.pos_conv_embed\.conv\.bias", "encoder.pos_conv.0.bias"),
+    (r"^encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
+]
+
+
+def test_fairseq_checkpoint(tmp_path):
+    """A checkpoint in fairseq's layout (args + model, quantizer and mask embedding included) loads
+    through torchaudio's fairseq key mapping."""
+    import argparse
+    import re
+
+    source = tiny("hubert")
+    fairseq = {}
+    for k, v in reference(source).state_dict().items():
+        for pattern, repl in FAIRSEQ_NAMES:
+            if re.match(pattern, k):
+                fairseq[re.sub(pattern, repl, k)] = v
+                break
+        else:
+            raise AssertionError(f"no fairseq name for {k}")
+    fairseq["mask_emb"] = torch.zeros(64)
+    fairseq["final_proj.weight"] = torch.zeros(8, 64)
+    torch.save({"args": argparse.Namespace(arch="hubert"), "model": fairseq}, tmp_path / "hubert_tiny_fairseq.pt")
+    loaded = ssl_bench.create_model("hubert", checkpoint=tmp_path / "hubert_tiny_fairseq.pt",
+                                    **{**TINY, "encoder.heads": 4}).eval()
+    wave = 0.1 * torch.randn(1, SAMPLES, 1)
+    assert torch.equal(loaded.embed(wave), source.embed(wave))
+
+
 def test_huggingface_directory(tmp_path):
     source = tiny("wav2vec2")
     state = reference(source).state_dict()

@@ -12,9 +12,12 @@
   ``transformers``.
 * an **ssl-bench** checkpoint of the same model.
 
-fairseq ``.pt`` files need fairseq itself (``torchaudio.models.wav2vec2.utils.import_fairseq_model``
-takes a fairseq model object): convert them with that function and save the result's
-``state_dict()``; that file then loads as a torchaudio state dict.
+* a **fairseq** wav2vec2 / HuBERT checkpoint (``{"args" or "cfg", "model": state dict}``, or the
+  bare state dict): keys renamed by torchaudio's fairseq importer (``_convert_state_dict``, what
+  ``import_fairseq_model`` uses), the architecture read from the shapes as above.  Files whose
+  ``cfg`` is an omegaconf object cannot be read without unpickling code (``weights_only``):
+  convert those with ``torchaudio.models.wav2vec2.utils.import_fairseq_model`` (needs fairseq)
+  and save the result's ``state_dict()``.
 """
 
 from __future__ import annotations
@@ -157,8 +160,18 @@ def checkpoint_overrides(path: Path) -> dict[str, Any]:
 def torchaudio_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """A torchaudio ``Wav2Vec2Model`` state dict from a file's content (weight-norm keys in the
     parametrised form torch uses now; an ASR head ``aux.*`` left out)."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and ("args" in obj or "cfg" in obj):
+        obj = obj["model"]  # a fairseq checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
+    if any(re.match(r"(w2v_model\.)?(feature_extractor\.conv_layers\.\d+\.0\.weight|post_extract_proj\.)", k)
+           for k in obj):
+        from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+        try:
+            obj = {k: v for k, v in _convert_state_dict(obj).items() if k != "label_embs_concat"}
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: a fairseq checkpoint torchaudio's importer cannot map ({exc})") from None
     if any(k.startswith(("wav2vec2.", "hubert.", "wavlm.", "feature_projection.")) for k in obj):
         raise CheckpointError(f"{path}: a Hugging Face state dict; pass its directory (with config.json) instead")
     if not any(k.startswith("feature_extractor.") for k in obj):
