@@ -215,6 +215,10 @@ def test_torchaudio_bundle_offline(tmp_path, monkeypatch):
     settings = checkpoint_settings("hubert", cached)
     assert settings["encoder.dim"] == 768 and settings["encoder.depth"] == 12 and settings["encoder.heads"] == 12
     assert settings["encoder.layer_drop"] == 0.05 and settings["frontend.normalize"] is False
+    wavlm = cached.parent / "wavlm_base.pth"  # WavLM weights bring WavLM's encoder, whatever the model
+    torch.save({}, wavlm)
+    settings = checkpoint_settings("hubert", wavlm)
+    assert settings["encoder"] == "wavlm" and settings["encoder.num_buckets"] == 320
 
 
 def test_errors_name_the_file(tmp_path):
@@ -225,3 +229,27 @@ def test_errors_name_the_file(tmp_path):
         ssl_bench.create_model("wav2vec2", checkpoint=tmp_path / "other.pt", **TINY)
     with pytest.raises(ConfigError, match="reads a waveform"):
         ssl_bench.create_model("wav2vec2", preset="tiny", **{"frontend": "kaldi-fbank", "frontend.num_frames": 128})
+
+
+def test_run_from_a_torchaudio_file_has_its_rows_and_a_random_baseline(tmp_path):
+    """``ssl-bench run -m hubert --checkpoint FILE``: rows named by the file's content, plus the
+    init=random baseline of the same architecture (its weights are not the file's)."""
+    from taskfixtures import make_esc50
+
+    from ssl_bench import results
+    from ssl_bench.cli import main
+    from ssl_bench.provenance import file_sha256
+
+    torch.manual_seed(5)  # not the run's seed: the file's weights are not the run's random init
+    ref = reference(ssl_bench.create_model("hubert", preset="tiny", **TINY))
+    torch.save(ref.state_dict(), tmp_path / "hubert_tiny.pth")
+    data = make_esc50(tmp_path / "data", num_classes=2, per_fold=2, seconds=0.5, sr=16000)
+    code = main(["run", "-m", "hubert", "-p", "tiny", "-t", "esc50", "--data-dir", str(data), "--splits", "fold1",
+                 "--checkpoint", str(tmp_path / "hubert_tiny.pth"), "--set", "encoder.heads=4",
+                 "--protocols", "linear", "--results", str(tmp_path / "res"), "-q"])
+    assert code == 0
+    df = results.load(tmp_path / "res")
+    assert set(df["init"]) == {"hubert_tiny", "random"}
+    assert set(df["init_id"]) == {file_sha256(tmp_path / "hubert_tiny.pth")[:12], "random"}
+    log = next((tmp_path / "res").glob("*/log.txt")).read_text()
+    assert "torchaudio checkpoint" in log and "missing" not in log

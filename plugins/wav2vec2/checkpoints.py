@@ -79,7 +79,15 @@ def settings_from_builder(params: dict[str, Any], normalize: bool = False) -> di
     out = {f"encoder.{BUILDER_KEYS[k]}": ([list(c) for c in v] if k == "extractor_conv_layer_config" and v else v)
            for k, v in params.items() if k in BUILDER_KEYS and v is not None}
     out["frontend.normalize"] = bool(normalize)
-    return out
+    return _with_encoder(out)
+
+
+def _with_encoder(settings: dict[str, Any]) -> dict[str, Any]:
+    """WavLM weights need WavLM's encoder, whichever of these models was asked for (its
+    relative position settings say which)."""
+    if "encoder.num_buckets" in settings:
+        return {"encoder": "wavlm", **settings}
+    return settings
 
 
 def _hf_files(path: Path) -> tuple[dict[str, Any], Path]:
@@ -138,7 +146,7 @@ def inferred_settings(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     rel = state.get("encoder.transformer.layers.0.attention.rel_attn_embed.weight")
     if rel is not None:  # WavLM: the relative position table is [buckets, heads]
         out["encoder.num_buckets"], out["encoder.heads"] = int(rel.shape[0]), int(rel.shape[1])
-    return out
+    return _with_encoder(out)
 
 
 def checkpoint_overrides(path: Path) -> dict[str, Any]:
