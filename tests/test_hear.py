@@ -242,3 +242,62 @@ def test_a_checkpoint_of_another_model_sets_no_slots():
     same = {"model": "audiomae", "decoder": {"name": "global"}, "method": {"name": "mae"}}
     apply_pretraining_record(same, saved)
     assert same["decoder"] == {"name": "shifted-window"}
+
+
+TOY_MODULE = '''
+"""A HEAR 2021 module written by hand (not by ssl-bench): RMS and zero-crossing features."""
+import torch
+
+
+class Toy(torch.nn.Module):
+    sample_rate = 16000
+    scene_embedding_size = 4
+    timestamp_embedding_size = 4
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 4)
+
+
+def load_model(model_file_path=""):
+    model = Toy()
+    model.load_state_dict(torch.load(model_file_path, weights_only=True))
+    return model
+
+
+def _frames(audio):
+    frames = torch.nn.functional.pad(audio, (0, 400)).unfold(1, 400, 160)
+    rms = frames.square().mean(-1).sqrt()
+    zcr = (frames[..., 1:] * frames[..., :-1] < 0).float().mean(-1)
+    return torch.stack([rms, zcr], -1)
+
+
+def get_timestamp_embeddings(audio, model):
+    emb = model.proj(_frames(audio))
+    ts = (torch.arange(emb.shape[1]) * 10.0 + 12.5).expand(audio.shape[0], -1)
+    return emb, ts
+
+
+def get_scene_embeddings(audio, model):
+    return get_timestamp_embeddings(audio, model)[0].mean(1)
+'''
+
+
+def test_a_third_party_hear_module(tmp_path, monkeypatch):
+    """Any module with the API works as ``-m hear``; one without per-layer embeddings says so for
+    ``layers``; its weights are frozen."""
+    (tmp_path / "toy_hear_module_for_tests.py").write_text(TOY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toy = importlib.import_module("toy_hear_module_for_tests")
+    weights = toy.Toy().state_dict()
+    torch.save(weights, tmp_path / "toy.pt")
+    model = ssl_bench.create_model("hear", checkpoint=tmp_path / "toy.pt",
+                                   **{"encoder.module": "toy_hear_module_for_tests", "frontend.num_frames": SR})
+    audio = 0.1 * torch.randn(2, SR)
+    spec = model.frontend.normalize(model.frontend.compute(audio))
+    reference = toy.get_scene_embeddings(audio, toy.load_model(str(tmp_path / "toy.pt")))
+    assert torch.allclose(model.embed(spec), reference)
+    assert model.encoder.dim == 4 and not any(p.requires_grad for p in model.encoder.parameters())
+    with pytest.raises(ConfigError, match="no per-layer embeddings"):
+        model.embed(spec, layers=True)
+    sys.modules.pop("toy_hear_module_for_tests", None)
