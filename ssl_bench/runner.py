@@ -449,8 +449,8 @@ class _Experiment:
                        for k, v in own.items()):
             return True
         self.writer.log(f"[{split}] {protocol}: no init=random baseline, encoder {type(model.encoder).__name__} "
-                        "evaluates the weights it was built with (a frozen import): there is no random "
-                        "initialisation of it to compare with")
+                        "is evaluated with the weights it was built with (a frozen import, or a checkpoint equal "
+                        "to this seed's initialisation): a baseline row would repeat the same numbers")
         return False
 
     # ------------------------------------------------------------------ protocols

@@ -202,6 +202,35 @@ def test_export_refuses_missing_statistics_and_a_used_directory(tmp_path):
     assert (pkg / "model.pt").is_file() and (pkg.parent / "pyproject.toml").is_file()
 
 
+def test_export_a_torchaudio_hubert(tmp_path):
+    """A model of any input length (HuBERT on waveforms) exports with windows of --window-seconds;
+    its timestamps follow the conv stack's frames (40 samples = 2.5 ms for the tiny stack)."""
+    import torchaudio
+
+    from ssl_bench.plugins.hear import export_hear, load_exported
+
+    torch.manual_seed(0)
+    source = ssl_bench.create_model("hubert", preset="tiny", **{"frontend.num_frames": SR}).eval()
+    ref = torchaudio.models.wav2vec2_model(**source.encoder.builder_arguments())
+    ref.load_state_dict(source.encoder.state_dict())
+    torch.save(ref.state_dict(), tmp_path / "hubert_tiny.pth")
+    pkg = export_hear(str(tmp_path / "hubert_tiny.pth"), tmp_path / "out", model_name="hubert", preset="tiny",
+                      overrides={"encoder.heads": 4}, window_seconds=0.5)
+    hear = load_exported(pkg / "model.pt")
+    assert hear.window == SR // 2 and hear.hop_ms == pytest.approx(2.5)
+    audio = 0.1 * torch.randn(2, SR // 2)
+    emb, ts = hear.timestamp_embeddings(audio)
+    assert emb.shape[1] == ts.shape[1] == source.encoder.grid_for(SR // 2, 1)[0]
+    # frame j's receptive field: samples 40 j .. 40 j + 59 (kernels 10, 3, 3, 2; strides 5, 2, 2, 2)
+    assert source.encoder.min_samples() == 60
+    assert torch.allclose(ts[0, :3], torch.tensor([29.5, 69.5, 109.5]) / 16)
+    with torch.no_grad():
+        assert torch.allclose(hear.scene_embeddings(audio), source.embed(audio[..., None]), atol=1e-5)
+    with pytest.raises(ConfigError, match="--window-seconds"):
+        export_hear(str(tmp_path / "hubert_tiny.pth"), tmp_path / "out2", model_name="hubert", preset="tiny",
+                    overrides={"encoder.heads": 4, "frontend.num_frames": SR}, window_seconds=0.5)
+
+
 def test_a_checkpoint_of_another_model_sets_no_slots():
     from ssl_bench.runner import apply_pretraining_record
 
@@ -213,3 +242,62 @@ def test_a_checkpoint_of_another_model_sets_no_slots():
     same = {"model": "audiomae", "decoder": {"name": "global"}, "method": {"name": "mae"}}
     apply_pretraining_record(same, saved)
     assert same["decoder"] == {"name": "shifted-window"}
+
+
+TOY_MODULE = '''
+"""A HEAR 2021 module written by hand (not by ssl-bench): RMS and zero-crossing features."""
+import torch
+
+
+class Toy(torch.nn.Module):
+    sample_rate = 16000
+    scene_embedding_size = 4
+    timestamp_embedding_size = 4
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 4)
+
+
+def load_model(model_file_path=""):
+    model = Toy()
+    model.load_state_dict(torch.load(model_file_path, weights_only=True))
+    return model
+
+
+def _frames(audio):
+    frames = torch.nn.functional.pad(audio, (0, 400)).unfold(1, 400, 160)
+    rms = frames.square().mean(-1).sqrt()
+    zcr = (frames[..., 1:] * frames[..., :-1] < 0).float().mean(-1)
+    return torch.stack([rms, zcr], -1)
+
+
+def get_timestamp_embeddings(audio, model):
+    emb = model.proj(_frames(audio))
+    ts = (torch.arange(emb.shape[1]) * 10.0 + 12.5).expand(audio.shape[0], -1)
+    return emb, ts
+
+
+def get_scene_embeddings(audio, model):
+    return get_timestamp_embeddings(audio, model)[0].mean(1)
+'''
+
+
+def test_a_third_party_hear_module(tmp_path, monkeypatch):
+    """Any module with the API works as ``-m hear``; one without per-layer embeddings says so for
+    ``layers``; its weights are frozen."""
+    (tmp_path / "toy_hear_module_for_tests.py").write_text(TOY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toy = importlib.import_module("toy_hear_module_for_tests")
+    weights = toy.Toy().state_dict()
+    torch.save(weights, tmp_path / "toy.pt")
+    model = ssl_bench.create_model("hear", checkpoint=tmp_path / "toy.pt",
+                                   **{"encoder.module": "toy_hear_module_for_tests", "frontend.num_frames": SR})
+    audio = 0.1 * torch.randn(2, SR)
+    spec = model.frontend.normalize(model.frontend.compute(audio))
+    reference = toy.get_scene_embeddings(audio, toy.load_model(str(tmp_path / "toy.pt")))
+    assert torch.allclose(model.embed(spec), reference)
+    assert model.encoder.dim == 4 and not any(p.requires_grad for p in model.encoder.parameters())
+    with pytest.raises(ConfigError, match="no per-layer embeddings"):
+        model.embed(spec, layers=True)
+    sys.modules.pop("toy_hear_module_for_tests", None)

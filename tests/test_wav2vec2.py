@@ -69,6 +69,24 @@ def test_padding_mask_keeps_padding_out(name):
     assert torch.allclose(padded[1], alone[0], atol=1e-5)
 
 
+def test_finetuning_step_and_layer_ids():
+    from ssl_bench.train.optim import layer_decay_fn
+
+    model = tiny("hubert").train()
+    model.set_head(3)
+    wave = 0.1 * torch.randn(2, SAMPLES, 1)
+    loss = torch.nn.functional.cross_entropy(model.classify(wave), torch.tensor([0, 2]))
+    loss.backward()
+    assert model.encoder.encoder.transformer.layers[1].feed_forward.output_dense.weight.grad is not None
+    enc = model.encoder
+    assert enc.layer_id("feature_extractor.conv_layers.0.conv.weight") == 0
+    assert enc.layer_id("encoder.transformer.layers.1.attention.k_proj.weight") == 2
+    assert enc.layer_id("encoder.transformer.layer_norm.weight") == enc.depth + 1
+    layer_of, top = layer_decay_fn(model)
+    assert top == enc.depth + 1
+    assert {layer_of(n) for n, _ in model.named_parameters()} == set(range(enc.depth + 2))
+
+
 def test_random_init_is_random_and_dry_run_builds():
     a, b = tiny("hubert"), ssl_bench.create_model("hubert", preset="tiny", **TINY)
     torch.manual_seed(1)
@@ -102,6 +120,47 @@ def test_torchaudio_state_dict_loads_and_rows_name_it(tmp_path):
                       checkpoint=tmp_path / "my_hubert.pth", splits=None, resume=False, progress=False)
     assert exp.identity["init"] == "my_hubert"
     assert exp.identity["init_id"] == file_sha256(tmp_path / "my_hubert.pth")[:12]
+
+
+FAIRSEQ_NAMES = [  # torchaudio name -> fairseq name (the inverse of torchaudio's importer)
+    (r"^feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+    (r"^encoder\.feature_projection\.projection\.", "post_extract_proj."),
+    (r"^encoder\.feature_projection\.layer_norm\.", "layer_norm."),
+    (r"^encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", "encoder.pos_conv.0.weight_g"),
+    (r"^encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", "encoder.pos_conv.0.weight_v"),
+    (r"^encoder\.transformer\.pos_conv_embed\.conv\.bias", "encoder.pos_conv.0.bias"),
+    (r"^encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"^encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
+]
+
+
+def test_fairseq_checkpoint(tmp_path):
+    """A checkpoint in fairseq's layout (args + model, quantizer and mask embedding included) loads
+    through torchaudio's fairseq key mapping."""
+    import argparse
+    import re
+
+    source = tiny("hubert")
+    fairseq = {}
+    for k, v in reference(source).state_dict().items():
+        for pattern, repl in FAIRSEQ_NAMES:
+            if re.match(pattern, k):
+                fairseq[re.sub(pattern, repl, k)] = v
+                break
+        else:
+            raise AssertionError(f"no fairseq name for {k}")
+    fairseq["mask_emb"] = torch.zeros(64)
+    fairseq["final_proj.weight"] = torch.zeros(8, 64)
+    torch.save({"args": argparse.Namespace(arch="hubert"), "model": fairseq}, tmp_path / "hubert_tiny_fairseq.pt")
+    loaded = ssl_bench.create_model("hubert", checkpoint=tmp_path / "hubert_tiny_fairseq.pt",
+                                    **{**TINY, "encoder.heads": 4}).eval()
+    wave = 0.1 * torch.randn(1, SAMPLES, 1)
+    assert torch.equal(loaded.embed(wave), source.embed(wave))
 
 
 def test_huggingface_directory(tmp_path):
@@ -156,6 +215,10 @@ def test_torchaudio_bundle_offline(tmp_path, monkeypatch):
     settings = checkpoint_settings("hubert", cached)
     assert settings["encoder.dim"] == 768 and settings["encoder.depth"] == 12 and settings["encoder.heads"] == 12
     assert settings["encoder.layer_drop"] == 0.05 and settings["frontend.normalize"] is False
+    wavlm = cached.parent / "wavlm_base.pth"  # WavLM weights bring WavLM's encoder, whatever the model
+    torch.save({}, wavlm)
+    settings = checkpoint_settings("hubert", wavlm)
+    assert settings["encoder"] == "wavlm" and settings["encoder.num_buckets"] == 320
 
 
 def test_errors_name_the_file(tmp_path):
@@ -166,3 +229,27 @@ def test_errors_name_the_file(tmp_path):
         ssl_bench.create_model("wav2vec2", checkpoint=tmp_path / "other.pt", **TINY)
     with pytest.raises(ConfigError, match="reads a waveform"):
         ssl_bench.create_model("wav2vec2", preset="tiny", **{"frontend": "kaldi-fbank", "frontend.num_frames": 128})
+
+
+def test_run_from_a_torchaudio_file_has_its_rows_and_a_random_baseline(tmp_path):
+    """``ssl-bench run -m hubert --checkpoint FILE``: rows named by the file's content, plus the
+    init=random baseline of the same architecture (its weights are not the file's)."""
+    from taskfixtures import make_esc50
+
+    from ssl_bench import results
+    from ssl_bench.cli import main
+    from ssl_bench.provenance import file_sha256
+
+    torch.manual_seed(5)  # not the run's seed: the file's weights are not the run's random init
+    ref = reference(ssl_bench.create_model("hubert", preset="tiny", **TINY))
+    torch.save(ref.state_dict(), tmp_path / "hubert_tiny.pth")
+    data = make_esc50(tmp_path / "data", num_classes=2, per_fold=2, seconds=0.5, sr=16000)
+    code = main(["run", "-m", "hubert", "-p", "tiny", "-t", "esc50", "--data-dir", str(data), "--splits", "fold1",
+                 "--checkpoint", str(tmp_path / "hubert_tiny.pth"), "--set", "encoder.heads=4",
+                 "--protocols", "linear", "--results", str(tmp_path / "res"), "-q"])
+    assert code == 0
+    df = results.load(tmp_path / "res")
+    assert set(df["init"]) == {"hubert_tiny", "random"}
+    assert set(df["init_id"]) == {file_sha256(tmp_path / "hubert_tiny.pth")[:12], "random"}
+    log = next((tmp_path / "res").glob("*/log.txt")).read_text()
+    assert "torchaudio checkpoint" in log and "missing" not in log

@@ -15,9 +15,10 @@ tensor ``[n_sounds, n_samples]`` at ``sample_rate``, on the model's device.
   clip, and normalised;
 * **timestamp embeddings**: the encoder's tokens of each window, averaged over the frequency
   patches of each time column of the patch grid; a column's timestamp is the centre of the
-  frames it spans (``W / n_time`` frames, spread evenly over the window), in ms from the start of
-  the clip, so the hop is ``W / n_time`` frames (160 ms for AudioMAE's 16-frame patches, 20 ms
-  for wav2vec2).  Columns centred past the end of the audio are dropped, keeping at least one;
+  frames it spans, in ms from the start of the clip: the encoder's own ``column_centres`` when it
+  has one (wav2vec2: the centre of each conv frame's receptive field, every 20 ms), else
+  ``W / n_time`` frames per column spread evenly over the window (AudioMAE's 16-frame patches:
+  every 160 ms).  Columns centred past the end of the audio are dropped, keeping at least one;
 * **scene embeddings**: the encoder's own clip embedding (``SSLModel.embed``) of each window,
   averaged over the windows (one window for clips up to the model's length: then exactly the
   embedding ssl-bench's probes use);
@@ -128,8 +129,8 @@ class HearModel(nn.Module):
         cols = self._run(windows, self._columns)  # [n * K, n_time, D]
         n_time = cols.shape[1]
         emb = cols.reshape(n, count * n_time, -1)
-        step = self.window / n_time  # frames per column
-        centres = (torch.arange(count * n_time, dtype=torch.float64) + 0.5) * step / self.frames_per_second * 1000.0
+        starts = torch.arange(count, dtype=torch.float64)[:, None] * self.window
+        centres = (starts + self.column_centres(n_time)[None, :]).reshape(-1) / self.frames_per_second * 1000.0
         keep = max(1, int((centres < length / self.sample_rate * 1000.0).sum()))
         ts = centres[:keep].to(torch.float32).to(audio.device).expand(n, keep).contiguous()
         return emb[:, :keep].float().contiguous(), ts
@@ -148,11 +149,24 @@ class HearModel(nn.Module):
         emb = self._run(windows, lambda w: self.model.embed(w, layers=True))
         return emb.reshape(n, count, *emb.shape[1:]).mean(dim=1).float()
 
+    def column_centres(self, n_time: int) -> torch.Tensor:
+        """Centres of the time columns of one window, in input frames: the encoder's own
+        (``column_centres(num_frames)``, when it knows its receptive fields), else ``W / n_time``
+        frames each, spread evenly over the window (exact for non-overlapping patches)."""
+        own = getattr(self.model.encoder, "column_centres", None)
+        if callable(own):
+            centres = torch.as_tensor(own(self.window), dtype=torch.float64)
+            if centres.shape == (n_time,):
+                return centres
+        return (torch.arange(n_time, dtype=torch.float64) + 0.5) * (self.window / n_time)
+
     @property
     def hop_ms(self) -> float:
         """Milliseconds between timestamps."""
-        grid = self.model.encoder.grid_for(self.window, int(self.model.frontend.num_bins))
-        return self.window / grid[0] / self.frames_per_second * 1000.0
+        n_time = self.model.encoder.grid_for(self.window, int(self.model.frontend.num_bins))[0]
+        centres = self.column_centres(n_time)
+        step = float(centres[1] - centres[0]) if n_time > 1 else float(self.window)
+        return step / self.frames_per_second * 1000.0
 
 
 def load_exported(path: str | Path) -> HearModel:

@@ -112,7 +112,8 @@ def get_requires_for_build_wheel(config_settings=None):
 
 
 def build_for_export(checkpoint: str, model_name: str | None = None, preset: str | None = None,
-                     overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+                     overrides: dict[str, Any] | None = None,
+                     window_seconds: float | None = None) -> tuple[Any, dict[str, Any]]:
     """The model a checkpoint holds, built and loaded, and its identity.
 
     An ssl-bench checkpoint is rebuilt from the config saved in it (every ``--set`` of the run
@@ -139,8 +140,12 @@ def build_for_export(checkpoint: str, model_name: str | None = None, preset: str
     stats = getattr(frontend, "norm_stats", None)
     if stats is not None:  # statistics set after the build live in the frontend: the config must carry them
         model.config["frontend"]["mean"], model.config["frontend"]["std"] = float(stats[0]), float(stats[1])
-    if not model.config["frontend"].get("num_frames"):
-        model.config["frontend"]["num_frames"] = int(model.ctx.num_frames)
+    fixed = model.config["frontend"].get("num_frames")
+    if fixed and window_seconds is not None:
+        raise ConfigError(f"--window-seconds: the model is built for {fixed} input frames (its windows); the option "
+                          "is for models of any input length, such as wav2vec2 on waveforms")
+    if not fixed:  # a model of any input length: windows of window_seconds (10 s by default)
+        model.config["frontend"]["num_frames"] = int(frontend.num_frames_for(float(window_seconds or 10.0)))
     return model, {**encoder_identity(path), "source": str(checkpoint)}
 
 
@@ -162,14 +167,15 @@ def _with(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_hear(checkpoint: str, out: str | Path, *, name: str | None = None, model_name: str | None = None,
-                preset: str | None = None, overrides: dict[str, Any] | None = None) -> Path:
+                preset: str | None = None, overrides: dict[str, Any] | None = None,
+                window_seconds: float | None = None) -> Path:
     """Write the installable HEAR package of ``checkpoint`` to ``out`` (see the module docstring)."""
     from .api import HearModel
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"-o {out}: exists and is not empty; choose a new directory")
-    model, identity = build_for_export(checkpoint, model_name, preset, overrides)
+    model, identity = build_for_export(checkpoint, model_name, preset, overrides, window_seconds)
     hear = HearModel(model)  # checks the input length and the statistics before anything is written
     name = name or f"sslbench_{model.config['model']}_{identity['init_id'][:8]}"
     name = re.sub(r"[^A-Za-z0-9_]", "_", name)
@@ -209,6 +215,8 @@ class ExportHear(Command):
         parser.add_argument("--model", "-m", help="the model of a checkpoint that carries no ssl-bench config")
         parser.add_argument("--preset", "-p", help="its size preset")
         parser.add_argument("--name", help="the Python module name (default sslbench_<model>_<init_id>)")
+        parser.add_argument("--window-seconds", type=float,
+                            help="window length for a model of any input length (wav2vec2 family; default 10 s)")
         parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="dotted setting, e.g. frontend.mean=-4.27 (statistics the encoder was trained with)")
 
@@ -217,7 +225,7 @@ class ExportHear(Command):
         if len(sweeps) != 1:
             raise ConfigError("export-hear exports one encoder: give each --set one value")
         pkg = export_hear(args.checkpoint, args.out, name=args.name, model_name=args.model, preset=args.preset,
-                          overrides=sweeps[0])
+                          overrides=sweeps[0], window_seconds=args.window_seconds)
         print(f"HEAR module {pkg.name} written to {Path(args.out)}\n"
               f"install: pip install {args.out}   (offline: pip install --no-deps {args.out})\n"
               f"evaluate it here: ssl-bench run -m hear --set encoder.module={pkg.name} "

@@ -51,8 +51,8 @@ LARGE = {
 NOTES = {
     "architecture": "torchaudio.models.wav2vec2_model / wavlm_model (BSD-2); parameter names are torchaudio's.",
     "weights": ("torchaudio:BUNDLE (torch hub cache; e.g. WAV2VEC2_BASE, HUBERT_BASE, WAVLM_BASE_PLUS), a torchaudio "
-                "state dict file, a Hugging Face directory, or an ssl-bench checkpoint; fairseq files through "
-                "torchaudio's import_fairseq_model (needs fairseq) saved as a state dict."),
+                "state dict file, a Hugging Face directory, a fairseq wav2vec2/HuBERT file (torchaudio's key "
+                "mapping), or an ssl-bench checkpoint."),
     "licences": ("released weights: wav2vec2 and HuBERT (fairseq) MIT; WavLM (microsoft/unilm) MIT — check the "
                  "model card of the file you use"),
 }

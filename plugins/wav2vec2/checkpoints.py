@@ -12,9 +12,12 @@
   ``transformers``.
 * an **ssl-bench** checkpoint of the same model.
 
-fairseq ``.pt`` files need fairseq itself (``torchaudio.models.wav2vec2.utils.import_fairseq_model``
-takes a fairseq model object): convert them with that function and save the result's
-``state_dict()``; that file then loads as a torchaudio state dict.
+* a **fairseq** wav2vec2 / HuBERT checkpoint (``{"args" or "cfg", "model": state dict}``, or the
+  bare state dict): keys renamed by torchaudio's fairseq importer (``_convert_state_dict``, what
+  ``import_fairseq_model`` uses), the architecture read from the shapes as above.  Files whose
+  ``cfg`` is an omegaconf object cannot be read without unpickling code (``weights_only``):
+  convert those with ``torchaudio.models.wav2vec2.utils.import_fairseq_model`` (needs fairseq)
+  and save the result's ``state_dict()``.
 """
 
 from __future__ import annotations
@@ -76,7 +79,15 @@ def settings_from_builder(params: dict[str, Any], normalize: bool = False) -> di
     out = {f"encoder.{BUILDER_KEYS[k]}": ([list(c) for c in v] if k == "extractor_conv_layer_config" and v else v)
            for k, v in params.items() if k in BUILDER_KEYS and v is not None}
     out["frontend.normalize"] = bool(normalize)
-    return out
+    return _with_encoder(out)
+
+
+def _with_encoder(settings: dict[str, Any]) -> dict[str, Any]:
+    """WavLM weights need WavLM's encoder, whichever of these models was asked for (its
+    relative position settings say which)."""
+    if "encoder.num_buckets" in settings:
+        return {"encoder": "wavlm", **settings}
+    return settings
 
 
 def _hf_files(path: Path) -> tuple[dict[str, Any], Path]:
@@ -135,7 +146,7 @@ def inferred_settings(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     rel = state.get("encoder.transformer.layers.0.attention.rel_attn_embed.weight")
     if rel is not None:  # WavLM: the relative position table is [buckets, heads]
         out["encoder.num_buckets"], out["encoder.heads"] = int(rel.shape[0]), int(rel.shape[1])
-    return out
+    return _with_encoder(out)
 
 
 def checkpoint_overrides(path: Path) -> dict[str, Any]:
@@ -157,8 +168,18 @@ def checkpoint_overrides(path: Path) -> dict[str, Any]:
 def torchaudio_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """A torchaudio ``Wav2Vec2Model`` state dict from a file's content (weight-norm keys in the
     parametrised form torch uses now; an ASR head ``aux.*`` left out)."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and ("args" in obj or "cfg" in obj):
+        obj = obj["model"]  # a fairseq checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
+    if any(re.match(r"(w2v_model\.)?(feature_extractor\.conv_layers\.\d+\.0\.weight|post_extract_proj\.)", k)
+           for k in obj):
+        from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+        try:
+            obj = {k: v for k, v in _convert_state_dict(obj).items() if k != "label_embs_concat"}
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: a fairseq checkpoint torchaudio's importer cannot map ({exc})") from None
     if any(k.startswith(("wav2vec2.", "hubert.", "wavlm.", "feature_projection.")) for k in obj):
         raise CheckpointError(f"{path}: a Hugging Face state dict; pass its directory (with config.json) instead")
     if not any(k.startswith("feature_extractor.") for k in obj):

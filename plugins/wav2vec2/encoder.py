@@ -131,6 +131,14 @@ class Wav2Vec2Encoder(Component):
             n = (n - 1) * stride + kernel
         return n
 
+    def column_centres(self, num_frames: int) -> torch.Tensor:
+        """The sample at the centre of each output frame's receptive field (HEAR timestamps)."""
+        stride = 1
+        for _, _, s in self.conv_layers:
+            stride *= s
+        n = self.grid_for(num_frames, 1)[0]
+        return torch.arange(n, dtype=torch.float64) * stride + (self.min_samples() - 1) / 2
+
     def patchify(self, spec: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"encoder {type(self).__name__} has no reconstruction targets: masked-prediction "
                           "pretraining (mae, eat) does not apply to it; evaluate it with --checkpoint or random weights")
@@ -181,11 +189,12 @@ class Wav2Vec2Encoder(Component):
         return (out.tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
 
     def layer_id(self, name: str) -> int:
-        """0 for the conv stack, projection and position embedding; ``i + 1`` for layer ``i``."""
+        """0 for the conv stack, projection and position embedding; ``i + 1`` for layer ``i``;
+        ``depth + 1`` for the final LayerNorm."""
         if "transformer.layers." in name:
             return int(name.split("transformer.layers.")[1].split(".")[0]) + 1
-        if "transformer.layer_norm" in name:
-            return self.depth + 1
+        if "transformer.layer_norm" in name:  # torchaudio applies it after the layers unless layer_norm_first
+            return 0 if self.cfg.layer_norm_first else self.depth + 1
         return 0
 
 
