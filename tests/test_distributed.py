@@ -39,6 +39,9 @@ def _experiment(accum_steps: int = 1) -> dict:
     """Pretrain, fine-tune and probe the toy model; what rank 0 (or the single process) saw."""
     split = toy_split()
     cfg = toy_config(pretrain={**PRETRAIN, "accum_steps": accum_steps}, finetune=FINETUNE)
+    # float32 throughout: world sizes are compared to 1e-6, and bf16 autocast (the default on CPUs
+    # with AVX512-BF16/AMX) rounds the two reductions differently
+    cfg["amp"] = False
     model = toy_model()
     pre = pretrain(model, split.dataset("train", with_targets=False), cfg, device="cpu", progress=False)
     tuned = ft.finetune(toy_model(), split, cfg, device="cpu", progress=False)
