@@ -340,7 +340,7 @@ class PerClassLBFGS:
         q = g.clone()
         alphas = []
         for s_, y_, r_ in reversed(pairs):
-            alpha = r_ * (s_ * q).sum(1)
+            alpha = r_ * torch.linalg.vecdot(s_, q)
             q.addcmul_(y_, alpha[:, None], value=-1)
             alphas.append(alpha)
         # initial Hessian: s.y / y.y of each class's newest pair; a class without any pair
@@ -350,14 +350,14 @@ class PerClassLBFGS:
         for s_, y_, r_ in reversed(pairs):
             has = unset & (r_ > 0)
             if bool(has.any()):
-                yy = (y_ * y_).sum(1).clamp_min(1e-30)
+                yy = torch.linalg.vecdot(y_, y_).clamp_min(1e-30)
                 scale = torch.where(has, 1.0 / (r_ * yy).clamp_min(1e-30), scale)  # 1 / (r y.y) = s.y / y.y
                 unset &= ~has
             if not bool(unset.any()):
                 break
         q *= scale[:, None]
         for (s_, y_, r_), alpha in zip(pairs, reversed(alphas)):
-            beta = r_ * (y_ * q).sum(1)
+            beta = r_ * torch.linalg.vecdot(y_, q)
             q.addcmul_(s_, (alpha - beta)[:, None])
         return q
 
