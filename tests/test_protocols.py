@@ -124,6 +124,8 @@ def test_torch_probe_matches_sklearn_single_label():
     kw = {"num_classes": 10, "multilabel": False, "metrics": ["accuracy"], "Cs": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]}
     sk, tl = fit_linear(X, y, **kw), fit_linear_torch(X, y, **kw)
     assert tl.C == sk.C and tl.selection == "valid" and tl.embed_dim == 32
+    # one metric: the chosen fit's valid score is the one the selection computed
+    assert tl.valid == {"accuracy": tl.valid_by_C[tl.C]} and abs(tl.valid["accuracy"] - sk.valid["accuracy"]) <= 0.02
     assert abs(tl.test["accuracy"] - sk.test["accuracy"]) <= 0.01
     assert tl.test["accuracy"] > 0.8
     # the same problem at every C, not just at the chosen one (both stop at a gradient of 1e-4,

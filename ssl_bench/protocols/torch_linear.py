@@ -272,16 +272,21 @@ class PerClassLBFGS:
         theta = torch.cat([lin.weight, lin.bias[:, None]], dim=1).clone()  # [K, D + 1]
         K = theta.shape[0]
 
-        def value_grad(th: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            b = xty if len(idx) == K else xty[idx]
-            z = th @ xt  # [k, n]
-            f = F.softplus(z).sum(1) / n - (th * b).sum(1) + 0.5 * lam * th[:, :-1].pow(2).sum(1)
+        def value(th: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Each row's objective and logits ``[k, n]``."""
+            z = th @ xt
+            f = F.softplus(z).sum(1) / n - torch.linalg.vecdot(th, b) + 0.5 * lam * th[:, :-1].pow(2).sum(1)
+            return f, z
+
+        def grad(z: torch.Tensor, th: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             g = torch.sigmoid(z) @ x1
             g.div_(n).sub_(b)
             g[:, :-1] += lam * th[:, :-1]
-            return f, g
+            return g
 
-        f, g = value_grad(theta, torch.arange(K, device=x.device))
+        f, z = value(theta, xty)
+        g = grad(z, theta, xty)
+        del z
         active = g.abs().amax(dim=1) > GRAD_TOL
         a = active.nonzero().squeeze(1)
         work = [tuple(t[a] for t in pair) for pair in history]  # the pairs of the active classes
@@ -293,6 +298,7 @@ class PerClassLBFGS:
             d.neg_()
             slope = (ga * d).sum(1)
             theta_a, f_a = theta[a], f[a]
+            b_a = xty if len(a) == K else xty[a]
             # Armijo backtracking, per class: only the classes not yet accepted are evaluated again
             new_theta, new_f, new_g = theta_a.clone(), f_a.clone(), ga.clone()
             step = torch.ones(len(a), device=x.device, dtype=theta.dtype)
@@ -300,10 +306,16 @@ class PerClassLBFGS:
             for _ in range(40):
                 all_pending = len(pending) == len(a)
                 trial = theta_a + d if all_pending else theta_a[pending] + step[pending, None] * d[pending]
-                f_t, g_t = value_grad(trial, a if all_pending else a[pending])
+                b = b_a if all_pending else b_a[pending]
+                f_t, z = value(trial, b)
                 ok = f_t <= f_a[pending] + 1e-4 * step[pending] * slope[pending]
                 done = pending[ok]
-                new_theta[done], new_f[done], new_g[done] = trial[ok], f_t[ok], g_t[ok]
+                if bool(ok.all()):  # the gradient only where the step is accepted
+                    new_theta[done], new_f[done], new_g[done] = trial, f_t, grad(z, trial, b)
+                else:
+                    new_theta[done], new_f[done] = trial[ok], f_t[ok]
+                    new_g[done] = grad(z[ok], trial[ok], b[ok])
+                del z
                 pending = pending[~ok]
                 if len(pending) == 0:
                     break
@@ -406,12 +418,12 @@ def fit_path(
             score = evaluate([metric], targets.scores(model(Z["valid"])), y["valid"])[metric]
         valid_by_C[C] = score
         if best is None or score > best[1]:  # ascending Cs: ties keep the smaller C
-            best = (C, score, _snapshot(model), {})
+            best = (C, score, _snapshot(model), {metric: score})
     assert best is not None
     C, _, state, valid = best
     model.load_state_dict(state)
     with torch.no_grad():
-        if has_valid:
+        if has_valid and list(metrics) != [metric]:  # the selection metric alone is already there
             valid = evaluate(metrics, targets.scores(model(Z["valid"])), y["valid"])
         test = evaluate(metrics, targets.scores(model(Z["test"])), y["test"])
     result = ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=valid_by_C,
