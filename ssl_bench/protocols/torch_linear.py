@@ -28,6 +28,7 @@ SUPERB's learned weighted sum of layers.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -221,6 +222,35 @@ def lbfgs_fit(model: nn.Module, x: torch.Tensor, targets: _Targets, C: float, ma
     return int(state.get("n_iter", 0))
 
 
+class _ThreadChoice:
+    """On a CPU: one thread or torch's thread count, whichever evaluates faster here and now.
+
+    The first evaluation runs on one thread, the second on all of torch's, each timed per
+    class row; the rest of the fit (and the later fits of the grid) use the faster.  On a
+    machine whose cores are busy with other work, OpenMP threads wait for each other at every
+    operation (a descheduled thread holds up the rest for a time slice), and one thread is
+    2-3x faster than two on a loaded 2-core machine; on idle cores the matrix products gain
+    from all of them.  The count is only a speed choice: the fit solves the same problem.
+    """
+
+    def __init__(self) -> None:
+        self.many = torch.get_num_threads()
+        self.chosen: int | None = self.many if self.many == 1 else None
+        self.seconds_per_row: dict[int, float] = {}
+
+    @contextlib.contextmanager
+    def evaluation(self, rows: int) -> Iterator[None]:
+        count = self.chosen or (self.many if 1 in self.seconds_per_row else 1)
+        torch.set_num_threads(count)
+        start = time.perf_counter()
+        yield
+        if self.chosen is None:
+            self.seconds_per_row[count] = (time.perf_counter() - start) / max(rows, 1)
+            if len(self.seconds_per_row) == 2:
+                self.chosen = min(self.seconds_per_row, key=self.seconds_per_row.__getitem__)
+                torch.set_num_threads(self.chosen)
+
+
 class PerClassLBFGS:
     """Multi-label: minimise each class's ``mean BCE + ||w_k||^2 / (2 C n)`` with its own L-BFGS
     (history, step length, stopping), all classes' products in one matrix product per step.
@@ -237,7 +267,8 @@ class PerClassLBFGS:
     with ``b_k = X^T y_k / n`` computed once, ``mean BCE_k = mean softplus(z_k) - theta_k . b_k``
     and its gradient is ``X^T sigmoid(z_k) / n - b_k`` (the targets never enter a step).  The
     curvature pairs of the classes still moving are kept compact (gathered again only when a
-    class stops), so the two-loop recursion touches no rows of finished classes.
+    class stops), so the two-loop recursion touches no rows of finished classes.  On a CPU the
+    thread count is chosen by timing the first two evaluations (:class:`_ThreadChoice`).
 
     Called once per ``C`` of the grid (the same training data), it keeps each class's
     curvature pairs: only the penalty's share of ``y = grad(theta + s) - grad(theta)`` depends
@@ -254,9 +285,22 @@ class PerClassLBFGS:
         self.targets: _Targets | None = None
         self.x1: torch.Tensor | None = None  # [n, D + 1]: the bias is the last, unpenalised, column
         self.xty: torch.Tensor | None = None  # [K, D + 1]: X^T y_k / n of each class
+        self.threads: _ThreadChoice | None = None
+
+    def __call__(self, model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+        if x.device.type != "cpu":
+            return self._fit(model, x, targets, C, max_iter, contextlib.nullcontext)
+        if self.threads is None:
+            self.threads = _ThreadChoice()
+        threads = torch.get_num_threads()
+        try:
+            return self._fit(model, x, targets, C, max_iter, self.threads.evaluation)
+        finally:
+            torch.set_num_threads(threads)
 
     @torch.no_grad()
-    def __call__(self, model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+    def _fit(self, model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int,
+             evaluation: Callable[[int], contextlib.AbstractContextManager]) -> int:
         n = x.shape[0]
         lam = 1.0 / (float(C) * n)
         if self.x is not x or self.targets is not targets:
@@ -284,8 +328,9 @@ class PerClassLBFGS:
             g[:, :-1] += lam * th[:, :-1]
             return g
 
-        f, z = value(theta, xty)
-        g = grad(z, theta, xty)
+        with evaluation(K):
+            f, z = value(theta, xty)
+            g = grad(z, theta, xty)
         del z
         active = g.abs().amax(dim=1) > GRAD_TOL
         a = active.nonzero().squeeze(1)
@@ -307,14 +352,15 @@ class PerClassLBFGS:
                 all_pending = len(pending) == len(a)
                 trial = theta_a + d if all_pending else theta_a[pending] + step[pending, None] * d[pending]
                 b = b_a if all_pending else b_a[pending]
-                f_t, z = value(trial, b)
-                ok = f_t <= f_a[pending] + 1e-4 * step[pending] * slope[pending]
-                done = pending[ok]
-                if bool(ok.all()):  # the gradient only where the step is accepted
-                    new_theta[done], new_f[done], new_g[done] = trial, f_t, grad(z, trial, b)
-                else:
-                    new_theta[done], new_f[done] = trial[ok], f_t[ok]
-                    new_g[done] = grad(z[ok], trial[ok], b[ok])
+                with evaluation(len(pending)):
+                    f_t, z = value(trial, b)
+                    ok = f_t <= f_a[pending] + 1e-4 * step[pending] * slope[pending]
+                    done = pending[ok]
+                    if bool(ok.all()):  # the gradient only where the step is accepted
+                        new_theta[done], new_f[done], new_g[done] = trial, f_t, grad(z, trial, b)
+                    else:
+                        new_theta[done], new_f[done] = trial[ok], f_t[ok]
+                        new_g[done] = grad(z[ok], trial[ok], b[ok])
                 del z
                 pending = pending[~ok]
                 if len(pending) == 0:
