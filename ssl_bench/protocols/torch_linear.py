@@ -44,6 +44,8 @@ from .probe import ProbeResult
 #: (scikit-learn's LogisticRegression ``tol``, applied the same way).
 GRAD_TOL = 1e-4
 HISTORY = 20
+#: a multi-label fit on a CPU keeps all of torch's threads only when they evaluate this much faster
+MANY_THREADS_MARGIN = 1.25
 PARTS = ("train", "valid", "test")
 
 
@@ -230,7 +232,10 @@ class _ThreadChoice:
     machine whose cores are busy with other work, OpenMP threads wait for each other at every
     operation (a descheduled thread holds up the rest for a time slice), and one thread is
     2-3x faster than two on a loaded 2-core machine; on idle cores the matrix products gain
-    from all of them.  The count is only a speed choice: the fit solves the same problem.
+    from all of them.  The timed evaluations are mostly matrix products, which threads help
+    most; the small operations between them (the two-loop recursion) gain less and lose more
+    to waiting, so all threads are kept only when they evaluate ``MANY_THREADS_MARGIN`` times
+    faster.  The count is only a speed choice: the fit solves the same problem.
     """
 
     def __init__(self) -> None:
@@ -247,7 +252,8 @@ class _ThreadChoice:
         if self.chosen is None:
             self.seconds_per_row[count] = (time.perf_counter() - start) / max(rows, 1)
             if len(self.seconds_per_row) == 2:
-                self.chosen = min(self.seconds_per_row, key=self.seconds_per_row.__getitem__)
+                faster = self.seconds_per_row[self.many] * MANY_THREADS_MARGIN < self.seconds_per_row[1]
+                self.chosen = self.many if faster else 1
                 torch.set_num_threads(self.chosen)
 
 
