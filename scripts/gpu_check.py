@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("files_to_features_speedup", "files_to_features_speedup_vs_1thread_reference",
                 "files_to_features_max_abs_diff", "resample_max_abs_diff", "frontend_speedup",
                 "frontend_cuda_speedup", "pretrain_speedup_vs_reference", "mfu", "data_wait_fraction",
-                "probe_speedup", "probe_map_diff_points", "bf16_cpu_supported", "bf16_gemm_speedup",
+                "probe_speedup", "probe_speedup_vs_sklearn_1thread", "probe_map_diff_points",
+                "bf16_cpu_supported", "bf16_gemm_speedup",
                 "bf16_forward_speedup", "bf16_pretrain_step_speedup", "bf16_embedding_cosine_min", "peak_memory_mb"):
         if key in bench:
             value = bench[key]

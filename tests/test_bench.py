@@ -65,6 +65,7 @@ def test_quick_bench_figures(quick_results):
     # the probe part, when the torch probe is there: both fits agree on the same classes
     if saved["probe_measured"]:
         assert saved["probe_speedup"] > 0 and saved["probe_sklearn_s"] > 0 and saved["probe_torch_s"] > 0
+        assert saved["probe_sklearn_1thread_s"] > 0 and saved["probe_speedup_vs_sklearn_1thread"] > 0
         assert saved["probe_map_diff_points"] <= 1.0
     for key in ("torch_version", "torchaudio_version", "timm_version", "device_name"):
         assert isinstance(saved[key], str) and saved[key]

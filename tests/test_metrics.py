@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ssl_bench.components import Clip
-from ssl_bench.metrics import AUC_EPS, d_prime_from_auc, evaluate
+from ssl_bench.metrics import AUC_EPS, average_precision_per_class, d_prime_from_auc, evaluate
 from ssl_bench.splits import carve_validation
 
 
@@ -44,6 +44,18 @@ def test_map_auc_dprime_match_sklearn_and_skip_classes_without_positives():
 
     assert out["d_prime"] == pytest.approx(math.sqrt(2) * norm.ppf(np.mean(auc)))
     assert list(out) == ["mAP", "AUC", "d_prime"]
+
+
+def test_map_with_tied_scores_matches_sklearn_per_class():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, size=(60, 9)).astype(float)  # many ties within each class
+    scores[:, 5] = np.round(rng.normal(size=60), 1)
+    targets = (rng.random((60, 9)) < 0.25).astype(int)
+    targets[:, 2] = 0
+    ours = average_precision_per_class(scores, targets)
+    assert np.isnan(ours[2])
+    for k in (0, 1, 3, 4, 5, 6, 7, 8):
+        assert ours[k] == pytest.approx(average_precision_score(targets[:, k], scores[:, k]), abs=1e-12)
 
 
 def test_multiclass_targets_are_one_hot_for_map():

@@ -124,6 +124,8 @@ def test_torch_probe_matches_sklearn_single_label():
     kw = {"num_classes": 10, "multilabel": False, "metrics": ["accuracy"], "Cs": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]}
     sk, tl = fit_linear(X, y, **kw), fit_linear_torch(X, y, **kw)
     assert tl.C == sk.C and tl.selection == "valid" and tl.embed_dim == 32
+    # one metric: the chosen fit's valid score is the one the selection computed
+    assert tl.valid == {"accuracy": tl.valid_by_C[tl.C]} and abs(tl.valid["accuracy"] - sk.valid["accuracy"]) <= 0.02
     assert abs(tl.test["accuracy"] - sk.test["accuracy"]) <= 0.01
     assert tl.test["accuracy"] > 0.8
     # the same problem at every C, not just at the chosen one (both stop at a gradient of 1e-4,
@@ -142,6 +144,24 @@ def test_torch_probe_matches_sklearn_on_527_class_multilabel():
     assert abs(tl.test["mAP"] - sk.test["mAP"]) <= 0.01
     assert abs(tl.test["AUC"] - sk.test["AUC"]) <= 0.01
     assert tl.test["mAP"] > 0.15  # informative features: far above the label prevalence (~0.01)
+
+
+def test_torch_probe_multilabel_thread_choice_solves_the_same_problem():
+    """On a CPU with more than one thread, the multi-label fit times its first two evaluations
+    (one thread, then all) and keeps the faster; the solution is the same either way, and the
+    caller's thread count comes back."""
+    X, y = audioset_like(n=600, d=24, c=40, offset=-3.0)
+    kw = {"num_classes": 40, "multilabel": True, "metrics": ["mAP"], "Cs": [0.1, 1.0]}
+    one = fit_linear_torch(X, y, **kw)
+    torch.set_num_threads(2)
+    try:
+        two = fit_linear_torch(X, y, **kw)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert two.C == one.C
+    assert all(abs(two.valid_by_C[C] - one.valid_by_C[C]) <= 1e-4 for C in kw["Cs"])
+    assert abs(two.test["mAP"] - one.test["mAP"]) <= 1e-4
 
 
 def test_torch_probe_binary_classes_absent_and_single_C():

@@ -23,7 +23,10 @@ per-round ratios, so drift and bursts of other work on a shared machine mostly c
 5. **probe**: the joint torch linear probe against scikit-learn's one-vs-rest fits on a
    20,000 x 768, 527-class multi-label problem (scikit-learn fits only a few of the classes,
    each a separate problem, and its time is scaled to all 527); the mAP of both on those
-   classes;
+   classes.  scikit-learn runs as it comes (its BLAS and OpenMP with their default threads)
+   and again limited to one thread, which on a busy machine is several times faster (its
+   threads wait for each other at every product); the torch probe picks its thread count
+   itself;
 6. **bf16**: whether the CPU has bf16 matrix instructions, a GEMM in bf16 against float32, and
    where bf16 autocast engages (such CPUs, CUDA) an encoder forward and a pretraining step in
    bf16 against float32, with the embeddings' cosine similarity.
@@ -658,12 +661,20 @@ def bench_probe(device: torch.device, quick: bool) -> dict[str, Any]:
     def sklearn() -> None:
         results["sklearn"] = fit_linear(X, some, num_classes=fitted, **common)
 
+    def sklearn_one_thread() -> None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            fit_linear(X, some, num_classes=fitted, **common)
+
     def torch_all() -> None:
         results["torch"] = fit_linear_torch(X, y, num_classes=classes, device=device, **common)
 
     # scikit-learn fits each class on its own: its time for `fitted` classes, scaled to all.
-    runs = interleaved_times({"sklearn": sklearn, "torch": torch_all}, rounds, device)
+    runs = interleaved_times({"sklearn": sklearn, "sklearn_1thread": sklearn_one_thread, "torch": torch_all},
+                             rounds, device)
     runs["sklearn_all"] = [t * classes / fitted for t in runs["sklearn"]]
+    runs["sklearn_1thread_all"] = [t * classes / fitted for t in runs["sklearn_1thread"]]
     same = fit_linear_torch(X, some, num_classes=fitted, device=device, **common)
     sk_map, torch_map = results["sklearn"].test["mAP"], same.test["mAP"]
     return {
@@ -676,6 +687,8 @@ def bench_probe(device: torch.device, quick: bool) -> dict[str, Any]:
         "probe_sklearn_s": min(runs["sklearn_all"]),
         "probe_torch_s": min(runs["torch"]),
         "probe_speedup": paired_ratio(runs, "sklearn_all", "torch"),
+        "probe_sklearn_1thread_s": min(runs["sklearn_1thread_all"]),
+        "probe_speedup_vs_sklearn_1thread": paired_ratio(runs, "sklearn_1thread_all", "torch"),
         "probe_map_sklearn": sk_map,
         "probe_map_torch": torch_map,
         "probe_map_diff_points": 100 * abs(sk_map - torch_map),
@@ -807,6 +820,8 @@ TABLE = [
     ("probe", "probe_sklearn_s", "scikit-learn one-vs-rest, s (scaled)"),
     ("probe", "probe_torch_s", "joint torch probe, s"),
     ("probe", "probe_speedup", "speedup, torch vs scikit-learn"),
+    ("probe", "probe_sklearn_1thread_s", "scikit-learn on one thread, s (scaled)"),
+    ("probe", "probe_speedup_vs_sklearn_1thread", "speedup, torch vs scikit-learn on one thread"),
     ("probe", "probe_map_diff_points", "|mAP torch - mAP sklearn|, points"),
     ("bf16", "bf16_cpu_supported", "CPU has bf16 matrix instructions"),
     ("bf16", "bf16_gemm_speedup", "GEMM, bf16 vs float32"),

@@ -28,6 +28,7 @@ SUPERB's learned weighted sum of layers.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,6 +44,8 @@ from .probe import ProbeResult
 #: (scikit-learn's LogisticRegression ``tol``, applied the same way).
 GRAD_TOL = 1e-4
 HISTORY = 20
+#: a multi-label fit on a CPU keeps all of torch's threads only when they evaluate this much faster
+MANY_THREADS_MARGIN = 1.25
 PARTS = ("train", "valid", "test")
 
 
@@ -221,6 +224,39 @@ def lbfgs_fit(model: nn.Module, x: torch.Tensor, targets: _Targets, C: float, ma
     return int(state.get("n_iter", 0))
 
 
+class _ThreadChoice:
+    """On a CPU: one thread or torch's thread count, whichever evaluates faster here and now.
+
+    The first evaluation runs on one thread, the second on all of torch's, each timed per
+    class row; the rest of the fit (and the later fits of the grid) use the faster.  On a
+    machine whose cores are busy with other work, OpenMP threads wait for each other at every
+    operation (a descheduled thread holds up the rest for a time slice), and one thread is
+    2-3x faster than two on a loaded 2-core machine; on idle cores the matrix products gain
+    from all of them.  The timed evaluations are mostly matrix products, which threads help
+    most; the small operations between them (the two-loop recursion) gain less and lose more
+    to waiting, so all threads are kept only when they evaluate ``MANY_THREADS_MARGIN`` times
+    faster.  The count is only a speed choice: the fit solves the same problem.
+    """
+
+    def __init__(self) -> None:
+        self.many = torch.get_num_threads()
+        self.chosen: int | None = self.many if self.many == 1 else None
+        self.seconds_per_row: dict[int, float] = {}
+
+    @contextlib.contextmanager
+    def evaluation(self, rows: int) -> Iterator[None]:
+        count = self.chosen or (self.many if 1 in self.seconds_per_row else 1)
+        torch.set_num_threads(count)
+        start = time.perf_counter()
+        yield
+        if self.chosen is None:
+            self.seconds_per_row[count] = (time.perf_counter() - start) / max(rows, 1)
+            if len(self.seconds_per_row) == 2:
+                faster = self.seconds_per_row[self.many] * MANY_THREADS_MARGIN < self.seconds_per_row[1]
+                self.chosen = self.many if faster else 1
+                torch.set_num_threads(self.chosen)
+
+
 class PerClassLBFGS:
     """Multi-label: minimise each class's ``mean BCE + ||w_k||^2 / (2 C n)`` with its own L-BFGS
     (history, step length, stopping), all classes' products in one matrix product per step.
@@ -233,6 +269,13 @@ class PerClassLBFGS:
     below ``GRAD_TOL`` (scikit-learn's per-class criterion), so only the classes still moving
     are evaluated.  The objective is convex, so every accepted step has positive curvature.
 
+    Each evaluation is two matrix products and two elementwise passes over ``[classes, N]``:
+    with ``b_k = X^T y_k / n`` computed once, ``mean BCE_k = mean softplus(z_k) - theta_k . b_k``
+    and its gradient is ``X^T sigmoid(z_k) / n - b_k`` (the targets never enter a step).  The
+    curvature pairs of the classes still moving are kept compact (gathered again only when a
+    class stops), so the two-loop recursion touches no rows of finished classes.  On a CPU the
+    thread count is chosen by timing the first two evaluations (:class:`_ThreadChoice`).
+
     Called once per ``C`` of the grid (the same training data), it keeps each class's
     curvature pairs: only the penalty's share of ``y = grad(theta + s) - grad(theta)`` depends
     on ``C``, so the pairs are corrected exactly (``y += (lam' - lam) s`` on the weights) and the
@@ -241,67 +284,111 @@ class PerClassLBFGS:
     """
 
     def __init__(self) -> None:
-        self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1/s.y); zero rows: no pair
+        # every class's pairs (s, y, 1/s.y), oldest first; zero rows: that class made no step
+        self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.lam: float | None = None
         self.x: torch.Tensor | None = None
+        self.targets: _Targets | None = None
+        self.x1: torch.Tensor | None = None  # [n, D + 1]: the bias is the last, unpenalised, column
+        self.xty: torch.Tensor | None = None  # [K, D + 1]: X^T y_k / n of each class
+        self.threads: _ThreadChoice | None = None
+
+    def __call__(self, model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+        if x.device.type != "cpu":
+            return self._fit(model, x, targets, C, max_iter, contextlib.nullcontext)
+        if self.threads is None:
+            self.threads = _ThreadChoice()
+        threads = torch.get_num_threads()
+        try:
+            return self._fit(model, x, targets, C, max_iter, self.threads.evaluation)
+        finally:
+            torch.set_num_threads(threads)
 
     @torch.no_grad()
-    def __call__(self, model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int) -> int:
+    def _fit(self, model: LinearHead, x: torch.Tensor, targets: _Targets, C: float, max_iter: int,
+             evaluation: Callable[[int], contextlib.AbstractContextManager]) -> int:
         n = x.shape[0]
         lam = 1.0 / (float(C) * n)
-        x1 = torch.cat([x, x.new_ones(n, 1)], dim=1)  # the bias is the last, unpenalised, column
+        if self.x is not x or self.targets is not targets:
+            self.history = []
+            self.x1 = torch.cat([x, x.new_ones(n, 1)], dim=1)
+            self.xty = (targets.target.T @ self.x1) / n
+        elif self.lam is not None and lam != self.lam:
+            self.history = [self._pair(s_, y_ + (lam - self.lam) * _weights_only(s_)) for s_, y_, _ in self.history]
+        self.x, self.targets, self.lam = x, targets, lam
+        x1, xty, history = self.x1, self.xty, self.history
+        xt = x1.T
         lin = model.linear
         theta = torch.cat([lin.weight, lin.bias[:, None]], dim=1).clone()  # [K, D + 1]
         K = theta.shape[0]
-        Y = targets.target
-        if self.x is not x:
-            self.history = []
-        elif self.lam is not None and lam != self.lam:
-            self.history = [self._pair(s_, y_ + (lam - self.lam) * _weights_only(s_)) for s_, y_, _ in self.history]
-        self.x, self.lam = x, lam
-        history = self.history
 
-        def value_grad(th: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            yk = Y if len(idx) == K else Y[:, idx]
-            logits = x1 @ th.T
-            f = F.binary_cross_entropy_with_logits(logits, yk, reduction="none").sum(0) / n
-            f += 0.5 * lam * th[:, :-1].pow(2).sum(1)
-            g = (torch.sigmoid(logits) - yk).T @ x1 / n
+        def value(th: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Each row's objective and logits ``[k, n]``."""
+            z = th @ xt
+            f = F.softplus(z).sum(1) / n - torch.linalg.vecdot(th, b) + 0.5 * lam * th[:, :-1].pow(2).sum(1)
+            return f, z
+
+        def grad(z: torch.Tensor, th: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            g = torch.sigmoid(z) @ x1
+            g.div_(n).sub_(b)
             g[:, :-1] += lam * th[:, :-1]
-            return f, g
+            return g
 
-        f, g = value_grad(theta, torch.arange(K, device=x.device))
+        with evaluation(K):
+            f, z = value(theta, xty)
+            g = grad(z, theta, xty)
+        del z
         active = g.abs().amax(dim=1) > GRAD_TOL
+        a = active.nonzero().squeeze(1)
+        work = [tuple(t[a] for t in pair) for pair in history]  # the pairs of the active classes
         it = 0
-        while it < max_iter and bool(active.any()):
+        while it < max_iter and len(a):
             it += 1
-            a = active.nonzero().squeeze(1)
-            d = -self._direction(g[a], a)
-            slope = (g[a] * d).sum(1)
+            ga = g[a]
+            d = self._direction(ga, work)
+            d.neg_()
+            slope = (ga * d).sum(1)
+            theta_a, f_a = theta[a], f[a]
+            b_a = xty if len(a) == K else xty[a]
             # Armijo backtracking, per class: only the classes not yet accepted are evaluated again
-            new_theta, new_f, new_g = theta[a].clone(), f[a].clone(), g[a].clone()
+            new_theta, new_f, new_g = theta_a.clone(), f_a.clone(), ga.clone()
             step = torch.ones(len(a), device=x.device, dtype=theta.dtype)
             pending = torch.arange(len(a), device=x.device)
             for _ in range(40):
-                trial = theta[a[pending]] + step[pending, None] * d[pending]
-                f_t, g_t = value_grad(trial, a[pending])
-                ok = f_t <= f[a[pending]] + 1e-4 * step[pending] * slope[pending]
-                done = pending[ok]
-                new_theta[done], new_f[done], new_g[done] = trial[ok], f_t[ok], g_t[ok]
+                all_pending = len(pending) == len(a)
+                trial = theta_a + d if all_pending else theta_a[pending] + step[pending, None] * d[pending]
+                b = b_a if all_pending else b_a[pending]
+                with evaluation(len(pending)):
+                    f_t, z = value(trial, b)
+                    ok = f_t <= f_a[pending] + 1e-4 * step[pending] * slope[pending]
+                    done = pending[ok]
+                    if bool(ok.all()):  # the gradient only where the step is accepted
+                        new_theta[done], new_f[done], new_g[done] = trial, f_t, grad(z, trial, b)
+                    else:
+                        new_theta[done], new_f[done] = trial[ok], f_t[ok]
+                        new_g[done] = grad(z[ok], trial[ok], b[ok])
+                del z
                 pending = pending[~ok]
                 if len(pending) == 0:
                     break
                 step[pending] *= 0.5
-            s_new, y_new = torch.zeros_like(theta), torch.zeros_like(theta)
-            s_new[a], y_new[a] = new_theta - theta[a], new_g - g[a]
-            history.append(self._pair(s_new, y_new))
+            pair = self._pair(new_theta - theta_a, new_g - ga)
+            work.append(pair)
+            full = tuple(torch.zeros((K, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in pair)
+            for t_full, t in zip(full, pair):
+                t_full[a] = t
+            history.append(full)
             if len(history) > HISTORY:
                 history.pop(0)
+                work.pop(0)
             theta[a], f[a], g[a] = new_theta, new_f, new_g
-            still = g[a].abs().amax(dim=1) > GRAD_TOL
+            still = new_g.abs().amax(dim=1) > GRAD_TOL
             if len(pending):  # no decrease found along the direction: float32 resolution reached
                 still[pending] = False
-            active[a] = still
+            if not bool(still.all()):  # some classes stopped: keep only the others' pairs
+                active[a] = still
+                a = a[still]
+                work = [tuple(t[still] for t in pair) for pair in work]
         lin.weight.copy_(theta[:, :-1])
         lin.bias.copy_(theta[:, -1])
         return it
@@ -311,27 +398,31 @@ class PerClassLBFGS:
         sy = (s * y).sum(1)
         return s, y, torch.where(sy > 1e-12, 1.0 / sy.clamp_min(1e-12), torch.zeros_like(sy))
 
-    def _direction(self, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The L-BFGS two-loop recursion for the classes ``a`` (gradients ``g``): ``H^-1 g``."""
+    @staticmethod
+    def _direction(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The L-BFGS two-loop recursion over ``pairs`` (rows: the same classes as ``g``): ``H^-1 g``."""
         q = g.clone()
         alphas = []
-        for s_, y_, r_ in reversed(self.history):
-            alpha = r_[a] * (s_[a] * q).sum(1)
-            q -= alpha[:, None] * y_[a]
+        for s_, y_, r_ in reversed(pairs):
+            alpha = r_ * torch.linalg.vecdot(s_, q)
+            q.addcmul_(y_, alpha[:, None], value=-1)
             alphas.append(alpha)
         # initial Hessian: s.y / y.y of each class's newest pair; a class without any pair
         # (its first step) takes at most a unit step in l1, as torch.optim.LBFGS does
         scale = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0)
         unset = torch.ones_like(scale, dtype=torch.bool)
-        for s_, y_, r_ in reversed(self.history):
-            has = unset & (r_[a] > 0)
-            yy = (y_[a] * y_[a]).sum(1).clamp_min(1e-30)
-            scale = torch.where(has, 1.0 / (r_[a] * yy).clamp_min(1e-30), scale)  # 1 / (r y.y) = s.y / y.y
-            unset &= ~has
+        for s_, y_, r_ in reversed(pairs):
+            has = unset & (r_ > 0)
+            if bool(has.any()):
+                yy = torch.linalg.vecdot(y_, y_).clamp_min(1e-30)
+                scale = torch.where(has, 1.0 / (r_ * yy).clamp_min(1e-30), scale)  # 1 / (r y.y) = s.y / y.y
+                unset &= ~has
+            if not bool(unset.any()):
+                break
         q *= scale[:, None]
-        for (s_, y_, r_), alpha in zip(self.history, reversed(alphas)):
-            beta = r_[a] * (y_[a] * q).sum(1)
-            q += (alpha - beta)[:, None] * s_[a]
+        for (s_, y_, r_), alpha in zip(pairs, reversed(alphas)):
+            beta = r_ * torch.linalg.vecdot(y_, q)
+            q.addcmul_(s_, (alpha - beta)[:, None])
         return q
 
 
@@ -379,12 +470,12 @@ def fit_path(
             score = evaluate([metric], targets.scores(model(Z["valid"])), y["valid"])[metric]
         valid_by_C[C] = score
         if best is None or score > best[1]:  # ascending Cs: ties keep the smaller C
-            best = (C, score, _snapshot(model), {})
+            best = (C, score, _snapshot(model), {metric: score})
     assert best is not None
     C, _, state, valid = best
     model.load_state_dict(state)
     with torch.no_grad():
-        if has_valid:
+        if has_valid and list(metrics) != [metric]:  # the selection metric alone is already there
             valid = evaluate(metrics, targets.scores(model(Z["valid"])), y["valid"])
         test = evaluate(metrics, targets.scores(model(Z["test"])), y["test"])
     result = ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=valid_by_C,
