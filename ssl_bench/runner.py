@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -195,6 +196,7 @@ class _Experiment:
         self.progress_main = progress and self.info.is_main
         self.seed = int(self.config.get("seed", 0))
         self.cache = cache_root(self.results_root)
+        self.notes: list[str] = []  # warnings found before the run directory exists
         configure_backends(self.device, bool(self.config.get("deterministic")))
 
     # ------------------------------------------------------------------ setup
@@ -215,6 +217,58 @@ class _Experiment:
         self.classes = list(self.task.classes)
         self.multilabel = bool(self.task.multilabel)
         self.metric_names = list(self.task.metrics)
+
+    def split_parts(self, split) -> tuple[list[Clip], list[Clip], bool]:
+        """``(train, valid, carved)``: the split's training and validation clips, the validation
+        carved out of its training clips (stratified, seeded) when the task gives none."""
+        if split.valid is not None:
+            return list(split.train), list(split.valid), False
+        from .splits import carve_validation
+
+        fraction = float(data_settings(self.config).valid_fraction)
+        train, valid = carve_validation(split.train, fraction, self.seed, self.multilabel)
+        return list(train), list(valid), True
+
+    def fit_batch_sizes(self) -> None:
+        """Before any feature is extracted: the batch of every protocol that trains (its
+        ``trains_on``) must fit in the smallest split's training examples.  A batch larger than
+        the data is capped to the largest multiple of ``accum_steps`` x processes that fits,
+        with a warning naming the key; one that no batch can fit is an error naming the keys.
+        Clips that turn out unreadable are counted later (the training loop checks again)."""
+        world = self.info.world_size
+        for name in self.protocols:
+            proto = self.protocol(name)
+            source = getattr(proto, "trains_on", None)
+            section = self.config.get(name)
+            if source not in ("unlabeled", "train") or not isinstance(section, dict):
+                continue
+            if not section.get("enabled", True) or "batch_size" not in section:
+                continue
+            if proto.stage == "pretrain" and (self.checkpoint is not None or section.get("corpus")):
+                continue  # replaced by the checkpoint; a corpus is sized when it is read
+            sizes = {}
+            for split in self.splits:
+                sizes[split.name] = (len(split.train) if source == "unlabeled"
+                                     else len(self.split_parts(split)[0]))
+            smallest = min(sizes, key=sizes.get)
+            n = int(section.get("epoch_size") or sizes[smallest])
+            batch, accum = int(section["batch_size"]), max(int(section.get("accum_steps") or 1), 1)
+            if batch <= n:
+                continue
+            unit = accum * world
+            where = f"split {smallest}" if len(sizes) > 1 else f"split {smallest!r}"
+            if n < unit:
+                raise ConfigError(
+                    f"{name}.batch_size: the {n} training examples of {where} cannot fill one step of "
+                    f"{name}.accum_steps={accum} x {world} process(es); lower {name}.accum_steps"
+                    + (" or use fewer processes" if world > 1 else ""))
+            fits = n // unit * unit
+            section["batch_size"] = fits
+            message = (f"warning: {name}.batch_size {batch} is larger than the {n} training examples of {where}; "
+                       f"using {name}.batch_size={fits} (set it with --set {name}.batch_size=N)")
+            self.notes.append(message)
+            if self.info.is_main:
+                print(f"ssl-bench: {message}", file=sys.stderr, flush=True)
 
     def prepare_frontend(self) -> None:
         """Build the frontend and settle the model's input length: the config's
@@ -257,6 +311,7 @@ class _Experiment:
         t0 = time.time()
         with STOP.installed():
             self.load_task()
+            self.fit_batch_sizes()  # before any feature is extracted
             self.prepare_frontend()
             unique: dict[str, Clip] = {}
             for split in self.splits:
@@ -279,6 +334,9 @@ class _Experiment:
                 writer.log(f"task {self.task.name}: {len(self.splits)} split(s), {len(self.classes)} classes, "
                            f"{len(self.features)} clips ({len(self.skipped)} skipped); device {self.device}, "
                            f"world size {self.info.world_size}; protocols {', '.join(self.protocols)}")
+                for note in self.notes if writer.dir is not None else ():
+                    with open(writer.dir / "log.txt", "a") as fh:  # already printed when it was found
+                        fh.write(note + "\n")
                 for split in self.splits:
                     self.run_split(split)
                 writer.log(f"done in {time.time() - t0:.1f} s")
@@ -342,15 +400,8 @@ class _Experiment:
         return rows
 
     def run_split(self, split) -> None:
-        cfg = self.config
         t_split = time.time()
-        train_clips, valid_clips = list(split.train), list(split.valid) if split.valid is not None else None
-        carved = valid_clips is None
-        if carved:
-            from .splits import carve_validation
-
-            fraction = float(data_settings(cfg).valid_fraction)
-            train_clips, valid_clips = carve_validation(split.train, fraction, self.seed, self.multilabel)
+        train_clips, valid_clips, carved = self.split_parts(split)
 
         def idx(clips: Sequence[Clip]) -> np.ndarray:
             return np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index], dtype=np.int64)

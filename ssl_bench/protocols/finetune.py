@@ -541,6 +541,7 @@ def finetune(
                 model, data.dataset("train", random_crop=True), finetune_loss(trial_section, data), cfg,
                 device=device, checkpoint_dir=trial_dir, resume=resume, on_epoch_end=on_epoch_end, state=tracker,
                 log_metrics=log, progress=progress, desc="finetune" if len(points) == 1 else f"finetune {name}",
+                section="finetune",
                 sample_weights=data.train_weights, epoch_size=int(epoch_size) if epoch_size else None,
             )
         except FloatingPointError as exc:
@@ -604,6 +605,7 @@ class FinetuneProtocol(Protocol):
 
     Config = FinetuneConfig
     slots = {"masker": "masker"}
+    trains_on = "train"
     help = "only fine-tune (from --checkpoint, or from random initialisation)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:

@@ -97,7 +97,7 @@ def pretrain(
 
     return fit(
         model, dataset, pretrain_loss, cfg, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
-        log_metrics=log, progress=progress, desc="pretrain",
+        log_metrics=log, progress=progress, desc="pretrain", section="pretrain",
         on_step_end=(lambda step, m: after(m, step)) if after is not None else None,
         on_epoch_end=(lambda epoch, m: epoch_end(m, epoch)) if epoch_end is not None else None,
     )
@@ -208,6 +208,7 @@ class PretrainProtocol(Protocol):
 
     Config = PretrainConfig
     stage = "pretrain"
+    trains_on = "unlabeled"
     help = "only pretrain (checkpoints are cached and reused by config hash)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:

@@ -198,6 +198,7 @@ def fit(
     stop: GracefulStop | None = None,
     sample_weights: Sequence[float] | None = None,
     epoch_size: int | None = None,
+    section: str | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset`` (see the module docstring).
 
@@ -210,6 +211,7 @@ def fit(
     restored on resume.  ``log_metrics(record)`` receives each epoch record on rank 0.
     ``sample_weights``/``epoch_size``: draw ``epoch_size`` examples per epoch with replacement,
     proportionally to the weights (class-balanced sampling) instead of a shuffle.
+    ``section``: the config section ``cfg`` came from (``pretrain``), so errors name the key.
     With ``checkpoint_dir``, ``<dir>/last.pt`` is (re)written atomically every
     ``cfg.checkpoint_every`` epochs and at the end; with ``resume`` an existing one is loaded
     first, and a finished one returns at once.
@@ -225,9 +227,15 @@ def fit(
                                   weights=sample_weights, num_samples=epoch_size)
     steps_per_epoch = sampler.steps_per_epoch
     if steps_per_epoch == 0:
+        key = f"{section}.batch_size" if section else "batch_size"
+        unit = cfg.accum_steps * info.world_size
+        fits = sampler.num_samples // unit * unit
+        hint = (f"set {key}={fits} or lower" if fits else
+                f"{sampler.num_samples} examples cannot fill {cfg.accum_steps} accumulation step(s) x "
+                f"{info.world_size} process(es); lower {section + '.' if section else ''}accum_steps")
         raise TrainConfigError(
-            f"{desc}: batch_size {cfg.batch_size} is larger than the {sampler.num_samples} training examples "
-            "of an epoch; lower the batch size"
+            f"{desc}: {key} {cfg.batch_size} is larger than the {sampler.num_samples} training examples "
+            f"of an epoch; {hint}"
         )
     model.to(device)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
