@@ -29,7 +29,8 @@ def _registry(argv: list[str] | None):
 
 
 def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str]) -> None:
-    p.add_argument("--model", "-m", required=True, help="registered model name (see `ssl-bench plugins`)")
+    p.add_argument("--model", "-m", help="registered model name (see `ssl-bench plugins`); an ssl-bench "
+                                         "--checkpoint names its own")
     p.add_argument("--task", "-t", required=True, help="task name, or a comma list of tasks")
     p.add_argument("--preset", "-p", help="size preset of the model (tiny, small, base, ...)")
     p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
@@ -171,7 +172,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, parse_overrides, resolve
-    from .model import checkpoint_settings
+    from .model import checkpoint_model, checkpoint_settings, merge_checkpoint_settings
     from .registry import get_registry
     from .runner import run_experiment
 
@@ -203,12 +204,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                        for c in args.checkpoint.split(",") if c.strip()]
     configs = []
     for checkpoint in checkpoints:
+        # an ssl-bench checkpoint names its model and preset; a flag given wins
+        model, preset = checkpoint_model(checkpoint, args.model, args.preset) if checkpoint else (args.model,
+                                                                                                   args.preset)
+        if not model:
+            raise ConfigError("--model is required (only an ssl-bench --checkpoint names its own model)")
         for task in tasks:
             # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
-            ckpt = checkpoint_settings(args.model, checkpoint, task) if checkpoint else {}
+            ckpt = checkpoint_settings(model, checkpoint, task) if checkpoint else {}
             for sweep in sweeps:
-                configs.append((checkpoint, resolve(args.model, preset=args.preset, task=task, files=args.config,
-                                                     overrides={**ckpt, **sweep, **extra})))
+                configs.append((checkpoint, resolve(model, preset=preset, task=task, files=args.config,
+                                                     overrides=merge_checkpoint_settings(ckpt, {**sweep, **extra}))))
     from .model import check_config
 
     for _, config in configs:  # every component checks its settings (and the memory) before any data work

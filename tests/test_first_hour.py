@@ -73,3 +73,80 @@ def test_the_training_loop_names_the_key_and_a_value_that_fits():
     with pytest.raises(TrainConfigError, match=r"finetune\.batch_size 16 is larger than the 10 .* "
                                                r"set finetune\.batch_size=10 or lower"):
         fit(model, data, loss, TrainConfig(batch_size=16), progress=False, section="finetune")
+
+
+# --------------------------------------------------------------------------- self-describing checkpoints
+SIZES = {"encoder.dim": 32, "encoder.depth": 1, "encoder.heads": 2, "decoder.dim": 48, "decoder.depth": 1,
+         "decoder.heads": 2, "decoder": "global", "frontend.num_frames": 128, "masker.ratio": 0.6}
+
+
+def _saved_checkpoint(registry, path):
+    from ssl_bench.checkpoint import save_model
+    from ssl_bench.model import create_model
+
+    model = create_model("audiomae", preset="tiny", registry=registry, **SIZES)
+    model.frontend.set_norm_stats(-3.5, 2.25)  # as a runner does after building
+    save_model(model, path)
+    return model
+
+
+def test_a_checkpoint_rebuilds_its_model_with_no_other_setting(registry, tmp_path):
+    from ssl_bench.checkpoint import safe_load
+    from ssl_bench.model import create_model
+
+    original = _saved_checkpoint(registry, tmp_path / "mine.pt")
+    saved = safe_load(tmp_path / "mine.pt")
+    assert (saved["model_name"], saved["preset"], saved["norm_stats"]) == ("audiomae", "tiny", [-3.5, 2.25])
+    assert saved["config"]["frontend"]["mean"] == -3.5 and saved["config"]["decoder"]["dim"] == 48
+
+    model = create_model(checkpoint=tmp_path / "mine.pt", registry=registry)
+    assert model.frontend.norm_stats == (-3.5, 2.25)
+    for slot in ("encoder", "masker", "decoder", "objective", "method"):
+        assert model.config[slot] == original.config[slot], slot
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    # a setting the user gives still wins, and another decoder drops the saved one's settings
+    assert create_model(checkpoint=tmp_path / "mine.pt", registry=registry, **{"masker.ratio": 0.7}) \
+        .config["masker"]["ratio"] == 0.7
+
+
+def test_reconstruct_needs_only_the_checkpoint(registry, tmp_path):
+    from ssl_bench.cli import main
+    from taskfixtures import tone, write_wav
+
+    _saved_checkpoint(registry, tmp_path / "mine.pt")
+    clip = write_wav(tmp_path / "clip.wav", tone(1, 1.28, 16000), 16000)
+    out = tmp_path / "x.png"
+    assert main(["reconstruct", "--checkpoint", str(tmp_path / "mine.pt"), str(clip), "-o", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_training_checkpoints_describe_their_model_too(registry, tmp_path):
+    from ssl_bench.checkpoint import safe_load
+    from ssl_bench.model import create_model
+    from ssl_bench.train.state import save_train_checkpoint
+
+    model = create_model("audiomae", preset="tiny", registry=registry, **SIZES)
+    model.frontend.set_norm_stats(1.0, 2.0)
+    opt = torch.optim.AdamW(model.parameters())
+
+    class _Sched:
+        def state_dict(self):
+            return {}
+
+    save_train_checkpoint(tmp_path / "last.pt", model, opt, _Sched(), torch.amp.GradScaler("cpu", enabled=False),
+                          1, 0, [], [], torch.zeros(1), None, False)
+    saved = safe_load(tmp_path / "last.pt")
+    assert saved["model_name"] == "audiomae" and saved["norm_stats"] == [1.0, 2.0]
+
+
+def test_probe_with_an_own_checkpoint_needs_no_model_flag(registry, tmp_path):
+    from ssl_bench import results
+    from ssl_bench.cli import main
+
+    _saved_checkpoint(registry, tmp_path / "mine.pt")
+    assert main(["probe", "--task", "tinytones", "--checkpoint", str(tmp_path / "mine.pt"), "--quiet",
+                 "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path / "res"), "--splits", "fold1"]) == 0
+    df = results.load(tmp_path / "res")
+    assert set(df["model"]) == {"audiomae"} and set(df["decoder"]) == {"global"}
+    assert set(df["encoder.dim"]) == {32}
