@@ -145,6 +145,12 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model")
     p.add_argument("--task", help="only this task")
     p.add_argument("--protocol", help="only this protocol")
+    p.add_argument("--run", action="append", metavar="ID", help="only this run (its id, the short id the tables "
+                                                                "show, or a prefix; repeatable)")
+    p.add_argument("--since", metavar="DATE", help="only runs started at or after DATE (UTC; 2026-12-01 or "
+                                                   "2026-12-01T14:00)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only runs whose setting KEY is VALUE (masker.ratio=0.8; repeatable)")
 
     p = sub.add_parser("plot", help="write PNG plots: ablation bars, per-layer probe curves, training curves")
     p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
@@ -251,16 +257,8 @@ def _print_runs(root: str, run_ids: list[str]) -> None:
     if df.empty:
         print("no result rows were written")
         return
-    varying = results.splitting_columns(df, ["model", "task", "protocol", "metric"])  # not per-task recipes
-    index = varying + ["task", "protocol", "init", "init_id", "metric"] + results.variant_columns(df)
-    per_split = df.pivot_table(index=index, columns="split", values="value", aggfunc="mean")
-    s = results.summary(df, by=varying).set_index(index)
-    s = s.loc[per_split.index]
-    per_split["mean ± std"] = [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(s["mean"], s["std"])]
-    per_split["95% CI"] = [f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else "n/a"
-                           for lo, hi in zip(s["ci_low"], s["ci_high"])]
     print()
-    print(results.format_table(per_split.round(4)))
+    print(results.format_table(results.split_table(df)))
     print(f"\nresults written to {', '.join(str(Path(root) / r) for r in run_ids)}")
 
 
@@ -271,6 +269,9 @@ def _filtered(args: argparse.Namespace):
     for column in ("model", "task", "protocol"):
         if getattr(args, column, None):
             df = df[df[column] == getattr(args, column)]
+    if not df.empty:
+        df = results.select(df, runs=getattr(args, "run", None), since=getattr(args, "since", None),
+                            where=getattr(args, "where", None))
     return df
 
 

@@ -150,3 +150,93 @@ def test_probe_with_an_own_checkpoint_needs_no_model_flag(registry, tmp_path):
     df = results.load(tmp_path / "res")
     assert set(df["model"]) == {"audiomae"} and set(df["decoder"]) == {"global"}
     assert set(df["encoder.dim"]) == {32}
+
+
+# --------------------------------------------------------------------------- tables that tell runs apart
+def _write(root, runs):
+    from ssl_bench.results import RunWriter
+
+    for i, (run_id, config, values) in enumerate(runs):
+        with RunWriter(root, run_id, config) as w:
+            for split, value in enumerate(values):
+                for protocol in ("finetune", "linear"):
+                    w.add_row(task="t", protocol=protocol, split=f"fold{split + 1}", seed=0, init="pretrained",
+                              init_id=f"id{i}", metric="accuracy", value=value)
+
+
+def _sweep(root):
+    runs = []
+    for k, (masker, ratio) in enumerate([("random", 0.6), ("random", 0.8), ("time-stripes", 0.6),
+                                         ("time-stripes", 0.8)]):
+        node = {"name": masker, "ratio": ratio, **({"width": 2} if masker == "time-stripes" else {})}
+        runs.append((f"20261201-10000{k}-m-t-abcde{k}-00{k}0", {"model": "m", "task": "t", "masker": node,
+                                                               "pretrain": {"epochs": 10}}, [0.5 + k / 10]))
+    _write(root, runs)
+
+
+def test_a_sweep_summary_keeps_every_run_and_shows_the_masker(tmp_path):
+    from ssl_bench import results
+
+    _sweep(tmp_path)
+    df = results.load(tmp_path)
+    assert set(df["masker.width"].astype(str)) == {"-", "2"}
+    table = results.split_table(df)
+    assert len(table.xs("linear", level="protocol")) == 4 and len(table.xs("finetune", level="protocol")) == 4
+    assert "masker" in table.index.names and "masker.width" in table.index.names
+    assert set(table["n"]) == {1}
+    assert not any("±" in cell for cell in table["mean ± std"])  # one value: its mean, no "± 0.0000"
+    assert set(table["runs"]) == {f"abcde{k}-00{k}0" for k in range(4)}
+    md = results.format_table(table, "md")
+    header = md.splitlines()[0]
+    assert "/  |" not in header and "| masker |" in header
+
+
+def test_compare_does_not_pool_runs_that_differ_in_an_unnamed_setting(tmp_path):
+    from ssl_bench import results
+
+    runs = [("20261201-100000-m-t-aaaaaa-0001", {"model": "m", "task": "t", "masker": {"name": "random", "ratio": 0.8},
+                                                 "pretrain": {"epochs": 80}}, [0.9, 0.8, 0.85, 0.9, 0.7]),
+            ("20261202-100000-m-t-bbbbbb-0002", {"model": "m", "task": "t", "masker": {"name": "random", "ratio": 0.8},
+                                                 "pretrain": {"epochs": 10}}, [0.5]),
+            ("20261203-100000-m-t-cccccc-0003", {"model": "m", "task": "t", "masker": {"name": "random", "ratio": 0.6},
+                                                 "pretrain": {"epochs": 10}}, [0.4])]
+    _write(tmp_path, runs)
+    df = results.load(tmp_path)
+    table = results.compare(df[df["protocol"] == "linear"], ["masker.ratio"])
+    assert "pretrain.epochs" in table.index.names and len(table) == 2
+    assert sorted(table["runs"]) == ["aaaaaa-0001", "bbbbbb-0002, cccccc-0003"]
+    # filters: a run by its short id, a date, a setting
+    assert set(results.select(df, runs=["bbbbbb-0002"])["run"]) == {"bbbbbb-0002"}
+    assert set(results.select(df, since="2026-12-02")["run"]) == {"bbbbbb-0002", "cccccc-0003"}
+    assert set(results.select(df, where=["pretrain.epochs=80"])["run"]) == {"aaaaaa-0001"}
+    assert set(results.select(df, where=["masker.ratio=0.6", "pretrain.epochs=10"])["run"]) == {"cccccc-0003"}
+
+
+def test_results_command_filters_and_prints_one_precision(tmp_path, capsys):
+    from ssl_bench.cli import main
+
+    _sweep(tmp_path)
+    assert main(["results", str(tmp_path), "--where", "masker=random", "--protocol", "linear",
+                 "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 2  # the header and the two random-masker runs
+    assert "abcde0-0000" in out and "abcde2" not in out
+    import re
+
+    numbers = re.findall(r"\b0\.\d+\b", out)
+    assert numbers and all(len(n) == 6 for n in numbers)  # 4 decimals throughout
+    assert main(["results", str(tmp_path), "--where", "nokey=1"]) == 2
+    assert "no such column" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one-line errors
+def test_missing_data_is_one_line_with_the_hint(tmp_path, monkeypatch, capsys):
+    from ssl_bench.cli import main
+
+    monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
+    assert main(["run", "--model", "audiomae", "--task", "esc50", "--data-dir", str(tmp_path / "none"),
+                 "--results", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ssl-bench: error:")
+    assert "unpack it into" in err and "--data-dir" in err and "Traceback" not in err
