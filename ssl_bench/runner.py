@@ -11,6 +11,7 @@
 3. the protocols of stage ``pretrain`` (the built-in ``pretrain``: the model's method on the
    split's training audio, or on ``pretrain.corpus``) train the encoder, unless a
    ``checkpoint`` replaces them;
+   (their rows: ``init`` "pretraining from random", ``init_id`` that of the encoder made);
 4. every other requested protocol (``finetune``, ``linear``, ``knn``, ... any registered one)
    evaluates those weights; a frozen-encoder protocol also runs on the same encoder at its
    random initialisation (``init=random``), the baseline every SSL number is read against.
@@ -57,6 +58,9 @@ from .protocols.data import SplitData, label_targets, normalize
 from .registry import get_registry
 from .train import STOP, FitResult, configure_backends, peak_memory_mb
 
+#: ``init`` of a pretraining protocol's own rows: the encoder they describe is being made
+#: (from random initialisation), and their ``init_id`` is the one its evaluations carry.
+PRETRAINING_INIT = "pretraining from random"
 #: What ``--protocols`` runs by default (every one is registered; see ``ssl-bench plugins``).
 DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
@@ -337,7 +341,9 @@ class _Experiment:
                 for note in self.notes if writer.dir is not None else ():
                     with open(writer.dir / "log.txt", "a") as fh:  # already printed when it was found
                         fh.write(note + "\n")
-                for split in self.splits:
+                self.t_splits = time.time()
+                for i, split in enumerate(self.splits):
+                    self.split_index, self.t_split = i, time.time()
                     self.run_split(split)
                 writer.log(f"done in {time.time() - t0:.1f} s")
             if self.info.is_main:
@@ -447,10 +453,13 @@ class _Experiment:
         else:
             for name in self.stage_protocols("pretrain"):
                 rows = self.run_protocol(name, model, "random", "random", data, split_ctx)
-                self.emit(rows)
                 init = "pretrained"
                 init_id = next((str(r["encoder_id"]) for r in rows if r.get("encoder_id")), None) or \
                     self.recipe_id()
+                # the pretraining's own rows (its loss) describe the encoder it made, from random init
+                for r in rows:
+                    r.update(init=PRETRAINING_INIT, init_id=init_id, pretrained_by=self.pretrained_by)
+                self.emit(rows)
         for name in self.stage_protocols("evaluate"):
             proto = self.protocol(name)
             self.cached_rows(split.name, f"{name}-{_slug(init)}",
@@ -488,6 +497,7 @@ class _Experiment:
                      split_ctx: dict[str, Any]) -> list[dict[str, Any]]:
         """Run protocol ``name`` on one split and turn its results into rows."""
         proto = self.protocol(name)
+        self.announce(data.name, name, init)
         t0 = time.time()
         ctx = ProtocolContext(
             name=name, model=model, init=init, data=data, config=self.config, section=self.section(name),
@@ -510,6 +520,22 @@ class _Experiment:
         for result in results:
             rows += self.row(split_ctx, name, init, init_id, result.metrics, {**base, **result.extra})
         return rows
+
+    def announce(self, split: str, protocol: str, init: str) -> None:
+        """The run-level progress line: which split of how many, which protocol, time spent and,
+        once a split has finished, the time the rest should take at the same pace."""
+        from .progress import duration
+
+        if not hasattr(self, "t_split"):  # outside run() (a protocol called on its own)
+            return
+        n, done, now = len(self.splits), self.split_index, time.time()
+        left = ""
+        if done:
+            per_split = (self.t_split - self.t_splits) / done
+            left = f", about {duration(max(per_split * (n - done) - (now - self.t_split), 0.0))} left"
+        frozen = self.protocol(protocol).frozen
+        what = f"{protocol} ({init} encoder)" if init == "random" and frozen else protocol
+        self.writer.log(f"[{split} {done + 1}/{n}] {what}: {duration(now - self.t_splits)} elapsed{left}")
 
     def norm_stats(self, train: np.ndarray) -> tuple[tuple[float, float] | None, str]:
         """``((mean, std), source)`` to give the frontend, or ``(None, why)`` when it needs none or

@@ -240,3 +240,63 @@ def test_missing_data_is_one_line_with_the_hint(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("ssl-bench: error:")
     assert "unpack it into" in err and "--data-dir" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- long runs talk
+def _regression():
+    g = torch.Generator().manual_seed(0)
+    return [{"x": torch.randn(2, generator=g), "y": torch.randn(1, generator=g)} for _ in range(16)]
+
+
+def _mse(m, batch, ctx):
+    return ((m(batch["x"]) - batch["y"]) ** 2).mean()
+
+
+def test_a_resumed_training_says_where_it_continues_and_a_long_one_gives_an_estimate(tmp_path, monkeypatch):
+    from ssl_bench.train import TrainConfig, fit
+    from ssl_bench.train import loop
+
+    class _Abort(RuntimeError):
+        pass
+
+    def abort_at_second(epoch, model):
+        if epoch == 1:
+            raise _Abort
+
+    cfg = TrainConfig(batch_size=4, epochs=3)
+    lines: list[str] = []
+    with pytest.raises(_Abort):
+        fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
+            on_epoch_end=abort_at_second, log=lines.append, desc="pretrain")
+    monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)  # every training counts as long
+    fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
+        log=lines.append, desc="pretrain")
+    assert lines[0] == f"pretrain: resuming from epoch 2/3, step 0/4 ({tmp_path / 'last.pt'})"
+    assert len(lines) == 2 and "s per step; its 8 steps (3 epochs) will take about" in lines[1]
+
+
+def test_progress_off_a_terminal_is_periodic_plain_lines(capsys):
+    from ssl_bench.progress import PlainProgress, bar
+
+    assert isinstance(bar(10, "x"), PlainProgress)  # pytest's stderr is no terminal
+    meter = PlainProgress(total=4, desc="pretrain 1/2", unit="step", every=0.0)
+    for _ in range(4):
+        meter.update(1)
+    meter.set_postfix(loss="0.5000")
+    meter.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 5 and lines[0].startswith("pretrain 1/2: 1/4 step (25%), 0 s")
+    assert lines[-1].endswith("loss 0.5000") and "left" not in lines[-1]
+
+
+def test_the_run_says_which_split_of_how_many_and_what_is_left(registry, tmp_path):
+    from ssl_bench.runner import run_experiment
+
+    run_dir = run_experiment(tiny_config(registry), data_dir=tmp_path / "data", results_root=tmp_path / "res",
+                             protocols=("linear",), progress=False)
+    log = (run_dir / "log.txt").read_text().splitlines()
+    assert any(line.startswith("[fold1 1/2] linear (random encoder): ") and line.endswith(" elapsed")
+               for line in log)
+    assert any(line.startswith("[fold2 2/2] linear (random encoder): ") and line.endswith(" left") for line in log)

@@ -34,6 +34,7 @@ import hashlib
 import math
 import resource
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -199,6 +200,7 @@ def fit(
     sample_weights: Sequence[float] | None = None,
     epoch_size: int | None = None,
     section: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset`` (see the module docstring).
 
@@ -212,6 +214,9 @@ def fit(
     ``sample_weights``/``epoch_size``: draw ``epoch_size`` examples per epoch with replacement,
     proportionally to the weights (class-balanced sampling) instead of a shuffle.
     ``section``: the config section ``cfg`` came from (``pretrain``), so errors name the key.
+    ``log``: where the lines a user should see go (a resumed run's starting point; after the
+    first steps, an estimate of the whole when it will take :data:`LONG_RUN_S` or more);
+    default stderr when ``progress``.
     With ``checkpoint_dir``, ``<dir>/last.pt`` is (re)written atomically every
     ``cfg.checkpoint_every`` epochs and at the end; with ``resume`` an existing one is loaded
     first, and a finished one returns at once.
@@ -238,6 +243,15 @@ def fit(
             f"of an epoch; {hint}"
         )
     model.to(device)
+
+    def say(message: str) -> None:
+        if not info.is_main:
+            return
+        if log is not None:
+            log(message)
+        elif progress:
+            print(message, file=sys.stderr, flush=True)
+
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     saved = load_train_checkpoint(ckpt_path) if (resume and ckpt_path is not None and ckpt_path.is_file()) else None
     if saved is not None and saved.get("world_size", 1) != info.world_size:
@@ -268,6 +282,8 @@ def fit(
         if saved is not None:
             restore_train_state(saved, model, state, optimizer, schedule, scaler)
             start_epoch, start_step = int(saved["epoch"]), int(saved["step"])
+            say(f"{desc}: resuming from epoch {start_epoch + 1}/{cfg.epochs}, step {start_step}/{steps_per_epoch} "
+                f"({ckpt_path})")
             result.history = list(saved["history"])
             result.step_losses = [float(x) for x in saved["step_losses"]]
             result.resumed_from = (start_epoch, start_step)
@@ -295,6 +311,8 @@ def fit(
         # torchrun gives its workers 30 s after forwarding SIGTERM, so "a few" stays small.
         checks_stop_every = 1 if not info.enabled else max(1, min(cfg.log_every, STOP_CHECK_STEPS))
         samples_run, t_train = 0, 0.0
+        steps_here, t_first, estimated = 0, None, False  # for the one estimate of the whole
+        total_steps = cfg.epochs * steps_per_epoch - (start_epoch * steps_per_epoch + start_step)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -335,6 +353,9 @@ def fit(
                         on_step_end(schedule.step_num, model)
                     epoch_losses[step] = step_loss
                     done = step + 1
+                    steps_here += 1
+                    if not estimated:
+                        estimated, t_first = _estimate(say, desc, steps_here, t_first, total_steps, cfg.epochs)
                     if done % cfg.log_every == 0 or done == steps_per_epoch:
                         mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
                         if not math.isfinite(mean):
@@ -390,10 +411,37 @@ def fit(
             p.requires_grad_(True)
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+#: A training whose estimate reaches this many seconds says so after its first steps.
+LONG_RUN_S = 600.0
+#: Steps timed (after the first, which pays for warm-up) before that estimate.
+ESTIMATE_STEPS = 3
 
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+def _estimate(say: Callable[[str], None], desc: str, steps: int, t_first: float | None, total: int,
+              epochs: int) -> tuple[bool, float | None]:
+    """After the first step, time :data:`ESTIMATE_STEPS` more; then say how long the
+    ``total`` steps of this training take when that is :data:`LONG_RUN_S` or more.  Returns
+    ``(done, t_first)``."""
+    now = time.perf_counter()
+    if t_first is None:
+        return steps >= total, now
+    timed = steps - 1
+    if timed < ESTIMATE_STEPS and steps < total:
+        return False, t_first
+    per_step = (now - t_first) / max(timed, 1)
+    whole = per_step * total
+    if whole >= LONG_RUN_S:
+        from ..progress import duration
+
+        say(f"{desc}: {per_step:.1f} s per step; its {total} steps ({epochs} epochs) will take about "
+            f"{duration(whole)} on this machine")
+    return True, t_first
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from ..progress import bar
+
+    return bar(total, desc, enabled, initial=initial, unit="step")
 
 
 
@@ -451,9 +499,9 @@ def predict(
         num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
     )
     outs = []
-    from tqdm.auto import tqdm
+    from ..progress import iterate
 
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main), dynamic_ncols=True):
+    for batch in iterate(loader, desc=desc, enabled=progress and info.is_main):
         with autocast(device, amp):
             outs.append(fn(to_device(batch, device)).float())
     if outs:
