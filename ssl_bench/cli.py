@@ -208,7 +208,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         checkpoints = [find_checkpoint(c.strip(), cache_root(args.results))
                        for c in args.checkpoint.split(",") if c.strip()]
+    from .results import sweep_labels
+
     configs = []
+    labels = sweep_labels(sweeps)  # what each run of a sweep varied, for its directory name
     for checkpoint in checkpoints:
         # an ssl-bench checkpoint names its model and preset; a flag given wins
         model, preset = checkpoint_model(checkpoint, args.model, args.preset) if checkpoint else (args.model,
@@ -218,15 +221,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         for task in tasks:
             # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
             ckpt = checkpoint_settings(model, checkpoint, task) if checkpoint else {}
-            for sweep in sweeps:
-                configs.append((checkpoint, resolve(model, preset=preset, task=task, files=args.config,
+            for sweep, label in zip(sweeps, labels):
+                configs.append((checkpoint, label, resolve(model, preset=preset, task=task, files=args.config,
                                                      overrides=merge_checkpoint_settings(ckpt, {**sweep, **extra}))))
     from .model import check_config
 
-    for _, config in configs:  # every component checks its settings (and the memory) before any data work
+    for _, _, config in configs:  # every component checks its settings (and the memory) before any data work
         check_config(config)
     run_dirs = []
-    for checkpoint, config in configs:
+    for checkpoint, label, config in configs:
         run_dirs.append(
             run_experiment(
                 config,
@@ -238,6 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 progress=not args.quiet,
                 track=_track(args),
+                label=label,
             )
         )
     if _is_main_process():
@@ -303,12 +307,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     info = get_registry().describe()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, default=str))
         return 0
     for p in info:
         print(f"{p['name']}  ({p['origin']})")
         for kind, names in sorted(p["registered"].items()):
             print(f"    {kind + 's':<11} {', '.join(names)}")
+        for name, model in p.get("models", {}).items():
+            if model["presets"]:
+                default = f" (default {model['default_preset']})" if model["default_preset"] else ""
+                print(f"    {'presets':<11} {name}: {', '.join(model['presets'])}{default}"
+                      + (f"; notes: {', '.join(model['notes'])} (--json)" if model["notes"] else ""))
         if p["error"]:
             print(f"    error: {p['error']}")
     return 0

@@ -70,10 +70,23 @@ NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers", "pret
 MISSING = "-"
 
 
-def new_run_id(config: dict[str, Any]) -> str:
-    """``<UTC time>-<model>-<task>-<config hash>-<4 random hex>``: sortable and unique."""
+def new_run_id(config: dict[str, Any], label: str = "") -> str:
+    """``<UTC time>-<model>-<task>[-<label>]-<config hash>-<4 random hex>``: sortable and unique;
+    ``label`` names what a sweep varied (``masker.ratio=0.8``, made safe for a file name)."""
+    import re
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{config.get('model')}-{config.get('task')}-{config_hash(config)[:6]}-{os.urandom(2).hex()}"
+    label = re.sub(r"[^A-Za-z0-9.=_+]+", "_", label).strip("_")[:80]
+    middle = f"-{label}" if label else ""
+    return (f"{stamp}-{config.get('model')}-{config.get('task')}{middle}-{config_hash(config)[:6]}-"
+            f"{os.urandom(2).hex()}")
+
+
+def sweep_labels(sweeps: list[dict[str, Any]]) -> list[str]:
+    """For each run of a sweep, ``key=value`` of every key whose value varies, joined by ``_``."""
+    keys = [k for k in dict.fromkeys(k for sweep in sweeps for k in sweep)
+            if len({json.dumps(sweep.get(k), default=str) for sweep in sweeps}) > 1]
+    return ["_".join(f"{k}={sweep.get(k)}" for k in keys) for sweep in sweeps]
 
 
 class RunWriter:

@@ -170,7 +170,7 @@ def _build_frontend(config: dict[str, Any], registry) -> Any:
 # --------------------------------------------------------------------------- the experiment
 class _Experiment:
     def __init__(self, config, *, data_dir, results_root, protocols, checkpoint, splits, resume, progress,
-                 track=None):
+                 track=None, label=""):
         self.registry = get_registry()
         known = self.registry.names("protocol")
         unknown = [p for p in protocols if p not in known]
@@ -195,6 +195,7 @@ class _Experiment:
         self.split_names = list(splits) if splits else None
         self.resume, self.progress = resume, progress
         self.track = dict(track or {})
+        self.label = label
         self.info = D.init(self.config.get("device"))
         self.device = D.resolve_device(self.config.get("device"), self.info)
         self.progress_main = progress and self.info.is_main
@@ -330,7 +331,7 @@ class _Experiment:
             if not self.resume and self.info.is_main and self.state_dir.exists():
                 shutil.rmtree(self.state_dir, ignore_errors=True)
             D.barrier()
-            writer = (RunWriter(self.results_root, new_run_id(self.config), self.config, echo=self.progress,
+            writer = (RunWriter(self.results_root, new_run_id(self.config, self.label), self.config, echo=self.progress,
                                 provenance=self.provenance, track=self.track)
                       if self.info.is_main else _NullWriter())
             with writer:
@@ -613,6 +614,7 @@ def run_experiment(
     resume: bool = True,
     progress: bool = True,
     track: dict[str, Any] | None = None,
+    label: str = "",
 ) -> Path | None:
     """Run ``protocols`` of a resolved ``config`` (with ``config["task"]`` set) on every split.
 
@@ -621,8 +623,9 @@ def run_experiment(
     directory, or the id of an encoder ``ssl-bench pretrain`` made); ``splits`` restricts the
     splits by name; ``resume`` continues an interrupted identical run (and an interrupted
     pretraining) instead of starting over; ``track`` also logs to experiment trackers
-    (``{"mlflow": URI, "tensorboard": DIR}``, see :mod:`ssl_bench.tracking`).  See the module
-    docstring.
+    (``{"mlflow": URI, "tensorboard": DIR}``, see :mod:`ssl_bench.tracking`); ``label`` goes into
+    the run id (what a sweep varied).  See the module docstring.
     """
     return _Experiment(config, data_dir=data_dir, results_root=results_root, protocols=protocols,
-                       checkpoint=checkpoint, splits=splits, resume=resume, progress=progress, track=track).run()
+                       checkpoint=checkpoint, splits=splits, resume=resume, progress=progress, track=track,
+                       label=label).run()

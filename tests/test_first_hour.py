@@ -300,3 +300,30 @@ def test_the_run_says_which_split_of_how_many_and_what_is_left(registry, tmp_pat
     assert any(line.startswith("[fold1 1/2] linear (random encoder): ") and line.endswith(" elapsed")
                for line in log)
     assert any(line.startswith("[fold2 2/2] linear (random encoder): ") and line.endswith(" left") for line in log)
+
+
+# --------------------------------------------------------------------------- small things
+def test_run_directories_name_the_swept_values():
+    from ssl_bench import results
+    from ssl_bench.config import parse_overrides
+
+    sweeps = parse_overrides(["masker=random,time", "masker.ratio=0.6,0.8", "encoder.depth=2"])
+    labels = results.sweep_labels(sweeps)
+    assert labels == ["masker=random_masker.ratio=0.6", "masker=random_masker.ratio=0.8",
+                      "masker=time_masker.ratio=0.6", "masker=time_masker.ratio=0.8"]
+    run_id = results.new_run_id({"model": "m", "task": "t"}, labels[1])
+    assert "-m-t-masker=random_masker.ratio=0.8-" in run_id
+    assert results.short_run_id(run_id) == "-".join(run_id.split("-")[-2:])
+    assert results.sweep_labels([{}]) == [""]
+
+
+def test_plugins_json_carries_presets_and_notes(capsys):
+    import json
+
+    from ssl_bench.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    info = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    audiomae = info["audiomae"]["models"]["audiomae"]
+    assert {"tiny", "base"} <= set(audiomae["presets"]) and audiomae["default_preset"]
+    assert audiomae["notes"] and "esc50" in audiomae["recipes"]
