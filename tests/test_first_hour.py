@@ -327,3 +327,19 @@ def test_plugins_json_carries_presets_and_notes(capsys):
     audiomae = info["audiomae"]["models"]["audiomae"]
     assert {"tiny", "base"} <= set(audiomae["presets"]) and audiomae["default_preset"]
     assert audiomae["notes"] and "esc50" in audiomae["recipes"]
+
+
+def test_a_slow_first_step_gives_the_estimate_at_once(monkeypatch):
+    from ssl_bench.train import TrainConfig, fit
+    from ssl_bench.train import loop
+
+    monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)
+    monkeypatch.setattr(loop, "SLOW_STEP_S", 0.0)
+    lines: list[str] = []
+    steps: list[int] = []
+    done: list[int] = []  # optimiser steps finished, as each line is said
+    fit(torch.nn.Linear(2, 1), _regression(), _mse, TrainConfig(batch_size=4, epochs=2), progress=False,
+        log=lambda line: (lines.append(line), done.append(len(steps))), on_step_end=lambda s, m: steps.append(s),
+        desc="pretrain")
+    assert len(lines) == 1 and "its 8 steps (2 epochs) will take about" in lines[0]
+    assert done == [1]  # said after the first step, before the second

@@ -312,6 +312,7 @@ def fit(
         checks_stop_every = 1 if not info.enabled else max(1, min(cfg.log_every, STOP_CHECK_STEPS))
         samples_run, t_train = 0, 0.0
         steps_here, t_first, estimated = 0, None, False  # for the one estimate of the whole
+        t_loop = time.perf_counter()
         total_steps = cfg.epochs * steps_per_epoch - (start_epoch * steps_per_epoch + start_step)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -355,7 +356,8 @@ def fit(
                     done = step + 1
                     steps_here += 1
                     if not estimated:
-                        estimated, t_first = _estimate(say, desc, steps_here, t_first, total_steps, cfg.epochs)
+                        estimated, t_first = _estimate(say, desc, steps_here, t_first, total_steps, cfg.epochs,
+                                                       t_loop)
                     if done % cfg.log_every == 0 or done == steps_per_epoch:
                         mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
                         if not math.isfinite(mean):
@@ -415,20 +417,26 @@ def fit(
 LONG_RUN_S = 600.0
 #: Steps timed (after the first, which pays for warm-up) before that estimate.
 ESTIMATE_STEPS = 3
+#: A first step this slow (seconds) gives the estimate at once.
+SLOW_STEP_S = 20.0
 
 
 def _estimate(say: Callable[[str], None], desc: str, steps: int, t_first: float | None, total: int,
-              epochs: int) -> tuple[bool, float | None]:
-    """After the first step, time :data:`ESTIMATE_STEPS` more; then say how long the
-    ``total`` steps of this training take when that is :data:`LONG_RUN_S` or more.  Returns
-    ``(done, t_first)``."""
+              epochs: int, t_loop: float) -> tuple[bool, float | None]:
+    """After the first step, time :data:`ESTIMATE_STEPS` more (or, when the first step alone
+    took :data:`SLOW_STEP_S` or more, use it: waiting for more would leave minutes unexplained);
+    then say how long the ``total`` steps of this training take when that is
+    :data:`LONG_RUN_S` or more.  Returns ``(done, t_first)``."""
     now = time.perf_counter()
-    if t_first is None:
+    if t_first is None and now - t_loop < SLOW_STEP_S:
         return steps >= total, now
-    timed = steps - 1
-    if timed < ESTIMATE_STEPS and steps < total:
-        return False, t_first
-    per_step = (now - t_first) / max(timed, 1)
+    if t_first is None:  # a slow first step: the estimate now, from it (warm-up included)
+        per_step = now - t_loop
+    else:
+        timed = steps - 1
+        if timed < ESTIMATE_STEPS and steps < total:
+            return False, t_first
+        per_step = (now - t_first) / max(timed, 1)
     whole = per_step * total
     if whole >= LONG_RUN_S:
         from ..progress import duration
@@ -454,7 +462,7 @@ def _freeze_unused(model: nn.Module, dataset: Dataset, loss_fn: LossFn, sampler:
     changes; AdamW skips parameters without gradients anyway, so training is unaffected.
     Returns the parameters it froze (:func:`fit` unfreezes them when it returns).
     """
-    n = min(len(dataset), max(sampler.micro, 1))
+    n = min(len(dataset), max(sampler.micro, 1), 2)  # which parameters get gradients: two examples tell
     items = [dataset[i] for i in range(n)]
     batch = to_device(collate_fn(items) if collate_fn else torch.utils.data.default_collate(items), device)
     devices = [device] if device.type == "cuda" else []
