@@ -48,6 +48,7 @@ class PlainProgress:
         self._t0 = self._last = time.monotonic()
         self._start = initial
         self._closed = False
+        self._said = None  # the count of the last line written
 
     def _line(self, final: bool = False) -> None:
         if self.disable:
@@ -58,9 +59,10 @@ class PlainProgress:
         total = f"/{self.total}" if self.total else ""
         pct = f" ({100.0 * self.n / self.total:.0f}%)" if self.total else ""
         left = ""
-        if self.total and rate > 0 and not final:
+        if self.total and rate > 0 and not final and self.n < self.total:
             left = f", about {duration((self.total - self.n) / rate)} left"
         post = f", {self.postfix}" if self.postfix else ""
+        self._said = self.n
         print(f"{self.desc}: {self.n}{total} {self.unit}{pct}, {duration(elapsed)}{left}{post}",
               file=self.stream, flush=True)
 
@@ -75,7 +77,8 @@ class PlainProgress:
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
 
     def close(self) -> None:
-        if not self._closed and self.n > self._start and time.monotonic() - self._t0 >= self.every:
+        if (not self._closed and self.n > self._start and self.n != self._said
+                and time.monotonic() - self._t0 >= self.every):
             self._line(final=True)  # a meter that ran long says that it finished; quick ones say nothing
         self._closed = True
 

@@ -279,16 +279,16 @@ def test_progress_off_a_terminal_is_periodic_plain_lines(capsys):
     from ssl_bench.progress import PlainProgress, bar
 
     assert isinstance(bar(10, "x"), PlainProgress)  # pytest's stderr is no terminal
-    meter = PlainProgress(total=4, desc="pretrain 1/2", unit="step", every=0.0)
+    meter = PlainProgress(total=4, desc="pretrain 1/2", unit="steps", every=0.0)
     for _ in range(4):
         meter.update(1)
-    meter.set_postfix(loss="0.5000")
-    meter.close()
+        meter.set_postfix(loss="0.5000")
+    meter.close()  # the last count was said already
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = err.splitlines()
-    assert len(lines) == 5 and lines[0].startswith("pretrain 1/2: 1/4 step (25%), 0 s")
-    assert lines[-1].endswith("loss 0.5000") and "left" not in lines[-1]
+    assert len(lines) == 4 and lines[0].startswith("pretrain 1/2: 1/4 steps (25%), 0 s")
+    assert lines[-1].startswith("pretrain 1/2: 4/4 steps (100%)") and lines[-1].endswith("loss 0.5000")
 
 
 def test_the_run_says_which_split_of_how_many_and_what_is_left(registry, tmp_path):

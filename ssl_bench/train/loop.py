@@ -449,7 +449,7 @@ def _estimate(say: Callable[[str], None], desc: str, steps: int, t_first: float 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     from ..progress import bar
 
-    return bar(total, desc, enabled, initial=initial, unit="step")
+    return bar(total, desc, enabled, initial=initial, unit="steps")
 
 
 
