@@ -343,3 +343,26 @@ def test_a_slow_first_step_gives_the_estimate_at_once(monkeypatch):
         desc="pretrain")
     assert len(lines) == 1 and "its 8 steps (2 epochs) will take about" in lines[0]
     assert done == [1]  # said after the first step, before the second
+
+
+def test_a_masker_sweep_prints_four_rows_per_protocol_with_a_masker_column(registry, tmp_path, capsys):
+    from ssl_bench.cli import main
+
+    sizes = ["encoder.dim=32", "encoder.depth=1", "encoder.heads=2", "decoder.dim=32", "decoder.depth=1",
+             "decoder.heads=2", "pretrain.epochs=1", "pretrain.batch_size=8", "data.valid_fraction=0.25"]
+    argv = ["run", "-m", "audiomae", "-t", "tinytones", "-p", "tiny", "--quiet", "--splits", "fold1",
+            "--protocols", "pretrain,linear", "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path / "res"),
+            "--set", "masker=random,time", "--set", "masker.ratio=0.6,0.8"]
+    for setting in sizes:
+        argv += ["--set", setting]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out[:out.index("results written to")].splitlines() if line.strip()]
+    assert lines[1].split()[:2] == ["masker", "masker.ratio"]  # the index names under the column names
+    rows = lines[2:]
+    assert sum(" pretrain " in f" {r} " for r in rows) == 4
+    assert sum("pretrained" in r for r in rows) == 4 and len(rows) == 12  # + 4 random-init baselines
+    dirs = sorted(p.name for p in (tmp_path / "res").iterdir() if not p.name.startswith("."))
+    assert [d.split("-tinytones-")[1].rsplit("-", 2)[0] for d in dirs] == [
+        "masker=random_masker.ratio=0.6", "masker=random_masker.ratio=0.8",
+        "masker=time_masker.ratio=0.6", "masker=time_masker.ratio=0.8"]
