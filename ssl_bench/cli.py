@@ -214,16 +214,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     labels = sweep_labels(sweeps)  # what each run of a sweep varied, for its directory name
     for checkpoint in checkpoints:
         # an ssl-bench checkpoint names its model and preset; a flag given wins
-        model, preset = checkpoint_model(checkpoint, args.model, args.preset) if checkpoint else (args.model,
-                                                                                                   args.preset)
+        model, preset = (checkpoint_model(checkpoint, args.model, args.preset) if checkpoint
+                         else (args.model, args.preset))
         if not model:
             raise ConfigError("--model is required (only an ssl-bench --checkpoint names its own model)")
         for task in tasks:
             # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
             ckpt = checkpoint_settings(model, checkpoint, task) if checkpoint else {}
             for sweep, label in zip(sweeps, labels):
+                overrides = merge_checkpoint_settings(ckpt, {**sweep, **extra})
                 configs.append((checkpoint, label, resolve(model, preset=preset, task=task, files=args.config,
-                                                     overrides=merge_checkpoint_settings(ckpt, {**sweep, **extra}))))
+                                                           overrides=overrides)))
     from .model import check_config
 
     for _, _, config in configs:  # every component checks its settings (and the memory) before any data work

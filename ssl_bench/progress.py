@@ -15,6 +15,9 @@ from typing import Any, Iterable, Iterator
 
 #: Seconds between the plain lines of a progress meter that is not on a terminal.
 PLAIN_EVERY_S = float(os.environ.get("SSL_BENCH_PROGRESS_EVERY", "30"))
+#: When the last plain line was written, by any meter: a training makes a meter per epoch, and
+#: epochs shorter than the interval must not make a long training silent.
+_LAST_LINE = [time.monotonic()]
 
 
 def on_terminal(stream: Any = None) -> bool:
@@ -36,7 +39,8 @@ def duration(seconds: float) -> str:
 
 
 class PlainProgress:
-    """The part of tqdm's interface the loops use, written as periodic plain lines."""
+    """The part of tqdm's interface the loops use, written as periodic plain lines (one every
+    ``every`` seconds across all meters)."""
 
     def __init__(self, total: int | None = None, initial: int = 0, desc: str = "", unit: str = "it",
                  disable: bool = False, stream: Any = None, every: float | None = None, **_: Any):
@@ -45,7 +49,7 @@ class PlainProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.every = PLAIN_EVERY_S if every is None else every
         self.postfix = ""
-        self._t0 = self._last = time.monotonic()
+        self._t0 = time.monotonic()
         self._start = initial
         self._closed = False
         self._said = None  # the count of the last line written
@@ -69,8 +73,8 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self._last >= self.every:
-            self._last = now
+        if now - _LAST_LINE[0] >= self.every:
+            _LAST_LINE[0] = now
             self._line()
 
     def set_postfix(self, **values: Any) -> None:

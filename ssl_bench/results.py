@@ -592,7 +592,8 @@ def split_table(df: pd.DataFrame) -> pd.DataFrame:
     table["mean ± std"] = [f"{m:.4f}" if n < 2 else f"{m:.4f} ± {sd:.4f}"
                            for m, sd, n in zip(s["mean"], s["std"], s["n"])]
     table["n"] = s["n"].astype(int).to_numpy()
-    table["95% CI"] = [f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else "-" for lo, hi in zip(s["ci_low"], s["ci_high"])]
+    table["95% CI"] = [f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else "-"
+                       for lo, hi in zip(s["ci_low"], s["ci_high"])]
     table["runs"] = s["runs"].to_numpy()
     return table
 

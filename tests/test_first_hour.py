@@ -366,3 +366,19 @@ def test_a_masker_sweep_prints_four_rows_per_protocol_with_a_masker_column(regis
     assert [d.split("-tinytones-")[1].rsplit("-", 2)[0] for d in dirs] == [
         "masker=random_masker.ratio=0.6", "masker=random_masker.ratio=0.8",
         "masker=time_masker.ratio=0.6", "masker=time_masker.ratio=0.8"]
+
+
+def test_short_meters_in_a_row_still_write_periodic_lines(capsys, monkeypatch):
+    from ssl_bench import progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(progress, "_LAST_LINE", [clock[0]])
+    for epoch in range(6):  # 6 epochs of 4 steps, 4 s each: no epoch lasts the 30 s interval
+        meter = progress.PlainProgress(total=4, desc=f"pretrain {epoch + 1}/6", unit="steps", every=30.0)
+        for _ in range(4):
+            clock[0] += 4.0
+            meter.update(1)
+        meter.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("pretrain 2/6: 4/4 steps")  # at 32 s, 64 s and 96 s
