@@ -209,9 +209,10 @@ def create_model(
     registry = registry or get_registry()
     if checkpoint is not None:
         name, preset = checkpoint_model(checkpoint, name, preset)
-        overrides = merge_checkpoint_settings(checkpoint_settings(name, checkpoint, task, registry), overrides)
     if name is None:
-        raise ConfigError("create_model: name the model (an ssl-bench checkpoint names its own)")
+        raise ConfigError("create_model: name the model (only an ssl-bench checkpoint names its own)")
+    if checkpoint is not None:
+        overrides = merge_checkpoint_settings(checkpoint_settings(name, checkpoint, task, registry), overrides)
     config = resolve(name, preset=preset, task=task, overrides=overrides, registry=registry)
     model = build_model(config, registry)
     if checkpoint is not None:

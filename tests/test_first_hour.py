@@ -382,3 +382,11 @@ def test_short_meters_in_a_row_still_write_periodic_lines(capsys, monkeypatch):
         meter.close()
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 3 and lines[0].startswith("pretrain 2/6: 4/4 steps")  # at 32 s, 64 s and 96 s
+
+
+def test_a_file_that_names_no_model_asks_for_one(registry, tmp_path):
+    from ssl_bench.model import create_model
+
+    torch.save({"encoder.cls_token": torch.zeros(1, 1, 32)}, tmp_path / "bare.pt")
+    with pytest.raises(ConfigError, match="name the model"):
+        create_model(checkpoint=tmp_path / "bare.pt", registry=registry)
