@@ -342,10 +342,11 @@ class _Experiment:
                 for note in self.notes if writer.dir is not None else ():
                     with open(writer.dir / "log.txt", "a") as fh:  # already printed when it was found
                         fh.write(note + "\n")
-                self.t_splits = time.time()
+                self.t_splits, self.split_seconds = time.time(), []
                 for i, split in enumerate(self.splits):
                     self.split_index, self.t_split = i, time.time()
                     self.run_split(split)
+                    self.split_seconds.append(time.time() - self.t_split)
                 writer.log(f"done in {time.time() - t0:.1f} s")
             if self.info.is_main:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -524,7 +525,7 @@ class _Experiment:
 
     def announce(self, split: str, protocol: str, init: str) -> None:
         """The run-level progress line: which split of how many, which protocol, time spent and,
-        once a split has finished, the time the rest should take at the same pace."""
+        once a split has finished, the time the rest should take at the last split's pace."""
         from .progress import duration
 
         if not hasattr(self, "t_split"):  # outside run() (a protocol called on its own)
@@ -532,7 +533,8 @@ class _Experiment:
         n, done, now = len(self.splits), self.split_index, time.time()
         left = ""
         if done:
-            per_split = (self.t_split - self.t_splits) / done
+            # the last split's pace: the first may have made an encoder the others reuse
+            per_split = self.split_seconds[-1]
             left = f", about {duration(max(per_split * (n - done) - (now - self.t_split), 0.0))} left"
         frozen = self.protocol(protocol).frozen
         what = f"{protocol} ({init} encoder)" if init == "random" and frozen else protocol
