@@ -462,7 +462,7 @@ def _freeze_unused(model: nn.Module, dataset: Dataset, loss_fn: LossFn, sampler:
     changes; AdamW skips parameters without gradients anyway, so training is unaffected.
     Returns the parameters it froze (:func:`fit` unfreezes them when it returns).
     """
-    n = min(len(dataset), max(sampler.micro, 1), 2)  # which parameters get gradients: two examples tell
+    n = min(len(dataset), max(sampler.micro, 1))
     items = [dataset[i] for i in range(n)]
     batch = to_device(collate_fn(items) if collate_fn else torch.utils.data.default_collate(items), device)
     devices = [device] if device.type == "cuda" else []
