@@ -282,14 +282,14 @@ def select(df: pd.DataFrame, runs: list[str] | None = None, since: str | None = 
         wanted = [r.strip() for r in runs if r.strip()]
         keep = [any(rid == w or short == w or rid.startswith(w) for w in wanted)
                 for rid, short in zip(df["run_id"].astype(str), df["run"].astype(str))]
-        df = df[keep]
+        df = df.loc[np.asarray(keep, dtype=bool)]  # (a plain empty list would select no columns)
     if since:
         try:
             start = datetime.fromisoformat(since)
         except ValueError:
             raise ConfigError(f"--since {since}: expected a date such as 2026-12-01 or 2026-12-01T14:00") from None
         start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
-        df = df[[(t is not None and t >= start) for t in map(run_time, df["run_id"])]]
+        df = df.loc[np.asarray([t is not None and t >= start for t in map(run_time, df["run_id"])], dtype=bool)]
     for condition in where or []:
         key, sep, wanted = condition.partition("=")
         key = key.strip()
@@ -298,7 +298,7 @@ def select(df: pd.DataFrame, runs: list[str] | None = None, since: str | None = 
         if key not in df.columns:
             known = ", ".join(sorted(c for c in df.columns if "." in c)[:20])
             raise ConfigError(f"--where {key}: no such column in the results; config columns include {known}")
-        df = df[[_matches(v, wanted.strip()) for v in df[key]]]
+        df = df.loc[np.asarray([_matches(v, wanted.strip()) for v in df[key]], dtype=bool)]
     return df
 
 

@@ -390,3 +390,12 @@ def test_a_file_that_names_no_model_asks_for_one(registry, tmp_path):
     torch.save({"encoder.cls_token": torch.zeros(1, 1, 32)}, tmp_path / "bare.pt")
     with pytest.raises(ConfigError, match="name the model"):
         create_model(checkpoint=tmp_path / "bare.pt", registry=registry)
+
+
+def test_filters_that_leave_nothing_keep_the_columns(tmp_path):
+    from ssl_bench import results
+
+    _sweep(tmp_path)
+    df = results.select(results.load(tmp_path), runs=["nosuchrun"])
+    assert df.empty and "masker" in df.columns
+    assert results.select(df, where=["masker=random"], since="2026-12-01").empty
