@@ -198,5 +198,7 @@ def section_config(protocol: type[Protocol] | Protocol, values: dict[str, Any] |
         value = values[name]
         if isinstance(value, list) and "tuple" in str(f.type):
             value = tuple(value)
+        elif str(f.type).startswith("list") and isinstance(value, (bool, int, float, str)):
+            value = [value]  # `--set linear.C=1.0`: a one-value grid
         kwargs[name] = value
     return cls(**kwargs)
