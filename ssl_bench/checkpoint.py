@@ -121,16 +121,63 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic_write(path, "w", lambda fh: fh.write(text))
 
 
+def model_description(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild ``model`` with no other setting: the model's name and
+    preset, its resolved config (every component's choice and settings) with the frontend's
+    normalisation statistics written in (a runner sets them after building, so the config
+    alone would lack them), and those statistics on their own (``norm_stats``)."""
+    import copy
+
+    config = copy.deepcopy(getattr(model, "config", None))
+    stats = getattr(getattr(model, "frontend", None), "norm_stats", None)
+    stats = [float(v) for v in stats] if stats is not None else None
+    if isinstance(config, dict) and stats is not None and isinstance(config.get("frontend"), dict):
+        node = config["frontend"]
+        if "mean" in node and "std" in node:
+            node["mean"], node["std"] = stats
+    return {
+        "model_name": config.get("model") if isinstance(config, dict) else None,
+        "preset": config.get("preset") if isinstance(config, dict) else None,
+        "config": config,
+        "norm_stats": stats,
+    }
+
+
 def save_model(model: nn.Module, path: str | Path, **extra: Any) -> Path:
-    """Save an :class:`~ssl_bench.model.SSLModel` in the ssl-bench format (config + weights)."""
+    """Save an :class:`~ssl_bench.model.SSLModel` in the ssl-bench format: weights plus
+    :func:`model_description` (name, preset, resolved config, normalisation statistics)."""
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "config": getattr(model, "config", None),
+        **model_description(model),
         "model": model.state_dict(),
         **extra,
     }
     return atomic_save(payload, path)
+
+
+def saved_description(path: str | Path) -> dict[str, Any] | None:
+    """The :func:`model_description` an ssl-bench checkpoint carries (``None`` for other files:
+    official releases, bare state dicts, Hugging Face directories)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _DESCRIPTIONS:  # one read per file, however many callers ask
+        obj = safe_load(path)
+        found = None
+        if is_ssl_bench(obj) and isinstance(obj.get("config"), dict):
+            config = obj["config"]
+            found = {"model_name": obj.get("model_name") or config.get("model"),
+                     "preset": obj.get("preset", config.get("preset")), "config": config,
+                     "norm_stats": obj.get("norm_stats")}
+        _DESCRIPTIONS.clear()
+        _DESCRIPTIONS[key] = found
+    return _DESCRIPTIONS[key]
+
+
+_DESCRIPTIONS: dict[tuple, dict[str, Any] | None] = {}
 
 
 def is_ssl_bench(obj: Any) -> bool:

@@ -29,7 +29,8 @@ def _registry(argv: list[str] | None):
 
 
 def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str]) -> None:
-    p.add_argument("--model", "-m", required=True, help="registered model name (see `ssl-bench plugins`)")
+    p.add_argument("--model", "-m", help="registered model name (see `ssl-bench plugins`); an ssl-bench "
+                                         "--checkpoint names its own")
     p.add_argument("--task", "-t", required=True, help="task name, or a comma list of tasks")
     p.add_argument("--preset", "-p", help="size preset of the model (tiny, small, base, ...)")
     p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
@@ -145,6 +146,12 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model")
     p.add_argument("--task", help="only this task")
     p.add_argument("--protocol", help="only this protocol")
+    p.add_argument("--run", action="append", metavar="ID", help="only this run (its id, the short id the tables "
+                                                                "show, or a prefix; repeatable)")
+    p.add_argument("--since", metavar="DATE", help="only runs started at or after DATE (UTC; 2026-12-01 or "
+                                                   "2026-12-01T14:00)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only runs whose setting KEY is VALUE (masker.ratio=0.8; repeatable)")
 
     p = sub.add_parser("plot", help="write PNG plots: ablation bars, per-layer probe curves, training curves")
     p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
@@ -172,7 +179,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, parse_overrides, resolve
-    from .model import checkpoint_settings
+    from .model import checkpoint_model, checkpoint_settings, merge_checkpoint_settings
     from .registry import get_registry
     from .runner import run_experiment
 
@@ -202,20 +209,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         checkpoints = [resolve_checkpoint(c.strip(), cache_root(args.results))
                        for c in args.checkpoint.split(",") if c.strip()]
+    from .results import sweep_labels
+
     configs = []
+    labels = sweep_labels(sweeps)  # what each run of a sweep varied, for its directory name
     for checkpoint in checkpoints:
+        # an ssl-bench checkpoint names its model and preset; a flag given wins
+        model, preset = (checkpoint_model(checkpoint, args.model, args.preset) if checkpoint
+                         else (args.model, args.preset))
+        if not model:
+            raise ConfigError("--model is required (only an ssl-bench --checkpoint names its own model)")
         for task in tasks:
             # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
-            ckpt = checkpoint_settings(args.model, checkpoint, task) if checkpoint else {}
-            for sweep in sweeps:
-                configs.append((checkpoint, resolve(args.model, preset=args.preset, task=task, files=args.config,
-                                                     overrides={**ckpt, **sweep, **extra})))
+            ckpt = checkpoint_settings(model, checkpoint, task) if checkpoint else {}
+            for sweep, label in zip(sweeps, labels):
+                overrides = merge_checkpoint_settings(ckpt, {**sweep, **extra})
+                configs.append((checkpoint, label, resolve(model, preset=preset, task=task, files=args.config,
+                                                           overrides=overrides)))
     from .model import check_config
 
-    for _, config in configs:  # every component checks its settings (and the memory) before any data work
+    for _, _, config in configs:  # every component checks its settings (and the memory) before any data work
         check_config(config)
     run_dirs = []
-    for checkpoint, config in configs:
+    for checkpoint, label, config in configs:
         run_dirs.append(
             run_experiment(
                 config,
@@ -227,6 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 progress=not args.quiet,
                 track=_track(args),
+                label=label,
             )
         )
     if _is_main_process():
@@ -246,16 +263,8 @@ def _print_runs(root: str, run_ids: list[str]) -> None:
     if df.empty:
         print("no result rows were written")
         return
-    varying = results.splitting_columns(df, ["model", "task", "protocol", "metric"])  # not per-task recipes
-    index = varying + ["task", "protocol", "init", "init_id", "metric"] + results.variant_columns(df)
-    per_split = df.pivot_table(index=index, columns="split", values="value", aggfunc="mean")
-    s = results.summary(df, by=varying).set_index(index)
-    s = s.loc[per_split.index]
-    per_split["mean ± std"] = [f"{m:.4f} ± {sd:.4f}" for m, sd in zip(s["mean"], s["std"])]
-    per_split["95% CI"] = [f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else "n/a"
-                           for lo, hi in zip(s["ci_low"], s["ci_high"])]
     print()
-    print(results.format_table(per_split.round(4)))
+    print(results.format_table(results.split_table(df)))
     print(f"\nresults written to {', '.join(str(Path(root) / r) for r in run_ids)}")
 
 
@@ -266,6 +275,9 @@ def _filtered(args: argparse.Namespace):
     for column in ("model", "task", "protocol"):
         if getattr(args, column, None):
             df = df[df[column] == getattr(args, column)]
+    if not df.empty:
+        df = results.select(df, runs=getattr(args, "run", None), since=getattr(args, "since", None),
+                            where=getattr(args, "where", None))
     return df
 
 
@@ -297,12 +309,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     info = get_registry().describe()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, default=str))
         return 0
     for p in info:
         print(f"{p['name']}  ({p['origin']})")
         for kind, names in sorted(p["registered"].items()):
             print(f"    {kind + 's':<11} {', '.join(names)}")
+        for name, model in p.get("models", {}).items():
+            if model["presets"]:
+                default = f" (default {model['default_preset']})" if model["default_preset"] else ""
+                print(f"    {'presets':<11} {name}: {', '.join(model['presets'])}{default}"
+                      + (f"; notes: {', '.join(model['notes'])} (--json)" if model["notes"] else ""))
         if p["error"]:
             print(f"    error: {p['error']}")
     return 0

@@ -21,7 +21,8 @@ tunes it.  Sections (``pretrain``, ``linear``, ``knn``, ...) are the registered 
 ``Config`` dataclasses, plus ``data``.  Settings come in layers, later
 winning: the model's defaults, the model's recipe for the task, the size preset, YAML
 files, then ``--set``.  Component choices are settled over all layers first, then values are
-applied; a value from the model's own layers that the chosen component does not have is
+applied (with a task, a ``frontend.num_frames`` no layer sets follows the task's clips);
+a value from the model's own layers that the chosen component does not have is
 dropped (a preset written for another decoder), while an unknown key from the user is an
 error that lists the valid ones.
 """
@@ -292,6 +293,12 @@ def resolve(
             if key in SLOTS:
                 continue
             _apply(tree, key, value, layer, SLOTS, SECTIONS)
+    # With a task, an input length no layer chose follows the task's clips (the runner sizes
+    # it): a component's stand-alone default (10 s) would pad a 2 s clip to five times its length.
+    frontend = tree.get("frontend")
+    if (task is not None and isinstance(frontend, dict) and "num_frames" in frontend
+            and not any("frontend.num_frames" in layer.values for layer in layers)):
+        frontend["num_frames"] = None
     return tree
 
 

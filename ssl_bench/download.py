@@ -127,9 +127,9 @@ def download(
             total = have + int(length) if length is not None else None
             bar = None
             if progress:
-                from tqdm.auto import tqdm
+                from .progress import bar as meter
 
-                bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False)
+                bar = meter(total, dest.name, initial=have, unit="B", unit_scale=True)
             try:
                 with open(part, mode) as out:
                     while True:

@@ -327,9 +327,9 @@ def _compute(
     skipped: list[tuple[str, str]] = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import bar as meter
 
-        bar = tqdm(total=len(clips), desc="features", unit="clip", leave=False)
+        bar = meter(len(clips), "features", unit="clip")
 
     def work(job: range) -> tuple[list[Outcome], list[tuple[int, torch.Tensor]]]:
         if not getattr(_WORKER, "pinned", False):

@@ -229,7 +229,7 @@ def blame(model: nn.Module, exc: BaseException) -> str | None:
 
 
 def create_model(
-    name: str,
+    name: str | None = None,
     preset: str | None = None,
     checkpoint: str | Path | None = None,
     task: str | None = None,
@@ -241,14 +241,20 @@ def create_model(
     ``overrides`` use the dotted keys of ``--set``; pass them with ``**{"encoder.depth": 2}``
     or, for component choices, as keywords (``decoder="NAME"``).  ``checkpoint``: anything
     :func:`ssl_bench.sources.resolve_checkpoint` resolves (a file the model's importer
-    understands, a Hugging Face directory, ``torchaudio:BUNDLE``, an encoder id).
+    understands, a Hugging Face directory, ``torchaudio:BUNDLE``, an encoder id).  An
+    ssl-bench checkpoint describes its model (name, preset, every component's settings and
+    the normalisation statistics), so ``create_model(checkpoint=path)`` needs nothing else.
     """
     registry = registry or get_registry()
     if checkpoint is not None:
         from .sources import resolve_checkpoint
 
         checkpoint = resolve_checkpoint(checkpoint)  # a file, HF directory, torchaudio:BUNDLE or encoder id
-        overrides = {**checkpoint_settings(name, checkpoint, task, registry), **overrides}
+        name, preset = checkpoint_model(checkpoint, name, preset)
+    if name is None:
+        raise ConfigError("create_model: name the model (only an ssl-bench checkpoint names its own)")
+    if checkpoint is not None:
+        overrides = merge_checkpoint_settings(checkpoint_settings(name, checkpoint, task, registry), overrides)
     config = resolve(name, preset=preset, task=task, overrides=overrides, registry=registry)
     if checkpoint is None:
         checkpoint = initial_checkpoint(config, registry)
@@ -259,24 +265,66 @@ def create_model(
     return model
 
 
+def checkpoint_model(checkpoint: str | Path, name: str | None = None,
+                     preset: str | None = None) -> tuple[str | None, str | None]:
+    """``(model name, preset)`` for ``checkpoint``: the ones given, else those an ssl-bench
+    checkpoint records (its preset only when it holds the same model)."""
+    from .checkpoint import saved_description
+
+    saved = saved_description(checkpoint) if Path(checkpoint).is_file() else None
+    if saved is None:
+        return name, preset
+    name = name or saved["model_name"]
+    if preset is None and saved["model_name"] == name:
+        preset = saved["preset"]
+    return name, preset
+
+
+def merge_checkpoint_settings(found: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The user's ``overrides`` over a checkpoint's settings; a slot the user fills with another
+    component drops the checkpoint's settings of that slot (they belong to the old one)."""
+    from .config import MODEL_SLOTS
+
+    chosen = [s for s in MODEL_SLOTS if s in overrides and overrides[s] != found.get(s, overrides[s])]
+    kept = {k: v for k, v in found.items() if not any(k == s or k.startswith(s + ".") for s in chosen)}
+    return {**kept, **overrides}
+
+
 def checkpoint_settings(name: str, checkpoint: str | Path, task: str | None = None,
                         registry: Registry | None = None) -> dict[str, Any]:
-    """Dotted settings that ``checkpoint`` dictates for model ``name`` (its spec's
-    ``checkpoint_overrides`` hook), for the ``--set`` layer under the user's own overrides.
+    """Dotted settings that ``checkpoint`` dictates for model ``name``, for the ``--set`` layer
+    under the user's own overrides: an ssl-bench checkpoint of the same model gives every
+    component's choice and settings as saved (and its normalisation statistics), then the
+    spec's ``checkpoint_overrides`` hook adds what it reads from the weights.
 
     Keys the model's recipe for ``task`` sets are left to the recipe (an AudioSet checkpoint's
     1024 frames do not override the ESC-50 recipe's 512; the importer adapts the weights), and
-    with a task the input length is the task's (its recipe, else its clip length); without
-    one the model adopts the checkpoint's length, so its position table is used as stored.
+    with a task the input length and the normalisation are the task's (the runner's: its
+    recipe, its clip length, its statistics); without one the model adopts the checkpoint's
+    length, so its position table is used as stored.
     """
+    from .checkpoint import saved_description
+    from .config import MODEL_SLOTS
+
     registry = registry or get_registry()
     spec = registry.get("model", name).factory
+    found: dict[str, Any] = {}
+    saved = saved_description(checkpoint) if Path(checkpoint).is_file() else None
+    if saved is not None and saved["model_name"] == name:
+        for slot in MODEL_SLOTS:
+            if slot not in saved["config"]:
+                continue
+            node = saved["config"][slot]
+            if not isinstance(node, dict):
+                found[slot] = None
+                continue
+            found[slot] = node.get("name")
+            found.update({f"{slot}.{k}": v for k, v in node.items() if k != "name"})
     hook = getattr(spec, "checkpoint_overrides", None)
-    if hook is None:
-        return {}
-    found = dict(hook(Path(checkpoint)))
+    if hook is not None:
+        found.update(hook(Path(checkpoint)))
     recipe = (getattr(spec, "recipes", None) or {}).get(task, {}) if task else {}
-    task_owned = set(recipe) | ({"frontend.num_frames"} if task else set())
+    task_owned = set(recipe) | ({"frontend.num_frames", "frontend.mean", "frontend.std"} if task else set())
     return {k: v for k, v in found.items() if k not in task_owned}
 
 

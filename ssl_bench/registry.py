@@ -227,17 +227,33 @@ class Registry:
         return sorted(self.entries[kind])
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every plugin with origin, registrations and error, for ``ssl-bench plugins``."""
+        """Every plugin with origin, registrations and error, for ``ssl-bench plugins``; a plugin
+        that registers models also gives each one's description, presets (with their settings),
+        default preset, the tasks it has recipes for, and its notes."""
         out = []
         for info in self.plugins.values():
-            out.append(
-                {
-                    "name": info.name,
-                    "origin": info.origin,
-                    "registered": {k: sorted(v) for k, v in info.registered.items()},
-                    "error": info.error,
+            entry = {
+                "name": info.name,
+                "origin": info.origin,
+                "registered": {k: sorted(v) for k, v in info.registered.items()},
+                "error": info.error,
+            }
+            models = {}
+            for name in sorted(info.registered.get("model", ())):
+                try:
+                    spec = self.get("model", name).factory
+                except Exception:  # noqa: BLE001 - a name another plugin took: listed, not described
+                    continue
+                models[name] = {
+                    "description": getattr(spec, "description", ""),
+                    "default_preset": getattr(spec, "default_preset", None),
+                    "presets": dict(getattr(spec, "presets", {}) or {}),
+                    "recipes": sorted(getattr(spec, "recipes", {}) or {}),
+                    "notes": dict(getattr(spec, "notes", {}) or {}),
                 }
-            )
+            if models:
+                entry["models"] = models
+            out.append(entry)
         return out
 
 

@@ -69,16 +69,32 @@ WILCOXON_MIN_PAIRS = 8
 PRETRAINING_PREFIXES = ("pretrain", "masker", "decoder", "objective", "method")
 #: Config columns that never split a table (bookkeeping, or said by ``init_id``).
 NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers", "pretrain.checkpoint_every")
+#: What a config column holds in rows of runs whose config lacks that key (a masker without
+#: ``width``): shown, grouped and filtered like any value, so no row drops out of a table.
+MISSING = "-"
 
 
 class ResultsWarning(UserWarning):
     """A run directory whose record cannot be read; it is left out of the tables."""
 
 
-def new_run_id(config: dict[str, Any]) -> str:
-    """``<UTC time>-<model>-<task>-<config hash>-<4 random hex>``: sortable and unique."""
+def new_run_id(config: dict[str, Any], label: str = "") -> str:
+    """``<UTC time>-<model>-<task>[-<label>]-<config hash>-<4 random hex>``: sortable and unique;
+    ``label`` names what a sweep varied (``masker.ratio=0.8``, made safe for a file name)."""
+    import re
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{config.get('model')}-{config.get('task')}-{config_hash(config)[:6]}-{os.urandom(2).hex()}"
+    label = re.sub(r"[^A-Za-z0-9.=_+]+", "_", label).strip("_")[:80]
+    middle = f"-{label}" if label else ""
+    return (f"{stamp}-{config.get('model')}-{config.get('task')}{middle}-{config_hash(config)[:6]}-"
+            f"{os.urandom(2).hex()}")
+
+
+def sweep_labels(sweeps: list[dict[str, Any]]) -> list[str]:
+    """For each run of a sweep, ``key=value`` of every key whose value varies, joined by ``_``."""
+    keys = [k for k in dict.fromkeys(k for sweep in sweeps for k in sweep)
+            if len({json.dumps(sweep.get(k), default=str) for sweep in sweeps}) > 1]
+    return ["_".join(f"{k}={sweep.get(k)}" for k in keys) for sweep in sweeps]
 
 
 class RunWriter:
@@ -218,6 +234,7 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     frames = []
     bad: list[tuple[Path, str]] = []
     loaded = 0
+    settings: set[str] = set()
     for d in run_dirs(root):
         try:
             result = json.loads((d / "result.json").read_text())
@@ -239,6 +256,7 @@ def load(root: str | Path = "results") -> pd.DataFrame:
         if "init_id" not in df.columns:
             df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
         flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
+        settings.update(flat)
         if flat:
             df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
         df["config_hash"] = result.get("config_hash")
@@ -248,9 +266,62 @@ def load(root: str | Path = "results") -> pd.DataFrame:
                       "loaded; remove or repair that directory", ResultsWarning, stacklevel=2)
     if not frames:
         return pd.DataFrame(columns=list(ROW_KEYS))
+    # a key some runs' configs lack: MISSING there, before concat turns an int column to floats
+    frames = [f.assign(**{k: MISSING for k in settings if k not in f.columns}) for f in frames]
     df = pd.concat(frames, ignore_index=True)
     for key in variant_columns(df):
         df[key] = df[key].fillna("").astype(str)
+    for key in sorted(settings):  # a key a config holds as null: MISSING too, so no table drops its rows
+        if key in df.columns and df[key].isna().any():
+            df[key] = df[key].astype(object).where(df[key].notna(), MISSING)
+    df = df.copy()  # one block per dtype again after the column-wise fills
+    df.insert(1, "run", [short_run_id(r) for r in df["run_id"]])
+    return df
+
+
+def short_run_id(run_id: str) -> str:
+    """The last two parts of a run id (config hash and random suffix, ``3fa2c1-9b0e``): what
+    tables show and ``results --run`` accepts."""
+    parts = str(run_id).split("-")
+    return "-".join(parts[-2:]) if len(parts) >= 4 else str(run_id)
+
+
+def run_time(run_id: str) -> datetime | None:
+    """When a run started (UTC), from its id; ``None`` for ids that carry no time."""
+    try:
+        return datetime.strptime(str(run_id)[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def select(df: pd.DataFrame, runs: list[str] | None = None, since: str | None = None,
+           where: list[str] | None = None) -> pd.DataFrame:
+    """The rows of ``df`` from ``runs`` (full ids, short ids or id prefixes), of runs started at or
+    after ``since`` (``2026-12-01`` or ``2026-12-01T14:00``, UTC) and whose settings match every
+    ``where`` (``masker.ratio=0.8``; ``-`` matches runs without the key)."""
+    from .config import ConfigError
+
+    if runs:
+        wanted = [r.strip() for r in runs if r.strip()]
+        keep = [any(rid == w or short == w or rid.startswith(w) for w in wanted)
+                for rid, short in zip(df["run_id"].astype(str), df["run"].astype(str))]
+        df = df.loc[np.asarray(keep, dtype=bool)]  # (a plain empty list would select no columns)
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            raise ConfigError(f"--since {since}: expected a date such as 2026-12-01 or 2026-12-01T14:00") from None
+        start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+        df = df.loc[np.asarray([t is not None and t >= start for t in map(run_time, df["run_id"])], dtype=bool)]
+    for condition in where or []:
+        key, sep, wanted = condition.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--where {condition}: expected KEY=VALUE, e.g. masker.ratio=0.8")
+        if key not in df.columns:
+            known = ", ".join(sorted(c for c in df.columns if "." in c)[:20])
+            raise ConfigError(f"--where {key}: no such column in the results; config columns include {known}")
+        df = df.loc[np.asarray([_matches(v, wanted.strip()) for v in df[key]], dtype=bool)]
     return df
 
 
@@ -259,11 +330,22 @@ def variant_columns(df: pd.DataFrame) -> list[str]:
     return [k for k in VARIANT_KEYS if k in df.columns]
 
 
+def is_setting(df: pd.DataFrame, col: str) -> bool:
+    """Whether column ``col`` of ``df`` is a setting of the config: a dotted key, a component
+    choice (``masker``, when ``masker.*`` columns exist) or a top-level run setting (``preset``,
+    ``amp``, ...)."""
+    from .config import TOP_LEVEL
+
+    if col in ROW_KEYS or col in NOT_SETTINGS or col == "run":
+        return False
+    return "." in col or col in TOP_LEVEL or any(str(c).startswith(col + ".") for c in df.columns)
+
+
 def varying_columns(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Config columns (dotted names) whose value differs between runs."""
+    """Config columns (settings, :func:`is_setting`) whose value differs between runs."""
     out = []
     for col in df.columns:
-        if col in ROW_KEYS or col in exclude or col in NOT_SETTINGS or "." not in col:
+        if col in exclude or not is_setting(df, col):
             continue
         if df[col].astype(str).nunique(dropna=False) > 1:
             out.append(col)
@@ -306,13 +388,20 @@ def _cell_stats(group: pd.DataFrame) -> dict[str, Any]:
     units = per_split if len(per_split) > 1 else values
     out = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
            "n": int(len(values)), "n_splits": int(len(per_split)), "n_seeds": int(seeds),
-           "ci95": t_interval(units)}
+           "ci95": t_interval(units), "runs": _runs(group)}
     out["ci_low"], out["ci_high"] = out["mean"] - out["ci95"], out["mean"] + out["ci95"]
     if len(per_split) > 1 and seeds > 1:
         out["std_split"] = float(per_split.std(ddof=1))  # spread of the fold means
         within = group.groupby("split", sort=False)["value"].std(ddof=1).dropna()
         out["std_seed"] = float(np.sqrt((within ** 2).mean())) if len(within) else float("nan")
     return out
+
+
+def _runs(group: pd.DataFrame, most: int = 3) -> str:
+    """The short ids of the runs a cell pools (``4 runs`` beyond ``most``)."""
+    ids = list(dict.fromkeys(group["run"].astype(str))) if "run" in group else \
+        list(dict.fromkeys(short_run_id(r) for r in group.get("run_id", [])))
+    return ", ".join(ids) if len(ids) <= most else f"{len(ids)} runs"
 
 
 def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
@@ -335,7 +424,7 @@ def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
         records.append({**dict(zip(keys, values)), **_cell_stats(group)})
     out = pd.DataFrame.from_records(records)
     extra = [c for c in ("std_split", "std_seed") if c in out.columns]
-    return out[keys + ["mean", "std", "n", "ci95", "ci_low", "ci_high", "n_splits", "n_seeds"] + extra]
+    return out[keys + ["mean", "std", "n", "ci95", "ci_low", "ci_high", "n_splits", "n_seeds"] + extra + ["runs"]]
 
 
 def paired_test(diffs: np.ndarray) -> tuple[str, float]:
@@ -446,6 +535,7 @@ def compare(df: pd.DataFrame, keys: list[str], baseline: str | None = None) -> p
             test, p = paired_test((a.loc[pairs] - b.loc[pairs]).to_numpy())
             shown = f"{p:.3g}" if math.isfinite(p) else "n/a"
             row[name] = f"{shown} {significance(p)} ({test}, n={len(pairs)})"
+        row["runs"] = _runs(group)  # what this row pools, by short run id
         records.append(row)
     out = pd.DataFrame.from_records(records)
     index = [("init" if c == "_encoder" else c) for c in base]
@@ -507,6 +597,30 @@ def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
     return table
 
 
+def split_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The table a run prints when it ends: a row per setting that varies between the runs
+    (every component choice and setting, ``-`` where a run's config lacks the key), task,
+    protocol, encoder, metric (and ``layer``); a column per split, then ``mean ± std`` (the
+    mean alone for a single value), ``n``, the 95% interval and the runs pooled."""
+    if df.empty:
+        return pd.DataFrame()
+    varying = splitting_columns(df, ["model", "task", "protocol", "metric"])  # not per-task recipes
+    index = list(dict.fromkeys(varying + ["task", "protocol", "init", "init_id", "metric"] + variant_columns(df)))
+    table = df.astype({c: str for c in varying}).pivot_table(index=index, columns="split", values="value",
+                                                             aggfunc="mean", dropna=False)
+    table = table.dropna(how="all")  # index combinations no row has
+    s = summary(df.astype({c: str for c in varying}), by=varying).set_index(index).loc[table.index]
+    table.columns = [str(c) for c in table.columns]
+    table = table.map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+    table["mean ± std"] = [f"{m:.4f}" if n < 2 else f"{m:.4f} ± {sd:.4f}"
+                           for m, sd, n in zip(s["mean"], s["std"], s["n"])]
+    table["n"] = s["n"].astype(int).to_numpy()
+    table["95% CI"] = [f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) else "-"
+                       for lo, hi in zip(s["ci_low"], s["ci_high"])]
+    table["runs"] = s["runs"].to_numpy()
+    return table
+
+
 # --------------------------------------------------------------------------- output
 def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
     """Render a DataFrame as ``table`` (plain text), ``md``, ``csv`` or ``latex``."""
@@ -521,13 +635,13 @@ def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
     if fmt == "table":
         with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 250,
                                "display.max_colwidth", 60):
-            return df.to_string()
+            return df.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
     raise ValueError(f"unknown format {fmt!r}; choose table, md, csv or latex")
 
 
 def _markdown(df: pd.DataFrame) -> str:
     flat = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
-    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in flat.columns]
+    cols = [" / ".join(str(x) for x in c if str(x) != "") if isinstance(c, tuple) else str(c) for c in flat.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in flat.iterrows():
         lines.append("| " + " | ".join(_cell(v) for v in row.tolist()) + " |")

@@ -12,6 +12,7 @@
    split's training audio, or on ``pretrain.corpus``) train the encoder, unless a
    ``checkpoint`` replaces them (given, or the one the config starts from: the model spec's
    ``initial_checkpoint``, such as AST's ImageNet weights);
+   (their rows: ``init`` "pretraining from random", ``init_id`` that of the encoder made);
 4. every other requested protocol (``finetune``, ``linear``, ``knn``, ... any registered one)
    evaluates those weights; a frozen-encoder protocol also runs on the same encoder at its
    random initialisation (``init=random``), the baseline every SSL number is read against.
@@ -40,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -58,6 +60,9 @@ from .protocols.data import SplitData, label_targets, normalize
 from .registry import get_registry
 from .train import STOP, FitResult, configure_backends, peak_memory_mb
 
+#: ``init`` of a pretraining protocol's own rows: the encoder they describe is being made
+#: (from random initialisation), and their ``init_id`` is the one its evaluations carry.
+PRETRAINING_INIT = "pretraining from random"
 #: What ``--protocols`` runs by default (every one is registered; see ``ssl-bench plugins``).
 DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
@@ -167,7 +172,7 @@ def _build_frontend(config: dict[str, Any], registry) -> Any:
 # --------------------------------------------------------------------------- the experiment
 class _Experiment:
     def __init__(self, config, *, data_dir, results_root, protocols, checkpoint, splits, resume, progress,
-                 track=None):
+                 track=None, label=""):
         self.registry = get_registry()
         known = self.registry.names("protocol")
         unknown = [p for p in protocols if p not in known]
@@ -200,10 +205,12 @@ class _Experiment:
         self.split_names = list(splits) if splits else None
         self.resume, self.progress = resume, progress
         self.track = dict(track or {})
+        self.label = label
         self.device = D.resolve_device(self.config.get("device"), self.info)
         self.progress_main = progress and self.info.is_main
         self.seed = int(self.config.get("seed", 0))
         self.cache = cache_root(self.results_root)
+        self.notes: list[str] = []  # warnings found before the run directory exists
         configure_backends(self.device, bool(self.config.get("deterministic")))
 
     # ------------------------------------------------------------------ setup
@@ -224,6 +231,61 @@ class _Experiment:
         self.classes = list(self.task.classes)
         self.multilabel = bool(self.task.multilabel)
         self.metric_names = list(self.task.metrics)
+
+    def split_parts(self, split, readable: bool = False) -> tuple[list[Clip], list[Clip], bool]:
+        """``(train, valid, carved)``: the split's training and validation clips, the validation
+        carved out of its training clips (stratified, seeded) when the task gives none;
+        ``readable``: carved from the clips whose features were extracted, so no unreadable
+        clip takes a validation place."""
+        if split.valid is not None:
+            return list(split.train), list(split.valid), False
+        from .splits import carve_validation
+
+        clips = [c for c in split.train if c.key in self.feature_index] if readable else split.train
+        fraction = float(data_settings(self.config).valid_fraction)
+        train, valid = carve_validation(clips, fraction, self.seed, self.multilabel)
+        return list(train), list(valid), True
+
+    def fit_batch_sizes(self) -> None:
+        """Before any feature is extracted: the batch of every protocol that trains (its
+        ``trains_on``) must fit in the smallest split's training examples.  A batch larger than
+        the data is capped to the largest multiple of ``accum_steps`` x processes that fits,
+        with a warning naming the key; one that no batch can fit is an error naming the keys.
+        Clips that turn out unreadable are counted later (the training loop checks again)."""
+        world = self.info.world_size
+        for name in self.protocols:
+            proto = self.protocol(name)
+            source = getattr(proto, "trains_on", None)
+            section = self.config.get(name)
+            if source not in ("unlabeled", "train") or not isinstance(section, dict):
+                continue
+            if not section.get("enabled", True) or "batch_size" not in section:
+                continue
+            if proto.stage == "pretrain" and (self.checkpoint is not None or section.get("corpus")):
+                continue  # replaced by the checkpoint; a corpus is sized when it is read
+            sizes = {}
+            for split in self.splits:
+                sizes[split.name] = (len(split.train) if source == "unlabeled"
+                                     else len(self.split_parts(split)[0]))
+            smallest = min(sizes, key=sizes.get)
+            n = int(section.get("epoch_size") or sizes[smallest])
+            batch, accum = int(section["batch_size"]), max(int(section.get("accum_steps") or 1), 1)
+            if batch <= n:
+                continue
+            unit = accum * world
+            where = f"split {smallest}" if len(sizes) > 1 else f"split {smallest!r}"
+            if n < unit:
+                raise ConfigError(
+                    f"{name}.batch_size: the {n} training examples of {where} cannot fill one step of "
+                    f"{name}.accum_steps={accum} x {world} process(es); lower {name}.accum_steps"
+                    + (" or use fewer processes" if world > 1 else ""))
+            fits = n // unit * unit
+            section["batch_size"] = fits
+            message = (f"warning: {name}.batch_size {batch} is larger than the {n} training examples of {where}; "
+                       f"using {name}.batch_size={fits} (set it with --set {name}.batch_size=N)")
+            self.notes.append(message)
+            if self.info.is_main:
+                print(f"ssl-bench: {message}", file=sys.stderr, flush=True)
 
     def prepare_frontend(self) -> None:
         """Build the frontend and settle the model's input length: the config's
@@ -266,6 +328,7 @@ class _Experiment:
         t0 = time.time()
         with STOP.installed():
             self.load_task()
+            self.fit_batch_sizes()  # before any feature is extracted
             self.prepare_frontend()
             unique: dict[str, Clip] = {}
             for split in self.splits:
@@ -280,7 +343,7 @@ class _Experiment:
             if not self.resume and self.info.is_main and self.state_dir.exists():
                 shutil.rmtree(self.state_dir, ignore_errors=True)
             D.barrier()
-            writer = (RunWriter(self.results_root, new_run_id(self.config), self.config, echo=self.progress,
+            writer = (RunWriter(self.results_root, new_run_id(self.config, self.label), self.config, echo=self.progress,
                                 provenance=self.provenance, track=self.track)
                       if self.info.is_main else _NullWriter())
             with writer:
@@ -288,8 +351,14 @@ class _Experiment:
                 writer.log(f"task {self.task.name}: {len(self.splits)} split(s), {len(self.classes)} classes, "
                            f"{len(self.features)} clips ({len(self.skipped)} skipped); device {self.device}, "
                            f"world size {self.info.world_size}; protocols {', '.join(self.protocols)}")
-                for split in self.splits:
+                for note in self.notes if writer.dir is not None else ():
+                    with open(writer.dir / "log.txt", "a") as fh:  # already printed when it was found
+                        fh.write(note + "\n")
+                self.t_splits, self.split_seconds = time.time(), []
+                for i, split in enumerate(self.splits):
+                    self.split_index, self.t_split = i, time.time()
                     self.run_split(split)
+                    self.split_seconds.append(time.time() - self.t_split)
                 writer.log(f"done in {time.time() - t0:.1f} s")
             if self.info.is_main:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -351,19 +420,10 @@ class _Experiment:
         return rows
 
     def run_split(self, split) -> None:
-        cfg = self.config
         t_split = time.time()
-        train_clips, valid_clips = list(split.train), list(split.valid) if split.valid is not None else None
-        carved = valid_clips is None
+        train_clips, valid_clips, carved = self.split_parts(split, readable=True)
         n_skipped = sum(1 for part in (split.train, split.valid or [], split.test) for c in part
                         if c.key in self.skipped)
-        if carved:
-            from .splits import carve_validation
-
-            # carved from the clips that could be read, so no skipped clip takes a validation place
-            usable = [c for c in split.train if c.key in self.feature_index]
-            fraction = float(data_settings(cfg).valid_fraction)
-            train_clips, valid_clips = carve_validation(usable, fraction, self.seed, self.multilabel)
 
         def idx(clips: Sequence[Clip]) -> np.ndarray:
             return np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index], dtype=np.int64)
@@ -420,10 +480,13 @@ class _Experiment:
                                     "its encoder is evaluated with the weights it was built with")
                     continue
                 rows = self.run_protocol(name, model, "random", "random", data, split_ctx)
-                self.emit(rows)
                 init = "pretrained"
                 init_id = next((str(r["encoder_id"]) for r in rows if r.get("encoder_id")), None) or \
                     self.recipe_id()
+                # the pretraining's own rows (its loss) describe the encoder it made, from random init
+                for r in rows:
+                    r.update(init=PRETRAINING_INIT, init_id=init_id, pretrained_by=self.pretrained_by)
+                self.emit(rows)
         for name in self.stage_protocols("evaluate"):
             proto = self.protocol(name)
             self.cached_rows(split.name, f"{name}-{_slug(init)}",
@@ -477,6 +540,7 @@ class _Experiment:
                      split_ctx: dict[str, Any]) -> list[dict[str, Any]]:
         """Run protocol ``name`` on one split and turn its results into rows."""
         proto = self.protocol(name)
+        self.announce(data.name, name, init)
         t0 = time.time()
         ctx = ProtocolContext(
             name=name, model=model, init=init, data=data, config=self.config, section=self.section(name),
@@ -508,6 +572,23 @@ class _Experiment:
         for result in results:
             rows += self.row(split_ctx, name, init, init_id, result.metrics, {**base, **result.extra})
         return rows
+
+    def announce(self, split: str, protocol: str, init: str) -> None:
+        """The run-level progress line: which split of how many, which protocol, time spent and,
+        once a split has finished, the time the rest should take at the last split's pace."""
+        from .progress import duration
+
+        if not hasattr(self, "t_split"):  # outside run() (a protocol called on its own)
+            return
+        n, done, now = len(self.splits), self.split_index, time.time()
+        left = ""
+        if done:
+            # the last split's pace: the first may have made an encoder the others reuse
+            per_split = self.split_seconds[-1]
+            left = f", about {duration(max(per_split * (n - done) - (now - self.t_split), 0.0))} left"
+        frozen = self.protocol(protocol).frozen
+        what = f"{protocol} ({init} encoder)" if init == "random" and frozen else protocol
+        self.writer.log(f"[{split} {done + 1}/{n}] {what}: {duration(now - self.t_splits)} elapsed{left}")
 
     def norm_stats(self, train: np.ndarray) -> tuple[tuple[float, float] | None, str]:
         """``((mean, std), source)`` to give the frontend, or ``(None, why)`` when it needs none or
@@ -588,6 +669,7 @@ def run_experiment(
     resume: bool = True,
     progress: bool = True,
     track: dict[str, Any] | None = None,
+    label: str = "",
 ) -> Path | None:
     """Run ``protocols`` of a resolved ``config`` (with ``config["task"]`` set) on every split.
 
@@ -596,8 +678,9 @@ def run_experiment(
     directory, or the id of an encoder ``ssl-bench pretrain`` made); ``splits`` restricts the
     splits by name; ``resume`` continues an interrupted identical run (and an interrupted
     pretraining) instead of starting over; ``track`` also logs to experiment trackers
-    (``{"mlflow": URI, "tensorboard": DIR}``, see :mod:`ssl_bench.tracking`).  See the module
-    docstring.
+    (``{"mlflow": URI, "tensorboard": DIR}``, see :mod:`ssl_bench.tracking`); ``label`` goes into
+    the run id (what a sweep varied).  See the module docstring.
     """
     return _Experiment(config, data_dir=data_dir, results_root=results_root, protocols=protocols,
-                       checkpoint=checkpoint, splits=splits, resume=resume, progress=progress, track=track).run()
+                       checkpoint=checkpoint, splits=splits, resume=resume, progress=progress, track=track,
+                       label=label).run()

@@ -22,6 +22,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -246,7 +248,10 @@ class SyntheticTask(ESC50Task):
             shutil.rmtree(stale, ignore_errors=True)
         with atomic_directory(root) as tmp:
             if tmp is not None:
+                t0 = time.time()
+                print(f"synthetic: generating the dataset in {root} (a few seconds, once)", file=sys.stderr, flush=True)
                 build(tmp)
+                print(f"synthetic: generated in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
         if not _current(root):
             raise DataNotFoundError(f"building the synthetic dataset in {root} failed")
         return root

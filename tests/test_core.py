@@ -255,7 +255,7 @@ def test_run_writer_is_atomic_and_loads(tmp_path):
     df = results.load(tmp_path)
     assert len(df) == 3 and set(df["masker.ratio"]) == {0.7, 0.8}
     table = results.compare(df, ["masker.ratio"])
-    assert list(table.columns) == ["0.7", "0.8", "p: 0.8 vs 0.7"]
+    assert list(table.columns) == ["0.7", "0.8", "p: 0.8 vs 0.7", "runs"]  # runs: what each row pools
     # mean ± the half-width of the 95% t interval (2 folds: t(0.975, 1) * 0.1414 / sqrt 2), n
     assert table.iloc[0]["0.7"] == "0.6000 ± 1.2706 (n=2)" and table.iloc[0]["0.8"] == "0.9000 (n=1)"
     assert table.iloc[0]["p: 0.8 vs 0.7"] == "n/a - (t, n=1)"  # one matched fold: no test

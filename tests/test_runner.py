@@ -64,7 +64,7 @@ def test_rows_for_every_protocol_and_split(first_run):
     rows = _rows(first_run["dir"])
     got = {(r["split"], r["protocol"], r["init"], r["metric"]) for r in rows}
     for split in ("fold1", "fold2"):
-        assert (split, "pretrain", "random", "loss") in got
+        assert (split, "pretrain", "pretraining from random", "loss") in got
         assert (split, "finetune", "pretrained", "accuracy") in got
         assert (split, "linear", "pretrained", "accuracy") in got
         assert (split, "linear", "random", "accuracy") in got  # the baseline row
@@ -96,7 +96,7 @@ def test_rows_for_every_protocol_and_split(first_run):
     assert sorted(r["split"] for r in chosen) == ["fold1", "fold2"]
     # results.load sees one run with every row
     df = results.load(first_run["root"])
-    assert len(df) == len(rows) and set(df["init"]) == {"random", "pretrained"}
+    assert len(df) == len(rows) and set(df["init"]) == {"random", "pretrained", "pretraining from random"}
 
 
 def test_pretraining_sees_only_training_audio(first_run):

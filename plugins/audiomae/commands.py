@@ -28,7 +28,8 @@ class ReconstructCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("audio", help="audio file (any rate; resampled)")
-        parser.add_argument("--model", "-m", default="audiomae")
+        parser.add_argument("--model", "-m", help="model name (default: the one an ssl-bench checkpoint names, "
+                                                  "else audiomae)")
         parser.add_argument("--preset", "-p")
         parser.add_argument("--checkpoint", help="pretrained checkpoint with a decoder (official pretrained.pth or ours)")
         parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -45,7 +46,14 @@ class ReconstructCommand(Command):
         sweeps = parse_overrides(args.overrides)
         if len(sweeps) != 1:
             raise ConfigError("reconstruct takes single values in --set, not comma lists")
-        model = create_model(args.model, preset=args.preset, checkpoint=args.checkpoint, **sweeps[0])
+        name = args.model
+        if name is None and args.checkpoint is None:
+            name = "audiomae"
+        elif name is None:
+            from ssl_bench.model import checkpoint_model
+
+            name = checkpoint_model(args.checkpoint)[0] or "audiomae"  # an official file names no model
+        model = create_model(name, preset=args.preset, checkpoint=args.checkpoint, **sweeps[0])
         out = reconstruct(model, args.audio, args.output, seed=args.seed, mask_ratio=args.mask_ratio)
         print(f"wrote {out}")
         return 0

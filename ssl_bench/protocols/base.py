@@ -76,6 +76,11 @@ class Protocol:
       initialised encoder (``init=random``), the baseline every SSL number is read against.
     * ``help``: one line for ``--help`` and ``ssl-bench plugins``; ``subcommand``: whether
       ``ssl-bench NAME`` runs only this protocol.
+    * ``trains_on``: what the section's ``batch_size`` batches, for a protocol that trains
+      with :func:`ssl_bench.train.fit`: ``"unlabeled"`` (the split's whole training audio),
+      ``"train"`` (its labelled training part, after any validation is carved out) or
+      ``None``.  The runner checks that batch against the split's size before any feature
+      is extracted, and caps it (with a warning naming ``NAME.batch_size``) for small data.
 
     ``run(ctx)`` returns a list of :class:`ProtocolResult`.
     """
@@ -87,6 +92,7 @@ class Protocol:
     frozen: ClassVar[bool] = False
     help: ClassVar[str] = ""
     subcommand: ClassVar[bool] = True
+    trains_on: ClassVar[str | None] = None
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -192,5 +198,7 @@ def section_config(protocol: type[Protocol] | Protocol, values: dict[str, Any] |
         value = values[name]
         if isinstance(value, list) and "tuple" in str(f.type):
             value = tuple(value)
+        elif str(f.type).startswith("list") and isinstance(value, (bool, int, float, str)):
+            value = [value]  # `--set linear.C=1.0`: a one-value grid
         kwargs[name] = value
     return cls(**kwargs)

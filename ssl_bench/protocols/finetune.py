@@ -465,6 +465,7 @@ def finetune(
     resume: bool = True,
     progress: bool = True,
     log_metrics: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (modified in place: new head) on ``data`` and score the best epoch on test.
 
@@ -478,6 +479,7 @@ def finetune(
     epoch scores highest on VALIDATION is kept, as the linear probe chooses ``C``.  Only the
     kept model is scored on test, once.  ``fit.wall_s`` of the result covers every grid point.
     """
+    say = log  # `log` is rebound below to the per-epoch record writer
     section = dict(config["finetune"])
     base_cfg = train_config(config)
     points = grid_points(section)
@@ -542,6 +544,7 @@ def finetune(
                 model, data.dataset("train", random_crop=True), finetune_loss(trial_section, data), cfg,
                 device=device, checkpoint_dir=trial_dir, resume=resume, on_epoch_end=on_epoch_end, state=tracker,
                 log_metrics=log, progress=progress, desc="finetune" if len(points) == 1 else f"finetune {name}",
+                section="finetune", log=say,
                 sample_weights=data.train_weights, epoch_size=int(epoch_size) if epoch_size else None,
             )
         except FloatingPointError as exc:
@@ -605,6 +608,7 @@ class FinetuneProtocol(Protocol):
 
     Config = FinetuneConfig
     slots = {"masker": "masker"}
+    trains_on = "train"
     help = "only fine-tune (from --checkpoint, or from random initialisation)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
@@ -612,7 +616,8 @@ class FinetuneProtocol(Protocol):
 
         m = copy.deepcopy(ctx.model)
         res = finetune(m, ctx.data, ctx.config, device=ctx.device, checkpoint_dir=ctx.state_dir, resume=ctx.resume,
-                       progress=ctx.progress, log_metrics=lambda r: ctx.metrics({"split": ctx.split, **r}))
+                       progress=ctx.progress, log_metrics=lambda r: ctx.metrics({"split": ctx.split, **r}),
+                       log=(lambda line: ctx.log(f"[{ctx.split}] {line}")) if ctx.progress else None)
         m.eval()
         flops = flops_per_sample(lambda s: m.classify(normalize(m, s)),
                                  spec_probe(ctx.data.num_frames, m.ctx.num_bins, ctx.device))

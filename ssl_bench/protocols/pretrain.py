@@ -79,6 +79,7 @@ def pretrain(
     resume: bool = True,
     progress: bool = True,
     log_metrics: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Pretrain ``model`` (an :class:`~ssl_bench.model.SSLModel` with a method) on ``dataset``.
 
@@ -91,13 +92,13 @@ def pretrain(
     after = getattr(method, "after_step", None)
     epoch_end = getattr(method, "on_epoch_end", None)
 
-    def log(record: dict[str, Any]) -> None:
+    def record(record: dict[str, Any]) -> None:
         if log_metrics is not None:
             log_metrics({"protocol": "pretrain", **record})
 
     return fit(
         model, dataset, pretrain_loss, cfg, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
-        log_metrics=log, progress=progress, desc="pretrain",
+        log_metrics=record, progress=progress, desc="pretrain", section="pretrain", log=log,
         on_step_end=(lambda step, m: after(m, step)) if after is not None else None,
         on_epoch_end=(lambda epoch, m: epoch_end(m, epoch)) if epoch_end is not None else None,
     )
@@ -173,7 +174,8 @@ def pretrain_encoder(model: nn.Module, *, clips: Any, features: Any, indices: np
     else:
         ds = SpecDataset(features, indices, num_frames, random_crop=True)
         result = pretrain(model, ds, config, device=device, checkpoint_dir=out_dir, resume=resume,
-                          progress=progress, log_metrics=log_metrics)
+                          progress=progress, log_metrics=log_metrics,
+                          log=(lambda m: log(prefix + m)) if progress else None)
         probe = spec_probe(num_frames, model.ctx.num_bins, device)
         step = StepContext(0, 0, 0, 0, 0, 1, 0)  # a fixed step: counting FLOPs must not consume any RNG
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -246,6 +248,7 @@ class PretrainProtocol(Protocol):
 
     Config = PretrainConfig
     stage = "pretrain"
+    trains_on = "unlabeled"
     help = "only pretrain (checkpoints are cached and reused by config hash)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:

@@ -34,6 +34,7 @@ import hashlib
 import math
 import resource
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -202,6 +203,8 @@ def fit(
     stop: GracefulStop | None = None,
     sample_weights: Sequence[float] | None = None,
     epoch_size: int | None = None,
+    section: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs over ``dataset`` (see the module docstring).
 
@@ -214,6 +217,10 @@ def fit(
     restored on resume.  ``log_metrics(record)`` receives each epoch record on rank 0.
     ``sample_weights``/``epoch_size``: draw ``epoch_size`` examples per epoch with replacement,
     proportionally to the weights (class-balanced sampling) instead of a shuffle.
+    ``section``: the config section ``cfg`` came from (``pretrain``), so errors name the key.
+    ``log``: where the lines a user should see go (a resumed run's starting point; after the
+    first steps, an estimate of the whole when it will take :data:`LONG_RUN_S` or more);
+    default stderr when ``progress``.
     With ``checkpoint_dir``, ``<dir>/last.pt`` is (re)written atomically every
     ``cfg.checkpoint_every`` epochs and at the end; with ``resume`` an existing one is loaded
     first, and a finished one returns at once.
@@ -229,11 +236,26 @@ def fit(
                                   weights=sample_weights, num_samples=epoch_size)
     steps_per_epoch = sampler.steps_per_epoch
     if steps_per_epoch == 0:
+        key = f"{section}.batch_size" if section else "batch_size"
+        unit = cfg.accum_steps * info.world_size
+        fits = sampler.num_samples // unit * unit
+        hint = (f"set {key}={fits} or lower" if fits else
+                f"{sampler.num_samples} examples cannot fill {cfg.accum_steps} accumulation step(s) x "
+                f"{info.world_size} process(es); lower {section + '.' if section else ''}accum_steps")
         raise TrainConfigError(
-            f"{desc}: batch_size {cfg.batch_size} is larger than the {sampler.num_samples} training examples "
-            "of an epoch; lower the batch size"
+            f"{desc}: {key} {cfg.batch_size} is larger than the {sampler.num_samples} training examples "
+            f"of an epoch; {hint}"
         )
     model.to(device)
+
+    def say(message: str) -> None:
+        if not info.is_main:
+            return
+        if log is not None:
+            log(message)
+        elif progress:
+            print(message, file=sys.stderr, flush=True)
+
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     saved = None
     if resume and ckpt_path is not None and ckpt_path.is_file():
@@ -282,6 +304,8 @@ def fit(
         if saved is not None:
             restore_train_state(saved, model, state, optimizer, schedule, scaler)
             start_epoch, start_step = int(saved["epoch"]), int(saved["step"])
+            say(f"{desc}: resuming from epoch {start_epoch + 1}/{cfg.epochs}, step {start_step}/{steps_per_epoch} "
+                f"({ckpt_path})")
             result.history = list(saved["history"])
             result.step_losses = [float(x) for x in saved["step_losses"]]
             result.resumed_from = (start_epoch, start_step)
@@ -315,6 +339,10 @@ def fit(
 
         def spent() -> dict[str, float]:  # compute so far, saved in checkpoints
             return {"wall_s": prior_wall + time.perf_counter() - t_start, "train_s": t_train, "samples": samples_run}
+
+        steps_here, t_first, estimated = 0, None, False  # for the one estimate of the whole
+        t_loop = time.perf_counter()
+        total_steps = cfg.epochs * steps_per_epoch - (start_epoch * steps_per_epoch + start_step)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -355,6 +383,10 @@ def fit(
                         on_step_end(schedule.step_num, model)
                     epoch_losses[step] = step_loss
                     done = step + 1
+                    steps_here += 1
+                    if not estimated:
+                        estimated, t_first = _estimate(say, desc, steps_here, t_first, total_steps, cfg.epochs,
+                                                       t_loop)
                     if done % cfg.log_every == 0 or done == steps_per_epoch:
                         mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
                         if not math.isfinite(mean):
@@ -411,10 +443,43 @@ def fit(
             p.requires_grad_(True)
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+#: A training whose estimate reaches this many seconds says so after its first steps.
+LONG_RUN_S = 600.0
+#: Steps timed (after the first, which pays for warm-up) before that estimate.
+ESTIMATE_STEPS = 3
+#: A first step this slow (seconds) gives the estimate at once.
+SLOW_STEP_S = 20.0
 
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+def _estimate(say: Callable[[str], None], desc: str, steps: int, t_first: float | None, total: int,
+              epochs: int, t_loop: float) -> tuple[bool, float | None]:
+    """After the first step, time :data:`ESTIMATE_STEPS` more (or, when the first step alone
+    took :data:`SLOW_STEP_S` or more, use it: waiting for more would leave minutes unexplained);
+    then say how long the ``total`` steps of this training take when that is
+    :data:`LONG_RUN_S` or more.  Returns ``(done, t_first)``."""
+    now = time.perf_counter()
+    if t_first is None and now - t_loop < SLOW_STEP_S:
+        return steps >= total, now
+    if t_first is None:  # a slow first step: the estimate now, from it (warm-up included)
+        per_step = now - t_loop
+    else:
+        timed = steps - 1
+        if timed < ESTIMATE_STEPS and steps < total:
+            return False, t_first
+        per_step = (now - t_first) / max(timed, 1)
+    whole = per_step * total
+    if whole >= LONG_RUN_S:
+        from ..progress import duration
+
+        say(f"{desc}: {per_step:.1f} s per step; its {total} steps ({epochs} epochs) will take about "
+            f"{duration(whole)} on this machine")
+    return True, t_first
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from ..progress import bar
+
+    return bar(total, desc, enabled, initial=initial, unit="steps")
 
 
 
@@ -472,9 +537,9 @@ def predict(
         num_workers=num_workers, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
     )
     outs = []
-    from tqdm.auto import tqdm
+    from ..progress import iterate
 
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main), dynamic_ncols=True):
+    for batch in iterate(loader, desc=desc, enabled=progress and info.is_main):
         with autocast(device, amp):
             outs.append(fn(to_device(batch, device)).float())
     if outs:

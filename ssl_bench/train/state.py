@@ -115,6 +115,7 @@ def save_train_checkpoint(path: Path | None, model: nn.Module, optimizer: Any, s
             "rng": rngs,
             "world_size": info.world_size,
             "compute": {k: float(v) for k, v in (compute or {}).items()},
+            **_description(model),
         }
         atomic_save(payload, path)
     D.barrier()
@@ -135,3 +136,12 @@ def restore_train_state(saved: dict[str, Any], model: nn.Module, state: Stateful
     info = D.current()
     rngs = saved["rng"]
     set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+
+
+def _description(model: nn.Module) -> dict[str, Any]:
+    """The model's name, preset, config and statistics (:func:`ssl_bench.checkpoint.model_description`)
+    for a model that has a config; nothing for a bare module."""
+    from ..checkpoint import model_description
+
+    module = unwrap(model)
+    return model_description(module) if isinstance(getattr(module, "config", None), dict) else {}

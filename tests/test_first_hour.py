@@ -1,0 +1,409 @@
+"""What a new user meets first: checks before data work, self-describing checkpoints, tables
+that tell runs apart, one-line errors, and runs that say what they are doing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssl_bench import runner as runner_mod
+from ssl_bench.config import ConfigError
+from ssl_bench.registry import set_registry
+from ssl_bench.runner import run_experiment
+from trainfixtures import tiny_config, tiny_registry
+
+
+@pytest.fixture(scope="module")
+def registry():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reg = tiny_registry()
+    old = set_registry(reg)
+    yield reg
+    set_registry(old)
+    torch.set_num_threads(threads)
+
+
+class _Stop(RuntimeError):
+    pass
+
+
+def _stop_at_features(monkeypatch, seen):
+    def extract(self, clips):
+        seen.update(pretrain=self.config["pretrain"]["batch_size"], finetune=self.config["finetune"]["batch_size"])
+        raise _Stop("features")
+
+    monkeypatch.setattr(runner_mod._Experiment, "extract", extract)
+
+
+def test_a_batch_larger_than_the_data_is_capped_before_features_with_a_warning(registry, tmp_path, monkeypatch,
+                                                                              capsys):
+    seen: dict = {}
+    _stop_at_features(monkeypatch, seen)
+    cfg = tiny_config(registry, **{"pretrain.batch_size": 512, "finetune.batch_size": 64})
+    with pytest.raises(_Stop):
+        run_experiment(cfg, data_dir=tmp_path / "data", results_root=tmp_path / "res", progress=False)
+    # tinytones: 18 training clips per fold; fine-tuning keeps 14 after a quarter is carved out
+    assert seen == {"pretrain": 18, "finetune": 14}
+    err = capsys.readouterr().err
+    assert "pretrain.batch_size 512 is larger than the 18 training examples" in err
+    assert "using finetune.batch_size=14" in err
+
+
+def test_accumulation_no_split_can_fill_is_an_error_naming_the_keys_before_features(registry, tmp_path,
+                                                                                     monkeypatch):
+    seen: dict = {}
+    _stop_at_features(monkeypatch, seen)
+    cfg = tiny_config(registry, **{"pretrain.batch_size": 512, "pretrain.accum_steps": 32})
+    with pytest.raises(ConfigError, match=r"pretrain\.batch_size: the 18 training examples .* "
+                                          r"pretrain\.accum_steps=32 .* lower pretrain\.accum_steps"):
+        run_experiment(cfg, data_dir=tmp_path / "data", results_root=tmp_path / "res", progress=False)
+    assert seen == {}  # nothing was extracted
+
+
+def test_the_training_loop_names_the_key_and_a_value_that_fits():
+    from ssl_bench.train import TrainConfig, TrainConfigError, fit
+
+    data = [{"x": torch.randn(2), "y": torch.randn(1)} for _ in range(10)]
+    model = torch.nn.Linear(2, 1)
+
+    def loss(m, batch, ctx):
+        return ((m(batch["x"]) - batch["y"]) ** 2).mean()
+
+    with pytest.raises(TrainConfigError, match=r"finetune\.batch_size 16 is larger than the 10 .* "
+                                               r"set finetune\.batch_size=10 or lower"):
+        fit(model, data, loss, TrainConfig(batch_size=16), progress=False, section="finetune")
+
+
+# --------------------------------------------------------------------------- self-describing checkpoints
+SIZES = {"encoder.dim": 32, "encoder.depth": 1, "encoder.heads": 2, "decoder.dim": 48, "decoder.depth": 1,
+         "decoder.heads": 2, "decoder": "global", "frontend.num_frames": 128, "masker.ratio": 0.6}
+
+
+def _saved_checkpoint(registry, path):
+    from ssl_bench.checkpoint import save_model
+    from ssl_bench.model import create_model
+
+    model = create_model("audiomae", preset="tiny", registry=registry, **SIZES)
+    model.frontend.set_norm_stats(-3.5, 2.25)  # as a runner does after building
+    save_model(model, path)
+    return model
+
+
+def test_a_checkpoint_rebuilds_its_model_with_no_other_setting(registry, tmp_path):
+    from ssl_bench.checkpoint import safe_load
+    from ssl_bench.model import create_model
+
+    original = _saved_checkpoint(registry, tmp_path / "mine.pt")
+    saved = safe_load(tmp_path / "mine.pt")
+    assert (saved["model_name"], saved["preset"], saved["norm_stats"]) == ("audiomae", "tiny", [-3.5, 2.25])
+    assert saved["config"]["frontend"]["mean"] == -3.5 and saved["config"]["decoder"]["dim"] == 48
+
+    model = create_model(checkpoint=tmp_path / "mine.pt", registry=registry)
+    assert model.frontend.norm_stats == (-3.5, 2.25)
+    for slot in ("encoder", "masker", "decoder", "objective", "method"):
+        assert model.config[slot] == original.config[slot], slot
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    # a setting the user gives still wins, and another decoder drops the saved one's settings
+    assert create_model(checkpoint=tmp_path / "mine.pt", registry=registry, **{"masker.ratio": 0.7}) \
+        .config["masker"]["ratio"] == 0.7
+
+
+def test_reconstruct_needs_only_the_checkpoint(registry, tmp_path):
+    from ssl_bench.cli import main
+    from taskfixtures import tone, write_wav
+
+    _saved_checkpoint(registry, tmp_path / "mine.pt")
+    clip = write_wav(tmp_path / "clip.wav", tone(1, 1.28, 16000), 16000)
+    out = tmp_path / "x.png"
+    assert main(["reconstruct", "--checkpoint", str(tmp_path / "mine.pt"), str(clip), "-o", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_training_checkpoints_describe_their_model_too(registry, tmp_path):
+    from ssl_bench.checkpoint import safe_load
+    from ssl_bench.model import create_model
+    from ssl_bench.train.state import save_train_checkpoint
+
+    model = create_model("audiomae", preset="tiny", registry=registry, **SIZES)
+    model.frontend.set_norm_stats(1.0, 2.0)
+    opt = torch.optim.AdamW(model.parameters())
+
+    class _Sched:
+        def state_dict(self):
+            return {}
+
+    save_train_checkpoint(tmp_path / "last.pt", model, opt, _Sched(), torch.amp.GradScaler("cpu", enabled=False),
+                          1, 0, [], [], torch.zeros(1), None, False)
+    saved = safe_load(tmp_path / "last.pt")
+    assert saved["model_name"] == "audiomae" and saved["norm_stats"] == [1.0, 2.0]
+
+
+def test_probe_with_an_own_checkpoint_needs_no_model_flag(registry, tmp_path):
+    from ssl_bench import results
+    from ssl_bench.cli import main
+
+    _saved_checkpoint(registry, tmp_path / "mine.pt")
+    assert main(["probe", "--task", "tinytones", "--checkpoint", str(tmp_path / "mine.pt"), "--quiet",
+                 "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path / "res"), "--splits", "fold1"]) == 0
+    df = results.load(tmp_path / "res")
+    assert set(df["model"]) == {"audiomae"} and set(df["decoder"]) == {"global"}
+    assert set(df["encoder.dim"]) == {32}
+
+
+# --------------------------------------------------------------------------- tables that tell runs apart
+def _write(root, runs):
+    from ssl_bench.results import RunWriter
+
+    for i, (run_id, config, values) in enumerate(runs):
+        with RunWriter(root, run_id, config) as w:
+            for split, value in enumerate(values):
+                for protocol in ("finetune", "linear"):
+                    w.add_row(task="t", protocol=protocol, split=f"fold{split + 1}", seed=0, init="pretrained",
+                              init_id=f"id{i}", metric="accuracy", value=value)
+
+
+def _sweep(root):
+    runs = []
+    for k, (masker, ratio) in enumerate([("random", 0.6), ("random", 0.8), ("time-stripes", 0.6),
+                                         ("time-stripes", 0.8)]):
+        node = {"name": masker, "ratio": ratio, **({"width": 2} if masker == "time-stripes" else {})}
+        runs.append((f"20261201-10000{k}-m-t-abcde{k}-00{k}0", {"model": "m", "task": "t", "masker": node,
+                                                               "pretrain": {"epochs": 10}}, [0.5 + k / 10]))
+    _write(root, runs)
+
+
+def test_a_sweep_summary_keeps_every_run_and_shows_the_masker(tmp_path):
+    from ssl_bench import results
+
+    _sweep(tmp_path)
+    df = results.load(tmp_path)
+    assert set(df["masker.width"].astype(str)) == {"-", "2"}
+    table = results.split_table(df)
+    assert len(table.xs("linear", level="protocol")) == 4 and len(table.xs("finetune", level="protocol")) == 4
+    assert "masker" in table.index.names and "masker.width" in table.index.names
+    assert set(table["n"]) == {1}
+    assert not any("±" in cell for cell in table["mean ± std"])  # one value: its mean, no "± 0.0000"
+    assert set(table["runs"]) == {f"abcde{k}-00{k}0" for k in range(4)}
+    md = results.format_table(table, "md")
+    header = md.splitlines()[0]
+    assert "/  |" not in header and "| masker |" in header
+
+
+def test_compare_does_not_pool_runs_that_differ_in_an_unnamed_setting(tmp_path):
+    from ssl_bench import results
+
+    runs = [("20261201-100000-m-t-aaaaaa-0001", {"model": "m", "task": "t", "masker": {"name": "random", "ratio": 0.8},
+                                                 "pretrain": {"epochs": 80}}, [0.9, 0.8, 0.85, 0.9, 0.7]),
+            ("20261202-100000-m-t-bbbbbb-0002", {"model": "m", "task": "t", "masker": {"name": "random", "ratio": 0.8},
+                                                 "pretrain": {"epochs": 10}}, [0.5]),
+            ("20261203-100000-m-t-cccccc-0003", {"model": "m", "task": "t", "masker": {"name": "random", "ratio": 0.6},
+                                                 "pretrain": {"epochs": 10}}, [0.4])]
+    _write(tmp_path, runs)
+    df = results.load(tmp_path)
+    table = results.compare(df[df["protocol"] == "linear"], ["masker.ratio"])
+    assert "pretrain.epochs" in table.index.names and len(table) == 2
+    assert sorted(table["runs"]) == ["aaaaaa-0001", "bbbbbb-0002, cccccc-0003"]
+    # filters: a run by its short id, a date, a setting
+    assert set(results.select(df, runs=["bbbbbb-0002"])["run"]) == {"bbbbbb-0002"}
+    assert set(results.select(df, since="2026-12-02")["run"]) == {"bbbbbb-0002", "cccccc-0003"}
+    assert set(results.select(df, where=["pretrain.epochs=80"])["run"]) == {"aaaaaa-0001"}
+    assert set(results.select(df, where=["masker.ratio=0.6", "pretrain.epochs=10"])["run"]) == {"cccccc-0003"}
+
+
+def test_results_command_filters_and_prints_one_precision(tmp_path, capsys):
+    from ssl_bench.cli import main
+
+    _sweep(tmp_path)
+    assert main(["results", str(tmp_path), "--where", "masker=random", "--protocol", "linear",
+                 "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 2  # the header and the two random-masker runs
+    assert "abcde0-0000" in out and "abcde2" not in out
+    import re
+
+    numbers = re.findall(r"\b0\.\d+\b", out)
+    assert numbers and all(len(n) == 6 for n in numbers)  # 4 decimals throughout
+    assert main(["results", str(tmp_path), "--where", "nokey=1"]) == 2
+    assert "no such column" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- one-line errors
+def test_missing_data_is_one_line_with_the_hint(tmp_path, monkeypatch, capsys):
+    from ssl_bench.cli import main
+
+    monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
+    assert main(["run", "--model", "audiomae", "--task", "esc50", "--data-dir", str(tmp_path / "none"),
+                 "--results", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ssl-bench: error:")
+    assert "unpack it into" in err and "--data-dir" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- long runs talk
+def _regression():
+    g = torch.Generator().manual_seed(0)
+    return [{"x": torch.randn(2, generator=g), "y": torch.randn(1, generator=g)} for _ in range(16)]
+
+
+def _mse(m, batch, ctx):
+    return ((m(batch["x"]) - batch["y"]) ** 2).mean()
+
+
+def test_a_resumed_training_says_where_it_continues_and_a_long_one_gives_an_estimate(tmp_path, monkeypatch):
+    from ssl_bench.train import TrainConfig, fit
+    from ssl_bench.train import loop
+
+    class _Abort(RuntimeError):
+        pass
+
+    def abort_at_second(epoch, model):
+        if epoch == 1:
+            raise _Abort
+
+    cfg = TrainConfig(batch_size=4, epochs=3)
+    lines: list[str] = []
+    with pytest.raises(_Abort):
+        fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
+            on_epoch_end=abort_at_second, log=lines.append, desc="pretrain")
+    monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)  # every training counts as long
+    fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
+        log=lines.append, desc="pretrain")
+    assert lines[0] == f"pretrain: resuming from epoch 2/3, step 0/4 ({tmp_path / 'last.pt'})"
+    assert len(lines) == 2 and "s per step; its 8 steps (3 epochs) will take about" in lines[1]
+
+
+def test_progress_off_a_terminal_is_periodic_plain_lines(capsys):
+    from ssl_bench.progress import PlainProgress, bar
+
+    assert isinstance(bar(10, "x"), PlainProgress)  # pytest's stderr is no terminal
+    meter = PlainProgress(total=4, desc="pretrain 1/2", unit="steps", every=0.0)
+    for _ in range(4):
+        meter.update(1)
+        meter.set_postfix(loss="0.5000")
+    meter.close()  # the last count was said already
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("pretrain 1/2: 1/4 steps (25%), 0 s")
+    assert lines[-1].startswith("pretrain 1/2: 4/4 steps (100%)") and lines[-1].endswith("loss 0.5000")
+
+
+def test_the_run_says_which_split_of_how_many_and_what_is_left(registry, tmp_path):
+    from ssl_bench.runner import run_experiment
+
+    run_dir = run_experiment(tiny_config(registry), data_dir=tmp_path / "data", results_root=tmp_path / "res",
+                             protocols=("linear",), progress=False)
+    log = (run_dir / "log.txt").read_text().splitlines()
+    assert any(line.startswith("[fold1 1/2] linear (random encoder): ") and line.endswith(" elapsed")
+               for line in log)
+    assert any(line.startswith("[fold2 2/2] linear (random encoder): ") and line.endswith(" left") for line in log)
+
+
+# --------------------------------------------------------------------------- small things
+def test_run_directories_name_the_swept_values():
+    from ssl_bench import results
+    from ssl_bench.config import parse_overrides
+
+    sweeps = parse_overrides(["masker=random,time", "masker.ratio=0.6,0.8", "encoder.depth=2"])
+    labels = results.sweep_labels(sweeps)
+    assert labels == ["masker=random_masker.ratio=0.6", "masker=random_masker.ratio=0.8",
+                      "masker=time_masker.ratio=0.6", "masker=time_masker.ratio=0.8"]
+    run_id = results.new_run_id({"model": "m", "task": "t"}, labels[1])
+    assert "-m-t-masker=random_masker.ratio=0.8-" in run_id
+    assert results.short_run_id(run_id) == "-".join(run_id.split("-")[-2:])
+    assert results.sweep_labels([{}]) == [""]
+
+
+def test_plugins_json_carries_presets_and_notes(capsys):
+    import json
+
+    from ssl_bench.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    info = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    audiomae = info["audiomae"]["models"]["audiomae"]
+    assert {"tiny", "base"} <= set(audiomae["presets"]) and audiomae["default_preset"]
+    assert audiomae["notes"] and "esc50" in audiomae["recipes"]
+
+
+def test_a_slow_first_step_gives_the_estimate_at_once(monkeypatch):
+    from ssl_bench.train import TrainConfig, fit
+    from ssl_bench.train import loop
+
+    monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)
+    monkeypatch.setattr(loop, "SLOW_STEP_S", 0.0)
+    lines: list[str] = []
+    steps: list[int] = []
+    done: list[int] = []  # optimiser steps finished, as each line is said
+    fit(torch.nn.Linear(2, 1), _regression(), _mse, TrainConfig(batch_size=4, epochs=2), progress=False,
+        log=lambda line: (lines.append(line), done.append(len(steps))), on_step_end=lambda s, m: steps.append(s),
+        desc="pretrain")
+    assert len(lines) == 1 and "its 8 steps (2 epochs) will take about" in lines[0]
+    assert done == [1]  # said after the first step, before the second
+
+
+def test_a_masker_sweep_prints_four_rows_per_protocol_with_a_masker_column(registry, tmp_path, capsys):
+    from ssl_bench.cli import main
+
+    sizes = ["encoder.dim=32", "encoder.depth=1", "encoder.heads=2", "decoder.dim=32", "decoder.depth=1",
+             "decoder.heads=2", "pretrain.epochs=1", "pretrain.batch_size=8", "data.valid_fraction=0.25"]
+    argv = ["run", "-m", "audiomae", "-t", "tinytones", "-p", "tiny", "--quiet", "--splits", "fold1",
+            "--protocols", "pretrain,linear", "--data-dir", str(tmp_path / "data"), "--results", str(tmp_path / "res"),
+            "--set", "masker=random,time", "--set", "masker.ratio=0.6,0.8"]
+    for setting in sizes:
+        argv += ["--set", setting]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out[:out.index("results written to")].splitlines() if line.strip()]
+    assert lines[1].split()[:2] == ["masker", "masker.ratio"]  # the index names under the column names
+    rows = lines[2:]
+    assert sum(" pretrain " in f" {r} " for r in rows) == 4
+    assert sum("pretrained" in r for r in rows) == 4 and len(rows) == 12  # + 4 random-init baselines
+    dirs = sorted(p.name for p in (tmp_path / "res").iterdir() if not p.name.startswith("."))
+    assert [d.split("-tinytones-")[1].rsplit("-", 2)[0] for d in dirs] == [
+        "masker=random_masker.ratio=0.6", "masker=random_masker.ratio=0.8",
+        "masker=time_masker.ratio=0.6", "masker=time_masker.ratio=0.8"]
+
+
+def test_short_meters_in_a_row_still_write_periodic_lines(capsys, monkeypatch):
+    from ssl_bench import progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(progress, "_LAST_LINE", [clock[0]])
+    for epoch in range(6):  # 6 epochs of 4 steps, 4 s each: no epoch lasts the 30 s interval
+        meter = progress.PlainProgress(total=4, desc=f"pretrain {epoch + 1}/6", unit="steps", every=30.0)
+        for _ in range(4):
+            clock[0] += 4.0
+            meter.update(1)
+        meter.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("pretrain 2/6: 4/4 steps")  # at 32 s, 64 s and 96 s
+
+
+def test_a_file_that_names_no_model_asks_for_one(registry, tmp_path):
+    from ssl_bench.model import create_model
+
+    torch.save({"encoder.cls_token": torch.zeros(1, 1, 32)}, tmp_path / "bare.pt")
+    with pytest.raises(ConfigError, match="name the model"):
+        create_model(checkpoint=tmp_path / "bare.pt", registry=registry)
+
+
+def test_filters_that_leave_nothing_keep_the_columns(tmp_path):
+    from ssl_bench import results
+
+    _sweep(tmp_path)
+    df = results.select(results.load(tmp_path), runs=["nosuchrun"])
+    assert df.empty and "masker" in df.columns
+    assert results.select(df, where=["masker=random"], since="2026-12-01").empty
+
+
+def test_a_single_value_for_a_list_setting_is_a_one_value_grid():
+    from ssl_bench.protocols.base import section_config
+    from ssl_bench.protocols.probe import LinearProtocol
+
+    assert section_config(LinearProtocol, {"C": 1.0}).C == [1.0]
+    assert section_config(LinearProtocol, {"C": [0.1, 1.0]}).C == [0.1, 1.0]
