@@ -401,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `ssl-bench plugins | head`: the reader left; not an error of ours
         # stdout's buffer cannot be flushed any more: point it at devnull so exit does not fail again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # an in-process stdout with no file behind it
+            pass
         return 0
     except OSError as exc:  # a full disk anywhere (the feature cache, a log line): one line, not a bug
         from .files import disk_full_message, is_disk_full

@@ -131,11 +131,18 @@ def test_python_dash_m_and_help():
         assert cmd in out.stdout
 
 
-def test_a_reader_that_leaves_early_is_not_an_error():
-    # `ssl-bench plugins --json | head -c 10` used to end in a BrokenPipeError traceback
-    proc = subprocess.Popen([sys.executable, "-m", "ssl_bench", "plugins", "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    assert proc.stdout.read(10)
-    proc.stdout.close()  # the reader goes away before ssl-bench has written everything
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+def test_a_reader_that_leaves_early_is_not_an_error(monkeypatch, capsys):
+    # `ssl-bench plugins --json | head -c 10` ended in a BrokenPipeError traceback
+    class GoneReader:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            raise ValueError("no file")
+
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    assert main(["plugins", "--json"]) == 0
