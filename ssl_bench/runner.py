@@ -11,8 +11,8 @@
 3. the protocols of stage ``pretrain`` (the built-in ``pretrain``: the model's method on the
    split's training audio, or on ``pretrain.corpus``) train the encoder, unless a
    ``checkpoint`` replaces them (given, or the one the config starts from: the model spec's
-   ``initial_checkpoint``, such as AST's ImageNet weights);
-   (their rows: ``init`` "pretraining from random", ``init_id`` that of the encoder made);
+   ``initial_checkpoint``, such as AST's ImageNet weights); their own rows say ``init``
+   "pretraining from random" with the ``init_id`` of the encoder they made;
 4. every other requested protocol (``finetune``, ``linear``, ``knn``, ... any registered one)
    evaluates those weights; a frozen-encoder protocol also runs on the same encoder at its
    random initialisation (``init=random``), the baseline every SSL number is read against.
@@ -487,34 +487,38 @@ class _Experiment:
                 for r in rows:
                     r.update(init=PRETRAINING_INIT, init_id=init_id, pretrained_by=self.pretrained_by)
                 self.emit(rows)
+        differs: bool | None = None  # whether the evaluated encoder differs from its random init (decided once)
         for name in self.stage_protocols("evaluate"):
             proto = self.protocol(name)
             self.cached_rows(split.name, f"{name}-{_slug(init)}",
                              lambda: self.run_protocol(name, model, init, init_id, data, split_ctx))
-            if proto.frozen and init_id != "random" and not self.has_random_state(model, random_state, split.name, name):
+            if not proto.frozen or init_id == "random":
                 continue
-            if proto.frozen and init_id != "random":
-                def baseline(name: str = name) -> list[dict[str, Any]]:
-                    base = copy.deepcopy(model)
-                    base.load_state_dict(random_state, strict=False)
-                    return self.run_protocol(name, base, "random", "random", data, split_ctx)
+            if differs is None:
+                differs = self.differs_from_random(model, random_state)
+            if not differs:
+                self.writer.log(f"[{split.name}] {name}: no init=random baseline, encoder "
+                                f"{type(model.encoder).__name__} is evaluated with the weights it was built with "
+                                "(a frozen import, or a checkpoint equal to this seed's initialisation): a baseline "
+                                "row would repeat the same numbers")
+                continue
 
-                self.cached_rows(split.name, f"{name}-random", baseline)
+            def baseline(name: str = name) -> list[dict[str, Any]]:
+                base = copy.deepcopy(model)
+                base.load_state_dict(random_state, strict=False)
+                return self.run_protocol(name, base, "random", "random", data, split_ctx)
+
+            self.cached_rows(split.name, f"{name}-random", baseline)
         self.writer.log(f"[{split.name}] done in {time.time() - t_split:.1f} s")
 
-    def has_random_state(self, model: nn.Module, random_state: dict[str, torch.Tensor], split: str,
-                         protocol: str) -> bool:
-        """Whether the random-init baseline of ``model`` is really random: its encoder has weights
-        of its own and the evaluated ones differ from those it was built with.  An encoder that
-        keeps none (a frozen import such as a HEAR module) gets no baseline row, said in the log."""
+    @staticmethod
+    def differs_from_random(model: nn.Module, random_state: dict[str, torch.Tensor]) -> bool:
+        """Whether the random-init baseline of ``model`` would be a different encoder: its encoder
+        has weights of its own and they differ from those it was built with.  An encoder that
+        keeps none (a frozen import such as a HEAR module) gets no baseline row."""
         own = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-        if own and any(k not in random_state or not torch.equal(random_state[k], v.detach().cpu())
-                       for k, v in own.items()):
-            return True
-        self.writer.log(f"[{split}] {protocol}: no init=random baseline, encoder {type(model.encoder).__name__} "
-                        "is evaluated with the weights it was built with (a frozen import, or a checkpoint equal "
-                        "to this seed's initialisation): a baseline row would repeat the same numbers")
-        return False
+        return bool(own) and any(k not in random_state or not torch.equal(random_state[k], v.detach().cpu())
+                                 for k, v in own.items())
 
     # ------------------------------------------------------------------ protocols
     def protocol(self, name: str) -> Protocol:
