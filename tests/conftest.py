@@ -4,6 +4,8 @@
   a GPU (scripts/gpu_check.sh).
 * Installed third-party plugins are not loaded during tests (``SSL_BENCH_LOAD_PLUGINS`` is set
   to the empty string): tests see the built-ins and what they register themselves.
+* ``one_torch_thread``: a module opts in (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)
+  to run its tiny models on one thread.
 * Datasets (the generated synthetic task) go to a per-session temporary directory; caches of
   features and pretrained encoders live under each test's own results root (no
   ``SSL_BENCH_CACHE``), so tests never see each other's checkpoints.
@@ -33,6 +35,15 @@ def _isolated_cache(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and OpenMP does not spin on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -13,13 +13,7 @@ from ssl_bench.train import loop
 from trainfixtures import toy_config, toy_model, toy_split
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and OpenMP does not spin on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cpuinfo_flags() -> set[str] | None:

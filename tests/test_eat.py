@@ -22,12 +22,7 @@ TINY = {"frontend.num_frames": 96, "frontend.num_bins": 48, "frontend.mean": 0.0
         "method.clones": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(**overrides):

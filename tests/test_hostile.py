@@ -31,12 +31,7 @@ from taskfixtures import tone, write_wav
 BAD_NAME = os.fsdecode(b"caf\xe9-\xff.wav")  # Latin-1 bytes: not valid UTF-8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _wav(path: Path, label: int = 0, seconds: float = 0.25, sr: int = 8000, seed: int = 0) -> Path:

@@ -27,12 +27,7 @@ from trainfixtures import TinyTones, mp_context, tiny_config, tiny_registry, toy
 EPOCHS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Slow(torch.utils.data.Dataset):
