@@ -275,3 +275,16 @@ def test_concurrent_writers_lose_no_row(tmp_path):
     df = results.load(tmp_path)
     assert sorted(df["run_id"]) == sorted(ids) and sorted(df["value"]) == [float(i) for i in range(8)]
     assert all(json.loads((tmp_path / i / "result.json").read_text())["rows"] for i in ids)
+
+
+def test_source_tree_fallback_lists_every_entry_point():
+    # a plugin added to pyproject's entry points but not to BUILTIN_MODULES vanished when run
+    # from a source tree that was never installed (beats, wav2vec2 and hear-api did)
+    import re
+
+    from ssl_bench.registry import BUILTIN_MODULES, ENTRY_POINT_GROUP
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    section = text.split(f"[project.entry-points.{ENTRY_POINT_GROUP}]", 1)[1].split("\n[", 1)[0]
+    declared = dict(re.findall(r'^([\w-]+) = "([\w.]+)"$', section, flags=re.M))  # tomllib is 3.11+
+    assert declared == BUILTIN_MODULES
