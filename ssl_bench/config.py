@@ -80,6 +80,9 @@ class RunSettings:
     amp: bool = True  # bf16 autocast on CUDA and on CPUs with bf16 matrix instructions
     compile: bool = False
     deterministic: bool = False
+    #: GiB a training step may use on its device; None: 80% of what is free when training starts
+    #: (``accum_steps`` rises until a micro-batch fits); 0: no limit
+    memory_gb: float | None = None
 
 
 #: Sections that belong to no protocol; each registered protocol adds its own (its ``Config``).

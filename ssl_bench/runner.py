@@ -106,6 +106,7 @@ def compute_columns(*, parameters: int, flops: float | None, fit: FitResult | No
         "gpu_hours": round(wall_s * world_size / 3600.0, 6) if gpu else 0.0,
         "peak_memory_mb": round(float(peak_mb if peak_mb is not None else peak_memory_mb(device)), 1),
         "world_size": int(world_size),
+        "accum_steps": int(fit.accum_steps) if fit else None,  # as trained (raised when memory required it)
         "device": torch.cuda.get_device_name(device) if gpu else "cpu",
     }
 

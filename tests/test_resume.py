@@ -170,9 +170,9 @@ def test_an_interrupted_run_continues_where_it_stopped(tiny, tmp_path, monkeypat
 
     def interrupt_fold2(model, batch, ctx):
         calls["n"] += 1
-        # fold 1: one dry run (unused-parameter check) + 3 epochs x 4 steps (14 clips, batch 4);
-        # fold 2: its dry run, then the signal during its 6th step (epoch 2, step 2)
-        if calls["n"] == 13 + 1 + 6:
+        # fold 1: two dry runs (memory and unused-parameter probe) + 3 epochs x 4 steps (14 clips,
+        # batch 4); fold 2: its dry runs, then the signal during its 6th step (epoch 2, step 2)
+        if calls["n"] == 14 + 2 + 6:
             STOP.signum = signal.SIGTERM
         return original(model, batch, ctx)
 

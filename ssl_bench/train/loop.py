@@ -11,7 +11,8 @@ What it does, so the protocols do not have to:
   tokens; optional layer-wise lr decay (``lr_scale = decay ** (num_layers - layer_id)``);
   ``lr = blr * batch_size / 256`` unless ``lr`` is given; per-step linear warm-up, then a
   half-cycle cosine to ``min_lr`` (the MAE schedule);
-* gradient accumulation (``batch_size`` is the global batch of one optimiser step);
+* gradient accumulation (``batch_size`` is the global batch of one optimiser step), raised
+  before the first step when a micro-batch would not fit in memory (:mod:`.memory`);
 * torchrun/DDP: each global batch is split over ranks and accumulation steps the same way
   whatever the world size, so 1 process and N processes see the same examples per step;
 * on CUDA: bf16 autocast, TF32 matmuls, fused AdamW, pinned memory with non-blocking copies,
@@ -30,6 +31,7 @@ returns a scalar loss (mean over its micro-batch).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import resource
@@ -52,6 +54,7 @@ from ..checkpoint import CheckpointError
 from ..errors import DivergedError
 from ..files import CacheWarning
 from ..nn import to_device as tensor_to_device
+from .memory import FREE_SHARE, StepMemory, available_bytes, fit_accum_steps, saved_bytes, size, step_memory
 from .optim import TrainConfig, TrainConfigError, WarmupCosine, param_groups
 from .sampler import ShardedBatchSampler
 from .signals import STOP, GracefulStop, TrainingInterrupted
@@ -125,6 +128,7 @@ class FitResult:
     world_size: int = 1
     device: str = "cpu"
     resumed_from: tuple[int, int] | None = None  # (epoch, step) of the checkpoint resumed
+    accum_steps: int = 1  # as trained: raised from the config's when a micro-batch did not fit in memory
     checkpoint: Path | None = None
 
     @property
@@ -289,8 +293,13 @@ def fit(
                          world_size=info.world_size, device=str(device),
                          resumed_from=(int(saved["epoch"]), int(saved["step"])), checkpoint=ckpt_path)
     # done for any world size so parameter groups (and checkpoints) do not depend on it
-    frozen = _freeze_unused(model, dataset, loss_fn, sampler, collate_fn, device, cfg)
+    frozen, memory = _probe_step(model, dataset, loss_fn, sampler.micro, collate_fn, device, cfg)
     try:
+        accum = _fit_memory(memory, cfg, device, info, desc, section, say)
+        if accum != cfg.accum_steps:
+            cfg = dataclasses.replace(cfg, accum_steps=accum)
+            sampler = ShardedBatchSampler(len(dataset), cfg.batch_size, cfg.accum_steps, info.rank, info.world_size,
+                                          cfg.seed, weights=sample_weights, num_samples=epoch_size)
         groups = groups if groups is not None else param_groups(model, cfg.weight_decay, cfg.layer_decay)
         fused = device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=tuple(cfg.betas), fused=fused)
@@ -298,7 +307,8 @@ def fit(
         # bf16 needs no loss scaling; the scaler stays (disabled) so checkpoints have one format
         scaler = torch.amp.GradScaler(device.type, enabled=False)
 
-        result = FitResult(world_size=info.world_size, device=str(device), checkpoint=ckpt_path)
+        result = FitResult(world_size=info.world_size, device=str(device), checkpoint=ckpt_path,
+                           accum_steps=cfg.accum_steps)
         start_epoch, start_step = 0, 0
         epoch_losses = torch.zeros(steps_per_epoch, dtype=torch.float64, device=device)
         if saved is not None:
@@ -483,23 +493,36 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 
 
-def _freeze_unused(model: nn.Module, dataset: Dataset, loss_fn: LossFn, sampler: ShardedBatchSampler,
-                   collate_fn: Callable | None, device: torch.device, cfg: TrainConfig) -> list[nn.Parameter]:
-    """Turn off ``requires_grad`` for parameters the loss never touches (e.g. a classifier norm
-    during pretraining), so DDP needs no ``find_unused_parameters`` graph walk every step.
+#: The larger of the two batches :func:`_probe_step` measures (the other is half of it).
+PROBE_BATCH = 4
 
-    One forward/backward on a small batch with every RNG forked, so nothing downstream
-    changes; AdamW skips parameters without gradients anyway, so training is unaffected.
-    Returns the parameters it froze (:func:`fit` unfreezes them when it returns).
+
+def _probe_step(model: nn.Module, dataset: Dataset, loss_fn: LossFn, micro: int, collate_fn: Callable | None,
+                device: torch.device, cfg: TrainConfig) -> tuple[list[nn.Parameter], StepMemory | None]:
+    """Before training: the memory a step needs and the parameters the loss never touches.
+
+    Forwards on batches of ``PROBE_BATCH`` and half as many examples count the bytes autograd
+    saves (:mod:`.memory`), which sizes the micro-batch; the larger one's backward shows which
+    parameters get no gradient (e.g. a classifier norm during pretraining): they are frozen, so
+    DDP needs no ``find_unused_parameters`` graph walk every step (AdamW skips them anyway).
+    Every RNG is forked, so nothing downstream changes.  Returns ``(frozen, memory)``; memory
+    is ``None`` when the data has fewer than two examples.  :func:`fit` unfreezes on return.
     """
-    n = min(len(dataset), max(sampler.micro, 1))
-    items = [dataset[i] for i in range(n)]
-    batch = to_device(collate_fn(items) if collate_fn else torch.utils.data.default_collate(items), device)
+    large = max(min(len(dataset), micro, PROBE_BATCH), 1)
+    small = large // 2
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        ctx = StepContext(0, 0, 0, 0, 0, n, cfg.seed)
+
+    def loss_on(n: int) -> torch.Tensor:
+        items = [dataset[i] for i in range(n)]
+        batch = to_device(collate_fn(items) if collate_fn else torch.utils.data.default_collate(items), device)
         with autocast(device, cfg.amp):
-            loss = loss_fn(model, batch, ctx)
+            return loss_fn(model, batch, StepContext(0, 0, 0, 0, 0, n, cfg.seed))
+
+    with torch.random.fork_rng(devices=devices):
+        memory = None
+        if small:
+            _, saved_small = saved_bytes(lambda: loss_on(small))
+        loss, saved_large = saved_bytes(lambda: loss_on(large))
         loss.backward()
     frozen = []
     for p in model.parameters():
@@ -507,7 +530,43 @@ def _freeze_unused(model: nn.Module, dataset: Dataset, loss_fn: LossFn, sampler:
             p.requires_grad_(False)
             frozen.append(p)
         p.grad = None
-    return frozen
+    if small:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        memory = step_memory(small, large, saved_small, saved_large, trainable)
+    return frozen, memory
+
+
+def _fit_memory(memory: StepMemory | None, cfg: TrainConfig, device: torch.device, info: D.DistInfo, desc: str,
+                section: str | None, say: Callable[[str], None]) -> int:
+    """The ``accum_steps`` to train with: the config's, raised until one micro-batch's step fits
+    the memory it may use (``cfg.memory_gb``, else :data:`FREE_SHARE` of what is free now);
+    every rank takes the same.  A step that cannot fit even one example is an error."""
+    if memory is None or cfg.memory_gb == 0:
+        return cfg.accum_steps
+    free = available_bytes(device) if cfg.memory_gb is None else None
+    budget = cfg.memory_gb * 2**30 if cfg.memory_gb is not None else (free * FREE_SHARE if free else None)
+    if budget is None:
+        return cfg.accum_steps
+    largest = memory.largest_micro(budget)
+    if info.enabled:
+        largest = min(D.all_gather_object(largest))
+    micro = cfg.batch_size // (cfg.accum_steps * info.world_size)
+    if micro <= largest:
+        return cfg.accum_steps
+    key = f"{section}." if section else ""
+    limit = (f"memory_gb={cfg.memory_gb:g}" if cfg.memory_gb is not None
+             else f"{FREE_SHARE:.0%} of the {size(free)} free")
+    accum = fit_accum_steps(cfg.batch_size, cfg.accum_steps, info.world_size, largest)
+    if not accum:
+        raise TrainConfigError(
+            f"{desc}: one training example needs about {size(memory.need(1))} with the optimiser state, more "
+            f"than the step may use ({limit}); choose a smaller model or shorter inputs (frontend.num_frames), "
+            f"or raise memory_gb")
+    new_micro = cfg.batch_size // (accum * info.world_size)
+    say(f"{desc}: a micro-batch of {micro} would need about {size(memory.need(micro))}, more than the step may "
+        f"use ({limit}); accumulating gradients over {accum} micro-batches of {new_micro} "
+        f"({key}accum_steps={accum}: the same global batch of {cfg.batch_size}; memory_gb sets the limit)")
+    return accum
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -60,6 +60,7 @@ class TrainConfig(OptimConfig):
     amp: bool = True  # bf16 autocast on CUDA and on CPUs with bf16 matrix instructions
     compile: bool = False
     deterministic: bool = False
+    memory_gb: float | None = None  # a step's memory limit; None: 80% of what is free; 0: no limit
 
     @property
     def peak_lr(self) -> float:
