@@ -338,11 +338,11 @@ def test_a_slow_first_step_gives_the_estimate_at_once(monkeypatch):
     lines: list[str] = []
     steps: list[int] = []
     done: list[int] = []  # optimiser steps finished, as each line is said
-    fit(torch.nn.Linear(2, 1), _regression(), _mse, TrainConfig(batch_size=4, epochs=2), progress=False,
-        log=lambda line: (lines.append(line), done.append(len(steps))), on_step_end=lambda s, m: steps.append(s),
-        desc="pretrain")
+    fit(torch.nn.Linear(2, 1), _regression(), _mse, TrainConfig(batch_size=4, accum_steps=2, epochs=2),
+        progress=False, log=lambda line: (lines.append(line), done.append(len(steps))),
+        on_step_end=lambda s, m: steps.append(s), desc="pretrain")
     assert len(lines) == 1 and "its 8 steps (2 epochs) will take about" in lines[0]
-    assert done == [1]  # said after the first step, before the second
+    assert done == [0]  # said after the first micro-batch, before the first step ends
 
 
 def test_a_masker_sweep_prints_four_rows_per_protocol_with_a_masker_column(registry, tmp_path, capsys):

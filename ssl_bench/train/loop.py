@@ -382,6 +382,9 @@ def fit(
                                 loss = runner(batch, ctx)
                             scaler.scale(loss / cfg.accum_steps).backward()
                         step_loss += loss.detach().double() / cfg.accum_steps
+                        if not estimated:  # per micro-batch: a slow step is explained before it ends
+                            estimated, t_first = _estimate(say, desc, steps_here + (m + 1) / cfg.accum_steps,
+                                                           t_first, total_steps, cfg.epochs, t_loop)
                     if cfg.clip_grad:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -394,9 +397,6 @@ def fit(
                     epoch_losses[step] = step_loss
                     done = step + 1
                     steps_here += 1
-                    if not estimated:
-                        estimated, t_first = _estimate(say, desc, steps_here, t_first, total_steps, cfg.epochs,
-                                                       t_loop)
                     if done % cfg.log_every == 0 or done == steps_per_epoch:
                         mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
                         if not math.isfinite(mean):
@@ -457,24 +457,29 @@ def fit(
 LONG_RUN_S = 600.0
 #: Steps timed (after the first, which pays for warm-up) before that estimate.
 ESTIMATE_STEPS = 3
-#: A first step this slow (seconds) gives the estimate at once.
-SLOW_STEP_S = 20.0
+#: When the first micro-batches take this many seconds, the estimate comes at once, from them.
+SLOW_STEP_S = 10.0
 
 
-def _estimate(say: Callable[[str], None], desc: str, steps: int, t_first: float | None, total: int,
+def _estimate(say: Callable[[str], None], desc: str, done: float, t_first: float | None, total: int,
               epochs: int, t_loop: float) -> tuple[bool, float | None]:
-    """After the first step, time :data:`ESTIMATE_STEPS` more (or, when the first step alone
-    took :data:`SLOW_STEP_S` or more, use it: waiting for more would leave minutes unexplained);
-    then say how long the ``total`` steps of this training take when that is
-    :data:`LONG_RUN_S` or more.  Returns ``(done, t_first)``."""
+    """Called after each micro-batch with ``done`` steps (fractions of one when gradients are
+    accumulated) until it returns ``True``: after the first step, time :data:`ESTIMATE_STEPS`
+    more; but when :data:`SLOW_STEP_S` have passed before the first step ends, use what ran
+    (warm-up included): waiting longer would leave minutes unexplained.  Then say how long the
+    ``total`` steps of this training take when that is :data:`LONG_RUN_S` or more.
+    Returns ``(done, t_first)``."""
     now = time.perf_counter()
-    if t_first is None and now - t_loop < SLOW_STEP_S:
-        return steps >= total, now
-    if t_first is None:  # a slow first step: the estimate now, from it (warm-up included)
-        per_step = now - t_loop
+    if t_first is None:
+        if now - t_loop >= SLOW_STEP_S:  # slow: the estimate now, from the micro-batches so far
+            per_step = (now - t_loop) / done
+        elif done >= 1:
+            return done >= total, now
+        else:
+            return False, None
     else:
-        timed = steps - 1
-        if timed < ESTIMATE_STEPS and steps < total:
+        timed = done - 1
+        if timed < ESTIMATE_STEPS and done < total:
             return False, t_first
         per_step = (now - t_first) / max(timed, 1)
     whole = per_step * total
