@@ -60,6 +60,8 @@ def test_quick_bench_figures(quick_results):
     assert saved["bf16_autocast_engaged"] is saved["bf16_cpu_supported"]
     if saved["bf16_autocast_engaged"]:
         assert saved["bf16_pretrain_step_speedup"] > 0 and saved["bf16_embedding_cosine_min"] >= 0.999
+        # tiny is narrower than ViT-S: the step is timed at ViT-S too, where matrix products dominate
+        assert saved["bf16_pretrain_step_speedup_small"] > 0 and saved["bf16_embedding_cosine_min_small"] >= 0.999
     else:
         assert "bf16_pretrain_step_speedup" not in saved
     # the probe part, when the torch probe is there: both fits agree on the same classes

@@ -696,11 +696,15 @@ def bench_probe(device: torch.device, quick: bool) -> dict[str, Any]:
     }
 
 
+#: bf16 pays where matrix products dominate a step: the bench also times this preset (ViT-S)
+#: when it runs a narrower one, so the JSON answers "does bf16 pay here" at a size that trains.
+BF16_ALSO = "small"
+
+
 def bench_bf16(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
     """bf16 against float32: a GEMM always; an encoder forward and a pretraining step where the
-    training loop's autocast engages (CUDA, CPUs with bf16 matrix instructions)."""
-    from ssl_bench.model import create_model
-    from ssl_bench.train import autocast
+    training loop's autocast engages (CUDA, CPUs with bf16 matrix instructions), at ``preset``
+    and, when ``preset`` is narrower, at :data:`BF16_ALSO` (keys suffixed ``_small``)."""
     from ssl_bench.train.loop import cpu_bf16_supported
 
     supported = cpu_bf16_supported()
@@ -717,6 +721,23 @@ def bench_bf16(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
     out["bf16_autocast_engaged"] = engaged
     if not engaged:  # emulated bf16 (tens of times slower than float32): nothing to measure
         return out
+    out.update(_bf16_model(preset, device, quick))
+    if preset != BF16_ALSO and _width(preset) < _width(BF16_ALSO):
+        out.update({f"{k}_{BF16_ALSO}": v for k, v in _bf16_model(BF16_ALSO, device, quick).items()})
+    return out
+
+
+def _width(preset: str) -> int:
+    from ssl_bench.config import resolve
+
+    return int(resolve("audiomae", preset=preset)["encoder"]["dim"])
+
+
+def _bf16_model(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
+    """bf16 vs float32 for ``preset``'s encoder forward and pretraining step, in alternating rounds."""
+    from ssl_bench.model import create_model
+    from ssl_bench.train import autocast
+
     batch, frames, steps = _pretrain_sizes(preset, quick)
     rounds = BF16_ROUNDS[quick]
     torch.manual_seed(0)
@@ -737,13 +758,12 @@ def bench_bf16(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
         step()  # warm-up
         step_fns[name] = (lambda step=step: [step() for _ in range(steps)])
     train = interleaved_times(step_fns, rounds, device)
-    out.update({
+    return {
         "bf16_forward_speedup": paired_ratio(fwd, "float32", "bf16"),
         "bf16_pretrain_step_speedup": paired_ratio(train, "float32", "bf16"),
         "bf16_pretrain_samples_per_s": batch * steps / min(train["bf16"]),
         "bf16_embedding_cosine_min": float(cosine.min()),
-    })
-    return out
+    }
 
 
 # --------------------------------------------------------------------------- entry point
@@ -828,6 +848,9 @@ TABLE = [
     ("bf16", "bf16_forward_speedup", "encoder forward, bf16 vs float32"),
     ("bf16", "bf16_pretrain_step_speedup", "pretraining step, bf16 vs float32"),
     ("bf16", "bf16_embedding_cosine_min", "min cosine, bf16 vs float32 embeddings"),
+    ("bf16", f"bf16_forward_speedup_{BF16_ALSO}", f"encoder forward, bf16 vs float32 ({BF16_ALSO})"),
+    ("bf16", f"bf16_pretrain_step_speedup_{BF16_ALSO}", f"pretraining step, bf16 vs float32 ({BF16_ALSO})"),
+    ("bf16", f"bf16_embedding_cosine_min_{BF16_ALSO}", f"min cosine, bf16 vs float32 ({BF16_ALSO})"),
     ("memory", "peak_memory_mb_ours", "CUDA peak, ours (global), MiB"),
     ("memory", "peak_memory_mb_reference", "CUDA peak, reference, MiB"),
     ("memory", "peak_memory_mb_shifted_window", "CUDA peak, shifted-window, MiB"),
