@@ -89,3 +89,22 @@ def test_tiny_pretraining_in_bf16_reaches_the_float32_loss(tmp_path, monkeypatch
     noise = abs(float32[0][-1] - float32[1][-1])  # how far two float32 seeds land apart
     for b, f in zip(bf16, float32[0]):  # every epoch, not only the last
         assert abs(b - f) <= max(0.25 * noise, 0.005 * f), (bf16, float32)
+
+
+def test_cpu_attention_runs_in_float32_under_autocast():
+    import torch.nn.functional as F
+
+    from ssl_bench.nn import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    bias = torch.randn(1, 3, 7, 7, generator=g).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, attn_mask=bias, scale=0.5)
+    assert out.dtype == torch.bfloat16
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.float(), scale=0.5)
+    assert torch.equal(out, exact.bfloat16())  # float32 arithmetic, rounded once at the end
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
+    x = torch.randn(2, 3, 7, 8, generator=g)
+    torch.testing.assert_close(attention(x, x, x), F.scaled_dot_product_attention(x, x, x))

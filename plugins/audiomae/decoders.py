@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bench.components import FREQ_MAJOR, TIME_MAJOR, BuildContext, Component, EncoderOutput
-from ssl_bench.nn import Block, DropPath, Mlp, init_vit_weights, set_drop_path
+from ssl_bench.nn import Block, DropPath, Mlp, attention, init_vit_weights, set_drop_path
 
 from .encoder import keep_indices
 from .positions import check_mode, position_table
@@ -172,7 +172,7 @@ class WindowAttention(nn.Module):
     """Scaled cosine attention in windows with a learned continuous relative position bias.
 
     ``logits = cos(q, k) / max(tau, 0.01) + bias(meta_mlp(log offsets)) + mask``, with one
-    ``tau`` per head (init 1).  Computed with ``scaled_dot_product_attention``: the per-head
+    ``tau`` per head (init 1).  Computed with :func:`ssl_bench.nn.attention`: the per-head
     temperature is folded into the normalised queries and the bias (plus any window mask) is
     passed as the additive ``attn_mask``, for all windows of the batch at once.
     """
@@ -209,7 +209,7 @@ class WindowAttention(nn.Module):
         bias = self.position_bias(window, x.device).unsqueeze(0)  # [1, h, N, N]
         bias = bias + mask.unsqueeze(1) if mask is not None else bias.expand(nW, -1, -1, -1)
         bias = bias.reshape(1, nW * h, N, N).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        out = attention(q, k, v, attn_mask=bias, scale=1.0)
         out = out.reshape(B, nW, h, N, C // h).transpose(2, 3).reshape(B, nW, N, C)
         return self.proj(out)
 

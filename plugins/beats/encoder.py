@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bench.components import TIME_MAJOR, BuildContext, Component, EncoderOutput
+from ssl_bench.nn import attention
 
 
 def downsample_padding_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -109,7 +110,7 @@ class RelativeSelfAttention(nn.Module):
             pad = torch.zeros(B, 1, 1, T, dtype=q.dtype, device=q.device).masked_fill(
                 key_padding[:, None, None, :], float("-inf"))
             bias = pad if bias is None else bias + pad
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype) if bias is not None else None)
+        out = attention(q, k, v, attn_mask=bias.to(q.dtype) if bias is not None else None)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
 
