@@ -64,6 +64,7 @@ FRONTEND_SECONDS = 10.0
 ROUNDS = (5, 5)
 PRETRAIN = {  # preset -> (batch, frames, steps per round) for full / quick
     "tiny": ((16, 1024, 2), (4, 256, 4)),
+    "small": ((8, 512, 1), (2, 256, 1)),  # ViT-S with its 16-block decoder: seconds a step on a CPU
     "base": ((64, 1024, 2), (4, 1024, 1)),
 }
 PRETRAIN_DEFAULT = ((16, 1024, 2), (4, 256, 4))
