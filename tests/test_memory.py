@@ -10,6 +10,7 @@ from torch import nn
 from ssl_bench.train import TrainConfig, TrainConfigError, fit
 from ssl_bench.train import loop as train_loop
 from ssl_bench.train.memory import StepMemory, fit_accum_steps, saved_bytes, step_memory
+from trainfixtures import Regression, mse
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,30 +44,13 @@ def test_accum_steps_rise_to_the_first_micro_batch_that_fits():
     assert memory.largest_micro(1000.0) == 0 and memory.largest_micro(1000 + 1.6 * 100 * 7.5) == 7
 
 
-class _Regression(torch.utils.data.Dataset):
-    def __init__(self, n=32):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 5, generator=g)
-        self.y = self.x @ torch.arange(1.0, 6.0) / 5
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": self.y[i]}
-
-
-def _mse(model, batch, ctx):
-    return (model(batch["x"]).squeeze(-1) - batch["y"]).pow(2).mean()
-
-
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 1))
 
 
 def _memory(cfg):
-    _, memory = train_loop._probe_step(_model(), _Regression(), _mse, cfg.batch_size, None, torch.device("cpu"), cfg)
+    _, memory = train_loop._probe_step(_model(), Regression(), mse, cfg.batch_size, None, torch.device("cpu"), cfg)
     return memory
 
 
@@ -77,12 +61,12 @@ def test_a_batch_that_does_not_fit_is_accumulated_with_the_same_result():
     assert memory.per_example == (5 + 64 + 1) * 4
     lines = []
     limit = TrainConfig(**{**cfg.__dict__, "memory_gb": memory.need(2) / 2**30})  # room for 2 examples a step
-    tight = fit(_model(), _Regression(), _mse, limit, progress=False, section="pretrain", log=lines.append)
-    explicit = fit(_model(), _Regression(), _mse, TrainConfig(**{**cfg.__dict__, "accum_steps": 4}), progress=False)
+    tight = fit(_model(), Regression(), mse, limit, progress=False, section="pretrain", log=lines.append)
+    explicit = fit(_model(), Regression(), mse, TrainConfig(**{**cfg.__dict__, "accum_steps": 4}), progress=False)
     assert tight.accum_steps == 4 and explicit.accum_steps == 4
     assert tight.step_losses == explicit.step_losses
     assert any("pretrain.accum_steps=4" in line and "micro-batches of 2" in line for line in lines), lines
-    roomy = fit(_model(), _Regression(), _mse, cfg, progress=False)  # memory_gb=0: no limit
+    roomy = fit(_model(), Regression(), mse, cfg, progress=False)  # memory_gb=0: no limit
     assert roomy.accum_steps == 1
     np.testing.assert_allclose(roomy.step_losses, tight.step_losses, rtol=1e-5)
 
@@ -91,12 +75,12 @@ def test_the_limit_defaults_to_the_memory_free(monkeypatch):
     cfg = TrainConfig(epochs=1, batch_size=8, blr=0.05, amp=False)
     memory = _memory(cfg)
     monkeypatch.setattr(train_loop, "available_bytes", lambda device: memory.need(4) / train_loop.FREE_SHARE)
-    assert fit(_model(), _Regression(), _mse, cfg, progress=False).accum_steps == 2
+    assert fit(_model(), Regression(), mse, cfg, progress=False).accum_steps == 2
     monkeypatch.setattr(train_loop, "available_bytes", lambda device: None)  # unknown: as configured
-    assert fit(_model(), _Regression(), _mse, cfg, progress=False).accum_steps == 1
+    assert fit(_model(), Regression(), mse, cfg, progress=False).accum_steps == 1
 
 
 def test_a_step_that_cannot_fit_one_example_is_a_clear_error():
     cfg = TrainConfig(epochs=1, batch_size=8, blr=0.05, amp=False, memory_gb=1e-9)
     with pytest.raises(TrainConfigError, match=r"one training example needs about 5.\d KiB .*\(memory_gb=1e-09\)"):
-        fit(_model(), _Regression(), _mse, cfg, progress=False)
+        fit(_model(), Regression(), mse, cfg, progress=False)

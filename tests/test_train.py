@@ -18,7 +18,7 @@ from ssl_bench.protocols.probe import embedding_key, extract_embeddings, fit_lin
 from ssl_bench.train import (
     ShardedBatchSampler, StepContext, TrainConfig, TrainConfigError, WarmupCosine, fit, param_groups, predict,
 )
-from trainfixtures import T, toy_config, toy_features, toy_model, toy_split
+from trainfixtures import T, Regression, mse, toy_config, toy_features, toy_model, toy_split
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -126,23 +126,6 @@ def test_random_crop_only_when_training():
 
 
 # --------------------------------------------------------------------------- the loop
-class _Regression(torch.utils.data.Dataset):
-    def __init__(self, n=32):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 5, generator=g)
-        self.y = self.x @ torch.arange(1.0, 6.0) + 0.1 * torch.randn(n, generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": self.y[i]}
-
-
-def _mse(model, batch, ctx):
-    return (model(batch["x"]).squeeze(-1) - batch["y"]).pow(2).mean()
-
-
 def _linear_model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -153,8 +136,8 @@ def test_gradient_accumulation_matches_one_big_batch():
     # matrix instructions) Adam turns rounding-level gradient differences into 1e-5 in weights
     cfg = TrainConfig(epochs=3, batch_size=8, blr=0.05, warmup_epochs=1, weight_decay=0.01, seed=1, amp=False)
     a, b = _linear_model(), _linear_model()
-    ra = fit(a, _Regression(), _mse, cfg, progress=False)
-    rb = fit(b, _Regression(), _mse, TrainConfig(**{**cfg.__dict__, "accum_steps": 4}), progress=False)
+    ra = fit(a, Regression(), mse, cfg, progress=False)
+    rb = fit(b, Regression(), mse, TrainConfig(**{**cfg.__dict__, "accum_steps": 4}), progress=False)
     assert len(ra.step_losses) == len(rb.step_losses) == 3 * 4
     np.testing.assert_allclose(ra.step_losses, rb.step_losses, rtol=1e-5, atol=1e-6)
     for pa, pb in zip(a.parameters(), b.parameters()):
@@ -165,19 +148,19 @@ def test_gradient_accumulation_matches_one_big_batch():
 def test_fit_checkpoint_resume_is_exact(tmp_path):
     cfg = TrainConfig(epochs=4, batch_size=8, blr=0.05, warmup_epochs=1, seed=2, checkpoint_every=1)
     full = _linear_model()
-    ref = fit(full, _Regression(), _mse, cfg, progress=False)
+    ref = fit(full, Regression(), mse, cfg, progress=False)
     # run two epochs, then "restart the process" with a fresh model and the same command
     with pytest.raises(_Abort):
-        fit(_linear_model(), _Regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
+        fit(_linear_model(), Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False,
             on_epoch_end=_AbortAt(2))
     resumed = _linear_model()
-    res = fit(resumed, _Regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False)
+    res = fit(resumed, Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False)
     assert res.resumed_from == (2, 0)
     assert res.step_losses == ref.step_losses
     for pa, pb in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(pa, pb)
     # a finished checkpoint returns at once with the same history
-    again = fit(_linear_model(), _Regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False)
+    again = fit(_linear_model(), Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False)
     assert again.history == res.history and again.resumed_from == (4, 0)
 
 
@@ -198,19 +181,19 @@ class _AbortAt:
 
 def test_batch_larger_than_dataset_is_a_clear_error():
     with pytest.raises(TrainConfigError, match="larger than the 32 training examples"):
-        fit(_linear_model(), _Regression(), _mse, TrainConfig(batch_size=64), progress=False)
+        fit(_linear_model(), Regression(), mse, TrainConfig(batch_size=64), progress=False)
 
 
 def test_nan_loss_is_reported():
     def bad(model, batch, ctx):
-        return _mse(model, batch, ctx) * float("nan")
+        return mse(model, batch, ctx) * float("nan")
 
     with pytest.raises(FloatingPointError, match="loss became nan"):
-        fit(_linear_model(), _Regression(), bad, TrainConfig(batch_size=8, log_every=1), progress=False)
+        fit(_linear_model(), Regression(), bad, TrainConfig(batch_size=8, log_every=1), progress=False)
 
 
 def test_predict_keeps_order(device):
-    ds = _Regression(n=13)
+    ds = Regression(n=13)
     out = predict(lambda b: b["y"][:, None] * 2, ds, batch_size=4, device=device)
     torch.testing.assert_close(out[:, 0], ds.y * 2)
 

@@ -281,3 +281,23 @@ def mp_context():
     cuda_live = torch.cuda.is_available() and torch.cuda.is_initialized()
     return multiprocessing.get_context("spawn" if cuda_live else "fork")
 
+
+
+class Regression(torch.utils.data.Dataset):
+    """``n`` examples of ``y = x . (1..5) + noise`` for tests of the training loop itself."""
+
+    def __init__(self, n: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 5, generator=g)
+        self.y = self.x @ torch.arange(1.0, 6.0) + 0.1 * torch.randn(n, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def mse(model: nn.Module, batch: dict[str, torch.Tensor], ctx) -> torch.Tensor:
+    """The training loop's loss function for :class:`Regression`."""
+    return (model(batch["x"]).squeeze(-1) - batch["y"]).pow(2).mean()
