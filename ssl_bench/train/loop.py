@@ -236,8 +236,11 @@ def fit(
     stop = stop or STOP
     configure_backends(device, cfg.deterministic)
 
-    sampler = ShardedBatchSampler(len(dataset), cfg.batch_size, cfg.accum_steps, info.rank, info.world_size, cfg.seed,
-                                  weights=sample_weights, num_samples=epoch_size)
+    def sampler_for(accum_steps: int) -> ShardedBatchSampler:
+        return ShardedBatchSampler(len(dataset), cfg.batch_size, accum_steps, info.rank, info.world_size, cfg.seed,
+                                   weights=sample_weights, num_samples=epoch_size)
+
+    sampler = sampler_for(cfg.accum_steps)
     steps_per_epoch = sampler.steps_per_epoch
     if steps_per_epoch == 0:
         key = f"{section}.batch_size" if section else "batch_size"
@@ -298,8 +301,7 @@ def fit(
         accum = _fit_memory(memory, cfg, device, info, desc, section, say)
         if accum != cfg.accum_steps:
             cfg = dataclasses.replace(cfg, accum_steps=accum)
-            sampler = ShardedBatchSampler(len(dataset), cfg.batch_size, cfg.accum_steps, info.rank, info.world_size,
-                                          cfg.seed, weights=sample_weights, num_samples=epoch_size)
+            sampler = sampler_for(accum)
         groups = groups if groups is not None else param_groups(model, cfg.weight_decay, cfg.layer_decay)
         fused = device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=tuple(cfg.betas), fused=fused)
@@ -524,7 +526,6 @@ def _probe_step(model: nn.Module, dataset: Dataset, loss_fn: LossFn, micro: int,
             return loss_fn(model, batch, StepContext(0, 0, 0, 0, 0, n, cfg.seed))
 
     with torch.random.fork_rng(devices=devices):
-        memory = None
         if small:
             _, saved_small = saved_bytes(lambda: loss_on(small))
         loss, saved_large = saved_bytes(lambda: loss_on(large))
@@ -535,10 +536,10 @@ def _probe_step(model: nn.Module, dataset: Dataset, loss_fn: LossFn, micro: int,
             p.requires_grad_(False)
             frozen.append(p)
         p.grad = None
-    if small:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        memory = step_memory(small, large, saved_small, saved_large, trainable)
-    return frozen, memory
+    if not small:
+        return frozen, None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return frozen, step_memory(small, large, saved_small, saved_large, trainable)
 
 
 def _fit_memory(memory: StepMemory | None, cfg: TrainConfig, device: torch.device, info: D.DistInfo, desc: str,

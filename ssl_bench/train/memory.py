@@ -42,8 +42,10 @@ class StepMemory:
     def largest_micro(self, budget: float) -> int:
         """The largest micro-batch whose step fits ``budget`` bytes (0: not even one example)."""
         room = budget - self.fixed
-        if room <= 0 or self.per_example <= 0:
-            return 0 if room <= 0 else 1 << 30
+        if room <= 0:
+            return 0
+        if self.per_example <= 0:  # nothing grows with the batch
+            return 1 << 30
         return int(room // (ACTIVATION_OVERHEAD * self.per_example))
 
 
