@@ -88,6 +88,9 @@ class RunSettings:
 #: Sections that belong to no protocol; each registered protocol adds its own (its ``Config``).
 CORE_SECTIONS: dict[str, type] = {"data": DataConfig}
 TOP_LEVEL = {"model", "preset", "task", "checkpoint"} | {f.name for f in dataclasses.fields(RunSettings)}
+#: Fields of any protocol section that say only when checkpoints are written: they change no
+#: number, so they key no cache (a pretraining's hash) and split no table.
+BOOKKEEPING_FIELDS = ("checkpoint_every", "checkpoint_min_s")
 
 
 def sections(registry: Registry | None = None) -> dict[str, type]:

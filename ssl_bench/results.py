@@ -54,7 +54,7 @@ import pandas as pd
 import yaml
 
 from .checkpoint import atomic_write_text, save_model
-from .config import config_hash, dump_yaml, flat_config
+from .config import BOOKKEEPING_FIELDS, config_hash, dump_yaml, flat_config
 from .files import clean_stale_temps, follow_umask, shown, temp_prefix
 
 ROW_KEYS = ("run_id", "model", "task", "protocol", "split", "seed", "init", "init_id", "metric", "value")
@@ -68,7 +68,7 @@ WILCOXON_MIN_PAIRS = 8
 #: Settings of how an encoder was pretrained (meaningless for a random-init row).
 PRETRAINING_PREFIXES = ("pretrain", "masker", "decoder", "objective", "method")
 #: Config columns that never split a table (bookkeeping, or said by ``init_id``).
-NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers", "pretrain.checkpoint_every")
+NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers")
 #: What a config column holds in rows of runs whose config lacks that key (a masker without
 #: ``width``): shown, grouped and filtered like any value, so no row drops out of a table.
 MISSING = "-"
@@ -336,7 +336,7 @@ def is_setting(df: pd.DataFrame, col: str) -> bool:
     ``amp``, ...)."""
     from .config import TOP_LEVEL
 
-    if col in ROW_KEYS or col in NOT_SETTINGS or col == "run":
+    if col in ROW_KEYS or col in NOT_SETTINGS or col == "run" or str(col).rsplit(".", 1)[-1] in BOOKKEEPING_FIELDS:
         return False
     return "." in col or col in TOP_LEVEL or any(str(c).startswith(col + ".") for c in df.columns)
 

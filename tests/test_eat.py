@@ -216,7 +216,7 @@ def _pretrain(ckpt_dir=None, stop_at=None):
     """3 epochs of 4 steps; ``stop_at``: a SIGTERM "arrives" during that global step."""
     model = _model(**{"method.ema_decay": 0.9, "method.ema_end_decay": 0.99, "method.ema_anneal_steps": 8})
     config = model.config
-    config["pretrain"].update(epochs=3, batch_size=8, warmup_epochs=1, checkpoint_every=1)
+    config["pretrain"].update(epochs=3, batch_size=8, warmup_epochs=1, checkpoint_every=1, checkpoint_min_s=0)
     config["deterministic"] = True
     original = pre.pretrain_loss
 

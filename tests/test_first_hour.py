@@ -263,7 +263,7 @@ def test_a_resumed_training_says_where_it_continues_and_a_long_one_gives_an_esti
         if epoch == 1:
             raise _Abort
 
-    cfg = TrainConfig(batch_size=4, epochs=3)
+    cfg = TrainConfig(batch_size=4, epochs=3, checkpoint_min_s=0)
     lines: list[str] = []
     with pytest.raises(_Abort):
         fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,

@@ -146,7 +146,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 
 def test_fit_checkpoint_resume_is_exact(tmp_path):
-    cfg = TrainConfig(epochs=4, batch_size=8, blr=0.05, warmup_epochs=1, seed=2, checkpoint_every=1)
+    cfg = TrainConfig(epochs=4, batch_size=8, blr=0.05, warmup_epochs=1, seed=2, checkpoint_every=1, checkpoint_min_s=0)
     full = _linear_model()
     ref = fit(full, Regression(), mse, cfg, progress=False)
     # run two epochs, then "restart the process" with a fresh model and the same command
@@ -162,6 +162,28 @@ def test_fit_checkpoint_resume_is_exact(tmp_path):
     # a finished checkpoint returns at once with the same history
     again = fit(_linear_model(), Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False)
     assert again.history == res.history and again.resumed_from == (4, 0)
+
+
+def test_checkpoints_wait_checkpoint_min_s_but_the_last_epoch_is_always_written(tmp_path, monkeypatch):
+    import ssl_bench.train.loop as loop_mod
+
+    written = []
+    real = loop_mod.save_train_checkpoint
+
+    def spy(path, model, optimizer, schedule, scaler, epoch, step, *args, **kwargs):
+        written.append((epoch, kwargs["finished"]))
+        return real(path, model, optimizer, schedule, scaler, epoch, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "save_train_checkpoint", spy)
+    cfg = TrainConfig(epochs=4, batch_size=8, blr=0.05, seed=2, checkpoint_every=1, checkpoint_min_s=0)
+    fit(_linear_model(), Regression(), mse, cfg, checkpoint_dir=tmp_path / "every", progress=False)
+    assert written == [(1, False), (2, False), (3, False), (4, True)]
+    written.clear()
+    slow = dataclasses.replace(cfg, checkpoint_min_s=3600)  # a run shorter than that: only its end
+    fit(_linear_model(), Regression(), mse, slow, checkpoint_dir=tmp_path / "short", progress=False)
+    assert written == [(4, True)]
+    with pytest.raises(TrainConfigError, match="checkpoint_min_s"):
+        dataclasses.replace(cfg, checkpoint_min_s=-1).check()
 
 
 class _Abort(Exception):

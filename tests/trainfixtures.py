@@ -188,7 +188,7 @@ def toy_config(**sections) -> dict:
         "model": "toy", "seed": 0, "amp": True, "compile": False, "deterministic": False,
         "pretrain": {"epochs": 2, "batch_size": 8, "accum_steps": 1, "blr": 1e-2, "lr": None, "min_lr": 0.0,
                      "warmup_epochs": 1, "weight_decay": 0.05, "betas": [0.9, 0.95], "clip_grad": None,
-                     "checkpoint_every": 1},
+                     "checkpoint_every": 1, "checkpoint_min_s": 0},
         "finetune": {"epochs": 3, "batch_size": 8, "accum_steps": 1, "blr": 5e-2, "lr": None, "min_lr": 0.0,
                      "warmup_epochs": 1, "weight_decay": 0.0, "betas": [0.9, 0.999], "layer_decay": 0.75,
                      "drop_path": 0.0, "mixup": 0.0, "mixup_alpha": 10.0, "specaug_freq": 0, "specaug_time": 0,

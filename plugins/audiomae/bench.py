@@ -361,7 +361,7 @@ def _make_step(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor]
     from ssl_bench.train import autocast
 
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = {"fused": True} if device.type == "cuda" else {}
+    kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {}  # as the training loop
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, **kwargs)
 
     def step() -> None:
@@ -503,7 +503,7 @@ def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
         if getattr(model.frontend.cfg, "mean", None) is None:  # presets that take them from the data
             model.frontend.set_norm_stats(*norm_stats(features))
         params = [p for p in model.parameters() if p.requires_grad]
-        kwargs = {"fused": True} if device.type == "cuda" else {}
+        kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {}  # as the training loop
         opt = torch.optim.AdamW(params, lr=1e-4, **kwargs)
         loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                             pin_memory=device.type == "cuda")

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import distributed as D
-from ..config import ConfigError, config_hash, data_settings
+from ..config import BOOKKEEPING_FIELDS, ConfigError, config_hash, data_settings
 from ..train import FitResult, OptimConfig, StepContext, TrainConfig, fit
 from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SpecDataset, normalize
@@ -115,7 +115,7 @@ def audio_digest(clips: Any, cache_dir: str | Path | None = None) -> str:
 
 def _recipe(config: dict[str, Any], model_slots: Any, norm_stats: tuple[float, float] | None) -> dict[str, Any]:
     # the corpus is keyed by its audio content (below), not by where it is stored
-    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "checkpoint_every", "corpus")}
+    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "corpus", *BOOKKEEPING_FIELDS)}
     return {
         "norm": [float(v) for v in norm_stats] if norm_stats is not None else None,
         "model": config.get("model"),

@@ -15,11 +15,15 @@ What it does, so the protocols do not have to:
   before the first step when a micro-batch would not fit in memory (:mod:`.memory`);
 * torchrun/DDP: each global batch is split over ranks and accumulation steps the same way
   whatever the world size, so 1 process and N processes see the same examples per step;
-* on CUDA: bf16 autocast, TF32 matmuls, fused AdamW, pinned memory with non-blocking copies,
+* fused AdamW (one kernel over all parameters; on CPU a third of the time of the per-tensor
+  ``foreach`` update at AudioMAE tiny's ~50 small tensors, equal to it within 5e-7);
+* on CUDA: bf16 autocast, TF32 matmuls, pinned memory with non-blocking copies,
   and no host-device synchronisation inside a step except logging every ``log_every`` steps;
-  ``compile=True`` wraps the step in ``torch.compile``;
-* checkpoints every ``checkpoint_every`` epochs (and on SIGTERM/SIGINT at the next step
-  boundary), written atomically with model, optimiser, schedule, grad scaler, epoch/step (the
+  ``compile=True`` wraps the step in ``torch.compile``; on CPUs with bf16 matrix
+  instructions, bf16 autocast;
+* checkpoints every ``checkpoint_every`` epochs but no sooner than ``checkpoint_min_s``
+  seconds after the previous one, at the end, and on SIGTERM/SIGINT at the next step
+  boundary, written atomically with model, optimiser, schedule, grad scaler, epoch/step (the
   sampler position), the protocol's own state and every RNG state, so a resumed run continues
   exactly where the last complete checkpoint left it (bit for bit on CPU).
 
@@ -226,7 +230,8 @@ def fit(
     first steps, an estimate of the whole when it will take :data:`LONG_RUN_S` or more);
     default stderr when ``progress``.
     With ``checkpoint_dir``, ``<dir>/last.pt`` is (re)written atomically every
-    ``cfg.checkpoint_every`` epochs and at the end; with ``resume`` an existing one is loaded
+    ``cfg.checkpoint_every`` epochs (once ``cfg.checkpoint_min_s`` seconds have passed since
+    the last write) and at the end; with ``resume`` an existing one is loaded
     first, and a finished one returns at once.
     """
     cfg.check()
@@ -303,7 +308,7 @@ def fit(
             cfg = dataclasses.replace(cfg, accum_steps=accum)
             sampler = sampler_for(accum)
         groups = groups if groups is not None else param_groups(model, cfg.weight_decay, cfg.layer_decay)
-        fused = device.type == "cuda"
+        fused = device.type in ("cuda", "cpu")  # torch has no fused AdamW for other devices (mps: some dtypes)
         optimizer = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=tuple(cfg.betas), fused=fused)
         schedule = WarmupCosine(optimizer, cfg.peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs, steps_per_epoch)
         # bf16 needs no loss scaling; the scaler stays (disabled) so checkpoints have one format
@@ -353,7 +358,7 @@ def fit(
             return {"wall_s": prior_wall + time.perf_counter() - t_start, "train_s": t_train, "samples": samples_run}
 
         steps_here, t_first, estimated = 0, None, False  # for the one estimate of the whole
-        t_loop = time.perf_counter()
+        t_loop = t_saved = time.perf_counter()
         total_steps = cfg.epochs * steps_per_epoch - (start_epoch * steps_per_epoch + start_step)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -436,10 +441,13 @@ def fit(
                     log_metrics(dict(record))
                 last = epoch + 1 == cfg.epochs
                 stopping = not last and D.any_rank(stop.signum is not None)
-                if ckpt_path is not None and (last or stopping or (epoch + 1) % max(cfg.checkpoint_every, 1) == 0):
+                due = ((epoch + 1) % cfg.checkpoint_every == 0
+                       and time.perf_counter() - t_saved >= cfg.checkpoint_min_s)
+                if ckpt_path is not None and (last or stopping or due):
                     save_train_checkpoint(ckpt_path, model, optimizer, schedule, scaler, epoch + 1, 0, result.history,
                                           result.step_losses, epoch_losses, state, finished=last,
                                           compute=spent())
+                    t_saved = time.perf_counter()
                 if stopping:
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM, ckpt_path)
 

@@ -48,6 +48,9 @@ class OptimConfig:
     clip_grad: float | None = None
     layer_decay: float | None = None  # layer-wise lr decay (None: off)
     checkpoint_every: int = 1  # epochs; the last epoch is always checkpointed
+    # and no sooner than this many seconds after the last checkpoint: a tiny run's epochs take
+    # a second, its checkpoints a tenth of that (0: every ``checkpoint_every`` epochs)
+    checkpoint_min_s: float = 60.0
 
 
 @dataclass
@@ -92,6 +95,9 @@ class TrainConfig(OptimConfig):
             raise TrainConfigError(f"lr must be > 0 and min_lr >= 0, got lr={self.peak_lr}, min_lr={self.min_lr}")
         if self.warmup_epochs < 0:
             raise TrainConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.checkpoint_every < 1 or self.checkpoint_min_s < 0:
+            raise TrainConfigError(f"checkpoint_every must be >= 1 and checkpoint_min_s >= 0, got "
+                                   f"{self.checkpoint_every}, {self.checkpoint_min_s}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise TrainConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
 
