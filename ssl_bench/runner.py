@@ -356,10 +356,13 @@ class _Experiment:
                     with open(writer.dir / "log.txt", "a") as fh:  # already printed when it was found
                         fh.write(note + "\n")
                 self.t_splits, self.split_seconds = time.time(), []
+                # each protocol's seconds in the latest split that ran it, and in this split
+                self.protocol_seconds: dict[tuple[str, str], float] = {}
                 for i, split in enumerate(self.splits):
-                    self.split_index, self.t_split = i, time.time()
+                    self.split_index, self.t_split, self.ran_here = i, time.time(), {}
                     self.run_split(split)
                     self.split_seconds.append(time.time() - self.t_split)
+                    self.outside_seconds = max(self.split_seconds[-1] - sum(self.ran_here.values()), 0.0)
                 writer.log(f"done in {time.time() - t0:.1f} s")
             if self.info.is_main:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -563,6 +566,8 @@ class _Experiment:
             exc.add_note(blame(model, exc) or f"raised while running protocol {name!r} (plugin {entry.plugin!r})")
             raise
         wall = time.time() - t0
+        if hasattr(self, "protocol_seconds"):
+            self.protocol_seconds[(name, init)] = self.ran_here[(name, init)] = wall
         base: dict[str, Any] = {}
         if results:
             # the compute columns every row carries; a protocol that trains gives its own
@@ -580,7 +585,9 @@ class _Experiment:
 
     def announce(self, split: str, protocol: str, init: str) -> None:
         """The run-level progress line: which split of how many, which protocol, time spent and,
-        once a split has finished, the time the rest should take at the last split's pace."""
+        once a split has finished, the time the rest should take: each protocol at the pace of
+        its latest run (a pretraining the later splits reuse takes its full time once, then
+        none), plus the last split's time outside the protocols."""
         from .progress import duration
 
         if not hasattr(self, "t_split"):  # outside run() (a protocol called on its own)
@@ -588,9 +595,10 @@ class _Experiment:
         n, done, now = len(self.splits), self.split_index, time.time()
         left = ""
         if done:
-            # the last split's pace: the first may have made an encoder the others reuse
-            per_split = self.split_seconds[-1]
-            left = f", about {duration(max(per_split * (n - done) - (now - self.t_split), 0.0))} left"
+            latest = self.protocol_seconds
+            this_split = sum(s for key, s in latest.items() if key not in self.ran_here)
+            seconds = this_split + (n - done - 1) * (sum(latest.values()) + self.outside_seconds)
+            left = f", about {duration(seconds)} left"
         frozen = self.protocol(protocol).frozen
         what = f"{protocol} ({init} encoder)" if init == "random" and frozen else protocol
         self.writer.log(f"[{split} {done + 1}/{n}] {what}: {duration(now - self.t_splits)} elapsed{left}")

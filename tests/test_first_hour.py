@@ -3,6 +3,8 @@ that tell runs apart, one-line errors, and runs that say what they are doing."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -301,6 +303,23 @@ def test_the_run_says_which_split_of_how_many_and_what_is_left(registry, tmp_pat
                for line in log)
     assert any(line.startswith("[fold2 2/2] linear (random encoder): ") and line.endswith(" left") for line in log)
 
+
+
+def test_the_estimate_counts_a_reused_pretraining_once():
+    """Split 1 pretrained (100 s) and probed (10 s); split 2 reused the encoder (0 s): the
+    estimate for split 2's probe and the 3 splits after is 10 s + 3 x 10 s, not 4 x 110 s."""
+    from types import SimpleNamespace
+
+    from ssl_bench.runner import _Experiment
+
+    lines: list[str] = []
+    run = SimpleNamespace(
+        splits=[None] * 5, split_index=1, t_split=time.time(), t_splits=time.time() - 110,
+        protocol_seconds={("pretrain", "random"): 0.0, ("linear", "pretrained"): 10.0},
+        ran_here={("pretrain", "random"): 0.0}, outside_seconds=0.0,
+        writer=SimpleNamespace(log=lines.append), protocol=lambda name: SimpleNamespace(frozen=True))
+    _Experiment.announce(run, "fold2", "linear", "pretrained")
+    assert lines == ["[fold2 2/5] linear: 1 min 50 s elapsed, about 40 s left"]
 
 # --------------------------------------------------------------------------- small things
 def test_run_directories_name_the_swept_values():
