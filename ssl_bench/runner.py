@@ -594,7 +594,11 @@ class _Experiment:
             return
         n, done, now = len(self.splits), self.split_index, time.time()
         left = ""
-        if done:
+        # none in the second split before its pretraining has run: until then, whether it reuses
+        # the first split's encoder (a corpus shared by all splits) or trains its own is unknown
+        unknown = done == 1 and any(self.protocol(name).stage == "pretrain" and (name, encoder) not in self.ran_here
+                                    for name, encoder in self.protocol_seconds)
+        if done and not unknown:
             latest = self.protocol_seconds
             this_split = sum(s for key, s in latest.items() if key not in self.ran_here)
             seconds = this_split + (n - done - 1) * (sum(latest.values()) + self.outside_seconds)

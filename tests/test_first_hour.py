@@ -317,9 +317,13 @@ def test_the_estimate_counts_a_reused_pretraining_once():
         splits=[None] * 5, split_index=1, t_split=time.time(), t_splits=time.time() - 110,
         protocol_seconds={("pretrain", "random"): 0.0, ("linear", "pretrained"): 10.0},
         ran_here={("pretrain", "random"): 0.0}, outside_seconds=0.0,
-        writer=SimpleNamespace(log=lines.append), protocol=lambda name: SimpleNamespace(frozen=True))
+        writer=SimpleNamespace(log=lines.append),
+        protocol=lambda name: SimpleNamespace(frozen=False, stage="pretrain" if name == "pretrain" else "evaluate"))
     _Experiment.announce(run, "fold2", "linear", "pretrained")
     assert lines == ["[fold2 2/5] linear: 1 min 50 s elapsed, about 40 s left"]
+    run.ran_here = {}  # before split 2 has pretrained, reuse is unknown: no estimate
+    _Experiment.announce(run, "fold2", "pretrain", "random")
+    assert lines[-1] == "[fold2 2/5] pretrain: 1 min 50 s elapsed"
 
 # --------------------------------------------------------------------------- small things
 def test_run_directories_name_the_swept_values():
