@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 from trainfixtures import toy_config, toy_model, toy_split
 
 import ssl_bench.protocols.finetune as ft
@@ -163,6 +164,30 @@ def test_probe_head_starts_at_the_linear_probe_of_the_frozen_encoder():
     assert ft.score(model, split, "valid", batch_size=8, device="cpu")["accuracy"] == info["head_valid"] > 0.5
     random_head = ft.prepare_model(toy_model(), split.num_classes, 0.0)
     assert random_head.head[1].weight.abs().max() < 1e-3  # the release's init: trunc-normal, std 2e-5
+
+
+def test_fine_tuning_keeps_the_fixed_position_table_fixed_and_is_reproducible_on_threads():
+    """As the official fine-tuning: AudioMAE's sin-cos table is loaded, not trained.  Training
+    it made token-dropping fine-tuning differ from run to run on a multi-core CPU (atomic adds
+    in the backward of the kept rows' lookup); two steps from one state now agree bit for bit."""
+    model = create_model("audiomae", preset="tiny", **{"encoder.depth": 1, "frontend.num_frames": 64})
+    model = ft.prepare_model(model, 5, 0.0)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "encoder.pos_embed" not in trained and "encoder.cls_token" in trained
+    assert trained == {n for n in trained if n.startswith(ft.TRAINED)} and "head.1.weight" in trained
+    x, y = torch.randn(32, 64, 128, generator=torch.Generator().manual_seed(0)), torch.arange(32) % 5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(3):
+            torch.manual_seed(1)  # the same tokens dropped each time
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model.classify(x, drop_tokens=True), y).backward()
+            grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for other in grads[1:] for a, b in zip(grads[0], other))
 
 
 def test_augmentation_strength_scales_mixup_specaugment_and_token_dropping():

@@ -252,11 +252,19 @@ def score(model: nn.Module, data: SplitData, part: str, *, batch_size: int, devi
 
 
 def prepare_model(model: nn.Module, num_classes: int, drop_path: float) -> nn.Module:
-    """New head, stochastic depth, and everything but encoder and head frozen."""
+    """New head, stochastic depth, and everything but encoder and head frozen.
+
+    Inside the encoder, what its component keeps fixed (``requires_grad=False``) stays fixed:
+    AudioMAE's sin-cos position table, which the official fine-tuning also loads with
+    ``requires_grad=False``; a HEAR module's weights.  (Training that table also made CPU
+    fine-tuning with token dropping irreproducible: the gradient of the kept tokens' rows is
+    an ``index_put_`` with accumulation, which sums with atomic adds across threads.)
+    """
     model.set_head(num_classes)
     set_drop_path(model.encoder, float(drop_path or 0.0))
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(TRAINED))
+        if not name.startswith(TRAINED):
+            p.requires_grad_(False)
     return model
 
 
