@@ -17,10 +17,10 @@ What it does, so the protocols do not have to:
   whatever the world size, so 1 process and N processes see the same examples per step;
 * fused AdamW (one kernel over all parameters; on CPU a third of the time of the per-tensor
   ``foreach`` update at AudioMAE tiny's ~50 small tensors, equal to it within 5e-7);
-* on CUDA: bf16 autocast, TF32 matmuls, pinned memory with non-blocking copies,
-  and no host-device synchronisation inside a step except logging every ``log_every`` steps;
-  ``compile=True`` wraps the step in ``torch.compile``; on CPUs with bf16 matrix
-  instructions, bf16 autocast;
+* bf16 autocast on CUDA and on CPUs with bf16 matrix instructions (``amp``);
+* on CUDA: TF32 matmuls, pinned memory with non-blocking copies, and no host-device
+  synchronisation inside a step except logging every ``log_every`` steps;
+* ``compile=True`` wraps the step in ``torch.compile``;
 * checkpoints every ``checkpoint_every`` epochs but no sooner than ``checkpoint_min_s``
   seconds after the previous one, at the end, and on SIGTERM/SIGINT at the next step
   boundary, written atomically with model, optimiser, schedule, grad scaler, epoch/step (the
