@@ -304,7 +304,6 @@ def test_the_run_says_which_split_of_how_many_and_what_is_left(registry, tmp_pat
     assert any(line.startswith("[fold2 2/2] linear (random encoder): ") and line.endswith(" left") for line in log)
 
 
-
 def test_the_estimate_counts_a_reused_pretraining_once():
     """Split 1 pretrained (100 s) and probed (10 s); split 2 reused the encoder (0 s): the
     estimate for split 2's probe and the 3 splits after is 10 s + 3 x 10 s, not 4 x 110 s."""
@@ -324,6 +323,7 @@ def test_the_estimate_counts_a_reused_pretraining_once():
     run.ran_here = {}  # before split 2 has pretrained, reuse is unknown: no estimate
     _Experiment.announce(run, "fold2", "pretrain", "random")
     assert lines[-1] == "[fold2 2/5] pretrain: 1 min 50 s elapsed"
+
 
 # --------------------------------------------------------------------------- small things
 def test_run_directories_name_the_swept_values():

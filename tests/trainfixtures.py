@@ -282,7 +282,6 @@ def mp_context():
     return multiprocessing.get_context("spawn" if cuda_live else "fork")
 
 
-
 class Regression(torch.utils.data.Dataset):
     """``n`` examples of ``y = x . (1..5) + noise`` for tests of the training loop itself."""
 

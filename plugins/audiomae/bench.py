@@ -358,11 +358,10 @@ def _pretrain_sizes(preset: str, quick: bool) -> tuple[int, int, int]:
 def _make_step(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], spec: torch.Tensor,
                device: torch.device, amp: bool = True) -> Callable[[], None]:
     """One optimiser step, under the training loop's autocast (bf16 where ``amp`` engages it)."""
-    from ssl_bench.train import autocast
+    from ssl_bench.train import adamw, autocast
 
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {}  # as the training loop
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, **kwargs)
+    opt = adamw(params, device, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)  # as the training loop
 
     def step() -> None:
         with autocast(device, amp):
@@ -464,6 +463,7 @@ def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
     from ssl_bench.features import extract, norm_stats
     from ssl_bench.model import create_model
     from ssl_bench.protocols.data import SpecDataset
+    from ssl_bench.train import adamw
 
     n_clips, seconds, batch = DATA_CLIPS[quick], DATA_SECONDS[quick], DATA_BATCH[quick]
     rounds = ROUNDS[quick]
@@ -503,8 +503,7 @@ def bench_data(preset: str, device: torch.device, quick: bool) -> dict[str, Any]
         if getattr(model.frontend.cfg, "mean", None) is None:  # presets that take them from the data
             model.frontend.set_norm_stats(*norm_stats(features))
         params = [p for p in model.parameters() if p.requires_grad]
-        kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {}  # as the training loop
-        opt = torch.optim.AdamW(params, lr=1e-4, **kwargs)
+        opt = adamw(params, device, lr=1e-4)  # as the training loop
         loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                             pin_memory=device.type == "cuda")
 

@@ -28,6 +28,7 @@ from .optim import (
     TrainConfig,
     TrainConfigError,
     WarmupCosine,
+    adamw,
     layer_decay_fn,
     param_groups,
 )
@@ -48,7 +49,7 @@ from .state import (
 __all__ = [
     "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "NO_DECAY_NAMES", "OptimConfig", "STOP", "STOP_CHECK_STEPS",
     "FitResult", "GracefulStop", "LossFn", "ShardedBatchSampler", "StepContext", "TrainConfig", "TrainConfigError",
-    "TrainingInterrupted", "WarmupCosine", "autocast", "configure_backends", "fit", "layer_decay_fn",
+    "TrainingInterrupted", "WarmupCosine", "adamw", "autocast", "configure_backends", "fit", "layer_decay_fn",
     "load_train_checkpoint", "param_groups", "peak_memory_mb", "predict", "restore_train_state", "rng_state",
     "save_train_checkpoint", "seed_everything", "set_rng_state", "to_device",
 ]
