@@ -14,8 +14,7 @@ Plugins import the hook marker as ``from ssl_bench import hookimpl``.
 from __future__ import annotations
 
 from .hookspecs import hookimpl
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["hookimpl", "create_model", "get_task", "list_plugins", "results", "__version__"]
 

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DiskFullError, UserError
-from .files import disk_full_message, follow_umask, write_failed
+from .errors import UserError
+from .files import atomic_write
 
 FORMAT = "ssl-bench"
 FORMAT_VERSION = 1
@@ -88,37 +86,9 @@ def safe_load(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({msg})") from None
 
 
-def _atomic_write(path: str | Path, mode: str, write: Any) -> Path:
-    """Call ``write(fh)`` on a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        follow_umask(tmp, directory=False)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if write_failed(exc):
-            raise DiskFullError(disk_full_message(path)) from exc
-        raise
-    return path
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    return _atomic_write(path, "wb", lambda fh: torch.save(obj, fh))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    return _atomic_write(path, "w", lambda fh: fh.write(text))
+    return atomic_write(path, "wb", lambda fh: torch.save(obj, fh))
 
 
 def model_description(model: nn.Module) -> dict[str, Any]:

@@ -457,7 +457,7 @@ def _stat(path: Path) -> list[int] | None:
 
 
 def _write_stamp(entry: Path) -> None:
-    from .checkpoint import atomic_write_text
+    from .files import atomic_write_text
 
     try:
         atomic_write_text(entry / STAMP_NAME, json.dumps({n: _stat(entry / n) for n in ENTRY_FILES}))

@@ -19,8 +19,13 @@ import hashlib
 import os
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from .errors import DiskFullError
+
 
 def name_bytes(name: str | os.PathLike) -> bytes:
     """The bytes of a file name or clip key, surrogate-escaped characters included."""
@@ -204,8 +209,6 @@ def write_sum(path: str | os.PathLike) -> None:
     """Record ``path``'s size and checksum in ``<path>.sum`` (written atomically)."""
     import json
 
-    from .checkpoint import atomic_write_text
-
     atomic_write_text(sum_path(path), json.dumps(file_record(path)))
 
 
@@ -254,3 +257,31 @@ def discard(*paths: str | os.PathLike) -> None:
                 pass
             except IsADirectoryError:
                 shutil.rmtree(q, ignore_errors=True)
+
+
+def atomic_write(path: str | Path, mode: str, write: Any) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        follow_umask(tmp, directory=False)  # mkstemp makes it owner-only
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if write_failed(exc):
+            raise DiskFullError(disk_full_message(path)) from exc
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    return atomic_write(path, "w", lambda fh: fh.write(text))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .checkpoint import _atomic_write
+from .files import atomic_write
 from .results import primary_rows, splitting_columns, summary
 
 #: Record keys that tell apart several trainings of one split (fine-tuning's grid).
@@ -48,7 +48,7 @@ def _save(fig: Any, path: Path) -> Path:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write(path, "wb", lambda fh: fh.write(buf.getvalue()))
+    return atomic_write(path, "wb", lambda fh: fh.write(buf.getvalue()))
 
 
 def _slug(text: str) -> str:

@@ -319,7 +319,7 @@ def versions() -> dict[str, Any]:
     """ssl-bench, Python, torch, torchaudio, CUDA and cuDNN versions."""
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     try:
         import torchaudio
@@ -335,7 +335,7 @@ def versions() -> dict[str, Any]:
 def code_version() -> str:
     """``0.1.0+g<commit12>[.dirty]`` from a checkout, else the package version: one column that
     says which code produced a row."""
-    from . import __version__
+    from .version import __version__
 
     git = git_state()
     if git is None:

@@ -53,9 +53,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .checkpoint import atomic_write_text, save_model
+from .checkpoint import save_model
 from .config import BOOKKEEPING_FIELDS, config_hash, dump_yaml, flat_config
-from .files import clean_stale_temps, follow_umask, shown, temp_prefix
+from .files import atomic_write_text, clean_stale_temps, follow_umask, shown, temp_prefix
 
 ROW_KEYS = ("run_id", "model", "task", "protocol", "split", "seed", "init", "init_id", "metric", "value")
 #: Row columns that tell apart several results of one protocol on one split (the per-layer

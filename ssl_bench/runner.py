@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .components import BuildContext, Clip
 from .config import ConfigError, config_hash, data_settings, instantiate_config
 from .errors import UserError

@@ -154,7 +154,8 @@ def pretrain_encoder(model: nn.Module, *, clips: Any, features: Any, indices: np
     content id, the ``init_id`` of rows evaluated from it), ``name`` (``{hash}`` in it becomes
     the hash's first characters), and ``reused``.
     """
-    from ..checkpoint import atomic_write_text, load_into, save_model
+    from ..checkpoint import load_into, save_model
+    from ..files import atomic_write_text
     from ..config import MODEL_SLOTS
     from ..provenance import ID_LENGTH, file_sha256
     from ..runner import compute_columns, count_parameters, flops_per_sample, jsonable, spec_probe
