@@ -204,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # --checkpoint a,b sweeps like --set: files, Hugging Face directories or encoder ids
     checkpoints: list[Path | None] = [None]
     if args.checkpoint:
-        from .runner import cache_root
+        from .files import cache_root
         from .sources import resolve_checkpoint
 
         checkpoints = [resolve_checkpoint(c.strip(), cache_root(args.results))
@@ -327,7 +327,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import parse_overrides, resolve
-    from .corpus import pretrain_on_corpus
+    from .encoders import pretrain_on_corpus
 
     extra: dict[str, Any] = {}
     if args.seed is not None:
@@ -344,9 +344,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if _is_main_process():
         print()
         for meta in made:
-            print(f"encoder {meta['encoder_id']}  {meta['name']}  loss {meta['loss']:.4f}"
+            print(f"encoder {meta['init_id']}  {meta['name']}  loss {meta['loss']:.4f}"
                   f"{'  (reused)' if meta['reused'] else ''}  {meta['path']}")
-        ids = ",".join(m["encoder_id"] for m in made)
+        ids = ",".join(m["init_id"] for m in made)
         print(f"\nevaluate with: ssl-bench run -m {args.model} -t TASK --checkpoint {ids}"
               + (f" --results {args.results}" if args.results != "results" else ""))
     return 0

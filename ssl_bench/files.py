@@ -27,6 +27,13 @@ from typing import Any
 from .errors import DiskFullError
 
 
+def cache_root(results_root: str | os.PathLike) -> Path:
+    """Where features, pretrained encoders and embeddings are cached: ``$SSL_BENCH_CACHE`` or
+    ``<results_root>/.cache``."""
+    env = os.environ.get("SSL_BENCH_CACHE")
+    return Path(env) if env else Path(results_root) / ".cache"
+
+
 def name_bytes(name: str | os.PathLike) -> bytes:
     """The bytes of a file name or clip key, surrogate-escaped characters included."""
     return os.fsencode(os.fspath(name))

@@ -115,3 +115,52 @@ def iterate(items: Iterable[Any], desc: str = "", enabled: bool = True, total: i
             meter.update(1)
     finally:
         meter.close()
+
+
+class RunClock:
+    """The run-level progress line of a split loop: which split of how many, which protocol,
+    time spent and, once a split has finished, the time the rest should take.
+
+    Each protocol is counted at the pace of its latest run (a pretraining the later splits
+    reuse takes its full time once, then none), plus the last split's time outside the
+    protocols.  In the second split, before its pretraining has run, there is no estimate:
+    whether it reuses the first split's encoder (a corpus shared by every split) or trains its
+    own is not known yet.  ``is_pretraining(name)`` and ``is_frozen(name)`` describe a protocol."""
+
+    def __init__(self, n_splits: int, log: Any, is_pretraining: Any, is_frozen: Any):
+        self.n_splits, self.log = n_splits, log
+        self.is_pretraining, self.is_frozen = is_pretraining, is_frozen
+        self.t_splits = time.time()
+        self.split_index = 0
+        self.split_seconds: list[float] = []
+        self.outside_seconds = 0.0
+        # each protocol's seconds in the latest split that ran it, and in this split
+        self.protocol_seconds: dict[tuple[str, str], float] = {}
+        self.ran_here: dict[tuple[str, str], float] = {}
+        self._t_split = self.t_splits
+
+    def start_split(self, index: int) -> None:
+        self.split_index, self._t_split, self.ran_here = index, time.time(), {}
+
+    def end_split(self) -> float:
+        """Close the split; returns its seconds."""
+        seconds = time.time() - self._t_split
+        self.split_seconds.append(seconds)
+        self.outside_seconds = max(seconds - sum(self.ran_here.values()), 0.0)
+        return seconds
+
+    def ran(self, protocol: str, init: str, seconds: float) -> None:
+        self.protocol_seconds[(protocol, init)] = self.ran_here[(protocol, init)] = seconds
+
+    def announce(self, split: str, protocol: str, init: str) -> None:
+        n, done, now = self.n_splits, self.split_index, time.time()
+        left = ""
+        unknown = done == 1 and any(self.is_pretraining(name) and (name, encoder) not in self.ran_here
+                                    for name, encoder in self.protocol_seconds)
+        if done and not unknown:
+            latest = self.protocol_seconds
+            this_split = sum(s for key, s in latest.items() if key not in self.ran_here)
+            seconds = this_split + (n - done - 1) * (sum(latest.values()) + self.outside_seconds)
+            left = f", about {duration(seconds)} left"
+        what = f"{protocol} ({init} encoder)" if init == "random" and self.is_frozen(protocol) else protocol
+        self.log(f"[{split} {done + 1}/{n}] {what}: {duration(now - self.t_splits)} elapsed{left}")

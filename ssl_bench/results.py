@@ -209,6 +209,28 @@ class RunWriter:
         return save_model(model, self.dir / name, **extra)
 
 
+class NullWriter:
+    """What torchrun ranks other than 0 write to: nothing (the :class:`RunWriter` interface)."""
+
+    dir = None
+    final_dir = None
+
+    def __enter__(self) -> NullWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+    def log(self, message: str) -> None:
+        pass
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def add_row(self, **row: Any) -> dict[str, Any]:
+        return row
+
+
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

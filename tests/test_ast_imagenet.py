@@ -144,7 +144,7 @@ def test_runner_records_the_imagenet_file_as_the_init(tmp_path):
 
 
 def test_pretraining_refuses_a_model_that_starts_from_imagenet(tmp_path):
-    from ssl_bench.corpus import pretrain_on_corpus
+    from ssl_bench.encoders import pretrain_on_corpus
 
     path, _ = deit_file(tmp_path)
     cfg = resolve("ast", preset="tiny", overrides={**TINY, "encoder.init": "imagenet", "encoder.init_file": str(path)})

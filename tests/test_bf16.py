@@ -71,7 +71,7 @@ def test_bf16_embeddings_stay_within_cosine_0999_of_float32(monkeypatch, device)
 
 def test_tiny_pretraining_in_bf16_reaches_the_float32_loss(tmp_path, monkeypatch):
     """Six epochs of the toy MAE: bf16 lands where float32 does, far closer than two seeds do."""
-    from ssl_bench.protocols.pretrain import pretrain
+    from ssl_bench.encoders import pretrain
 
     split = toy_split()
 

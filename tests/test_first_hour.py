@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from ssl_bench import runner as runner_mod
+from ssl_bench.splitdata import TaskData
 from ssl_bench.config import ConfigError
 from ssl_bench.registry import set_registry
 from ssl_bench.runner import run_experiment
@@ -31,11 +31,11 @@ class _Stop(RuntimeError):
 
 
 def _stop_at_features(monkeypatch, seen):
-    def extract(self, clips):
+    def load_features(self, *args, **kwargs):
         seen.update(pretrain=self.config["pretrain"]["batch_size"], finetune=self.config["finetune"]["batch_size"])
         raise _Stop("features")
 
-    monkeypatch.setattr(runner_mod._Experiment, "extract", extract)
+    monkeypatch.setattr(TaskData, "load_features", load_features)
 
 
 def test_a_batch_larger_than_the_data_is_capped_before_features_with_a_warning(registry, tmp_path, monkeypatch,
@@ -307,21 +307,18 @@ def test_the_run_says_which_split_of_how_many_and_what_is_left(registry, tmp_pat
 def test_the_estimate_counts_a_reused_pretraining_once():
     """Split 1 pretrained (100 s) and probed (10 s); split 2 reused the encoder (0 s): the
     estimate for split 2's probe and the 3 splits after is 10 s + 3 x 10 s, not 4 x 110 s."""
-    from types import SimpleNamespace
-
-    from ssl_bench.runner import _Experiment
+    from ssl_bench.progress import RunClock
 
     lines: list[str] = []
-    run = SimpleNamespace(
-        splits=[None] * 5, split_index=1, t_split=time.time(), t_splits=time.time() - 110,
-        protocol_seconds={("pretrain", "random"): 0.0, ("linear", "pretrained"): 10.0},
-        ran_here={("pretrain", "random"): 0.0}, outside_seconds=0.0,
-        writer=SimpleNamespace(log=lines.append),
-        protocol=lambda name: SimpleNamespace(frozen=False, stage="pretrain" if name == "pretrain" else "evaluate"))
-    _Experiment.announce(run, "fold2", "linear", "pretrained")
+    clock = RunClock(5, lines.append, is_pretraining=lambda name: name == "pretrain", is_frozen=lambda name: False)
+    clock.t_splits -= 110
+    clock.start_split(1)
+    clock.protocol_seconds = {("pretrain", "random"): 0.0, ("linear", "pretrained"): 10.0}
+    clock.ran_here = {("pretrain", "random"): 0.0}
+    clock.announce("fold2", "linear", "pretrained")
     assert lines == ["[fold2 2/5] linear: 1 min 50 s elapsed, about 40 s left"]
-    run.ran_here = {}  # before split 2 has pretrained, reuse is unknown: no estimate
-    _Experiment.announce(run, "fold2", "pretrain", "random")
+    clock.ran_here = {}  # before split 2 has pretrained, reuse is unknown: no estimate
+    clock.announce("fold2", "pretrain", "random")
     assert lines[-1] == "[fold2 2/5] pretrain: 1 min 50 s elapsed"
 
 

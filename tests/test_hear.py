@@ -232,7 +232,7 @@ def test_export_a_torchaudio_hubert(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_sets_no_slots():
-    from ssl_bench.runner import apply_pretraining_record
+    from ssl_bench.encoders import apply_pretraining_record
 
     saved = {"model": "audiomae", "decoder": {"name": "shifted-window"}, "method": {"name": "mae"},
              "pretrain": {"epochs": 3}}

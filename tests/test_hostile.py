@@ -139,7 +139,7 @@ def test_a_damaged_embedding_file_is_computed_again(tmp_path):
 
 
 def test_damaged_pretrained_weights_are_made_again(tmp_path):
-    from ssl_bench.protocols.pretrain import _verified_meta
+    from ssl_bench.encoders import _verified_meta
     from ssl_bench.provenance import file_sha256
 
     final, meta = tmp_path / "pretrained.pt", tmp_path / "meta.json"
@@ -278,7 +278,7 @@ def test_a_masker_hiding_every_token_or_the_wrong_shape_is_refused_with_its_plug
 
 # --------------------------------------------------------------------------- 6: resume
 def _fit(ckpt_dir, log=None, loss_fn=None, epochs=3):
-    from ssl_bench.protocols.pretrain import pretrain, pretrain_loss
+    from ssl_bench.encoders import pretrain, pretrain_loss
     import ssl_bench.protocols.pretrain as pre
     from trainfixtures import toy_config, toy_model, toy_split
 

@@ -77,7 +77,7 @@ def flow(tmp_path_factory):
         assert main([*common, "pretrain", "-m", "audiomae", "--corpus", str(corpus), "--results", str(res),
                      "--set", "masker.ratio=0.6,0.8", "--mlflow", *TINY, *PRETRAIN]) == 0
         df = results.load(res)
-        ids = {float(r): e for r, e in zip(df["masker.ratio"], df["encoder_id"])}
+        ids = {float(r): e for r, e in zip(df["masker.ratio"], df["init_id"])}
         assert main([*common, "run", "-m", "audiomae", "-t", "tinytones,tinytones-long", "--data-dir", str(data),
                      "--checkpoint", f"{ids[0.6]},{ids[0.8]}", "--results", str(res), "--protocols", "linear",
                      "--set", "linear.C=[1.0]", "--set", "data.valid_fraction=0.25", *TINY]) == 0
@@ -104,7 +104,7 @@ def test_pretrain_once_then_evaluate_both_encoders_on_two_tasks(flow, capsys):
         assert len(rows) == 4  # 2 tasks x 2 folds
         assert set(rows["masker.ratio"]) == {ratio} and set(rows["pretrain.epochs"]) == {2}
         assert set(rows["pretrained_by"]) == {"checkpoint config"}
-        assert set(rows["init"]) == {f"audiomae-tiny-corpus-{pre[pre['encoder_id'] == encoder_id]['pretrain_hash'].iloc[0][:6]}"}
+        assert set(rows["init"]) == {f"audiomae-tiny-corpus-{pre[pre['init_id'] == encoder_id]['pretrain_hash'].iloc[0][:6]}"}
     # the encoder kept its own length (0.5 s corpus clips -> 64 frames) and corpus statistics
     saved = torch.load(pre["encoder_path"].iloc[0], weights_only=True, mmap=True)
     assert saved["config"]["frontend"]["num_frames"] == 64 and saved["config"]["frontend"]["mean"] is not None
@@ -133,12 +133,12 @@ def test_the_encoder_is_reused_by_audio_content_and_retrained_when_it_changes(fl
         return rows.iloc[0]
 
     again = new_pretrain_row()
-    assert bool(again["reused"]) and again["encoder_id"] == flow["ids"][0.6]
+    assert bool(again["reused"]) and again["init_id"] == flow["ids"][0.6]
     # the same paths with other sounds: a new pretraining, a new id
     _corpus(moved, n=1, offset=77)
     changed = new_pretrain_row()
     assert not bool(changed["reused"]) and changed["pretrain_hash"] != again["pretrain_hash"]
-    assert changed["encoder_id"] != again["encoder_id"]
+    assert changed["init_id"] != again["init_id"]
 
 
 def test_result_json_holds_the_provenance(flow):

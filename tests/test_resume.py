@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ssl_bench import results
-from ssl_bench.protocols.pretrain import pretrain, pretrain_loss
+from ssl_bench.encoders import pretrain, pretrain_loss
 from ssl_bench.registry import set_registry
 from ssl_bench.runner import run_experiment
 from ssl_bench.train import CHECKPOINT_NAME, STOP, TrainingInterrupted, load_train_checkpoint

@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from ssl_bench import results
-from ssl_bench import runner as runner_mod
+from ssl_bench.files import cache_root
 from ssl_bench.registry import set_registry
 from ssl_bench.config import MODEL_SLOTS
-from ssl_bench.protocols.pretrain import pretrain_hash
+from ssl_bench.encoders import pretrain_hash
 from ssl_bench.runner import run_experiment
 from trainfixtures import TinyTones, tiny_config, tiny_registry
 
@@ -134,7 +134,7 @@ def test_pretraining_is_reused_when_the_hash_matches(first_run, registry):
 
 
 def test_a_checkpoint_replaces_pretraining(first_run, registry, tmp_path):
-    cache = Path(runner_mod.cache_root(first_run["root"])) / "pretrain"
+    cache = Path(cache_root(first_run["root"])) / "pretrain"
     ckpt = sorted(cache.glob("*/pretrained.pt"))[0]
     run = run_experiment(config(registry), data_dir=first_run["data"], results_root=tmp_path, protocols=("linear",),
                          checkpoint=ckpt, splits=["fold2"], progress=False)

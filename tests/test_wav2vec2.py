@@ -113,13 +113,13 @@ def test_torchaudio_state_dict_loads_and_rows_name_it(tmp_path):
     # the run records the file by content, never as random
     from ssl_bench.config import resolve
     from ssl_bench.provenance import file_sha256
-    from ssl_bench.runner import _Experiment
+    from ssl_bench.encoders import EncoderSource
+    from ssl_bench.registry import get_registry
 
     config = resolve("hubert", preset="tiny", task="synthetic", overrides=TINY)
-    exp = _Experiment(config, data_dir=None, results_root=tmp_path / "res", protocols=["linear"],
-                      checkpoint=tmp_path / "my_hubert.pth", splits=None, resume=False, progress=False)
-    assert exp.identity["init"] == "my_hubert"
-    assert exp.identity["init_id"] == file_sha256(tmp_path / "my_hubert.pth")[:12]
+    source = EncoderSource(config, get_registry(), tmp_path / "my_hubert.pth", tmp_path / "res" / ".cache")
+    assert source.loaded.init == "my_hubert"
+    assert source.loaded.init_id == file_sha256(tmp_path / "my_hubert.pth")[:12]
 
 
 FAIRSEQ_NAMES = [  # torchaudio name -> fairseq name (the inverse of torchaudio's importer)

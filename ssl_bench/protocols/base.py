@@ -45,19 +45,35 @@ import torch
 from torch import nn
 
 from ..config import data_settings
-from .data import SplitData
+from .data import SplitData, Unlabeled
 
 #: Stages, in run order: ``pretrain`` protocols make the encoder, ``evaluate`` ones score it.
 STAGES = ("pretrain", "evaluate")
 
 
+@dataclass(frozen=True)
+class Pretrained:
+    """What a pretraining-stage protocol made: the encoder's weights (``path``, their
+    ``weights_sha256``), the ``pretrain_hash`` it is cached under, its ``name`` and whether a
+    finished pretraining was ``reused``.  The runner names the encoder from it: the identity
+    flows forward from this record, not through result rows."""
+
+    path: str
+    weights_sha256: str
+    pretrain_hash: str
+    name: str | None = None
+    reused: bool = False
+
+
 @dataclass
 class ProtocolResult:
     """One result of a protocol on one split: ``metrics`` (name -> value, on the test part)
-    and ``extra`` row columns (chosen hyperparameters, validation scores, compute, ``layer``)."""
+    and ``extra`` row columns (chosen hyperparameters, validation scores, compute, ``layer``);
+    ``pretrained``: for a pretraining-stage protocol, the encoder it made."""
 
     metrics: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    pretrained: Pretrained | None = None
 
 
 class Protocol:
@@ -112,7 +128,8 @@ class ProtocolContext:
     ``section``: the protocol's own typed ``Config``; ``config``: the whole resolved config.
     ``state_dir``: a directory of this protocol on this split for resumable training
     checkpoints; ``cache_dir``: the shared cache root (embeddings, pretrained encoders).
-    ``run``: the running experiment, for the pretraining stage (its corpus and features).
+    ``unlabeled``: for a pretraining-stage protocol, the audio it trains on (the split's
+    training audio or the corpus it was asked for); None for the others.
     """
 
     name: str
@@ -128,7 +145,7 @@ class ProtocolContext:
     progress: bool = False
     log: Callable[[str], None] = print
     log_metrics: Callable[[dict[str, Any]], None] | None = None
-    run: Any = None
+    unlabeled: Unlabeled | None = None
     _embeddings: dict[tuple[int, bool], tuple[np.ndarray, bool]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ helpers

@@ -114,3 +114,16 @@ def normalize(model: Any, spec: torch.Tensor) -> torch.Tensor:
     """The model frontend's normalisation of a raw log-mel batch (identity if it has none)."""
     fn = getattr(getattr(model, "frontend", None), "normalize", None)
     return fn(spec) if fn is not None else spec
+
+
+@dataclass
+class Unlabeled:
+    """The audio a pretraining-stage protocol trains on: ``clips``, their ``features`` (a
+    feature set, indexed by ``indices``) and a ``label`` for its log lines (the split, or
+    ``corpus``).  The runner gives the split's training audio or the corpus it was asked to
+    pretrain on; never a test clip."""
+
+    clips: list[Clip]
+    features: Any
+    indices: np.ndarray
+    label: str = ""

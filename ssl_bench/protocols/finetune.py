@@ -620,7 +620,7 @@ class FinetuneProtocol(Protocol):
     help = "only fine-tune (from --checkpoint, or from random initialisation)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
-        from ..runner import compute_columns, count_parameters, flops_per_sample, spec_probe
+        from ..compute import compute_columns, count_parameters, flops_per_sample, spec_probe
 
         m = copy.deepcopy(ctx.model)
         res = finetune(m, ctx.data, ctx.config, device=ctx.device, checkpoint_dir=ctx.state_dir, resume=ctx.resume,
