@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from ssl_bench.plugins.eat import EAT, CNNDecoder, InverseBlockMasker, ema_decay_at
 
-import ssl_bench.protocols.pretrain as pre
+import ssl_bench.encoders as pre
 from ssl_bench import create_model
 from ssl_bench.components import FREQ_MAJOR, TIME_MAJOR, BuildContext, EncoderOutput
 from ssl_bench.config import ConfigError, resolve

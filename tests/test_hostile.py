@@ -279,7 +279,7 @@ def test_a_masker_hiding_every_token_or_the_wrong_shape_is_refused_with_its_plug
 # --------------------------------------------------------------------------- 6: resume
 def _fit(ckpt_dir, log=None, loss_fn=None, epochs=3):
     from ssl_bench.encoders import pretrain, pretrain_loss
-    import ssl_bench.protocols.pretrain as pre
+    import ssl_bench.encoders as pre
     from trainfixtures import toy_config, toy_model, toy_split
 
     cfg = toy_config(pretrain={"epochs": epochs, "batch_size": 8, "warmup_epochs": 1})

@@ -208,7 +208,7 @@ def test_mlflow_run_is_read_back_with_mlflow_client(flow):
     assert run.data.tags["ssl_bench.run_id"] == pre["run_id"]
     history = client.get_metric_history(tracking["run_id"], "pretrain/corpus/loss")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]  # per epoch
-    final = client.get_metric_history(tracking["run_id"], "corpus_corpus/pretrain/random/loss/corpus/seed0")
+    final = client.get_metric_history(tracking["run_id"], "corpus_corpus/pretrain/pretraining from random/loss/corpus/seed0")
     assert len(final) == 1 and final[0].value == pytest.approx(pre["value"])
 
 

@@ -52,7 +52,7 @@ def _config():
 
 def _pretrain(ckpt_dir=None, slow: float = 0.0, loss_fn=None):
     """The pretraining every test here runs: returns (result, final weights)."""
-    import ssl_bench.protocols.pretrain as pre
+    import ssl_bench.encoders as pre
 
     split = toy_split(n=96)  # 64 training examples: 8 steps per epoch
     data = split.dataset("train", with_targets=False)
@@ -163,7 +163,7 @@ def test_an_interrupted_run_continues_where_it_stopped(tiny, tmp_path, monkeypat
     monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "cache-ref"))
     reference = _rows(run_experiment(cfg, results_root=tmp_path / "ref", **kw))
 
-    import ssl_bench.protocols.pretrain as pre
+    import ssl_bench.encoders as pre
 
     original = pre.pretrain_loss
     calls = {"n": 0}

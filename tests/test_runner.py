@@ -39,7 +39,7 @@ def first_run(registry, tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     data = tmp_path_factory.mktemp("tinytones")
     seen = []
-    import ssl_bench.protocols.pretrain as pre
+    import ssl_bench.encoders as pre
 
     original = pre.pretrain
 
