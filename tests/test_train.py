@@ -207,8 +207,8 @@ def test_batch_larger_than_dataset_is_a_clear_error():
 
 
 def test_nan_loss_is_reported():
-    def bad(model, batch, ctx):
-        return mse(model, batch, ctx) * float("nan")
+    def bad(model, batch, step):
+        return mse(model, batch, step) * float("nan")
 
     with pytest.raises(FloatingPointError, match="loss became nan"):
         fit(_linear_model(), Regression(), bad, TrainConfig(batch_size=8, log_every=1), progress=False)

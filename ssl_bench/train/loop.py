@@ -26,7 +26,7 @@ What it does, so the protocols do not have to:
   sampler position), the protocol's own state and every RNG state, so a resumed run continues
   exactly where the last complete checkpoint left it (bit for bit on CPU).
 
-The loss function is called as ``loss_fn(model, batch, ctx)`` with the batch already on the
+The loss function is called as ``loss_fn(model, batch, step)`` with the batch already on the
 device and a :class:`StepContext` that says which part of which global batch it is; it
 returns a scalar loss (mean over its micro-batch).
 """
@@ -97,7 +97,7 @@ class StepContext:
 
 
 class LossFn(Protocol):
-    def __call__(self, model: nn.Module, batch: Any, ctx: StepContext) -> torch.Tensor: ...
+    def __call__(self, model: nn.Module, batch: Any, step: StepContext) -> torch.Tensor: ...
 
 
 class _StepModule(nn.Module):
@@ -108,8 +108,8 @@ class _StepModule(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, batch: Any, ctx: StepContext) -> torch.Tensor:
-        return self.loss_fn(self.model, batch, ctx)
+    def forward(self, batch: Any, step: StepContext) -> torch.Tensor:
+        return self.loss_fn(self.model, batch, step)
 
 
 # --------------------------------------------------------------------------- results
@@ -373,18 +373,18 @@ def fit(
                 loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
                 batches = iter(loader)
                 lr = schedule.lr_at(schedule.step_num)
-                for step in range(step0, steps_per_epoch):
+                for index in range(step0, steps_per_epoch):
                     lr = schedule.apply()
                     step_loss = torch.zeros((), dtype=torch.float64, device=device)
                     for m in range(cfg.accum_steps):
                         batch = to_device(next(batches), device)
-                        ctx = StepContext(epoch, step, schedule.step_num, m, sampler.offset(m), cfg.batch_size,
-                                          cfg.seed)
+                        step = StepContext(epoch, index, schedule.step_num, m, sampler.offset(m), cfg.batch_size,
+                                           cfg.seed)
                         sync = (step_module.no_sync() if info.enabled and m < cfg.accum_steps - 1
                                 else contextlib.nullcontext())
                         with sync:
                             with autocast(device, cfg.amp):
-                                loss = runner(batch, ctx)
+                                loss = runner(batch, step)
                             scaler.scale(loss / cfg.accum_steps).backward()
                         step_loss += loss.detach().double() / cfg.accum_steps
                         if not estimated:  # per micro-batch: a slow step is explained before it ends
@@ -399,8 +399,8 @@ def fit(
                     schedule.step()
                     if on_step_end is not None:
                         on_step_end(schedule.step_num, model)
-                    epoch_losses[step] = step_loss
-                    done = step + 1
+                    epoch_losses[index] = step_loss
+                    done = index + 1
                     steps_here += 1
                     if done % cfg.log_every == 0 or done == steps_per_epoch:
                         mean = float(D.all_reduce_mean(epoch_losses[step0:done].mean()).item())
