@@ -16,7 +16,8 @@ from ssl_bench.protocols.data import SpecDataset, fit_frames, label_targets
 from ssl_bench.protocols.pretrain import pretrain, pretrain_loss
 from ssl_bench.protocols.probe import embedding_key, extract_embeddings, fit_linear, linear_probe, weights_hash
 from ssl_bench.train import (
-    ShardedBatchSampler, StepContext, TrainConfig, TrainConfigError, WarmupCosine, fit, param_groups, predict,
+    FitHooks, ShardedBatchSampler, StepContext, TrainConfig, TrainConfigError, WarmupCosine, fit, param_groups,
+    predict,
 )
 from trainfixtures import T, Regression, mse, toy_config, toy_features, toy_model, toy_split
 
@@ -152,7 +153,7 @@ def test_fit_checkpoint_resume_is_exact(tmp_path):
     # run two epochs, then "restart the process" with a fresh model and the same command
     with pytest.raises(_Abort):
         fit(_linear_model(), Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False,
-            on_epoch_end=_AbortAt(2))
+            hooks=FitHooks(on_epoch_end=_AbortAt(2)))
     resumed = _linear_model()
     res = fit(resumed, Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False)
     assert res.resumed_from == (2, 0)

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .. import distributed as D
 from ..config import BOOKKEEPING_FIELDS, ConfigError, config_hash, data_settings
-from ..train import FitResult, OptimConfig, StepContext, TrainConfig, fit
+from ..train import FitHooks, FitResult, OptimConfig, StepContext, TrainConfig, fit
 from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SpecDataset, normalize
 
@@ -98,9 +98,12 @@ def pretrain(
 
     return fit(
         model, dataset, pretrain_loss, cfg, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
-        log_metrics=record, progress=progress, desc="pretrain", section="pretrain", log=log,
-        on_step_end=(lambda step, m: after(m, step)) if after is not None else None,
-        on_epoch_end=(lambda epoch, m: epoch_end(m, epoch)) if epoch_end is not None else None,
+        progress=progress, desc="pretrain", section="pretrain",
+        hooks=FitHooks(
+            on_step_end=(lambda step, m: after(m, step)) if after is not None else None,
+            on_epoch_end=(lambda epoch, m: epoch_end(m, epoch)) if epoch_end is not None else None,
+            log_metrics=record, log=log,
+        ),
     )
 
 
