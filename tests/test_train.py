@@ -165,6 +165,45 @@ def test_fit_checkpoint_resume_is_exact(tmp_path):
     assert again.history == res.history and again.resumed_from == (4, 0)
 
 
+class _WithUnusedHead(nn.Module):
+    """A body the loss uses and a head it never reaches (a classifier during pretraining)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _linear_model()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_parameters_the_loss_never_reaches_are_frozen_reported_and_handed_back():
+    cfg = TrainConfig(epochs=2, batch_size=8, blr=0.05, weight_decay=0.05, seed=1)
+    model = _WithUnusedHead()
+    head = copy.deepcopy(model.head.state_dict())
+    during = []
+    res = fit(model, Regression(), mse, cfg, progress=False,
+              hooks=FitHooks(on_step_end=lambda s, m: during.append(m.head.weight.requires_grad)))
+    assert res.frozen_parameters == ["head.weight", "head.bias"]
+    assert during and not any(during)  # frozen while training
+    assert all(torch.equal(model.head.state_dict()[k], v) for k, v in head.items())  # weight decay left it too
+    assert all(p.requires_grad for p in model.parameters())  # handed back as it came
+    # left trainable, AdamW skips them (no gradient): the same run, bit for bit
+    kept = _WithUnusedHead()
+    res_kept = fit(kept, Regression(), mse, cfg, progress=False, freeze_unused=False)
+    assert res_kept.frozen_parameters == [] and res_kept.step_losses == res.step_losses
+    for a, b in zip(kept.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_frozen_parameters_are_handed_back_when_fit_raises():
+    model = _WithUnusedHead()
+    with pytest.raises(_Abort):
+        fit(model, Regression(), mse, TrainConfig(epochs=2, batch_size=8), progress=False,
+            hooks=FitHooks(on_epoch_end=_AbortAt(0)))
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_checkpoints_wait_checkpoint_min_s_but_the_last_epoch_is_always_written(tmp_path, monkeypatch):
     import ssl_bench.train.loop as loop_mod
 

@@ -6,9 +6,9 @@
                  device=device, checkpoint_dir=ckpt_dir, hooks=FitHooks(on_epoch_end=validate))
 
 ``fit`` reads as its steps, each a method of a private ``_Run``: plan the epochs, open the
-checkpoint (a finished one returns its record), prepare the step (a probe step, the micro-batch
-fitted to memory), build the optimiser, resume, build the step and the loader, then per epoch
-train, record, checkpoint; finish.
+checkpoint (a finished one returns its record), prepare the step (a probe step, the unused
+parameters frozen, the micro-batch fitted to memory), build the optimiser, resume, build the
+step and the loader, then per epoch train, record, checkpoint; finish.
 
 What it does, so the protocols do not have to:
 
@@ -18,6 +18,8 @@ What it does, so the protocols do not have to:
   half-cycle cosine to ``min_lr`` (the MAE schedule);
 * gradient accumulation (``batch_size`` is the global batch of one optimiser step), raised
   before the first step when a micro-batch would not fit in memory (:mod:`.memory`);
+* parameters the loss never reaches (found by a probe step) frozen for the call and reported
+  (``freeze_unused``, ``FitResult.frozen_parameters``);
 * torchrun/DDP: each global batch is split over ranks and accumulation steps the same way
   whatever the world size, so 1 process and N processes see the same examples per step;
 * fused AdamW (:func:`.optim.adamw`);
@@ -125,7 +127,9 @@ class FitResult:
     """What :func:`fit` did.  ``history``: one record per epoch (all epochs, resumed or not);
     ``step_losses``: the global mean loss of every optimiser step; ``wall_s``, ``train_s`` and
     ``samples_per_s`` cover the whole training, the parts before a resume included (saved in
-    the checkpoint); memory is this call's."""
+    the checkpoint); memory is this call's.  ``frozen_parameters``: the names of the
+    parameters this call froze because the loss never reached them (``freeze_unused``; none
+    when a finished checkpoint returned at once)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
@@ -140,6 +144,7 @@ class FitResult:
     resumed_from: tuple[int, int] | None = None  # (epoch, step) of the checkpoint resumed
     accum_steps: int = 1  # as trained: raised from the config's when a micro-batch did not fit in memory
     checkpoint: Path | None = None
+    frozen_parameters: list[str] = field(default_factory=list)
 
     @property
     def final_loss(self) -> float:
@@ -243,6 +248,7 @@ def fit(
     sampling: Sampling | None = None,
     # what trains
     groups: list[dict[str, Any]] | None = None,
+    freeze_unused: bool = True,
     # checkpoints
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
@@ -260,7 +266,16 @@ def fit(
     chooses the examples of an epoch (default: a shuffle of all of them).
 
     What trains: ``groups``, the optimiser's parameter groups (default :func:`param_groups` with
-    ``cfg.weight_decay`` and ``cfg.layer_decay``).
+    ``cfg.weight_decay`` and ``cfg.layer_decay``).  Before the first step a probe step (forward
+    and backward on a few examples, every RNG forked so the run is unchanged) shows which
+    parameters the loss never reaches (a pretraining model's classifier, a fine-tuned model's
+    decoder).  With ``freeze_unused`` (the default) they are frozen (``requires_grad`` off) for
+    the whole call, so they stay out of the parameter groups and DDP needs no
+    ``find_unused_parameters`` graph walk every step; their names are
+    ``FitResult.frozen_parameters`` and they get ``requires_grad`` back when :func:`fit`
+    returns or raises.  A parameter that only some steps reach (a branch the probe step did
+    not take) would stay frozen: for such a model pass ``freeze_unused=False`` (AdamW skips a
+    parameter without a gradient; under torchrun DDP then looks for unused parameters).
 
     Checkpoints: with ``checkpoint_dir``, ``<dir>/last.pt`` is (re)written atomically every
     ``cfg.checkpoint_every`` epochs (once ``cfg.checkpoint_min_s`` seconds have passed since the
@@ -285,7 +300,7 @@ def fit(
     if saved is not None and saved.get("finished"):  # nothing left to train: the finished run's record
         return run.finished_result(saved)
     try:
-        run.prepare_step()
+        run.prepare_step(freeze_unused)
         run.build_optimizer(groups)
         run.resume(saved)
         run.build_step()
@@ -346,7 +361,8 @@ class _Run:
         # at, which costs a (tiny) all-reduce and a host sync: every few steps, not every step.
         # torchrun gives its workers 30 s after forwarding SIGTERM, so "a few" stays small.
         self.checks_stop_every = 1 if not self.info.enabled else max(1, min(cfg.log_every, STOP_CHECK_STEPS))
-        self.frozen: list[nn.Parameter] = []  # frozen for this call (:func:`_probe_step`)
+        self.frozen: list[tuple[str, nn.Parameter]] = []  # (name, parameter) frozen for this call
+        self.unused: list[nn.Parameter] = []  # parameters without a gradient left trainable
 
     # ----------------------------------------------------------------------- helpers
     def say(self, message: str) -> None:
@@ -429,19 +445,26 @@ class _Run:
                          world_size=self.info.world_size, device=str(self.device),
                          resumed_from=(int(saved["epoch"]), int(saved["step"])), checkpoint=self.ckpt_path)
 
-    def prepare_step(self) -> None:
-        """The probe step (:func:`_probe_step`, which freezes the parameters without a gradient),
-        done for any world size so parameter groups and checkpoints do not depend on it; then
-        ``accum_steps`` raised until a micro-batch fits in memory."""
-        self.frozen, memory = _probe_step(self.model, self.dataset, self.loss_fn, self.sampler.micro,
-                                          self.collate_fn, self.device, self.cfg)
+    def prepare_step(self, freeze_unused: bool) -> None:
+        """The probe step (:func:`_probe_step`), done for any world size so parameter groups and
+        checkpoints do not depend on it; then the parameters without a gradient frozen (with
+        ``freeze_unused``), and ``accum_steps`` raised until a micro-batch fits in memory."""
+        unused, memory = _probe_step(self.model, self.dataset, self.loss_fn, self.sampler.micro, self.collate_fn,
+                                     self.device, self.cfg)
+        if freeze_unused:
+            names = {id(p): name for name, p in self.model.named_parameters()}
+            for p in unused:
+                p.requires_grad_(False)
+                self.frozen.append((names[id(p)], p))
+        else:
+            self.unused = unused
         accum = _fit_memory(memory, self.cfg, self.device, self.info, self.desc, self.section, self.say)
         if accum != self.cfg.accum_steps:
             self.cfg = dataclasses.replace(self.cfg, accum_steps=accum)
             self.sampler = self._sampler(accum)
 
     def unfreeze(self) -> None:
-        for p in self.frozen:
+        for _, p in self.frozen:
             p.requires_grad_(True)
 
     def build_optimizer(self, groups: list[dict[str, Any]] | None) -> None:
@@ -482,7 +505,8 @@ class _Run:
         step_module: nn.Module = _StepModule(self.model, self.loss_fn)
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
+            step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=ids,
+                                                              find_unused_parameters=bool(self.unused))
         self.step_module = step_module
         self.runner = torch.compile(step_module) if self.cfg.compile else step_module
 
@@ -622,6 +646,7 @@ class _Run:
         result.samples_per_s = self.samples_run / self.t_train if self.t_train > 0 else 0.0
         result.peak_memory_mb = peak_memory_mb(self.device)
         result.wall_s = self.prior["wall_s"] + time.perf_counter() - self.t_start
+        result.frozen_parameters = [name for name, _ in self.frozen]
         return result
 
 
@@ -688,14 +713,15 @@ PROBE_BATCH = 4
 
 def _probe_step(model: nn.Module, dataset: Dataset, loss_fn: LossFn, micro: int, collate_fn: Callable | None,
                 device: torch.device, cfg: TrainConfig) -> tuple[list[nn.Parameter], StepMemory | None]:
-    """Before training: the memory a step needs and the parameters the loss never touches.
+    """Before training: the memory a step needs and the parameters the loss never reaches.
 
     Forwards on batches of ``PROBE_BATCH`` and half as many examples count the bytes autograd
     saves (:mod:`.memory`), which sizes the micro-batch; the larger one's backward shows which
-    parameters get no gradient (e.g. a classifier norm during pretraining): they are frozen, so
-    DDP needs no ``find_unused_parameters`` graph walk every step (AdamW skips them anyway).
-    Every RNG is forked, so nothing downstream changes.  Returns ``(frozen, memory)``; memory
-    is ``None`` when the data has fewer than two examples.  :func:`fit` unfreezes on return.
+    trainable parameters get no gradient (e.g. a classifier norm during pretraining), which
+    :func:`fit` freezes (``freeze_unused``).  Every RNG is forked and every gradient cleared,
+    so nothing downstream changes.  Returns ``(unused, memory)``; memory, which counts the
+    optimiser state of the parameters that do get a gradient, is ``None`` when the data has
+    fewer than two examples.
     """
     large = max(min(len(dataset), micro, PROBE_BATCH), 1)
     small = large // 2
@@ -712,16 +738,16 @@ def _probe_step(model: nn.Module, dataset: Dataset, loss_fn: LossFn, micro: int,
             _, saved_small = saved_bytes(lambda: loss_on(small))
         loss, saved_large = saved_bytes(lambda: loss_on(large))
         loss.backward()
-    frozen = []
+    unused = []
     for p in model.parameters():
         if p.requires_grad and p.grad is None:
-            p.requires_grad_(False)
-            frozen.append(p)
+            unused.append(p)
         p.grad = None
     if not small:
-        return frozen, None
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return frozen, step_memory(small, large, saved_small, saved_large, trainable)
+        return unused, None
+    unused_ids = {id(p) for p in unused}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in unused_ids)
+    return unused, step_memory(small, large, saved_small, saved_large, trainable)
 
 
 def _fit_memory(memory: StepMemory | None, cfg: TrainConfig, device: torch.device, info: D.DistInfo, desc: str,
