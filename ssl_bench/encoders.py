@@ -59,7 +59,7 @@ from .splitdata import (
     published_stats,
     size_frontend,
 )
-from .train import FitResult, StepContext, TrainConfig, fit
+from .train import FitHooks, FitResult, StepContext, TrainConfig, fit
 
 #: ``init`` of a pretraining protocol's own rows: the encoder they describe is being made
 #: (from random initialisation), and their ``init_id`` is the one its evaluations carry.
@@ -193,9 +193,12 @@ def pretrain(
 
     return fit(
         model, dataset, pretrain_loss, cfg, device=device, checkpoint_dir=checkpoint_dir, resume=resume,
-        log_metrics=record, progress=progress, desc="pretrain", section="pretrain", log=log,
-        on_step_end=(lambda step, m: after(m, step)) if after is not None else None,
-        on_epoch_end=(lambda epoch, m: epoch_end(m, epoch)) if epoch_end is not None else None,
+        progress=progress, desc="pretrain", section="pretrain",
+        hooks=FitHooks(
+            on_step_end=(lambda step, m: after(m, step)) if after is not None else None,
+            on_epoch_end=(lambda epoch, m: epoch_end(m, epoch)) if epoch_end is not None else None,
+            log_metrics=record, log=log,
+        ),
     )
 
 

@@ -255,7 +255,7 @@ def _mse(m, batch, ctx):
 
 
 def test_a_resumed_training_says_where_it_continues_and_a_long_one_gives_an_estimate(tmp_path, monkeypatch):
-    from ssl_bench.train import TrainConfig, fit
+    from ssl_bench.train import FitHooks, TrainConfig, fit
     from ssl_bench.train import loop
 
     class _Abort(RuntimeError):
@@ -269,10 +269,10 @@ def test_a_resumed_training_says_where_it_continues_and_a_long_one_gives_an_esti
     lines: list[str] = []
     with pytest.raises(_Abort):
         fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
-            on_epoch_end=abort_at_second, log=lines.append, desc="pretrain")
+            hooks=FitHooks(on_epoch_end=abort_at_second, log=lines.append), desc="pretrain")
     monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)  # every training counts as long
     fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
-        log=lines.append, desc="pretrain")
+        hooks=FitHooks(log=lines.append), desc="pretrain")
     assert lines[0] == f"pretrain: resuming from epoch 2/3, step 0/4 ({tmp_path / 'last.pt'})"
     assert len(lines) == 2 and "s per step; its 8 steps (3 epochs) will take about" in lines[1]
 
@@ -350,7 +350,7 @@ def test_plugins_json_carries_presets_and_notes(capsys):
 
 
 def test_a_slow_first_step_gives_the_estimate_at_once(monkeypatch):
-    from ssl_bench.train import TrainConfig, fit
+    from ssl_bench.train import FitHooks, TrainConfig, fit
     from ssl_bench.train import loop
 
     monkeypatch.setattr(loop, "LONG_RUN_S", 0.0)
@@ -359,8 +359,9 @@ def test_a_slow_first_step_gives_the_estimate_at_once(monkeypatch):
     steps: list[int] = []
     done: list[int] = []  # optimiser steps finished, as each line is said
     fit(torch.nn.Linear(2, 1), _regression(), _mse, TrainConfig(batch_size=4, accum_steps=2, epochs=2),
-        progress=False, log=lambda line: (lines.append(line), done.append(len(steps))),
-        on_step_end=lambda s, m: steps.append(s), desc="pretrain")
+        progress=False, desc="pretrain",
+        hooks=FitHooks(log=lambda line: (lines.append(line), done.append(len(steps))),
+                       on_step_end=lambda s, m: steps.append(s)))
     assert len(lines) == 1 and "its 8 steps (2 epochs) will take about" in lines[0]
     assert done == [0]  # said after the first micro-batch, before the first step ends
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_bench.train import TrainConfig, TrainConfigError, fit
+from ssl_bench.train import FitHooks, TrainConfig, TrainConfigError, fit
 from ssl_bench.train import loop as train_loop
 from ssl_bench.train.memory import StepMemory, fit_accum_steps, saved_bytes, step_memory
 from trainfixtures import Regression, mse
@@ -61,10 +61,14 @@ def test_a_batch_that_does_not_fit_is_accumulated_with_the_same_result():
     assert memory.per_example == (5 + 64 + 1) * 4
     lines = []
     limit = TrainConfig(**{**cfg.__dict__, "memory_gb": memory.need(2) / 2**30})  # room for 2 examples a step
-    tight = fit(_model(), Regression(), mse, limit, progress=False, section="pretrain", log=lines.append)
-    explicit = fit(_model(), Regression(), mse, TrainConfig(**{**cfg.__dict__, "accum_steps": 4}), progress=False)
+    tight_model, explicit_model = _model(), _model()
+    tight = fit(tight_model, Regression(), mse, limit, progress=False, section="pretrain",
+                hooks=FitHooks(log=lines.append))
+    explicit = fit(explicit_model, Regression(), mse, TrainConfig(**{**cfg.__dict__, "accum_steps": 4}), progress=False)
     assert tight.accum_steps == 4 and explicit.accum_steps == 4
-    assert tight.step_losses == explicit.step_losses
+    assert tight.step_losses == explicit.step_losses  # bit for bit: the raised accum_steps is the explicit one
+    for a, b in zip(tight_model.parameters(), explicit_model.parameters()):
+        assert torch.equal(a, b)
     assert any("pretrain.accum_steps=4" in line and "micro-batches of 2" in line for line in lines), lines
     roomy = fit(_model(), Regression(), mse, cfg, progress=False)  # memory_gb=0: no limit
     assert roomy.accum_steps == 1

@@ -83,10 +83,10 @@ def _assert_same(run, ref):
 
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, reference):
     # the signal "arrives" while step 5 of epoch 2 runs (global step 12 of 8-step epochs)
-    def loss_with_signal(model, batch, ctx):
-        if ctx.global_step == 12:
+    def loss_with_signal(model, batch, step):
+        if step.global_step == 12:
             STOP.signum = signal.SIGTERM
-        return pretrain_loss(model, batch, ctx)
+        return pretrain_loss(model, batch, step)
 
     with pytest.raises(TrainingInterrupted) as info:
         _pretrain(tmp_path, loss_fn=loss_with_signal)
@@ -168,13 +168,13 @@ def test_an_interrupted_run_continues_where_it_stopped(tiny, tmp_path, monkeypat
     original = pre.pretrain_loss
     calls = {"n": 0}
 
-    def interrupt_fold2(model, batch, ctx):
+    def interrupt_fold2(model, batch, step):
         calls["n"] += 1
         # fold 1: two dry runs (memory and unused-parameter probe) + 3 epochs x 4 steps (14 clips,
         # batch 4); fold 2: its dry runs, then the signal during its 6th step (epoch 2, step 2)
         if calls["n"] == 14 + 2 + 6:
             STOP.signum = signal.SIGTERM
-        return original(model, batch, ctx)
+        return original(model, batch, step)
 
     monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pre, "pretrain_loss", interrupt_fold2)

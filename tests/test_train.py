@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import signal
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from ssl_bench.protocols.data import SpecDataset, fit_frames, label_targets
 from ssl_bench.encoders import pretrain, pretrain_loss
 from ssl_bench.protocols.probe import embedding_key, extract_embeddings, fit_linear, linear_probe, weights_hash
 from ssl_bench.train import (
-    ShardedBatchSampler, StepContext, TrainConfig, TrainConfigError, WarmupCosine, fit, param_groups, predict,
+    FitHooks, Sampling, ShardedBatchSampler, StepContext, TrainConfig, TrainConfigError, WarmupCosine, fit, param_groups,
+    predict,
 )
 from trainfixtures import T, Regression, mse, toy_config, toy_features, toy_model, toy_split
 
@@ -152,7 +154,7 @@ def test_fit_checkpoint_resume_is_exact(tmp_path):
     # run two epochs, then "restart the process" with a fresh model and the same command
     with pytest.raises(_Abort):
         fit(_linear_model(), Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False,
-            on_epoch_end=_AbortAt(2))
+            hooks=FitHooks(on_epoch_end=_AbortAt(2)))
     resumed = _linear_model()
     res = fit(resumed, Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False)
     assert res.resumed_from == (2, 0)
@@ -162,6 +164,143 @@ def test_fit_checkpoint_resume_is_exact(tmp_path):
     # a finished checkpoint returns at once with the same history
     again = fit(_linear_model(), Regression(), mse, cfg, checkpoint_dir=tmp_path, progress=False)
     assert again.history == res.history and again.resumed_from == (4, 0)
+
+
+class _Noisy(Regression):
+    """Regression whose examples draw from the global RNG (a random crop's kind), so a resume
+    must restore it and the probe step must leave it alone."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return {"x": item["x"] + 0.01 * torch.rand(5), "y": item["y"]}
+
+
+class _Counter:
+    """A protocol's own state (checkpointed): the sum of the steps it saw."""
+
+    def __init__(self):
+        self.total = 0
+
+    def state_dict(self):
+        return {"total": self.total}
+
+    def load_state_dict(self, state):
+        self.total = state["total"]
+
+
+def _hooked_fit(ckpt_dir, stop_at=None):
+    """A fit with every part in play: class-balanced sampling, accumulation, every hook, a
+    checkpointed state, and with ``stop_at`` a SIGTERM during that global step."""
+    from ssl_bench.train import STOP, TrainingInterrupted
+
+    cfg = TrainConfig(epochs=3, batch_size=8, accum_steps=2, blr=0.05, warmup_epochs=1, weight_decay=0.01, seed=3,
+                      checkpoint_min_s=0)
+    counter, steps, records = _Counter(), [], []
+
+    def on_step_end(global_step, model):
+        steps.append(global_step)
+        counter.total += global_step
+
+    def loss(model, batch, step):
+        if step.global_step == stop_at and step.micro == 1:
+            STOP.signum = signal.SIGTERM
+        return mse(model, batch, step)
+
+    hooks = FitHooks(on_step_end=on_step_end, on_epoch_end=lambda epoch, m: {"seen": counter.total}, state=counter,
+                     log_metrics=records.append)
+    model = _linear_model()
+    try:
+        res = fit(model, _Noisy(), loss, cfg, checkpoint_dir=ckpt_dir, progress=False, hooks=hooks,
+                  sampling=Sampling(weights=np.linspace(0.1, 2.0, 32).tolist(), epoch_size=40))
+    except TrainingInterrupted:
+        res = None
+    finally:
+        STOP.signum = None
+    return res, model, counter, steps, records
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s")} for r in records]
+
+
+def test_a_run_stopped_mid_epoch_resumes_bit_for_bit_with_sampling_accumulation_and_hooks(tmp_path):
+    """Two paths that must agree: uninterrupted, and stopped inside epoch 2 then run again
+    (every step of fit in play: checkpoint, resume, accumulation, weighted sampling, hooks)."""
+    ref, ref_model, ref_counter, ref_steps, ref_records = _hooked_fit(tmp_path / "ref")
+    assert ref.steps == 3 * 5 and ref_steps == list(range(1, 16))  # 40 draws an epoch, batches of 8
+    # the signal arrives during the 8th step (global_step counts the steps before it): 3 into epoch 2
+    stopped, _, _, first_steps, first_records = _hooked_fit(tmp_path / "run", stop_at=7)
+    assert stopped is None and first_steps == list(range(1, 9)) and len(first_records) == 1
+    res, model, counter, steps, records = _hooked_fit(tmp_path / "run")
+    assert res.resumed_from == (1, 3)
+    assert first_steps + steps == ref_steps
+    assert res.step_losses == ref.step_losses  # bit for bit
+    assert _without_timing(res.history) == _without_timing(ref.history)
+    assert _without_timing(records) == _without_timing(ref_records)  # the resumed epochs logged again, then the rest
+    assert counter.total == ref_counter.total
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(a, b)
+    # the finished checkpoint: its record, model and state at once, without a step
+    again, again_model, again_counter, again_steps, _ = _hooked_fit(tmp_path / "run")
+    assert again_steps == [] and again.resumed_from == (3, 0) and again.step_losses == ref.step_losses
+    assert again_counter.total == ref_counter.total
+    for a, b in zip(again_model.parameters(), ref_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_loader_workers_draw_the_same_randomness_after_a_resume_at_an_epoch_boundary(tmp_path):
+    """With workers, example randomness comes from worker seeds that the loader draws from its
+    own generator, reseeded each epoch: a run resumed after epoch 1 equals an uninterrupted one."""
+    cfg = TrainConfig(epochs=3, batch_size=8, blr=0.05, seed=4, num_workers=1, checkpoint_min_s=0)
+    full = _linear_model()
+    ref = fit(full, _Noisy(), mse, cfg, progress=False)
+    with pytest.raises(_Abort):
+        fit(_linear_model(), _Noisy(), mse, cfg, checkpoint_dir=tmp_path, progress=False,
+            hooks=FitHooks(on_epoch_end=_AbortAt(1)))
+    resumed = _linear_model()
+    res = fit(resumed, _Noisy(), mse, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert res.resumed_from == (1, 0) and res.step_losses == ref.step_losses
+    for a, b in zip(resumed.parameters(), full.parameters()):
+        assert torch.equal(a, b)
+
+
+class _WithUnusedHead(nn.Module):
+    """A body the loss uses and a head it never reaches (a classifier during pretraining)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _linear_model()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_parameters_the_loss_never_reaches_are_frozen_reported_and_handed_back():
+    cfg = TrainConfig(epochs=2, batch_size=8, blr=0.05, weight_decay=0.05, seed=1)
+    model = _WithUnusedHead()
+    head = copy.deepcopy(model.head.state_dict())
+    during = []
+    res = fit(model, Regression(), mse, cfg, progress=False,
+              hooks=FitHooks(on_step_end=lambda s, m: during.append(m.head.weight.requires_grad)))
+    assert res.frozen_parameters == ["head.weight", "head.bias"]
+    assert during and not any(during)  # frozen while training
+    assert all(torch.equal(model.head.state_dict()[k], v) for k, v in head.items())  # weight decay left it too
+    assert all(p.requires_grad for p in model.parameters())  # handed back as it came
+    # left trainable, AdamW skips them (no gradient): the same run, bit for bit
+    kept = _WithUnusedHead()
+    res_kept = fit(kept, Regression(), mse, cfg, progress=False, freeze_unused=False)
+    assert res_kept.frozen_parameters == [] and res_kept.step_losses == res.step_losses
+    for a, b in zip(kept.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_frozen_parameters_are_handed_back_when_fit_raises():
+    model = _WithUnusedHead()
+    with pytest.raises(_Abort):
+        fit(model, Regression(), mse, TrainConfig(epochs=2, batch_size=8), progress=False,
+            hooks=FitHooks(on_epoch_end=_AbortAt(0)))
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_checkpoints_wait_checkpoint_min_s_but_the_last_epoch_is_always_written(tmp_path, monkeypatch):
@@ -207,8 +346,8 @@ def test_batch_larger_than_dataset_is_a_clear_error():
 
 
 def test_nan_loss_is_reported():
-    def bad(model, batch, ctx):
-        return mse(model, batch, ctx) * float("nan")
+    def bad(model, batch, step):
+        return mse(model, batch, step) * float("nan")
 
     with pytest.raises(FloatingPointError, match="loss became nan"):
         fit(_linear_model(), Regression(), bad, TrainConfig(batch_size=8, log_every=1), progress=False)

@@ -297,6 +297,6 @@ class Regression(torch.utils.data.Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-def mse(model: nn.Module, batch: dict[str, torch.Tensor], ctx) -> torch.Tensor:
+def mse(model: nn.Module, batch: dict[str, torch.Tensor], step) -> torch.Tensor:
     """The training loop's loss function for :class:`Regression`."""
     return (model(batch["x"]).squeeze(-1) - batch["y"]).pow(2).mean()

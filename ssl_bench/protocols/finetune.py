@@ -39,7 +39,7 @@ from ..errors import DivergedError
 from ..metrics import evaluate
 from ..nn import set_drop_path
 from ..registry import get_registry
-from ..train import FitResult, OptimConfig, StepContext, TrainConfig, fit, predict, seed_everything
+from ..train import FitHooks, FitResult, OptimConfig, Sampling, StepContext, TrainConfig, fit, predict, seed_everything
 from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SplitData, normalize
 
@@ -550,10 +550,10 @@ def finetune(
         try:
             result = fit(
                 model, data.dataset("train", random_crop=True), finetune_loss(trial_section, data), cfg,
-                device=device, checkpoint_dir=trial_dir, resume=resume, on_epoch_end=on_epoch_end, state=tracker,
-                log_metrics=log, progress=progress, desc="finetune" if len(points) == 1 else f"finetune {name}",
-                section="finetune", log=say,
-                sample_weights=data.train_weights, epoch_size=int(epoch_size) if epoch_size else None,
+                device=device, checkpoint_dir=trial_dir, resume=resume,
+                sampling=Sampling(weights=data.train_weights, epoch_size=int(epoch_size) if epoch_size else None),
+                hooks=FitHooks(on_epoch_end=on_epoch_end, state=tracker, log_metrics=log, log=say),
+                progress=progress, desc="finetune" if len(points) == 1 else f"finetune {name}", section="finetune",
             )
         except FloatingPointError as exc:
             # A grid point whose lr is too high for the model: it keeps the epochs it scored

@@ -1,6 +1,7 @@
 """Training: the one loop every protocol uses, split by concept.
 
-* :mod:`.loop` -- :func:`fit` (AMP, DDP, accumulation, progress) and :func:`predict`;
+* :mod:`.loop` -- :func:`fit` (AMP, DDP, accumulation, progress) with what a protocol plugs in
+  (:class:`FitHooks`) and how an epoch samples (:class:`Sampling`), and :func:`predict`;
 * :mod:`.optim` -- :class:`TrainConfig` (the shared optimiser settings), parameter groups with
   layer-wise lr decay, the warm-up + cosine schedule;
 * :mod:`.sampler` -- :class:`ShardedBatchSampler`, the same examples per step for any world size;
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 from .loop import (
     STOP_CHECK_STEPS,
+    FitHooks,
     FitResult,
     LossFn,
+    Sampling,
     StepContext,
     autocast,
     configure_backends,
@@ -47,9 +50,10 @@ from .state import (
 )
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "NO_DECAY_NAMES", "OptimConfig", "STOP", "STOP_CHECK_STEPS",
-    "FitResult", "GracefulStop", "LossFn", "ShardedBatchSampler", "StepContext", "TrainConfig", "TrainConfigError",
-    "TrainingInterrupted", "WarmupCosine", "adamw", "autocast", "configure_backends", "fit", "layer_decay_fn",
-    "load_train_checkpoint", "param_groups", "peak_memory_mb", "predict", "restore_train_state", "rng_state",
-    "save_train_checkpoint", "seed_everything", "set_rng_state", "to_device",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "NO_DECAY_NAMES", "STOP", "STOP_CHECK_STEPS",
+    "FitHooks", "FitResult", "GracefulStop", "LossFn", "OptimConfig", "Sampling", "ShardedBatchSampler",
+    "StepContext", "TrainConfig", "TrainConfigError", "TrainingInterrupted", "WarmupCosine", "adamw", "autocast",
+    "configure_backends", "fit", "layer_decay_fn", "load_train_checkpoint", "param_groups", "peak_memory_mb",
+    "predict", "restore_train_state", "rng_state", "save_train_checkpoint", "seed_everything", "set_rng_state",
+    "to_device",
 ]
