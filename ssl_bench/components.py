@@ -10,9 +10,10 @@ Component factories follow one convention, which is what makes ``--set encoder.d
 
 * the factory (usually the component class) has a ``Config`` attribute that is a dataclass;
   every field is a tunable setting with a default;
-* it is called as ``factory(cfg, ctx)`` with an instance of that ``Config`` and a
+* it is called as ``factory(cfg, build)`` with an instance of that ``Config`` and a
   :class:`BuildContext` describing what the rest of the model looks like (input size,
-  encoder width, patch grid, ...).
+  encoder width, patch grid, ...); a component keeps it as ``self.build``, the model as
+  ``model.build``.
 
 Tasks are registered the same way; their factory is called as ``factory(data_dir=...)``.
 """
@@ -46,7 +47,7 @@ class BuildContext:
     order of the model's slots: the frontend sets ``num_frames``/``num_bins``, the
     encoder sets ``encoder_dim``, ``grid``, ``layout``, ``patch_dim`` and
     ``num_prefix_tokens`` for the decoder and objective that follow.  ``parts`` holds every
-    part built so far by slot (``ctx.parts["encoder"]``): a method or decoder that needs the
+    part built so far by slot (``build.parts["encoder"]``): a method or decoder that needs the
     encoder itself (an EMA teacher is a copy of it) takes it from there.
     """
 
@@ -196,7 +197,7 @@ class Objective(Protocol):
 class Method(Protocol):
     """One self-supervised pretraining step (MAE, EAT, ...), registered with ``register_methods``.
 
-    A method is a component (``Config`` dataclass, ``factory(cfg, ctx)``; ``ctx.parts`` holds
+    A method is a component (``Config`` dataclass, ``factory(cfg, build)``; ``build.parts`` holds
     the encoder, masker, decoder and objective the model was built with) and an
     ``nn.Module``: whatever it keeps between steps (an EMA teacher, a step counter as a buffer)
     is its module state, so it lands in every checkpoint under ``method.`` and a resumed run
@@ -271,11 +272,16 @@ class Task(Protocol):
 
 
 class Component(nn.Module):
-    """Optional base class for components: stores ``cfg`` and ``ctx``."""
+    """Optional base class for components: stores ``cfg`` and ``build``."""
 
     Config: type
 
-    def __init__(self, cfg: Any = None, ctx: BuildContext | None = None):
+    def __init__(self, cfg: Any = None, build: BuildContext | None = None):
         super().__init__()
         self.cfg = cfg if cfg is not None else self.Config()
-        self.ctx = ctx if ctx is not None else BuildContext()
+        self.build = build if build is not None else BuildContext()
+
+    @property
+    def ctx(self) -> BuildContext:  # TODO(lead): remove after merge
+        """``build`` under its old name, still read by ``ssl_bench.protocols`` on this branch."""
+        return self.build

@@ -10,7 +10,8 @@ brings, so a plugin reads like a list of what it adds::
         register("checkerboard", CheckerboardMasker)
 
 Factories follow the convention in :mod:`ssl_bench.components`: a ``Config`` dataclass and
-a call ``factory(cfg, ctx)`` (methods too).  Model factories are
+a call ``factory(cfg, build)``, ``build`` being the model's
+:class:`ssl_bench.components.BuildContext` (methods too).  Model factories are
 :class:`ssl_bench.model.ModelSpec` objects; task factories are called as
 ``factory(data_dir=...)``; protocols are :class:`ssl_bench.protocols.base.Protocol` classes;
 commands are :class:`ssl_bench.commands.Command` objects.  Registering a name that another
@@ -54,8 +55,10 @@ def register_objectives(register):
 def register_methods(register):
     """Register pretraining methods (``mae``, ``eat``): components that own one pretraining step.
 
-    See :class:`ssl_bench.components.Method`; a model preset names its method in its
-    ``components`` (``"method": "mae"``) and ``--set method=NAME`` chooses another.
+    See :class:`ssl_bench.components.Method`: ``loss(model, spec, step)`` gives the loss of one
+    micro-batch, ``step`` being its :class:`ssl_bench.train.StepContext`.  A model preset names
+    its method in its ``components`` (``"method": "mae"``) and ``--set method=NAME`` chooses
+    another.
     """
 
 

@@ -66,12 +66,15 @@ class ClassifierHead(nn.Sequential):
 
 
 class SSLModel(nn.Module):
-    """The parts of a model, one attribute per slot, and what the protocols call."""
+    """The parts of a model, one attribute per slot, and what the protocols call.
 
-    def __init__(self, config: dict[str, Any], parts: dict[str, nn.Module | None], ctx: BuildContext):
+    ``build``: the :class:`BuildContext` its parts were built with (input size, patch grid, and
+    every part by slot in ``build.parts``)."""
+
+    def __init__(self, config: dict[str, Any], parts: dict[str, nn.Module | None], build: BuildContext):
         super().__init__()
         self.config = config
-        self.ctx = ctx
+        self.build = build
         for slot, part in parts.items():
             setattr(self, slot.replace(".", "_"), part)
         for slot in ("frontend", "masker", "decoder", "objective", "method"):
@@ -80,6 +83,11 @@ class SSLModel(nn.Module):
         self.head: ClassifierHead | None = None
         #: slot -> "kind 'name' (plugin 'p')", for messages that must say whose part misbehaved
         self.origins: dict[str, str] = {}
+
+    @property
+    def ctx(self) -> BuildContext:  # TODO(lead): remove after merge
+        """``build`` under its old name, still read by ``ssl_bench.protocols`` on this branch."""
+        return self.build
 
     @property
     def name(self) -> str:
@@ -163,7 +171,7 @@ def build_model(config: dict[str, Any], registry: Registry | None = None, dry_ru
     check and to count parameters before any data work, without allocating them.
     """
     registry = registry or get_registry()
-    ctx = BuildContext()
+    build = BuildContext()
     parts: dict[str, nn.Module | None] = {}
     origins: dict[str, str] = {}
     for slot, kind in slots(registry).items():
@@ -179,7 +187,7 @@ def build_model(config: dict[str, Any], registry: Registry | None = None, dry_ru
         where = torch.device("meta") if dry_run and slot != "frontend" else contextlib.nullcontext()
         try:
             with where:
-                parts[slot] = entry.factory(cfg, ctx)
+                parts[slot] = entry.factory(cfg, build)
         except UserError:
             raise
         except (TypeError, ValueError) as exc:  # a component refusing its settings is the user's to fix
@@ -188,11 +196,11 @@ def build_model(config: dict[str, Any], registry: Registry | None = None, dry_ru
         except Exception as exc:  # a bug: keep the traceback, and say whose
             exc.add_note(f"raised by plugin {entry.plugin!r} while building {slot} {node['name']!r}")
             raise
-        ctx.parts[slot] = parts[slot]
+        build.parts[slot] = parts[slot]
         origins[slot] = f"{kind} {node['name']!r} (plugin {entry.plugin!r})"
     if parts.get("encoder") is None:
         raise ConfigError(f"model {config['model']!r} has no encoder")
-    model = SSLModel(config, parts, ctx)
+    model = SSLModel(config, parts, build)
     model.origins = origins
     return model
 
@@ -204,7 +212,7 @@ def blame(model: nn.Module, exc: BaseException) -> str | None:
     import sys
 
     origins = getattr(model, "origins", None) or {}
-    parts = getattr(getattr(model, "ctx", None), "parts", {}) or {}
+    parts = getattr(getattr(model, "build", None), "parts", {}) or {}
     files: dict[str, str] = {}
     for slot, origin in origins.items():
         part = parts.get(slot)
@@ -359,7 +367,7 @@ def check_config(config: dict[str, Any], registry: Registry | None = None,
     need more memory than there is (``memory_bytes``, default: this machine's RAM for a CPU run).
     Returns the parameter count."""
     model = build_model(config, registry, dry_run=True)
-    grid = getattr(model.ctx, "grid", None)
+    grid = getattr(model.build, "grid", None)
     pretraining = bool((config.get("pretrain") or {}).get("enabled", True))
     for slot in ("masker", "finetune.masker"):  # a mask drawn now: a ratio of 0 or 1 is refused before data work
         if grid and getattr(model, slot.replace(".", "_"), None) is not None:

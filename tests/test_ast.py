@@ -159,10 +159,11 @@ def test_registered_with_presets_and_recipes():
 
 
 def test_builds_and_fills_context():
-    ctx = BuildContext(num_frames=1024, num_bins=128)
-    enc = ASTEncoder(ASTEncoder.Config(**TINY), ctx)
+    build = BuildContext(num_frames=1024, num_bins=128)
+    enc = ASTEncoder(ASTEncoder.Config(**TINY), build)
     assert enc.grid == (101, 12) and enc.pos_embed.shape == (1, 2 + 1212, 32)
-    assert (ctx.encoder_dim, ctx.grid, ctx.layout, ctx.patch_dim, ctx.num_prefix_tokens) == (32, (101, 12), FREQ_MAJOR, 256, 2)
+    assert (build.encoder_dim, build.grid, build.layout, build.patch_dim,
+            build.num_prefix_tokens) == (32, (101, 12), FREQ_MAJOR, 256, 2)
     assert enc.grid_for(512, 128) == (50, 12) and enc.grid_for(128, 128) == (12, 12)
     assert [enc.layer_id(n) for n in ("cls_token", "encoder.pos_embed", "patch_embed.proj.weight",
                                       "blocks.0.attn.qkv.weight", "encoder.blocks.1.norm1.bias", "norm.weight")] \

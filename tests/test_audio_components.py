@@ -184,9 +184,9 @@ def test_fbank_float64_path_is_kaldi_in_float64():
 
 
 def test_fbank_forward_pads_crops_and_normalises(device):
-    ctx = BuildContext(num_frames=7, num_bins=3)
-    fb = KaldiFbank(KaldiFbank.Config(num_frames=128, mean=-4.0, std=2.0), ctx).to(device)
-    assert (ctx.num_frames, ctx.num_bins) == (128, 128)
+    build = BuildContext(num_frames=7, num_bins=3)
+    fb = KaldiFbank(KaldiFbank.Config(num_frames=128, mean=-4.0, std=2.0), build).to(device)
+    assert (build.num_frames, build.num_bins) == (128, 128)
     clips = make_clips(SR // 2, batch=2).to(device)  # 48 frames -> padded to 128
     out = fb(clips, SR)
     assert out.shape == (2, 128, 128)

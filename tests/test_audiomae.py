@@ -229,9 +229,9 @@ def test_global_decoder_size_matches_release():
     # counted on the meta device (nothing allocated).
     assert resolve("audiomae", overrides={"decoder": "global"})["decoder"]["depth"] == 8
     with torch.device("meta"):
-        ctx = BuildContext(num_frames=1024, num_bins=128)
-        enc = ViTEncoder(ViTEncoder.Config(), ctx)
-        dec = GlobalDecoder(GlobalDecoder.Config(), ctx)
+        build = BuildContext(num_frames=1024, num_bins=128)
+        enc = ViTEncoder(ViTEncoder.Config(), build)
+        dec = GlobalDecoder(GlobalDecoder.Config(), build)
     assert round((nparams(enc) + nparams(dec)) / 1e6, 2) == 111.66
 
 
@@ -324,9 +324,10 @@ def test_patchify_order_and_unpatchify_roundtrip():
 
 
 def test_encoder_runs_visible_tokens_and_fills_context(device):
-    ctx = BuildContext(num_frames=128, num_bins=128)
-    enc = ViTEncoder(ViTEncoder.Config(dim=32, depth=2, heads=4), ctx).to(device)
-    assert (ctx.encoder_dim, ctx.grid, ctx.layout, ctx.patch_dim, ctx.num_prefix_tokens) == (32, (8, 8), TIME_MAJOR, 256, 1)
+    build = BuildContext(num_frames=128, num_bins=128)
+    enc = ViTEncoder(ViTEncoder.Config(dim=32, depth=2, heads=4), build).to(device)
+    assert (build.encoder_dim, build.grid, build.layout, build.patch_dim,
+            build.num_prefix_tokens) == (32, (8, 8), TIME_MAJOR, 256, 1)
     spec = torch.randn(3, 128, 128, device=device)
     mask = fixed_mask(3, 64, 13).to(device)
     out = enc(spec, mask)
@@ -394,9 +395,9 @@ def test_padding_never_reaches_real_tokens():
 @pytest.mark.parametrize("layout,prefix,grid", [(TIME_MAJOR, 1, (7, 5)), (FREQ_MAJOR, 2, (9, 6)),
                                                 (TIME_MAJOR, 1, (3, 2))])
 def test_decoders_work_for_any_encoder_and_grid(cls, layout, prefix, grid, device):
-    ctx = BuildContext(encoder_dim=24, grid=grid, layout=layout, patch_dim=256, num_prefix_tokens=prefix)
+    build = BuildContext(encoder_dim=24, grid=grid, layout=layout, patch_dim=256, num_prefix_tokens=prefix)
     dec = cls(cls.Config(dim=32, depth=3, heads=4, global_depth=1) if cls is HybridDecoder
-              else cls.Config(dim=32, depth=3, heads=4), ctx).to(device)
+              else cls.Config(dim=32, depth=3, heads=4), build).to(device)
     L = grid[0] * grid[1]
     mask = fixed_mask(2, L, max(1, L // 4)).to(device)
     tokens = torch.randn(2, prefix + max(1, L // 4), 24, device=device, requires_grad=True)
@@ -408,8 +409,8 @@ def test_decoders_work_for_any_encoder_and_grid(cls, layout, prefix, grid, devic
 
 def test_decoder_puts_tokens_back_in_original_order():
     grid = (4, 3)
-    ctx = BuildContext(encoder_dim=8, grid=grid, layout=TIME_MAJOR, patch_dim=16, num_prefix_tokens=1)
-    dec = GlobalDecoder(GlobalDecoder.Config(dim=8, depth=0, heads=2), ctx).eval()
+    build = BuildContext(encoder_dim=8, grid=grid, layout=TIME_MAJOR, patch_dim=16, num_prefix_tokens=1)
+    dec = GlobalDecoder(GlobalDecoder.Config(dim=8, depth=0, heads=2), build).eval()
     mask = fixed_mask(2, 12, 5)
     ids = keep_indices(mask)
     tokens = torch.randn(2, 1 + 5, 8)
@@ -426,9 +427,9 @@ def test_decoder_puts_tokens_back_in_original_order():
 
 
 def test_decoder_pos_table_follows_encoder_mode():
-    ctx = BuildContext(num_frames=256, num_bins=128)
-    ViTEncoder(ViTEncoder.Config(dim=32, depth=1, heads=2), ctx)
-    dec = ShiftedWindowDecoder(ShiftedWindowDecoder.Config(dim=16, depth=1, heads=2), ctx)
+    build = BuildContext(num_frames=256, num_bins=128)
+    ViTEncoder(ViTEncoder.Config(dim=32, depth=1, heads=2), build)
+    dec = ShiftedWindowDecoder(ShiftedWindowDecoder.Config(dim=16, depth=1, heads=2), build)
     assert torch.allclose(dec.pos_embed[0], torch.from_numpy(facts_official_table(16, 16, 8)).float(), atol=1e-6)
 
 

@@ -54,7 +54,7 @@ def test_bf16_embeddings_stay_within_cosine_0999_of_float32(monkeypatch, device)
     torch.manual_seed(0)
     model = create_model("audiomae", preset="tiny", **{"frontend.num_frames": 128}).eval().to(device)
     g = torch.Generator().manual_seed(1)
-    specs = torch.randn(4, 128, model.ctx.num_bins, generator=g)  # normalised log-mel scale
+    specs = torch.randn(4, 128, model.build.num_bins, generator=g)  # normalised log-mel scale
     dataset = [{"spec": s} for s in specs]
     monkeypatch.setattr(loop, "cpu_bf16_supported", lambda: True)
 

@@ -78,9 +78,9 @@ def test_masks_follow_the_token_layout_and_the_generator():
 
 # --------------------------------------------------------------------------- decoder
 def _decoder(layout, kernel=3, groups=2, depth=2, dim=8, enc_dim=8, grid=(5, 3)):
-    ctx = BuildContext(encoder_dim=enc_dim, grid=grid, layout=layout, num_prefix_tokens=1)
+    build = BuildContext(encoder_dim=enc_dim, grid=grid, layout=layout, num_prefix_tokens=1)
     torch.manual_seed(0)
-    return CNNDecoder(CNNDecoder.Config(dim=dim, depth=depth, kernel=kernel, groups=groups), ctx)
+    return CNNDecoder(CNNDecoder.Config(dim=dim, depth=depth, kernel=kernel, groups=groups), build)
 
 
 def _visible(mask, tokens, prefix=1):

@@ -246,11 +246,11 @@ def test_a_component_failing_at_call_time_names_its_plugin():
     class Model:
         origins = {"masker": "masker 'boom' (plugin 'hostile')"}
 
-        class ctx:
+        class build:
             parts = {"masker": _Masker()}
 
     try:
-        Model.ctx.parts["masker"]()
+        Model.build.parts["masker"]()
     except RuntimeError as exc:
         assert blame(Model(), exc) == "raised in masker 'boom' (plugin 'hostile')"
 

@@ -168,9 +168,9 @@ WAVE_FRONTEND = textwrap.dedent('''
             sample_rate: int = 16000
             hop: int = 160
 
-        def __init__(self, cfg=None, ctx=None):
-            super().__init__(cfg, ctx)
-            self.ctx.num_bins = self.cfg.hop
+        def __init__(self, cfg=None, build=None):
+            super().__init__(cfg, build)
+            self.build.num_bins = self.cfg.hop
 
         @property
         def sample_rate(self):

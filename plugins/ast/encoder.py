@@ -127,9 +127,9 @@ class ASTEncoder(Component):
     layout = FREQ_MAJOR
     num_prefix_tokens = NUM_PREFIX_TOKENS
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
-        cfg, ctx = self.cfg, self.ctx
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
+        cfg, build = self.cfg, self.build
         for name in ("dim", "depth", "heads", "patch_size", "freq_stride", "time_stride"):
             if getattr(cfg, name) <= 0:
                 raise ValueError(f"encoder.{name} must be positive, got {getattr(cfg, name)}")
@@ -141,9 +141,9 @@ class ASTEncoder(Component):
             raise ValueError(f"encoder.init_channels must be 'sum' or 'mean', got {cfg.init_channels!r}")
         self.dim, self.depth = cfg.dim, cfg.depth
         self.patch_size = cfg.patch_size
-        self.num_frames, self.num_bins = ctx.num_frames, ctx.num_bins
+        self.num_frames, self.num_bins = build.num_frames, build.num_bins
         #: the grid the position table is stored for, ``(n_time, n_freq)``
-        self.grid = self.grid_for(ctx.num_frames, ctx.num_bins)
+        self.grid = self.grid_for(build.num_frames, build.num_bins)
         n_time, n_freq = self.grid
 
         self.patch_embed = PatchEmbed(cfg.dim, cfg.patch_size, cfg.freq_stride, cfg.time_stride)
@@ -157,11 +157,11 @@ class ASTEncoder(Component):
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps)
         self._init_weights()
 
-        ctx.encoder_dim = cfg.dim
-        ctx.grid = self.grid
-        ctx.layout = FREQ_MAJOR
-        ctx.patch_dim = cfg.patch_size * cfg.patch_size
-        ctx.num_prefix_tokens = NUM_PREFIX_TOKENS
+        build.encoder_dim = cfg.dim
+        build.grid = self.grid
+        build.layout = FREQ_MAJOR
+        build.patch_dim = cfg.patch_size * cfg.patch_size
+        build.num_prefix_tokens = NUM_PREFIX_TOKENS
 
     def _init_weights(self) -> None:
         # From-scratch AST (imagenet_pretrain=False) is timm's DeiT init: trunc-normal(0.02)

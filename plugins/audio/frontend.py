@@ -70,8 +70,8 @@ class KaldiFbank(Component):
         mean: float | None = None  # dataset statistics of the raw log-mel
         std: float | None = None
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         cfg = self.cfg
         if cfg.sample_rate <= 0:
             raise ValueError(f"frontend.sample_rate must be positive, got {cfg.sample_rate}")
@@ -108,10 +108,10 @@ class KaldiFbank(Component):
             self._bands.append((lo, hi, f0, f1))
             weights = banks[lo:hi, f0:f1].repeat_interleave(2, dim=0).contiguous()
             self.register_buffer(f"band_weights_{i}", weights, persistent=False)
-        if self.ctx is not None:
-            self.ctx.num_bins = cfg.num_bins
+        if self.build is not None:
+            self.build.num_bins = cfg.num_bins
             if cfg.num_frames is not None:
-                self.ctx.num_frames = cfg.num_frames
+                self.build.num_frames = cfg.num_frames
 
     # ------------------------------------------------------------------ protocol attributes
     @property

@@ -64,8 +64,8 @@ class _RatioMasker(Component):
     class Config:
         ratio: float = 0.8
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         _check_ratio("ratio", self.cfg.ratio)
 
 
@@ -115,8 +115,8 @@ class TimeFrequencyMasker(Component):
         time_ratio: float = 0.2
         freq_ratio: float = 0.2
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         _check_ratio("time_ratio", self.cfg.time_ratio)
         _check_ratio("freq_ratio", self.cfg.freq_ratio)
 

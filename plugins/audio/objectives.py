@@ -22,8 +22,8 @@ class MaskedMSE(Component):
         norm_pix: bool = True
         eps: float = 1e-6
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         if self.cfg.eps <= 0:
             raise ValueError(f"objective.eps must be positive, got {self.cfg.eps}")
 

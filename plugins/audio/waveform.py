@@ -37,15 +37,15 @@ class Waveform(Component):
     stats_key = None  # no dataset statistics: nothing for the runner to measure or fill in
     norm_stats = None
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         if self.cfg.sample_rate <= 0:
             raise ValueError(f"frontend.sample_rate must be positive, got {self.cfg.sample_rate}")
         if self.cfg.num_frames is not None and self.cfg.num_frames <= 0:
             raise ValueError(f"frontend.num_frames (samples) must be positive or null, got {self.cfg.num_frames}")
-        self.ctx.num_bins = 1
+        self.build.num_bins = 1
         if self.cfg.num_frames is not None:
-            self.ctx.num_frames = int(self.cfg.num_frames)
+            self.build.num_frames = int(self.cfg.num_frames)
 
     @property
     def sample_rate(self) -> int:

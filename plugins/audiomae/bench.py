@@ -384,8 +384,8 @@ def bench_pretrain(preset: str, device: torch.device, quick: bool) -> dict[str, 
     ours = create_model("audiomae", preset=preset, decoder="global", **{"frontend.num_frames": frames}).to(device)
     window = create_model("audiomae", preset=preset, decoder="shifted-window",
                           **{"frontend.num_frames": frames}).to(device)
-    num_bins = ours.ctx.num_bins
-    grid = ours.ctx.grid
+    num_bins = ours.build.num_bins
+    grid = ours.build.grid
     ratio = float(ours.config["masker"]["ratio"])
     reference = build_reference(ours.config, frames, num_bins, ratio).to(device)
     spec = torch.randn(batch, frames, num_bins, device=device)
@@ -414,7 +414,7 @@ def bench_pretrain(preset: str, device: torch.device, quick: bool) -> dict[str, 
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = gemm_flops_per_s(device, dtype, quick)
-    patch_dim = ours.ctx.patch_dim
+    patch_dim = ours.build.patch_dim
     flops = pretrain_flops_per_sample(ours.config, grid, kept, patch_dim)
     flops_window = pretrain_flops_per_sample(window.config, grid, kept, patch_dim)
     out = {
@@ -742,7 +742,7 @@ def _bf16_model(preset: str, device: torch.device, quick: bool) -> dict[str, Any
     rounds = BF16_ROUNDS[quick]
     torch.manual_seed(0)
     model = create_model("audiomae", preset=preset, **{"frontend.num_frames": frames}).to(device)
-    spec = torch.randn(batch, frames, model.ctx.num_bins, device=device)
+    spec = torch.randn(batch, frames, model.build.num_bins, device=device)
     model.eval()
 
     def forward(amp: bool) -> torch.Tensor:

@@ -42,28 +42,28 @@ from .positions import check_mode, position_table
 SHIFT_MASK_VALUE = -100.0
 
 
-def _require_ctx(ctx: BuildContext, what: str) -> tuple[int, tuple[int, int], int]:
-    missing = [n for n in ("encoder_dim", "grid", "patch_dim") if getattr(ctx, n) is None]
+def _require_build(build: BuildContext, what: str) -> tuple[int, tuple[int, int], int]:
+    missing = [n for n in ("encoder_dim", "grid", "patch_dim") if getattr(build, n) is None]
     if missing:
         raise ValueError(f"{what}: the encoder did not fill {', '.join(missing)} in the build context; "
                          "build the encoder before the decoder")
-    return int(ctx.encoder_dim), (int(ctx.grid[0]), int(ctx.grid[1])), int(ctx.patch_dim)
+    return int(build.encoder_dim), (int(build.grid[0]), int(build.grid[1])), int(build.patch_dim)
 
 
 class MaskedDecoder(Component):
     """Shared plumbing of the MAE decoders (subclasses define ``blocks`` and ``run_blocks``)."""
 
     def _setup(self, dim: int, eps: float, pos_mode: str) -> None:
-        ctx = self.ctx
-        enc_dim, grid, patch_dim = _require_ctx(ctx, type(self).__name__)
+        build = self.build
+        enc_dim, grid, patch_dim = _require_build(build, type(self).__name__)
         if dim % 4:
             raise ValueError(f"decoder.dim must be divisible by 4 for the 2-D sin-cos table, got {dim}")
         if pos_mode == "auto":
-            pos_mode = ctx.extra.get("pos_embed", "true")
+            pos_mode = build.extra.get("pos_embed", "true")
         self.pos_mode = check_mode(pos_mode, "decoder.pos_embed")
         self.dim = dim
-        self.layout = ctx.layout
-        self.num_prefix = int(ctx.num_prefix_tokens)
+        self.layout = build.layout
+        self.num_prefix = int(build.num_prefix_tokens)
         self.grid = grid
         self.embed = nn.Linear(enc_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -130,8 +130,8 @@ class GlobalDecoder(MaskedDecoder):
         pos_embed: str = "auto"  # "auto": the encoder's table mode; "official" or "true"
         drop_path: float = 0.0
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         cfg = self.cfg
         self._setup(cfg.dim, cfg.eps, cfg.pos_embed)
         self.blocks = nn.ModuleList(
@@ -386,8 +386,8 @@ class ShiftedWindowDecoder(WindowDecoder):
         pos_embed: str = "auto"
         drop_path: float = 0.0
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         self._setup(self.cfg.dim, self.cfg.eps, self.cfg.pos_embed)
         self._build_blocks(self.cfg, num_global=0)
         self._init()
@@ -405,8 +405,8 @@ class HybridDecoder(WindowDecoder):
     class Config(ShiftedWindowDecoder.Config):
         global_depth: int = 2  # the last blocks attend globally (paper value unknown)
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         if not 0 <= self.cfg.global_depth <= self.cfg.depth:
             raise ValueError(f"decoder.global_depth must be in 0..{self.cfg.depth}, got {self.cfg.global_depth}")
         self._setup(self.cfg.dim, self.cfg.eps, self.cfg.pos_embed)

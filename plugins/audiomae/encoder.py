@@ -81,8 +81,8 @@ class ViTEncoder(Component):
         pool: str = "mean"  # clip embedding: "mean" of the patch tokens (AudioMAE) or the "cls" token
         drop_path: float = 0.0  # stochastic depth, linear over the blocks (fine-tuning sets it)
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         cfg = self.cfg
         check_mode(cfg.pos_embed, "encoder.pos_embed")
         if cfg.pool not in POOLS:
@@ -97,7 +97,7 @@ class ViTEncoder(Component):
         self.dim = cfg.dim
         self.depth = cfg.depth
         self.patch_size = cfg.patch_size
-        self.grid = self.grid_for(self.ctx.num_frames, self.ctx.num_bins)
+        self.grid = self.grid_for(self.build.num_frames, self.build.num_bins)
 
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
@@ -113,14 +113,14 @@ class ViTEncoder(Component):
         self._init_weights()
         set_drop_path(self, cfg.drop_path)
 
-        ctx = self.ctx
-        ctx.encoder_dim = cfg.dim
-        ctx.grid = self.grid
-        ctx.layout = self.layout
-        ctx.patch_dim = cfg.patch_size * cfg.patch_size
-        ctx.num_prefix_tokens = self.num_prefix_tokens
-        ctx.extra["pos_embed"] = cfg.pos_embed
-        ctx.extra["patch_size"] = cfg.patch_size
+        build = self.build
+        build.encoder_dim = cfg.dim
+        build.grid = self.grid
+        build.layout = self.layout
+        build.patch_dim = cfg.patch_size * cfg.patch_size
+        build.num_prefix_tokens = self.num_prefix_tokens
+        build.extra["pos_embed"] = cfg.pos_embed
+        build.extra["patch_size"] = cfg.patch_size
 
     def _init_weights(self) -> None:
         init_vit_weights(self)

@@ -30,8 +30,8 @@ class MaskedAutoencoder(Component):
     class Config:
         """MAE has no settings of its own: its parts (masker, decoder, objective) have them."""
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
 
     @staticmethod
     def _parts(model: nn.Module) -> tuple[Any, Any, Any]:

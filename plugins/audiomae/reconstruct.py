@@ -69,7 +69,7 @@ def reconstruct(model: Any, audio_path: str | Path, out_png: str | Path, seed: i
         spec = frontend(torch.from_numpy(wave)[None].to(device), frontend.sample_rate).float()
         if getattr(frontend, "num_frames", 1) is None and hasattr(frontend, "fit_frames"):
             # A frontend that keeps every frame: pad or crop to the length the model was built for.
-            spec = frontend.fit_frames(spec, model.ctx.num_frames)
+            spec = frontend.fit_frames(spec, model.build.num_frames)
         num_frames, num_bins = spec.shape[1], spec.shape[2]
         grid = encoder.grid_for(num_frames, num_bins)
         generator = torch.Generator().manual_seed(seed)

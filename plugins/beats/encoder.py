@@ -198,9 +198,9 @@ class BEATsEncoder(Component):
     layout = TIME_MAJOR
     num_prefix_tokens = 0
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
-        cfg, ctx = self.cfg, self.ctx
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
+        cfg, build = self.cfg, self.build
         for name in ("dim", "depth", "heads", "ffn_dim", "embed_dim", "patch_size", "conv_pos", "conv_pos_groups",
                      "num_buckets", "max_distance"):
             if getattr(cfg, name) <= 0:
@@ -223,12 +223,12 @@ class BEATsEncoder(Component):
                                           cfg.conv_pos_groups, cfg.deep_norm, cfg.relative_position_embedding,
                                           cfg.gru_rel_pos, cfg.num_buckets, cfg.max_distance)
         self._init_weights()
-        self.grid = self.grid_for(ctx.num_frames, ctx.num_bins)
-        ctx.encoder_dim = cfg.dim
-        ctx.grid = self.grid
-        ctx.layout = TIME_MAJOR
-        ctx.patch_dim = cfg.patch_size * cfg.patch_size
-        ctx.num_prefix_tokens = 0
+        self.grid = self.grid_for(build.num_frames, build.num_bins)
+        build.encoder_dim = cfg.dim
+        build.grid = self.grid
+        build.layout = TIME_MAJOR
+        build.patch_dim = cfg.patch_size * cfg.patch_size
+        build.num_prefix_tokens = 0
 
     def _init_weights(self) -> None:
         # The release's init: xavier-uniform projections and zero biases; under deep norm the

@@ -55,8 +55,8 @@ class BEATsFbank(Component):
     #: The frontend needs no dataset statistics: its constants are the release's.
     stats_key = None
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         cfg = self.cfg
         if cfg.sample_rate != SAMPLE_RATE:
             raise ValueError(f"frontend.sample_rate: BEATs was trained on {SAMPLE_RATE} Hz audio, "
@@ -68,10 +68,10 @@ class BEATsFbank(Component):
         if not cfg.std > 0:
             raise ValueError(f"frontend.std must be positive, got {cfg.std}")
         self.window_size, self.window_shift = 400, 160  # 25 ms / 10 ms at 16 kHz
-        if self.ctx is not None:
-            self.ctx.num_bins = cfg.num_bins
+        if self.build is not None:
+            self.build.num_bins = cfg.num_bins
             if cfg.num_frames is not None:
-                self.ctx.num_frames = cfg.num_frames
+                self.build.num_frames = cfg.num_frames
 
     @property
     def sample_rate(self) -> int:

@@ -52,13 +52,13 @@ class CNNDecoder(Component):
         groups: int = 16  # grouped convolutions (the encoder width and dim must be multiples)
         eps: float = 1e-5
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
-        cfg, ctx = self.cfg, self.ctx
-        if ctx.encoder_dim is None or ctx.grid is None:
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
+        cfg, build = self.cfg, self.build
+        if build.encoder_dim is None or build.grid is None:
             raise ValueError("decoder eat-cnn: the encoder did not fill encoder_dim and grid in the build context; "
                              "build the encoder before the decoder")
-        enc_dim = int(ctx.encoder_dim)
+        enc_dim = int(build.encoder_dim)
         if cfg.depth < 1 or cfg.dim < 1:
             raise ValueError(f"decoder eat-cnn: depth and dim must be >= 1, got depth={cfg.depth}, dim={cfg.dim}")
         if cfg.kernel < 1 or cfg.kernel % 2 == 0:
@@ -66,7 +66,7 @@ class CNNDecoder(Component):
         if cfg.groups < 1 or cfg.dim % cfg.groups or enc_dim % cfg.groups:
             raise ValueError(f"decoder eat-cnn: groups {cfg.groups} must divide decoder.dim {cfg.dim} and the "
                              f"encoder width {enc_dim}; set decoder.groups")
-        self.layout = ctx.layout
+        self.layout = build.layout
         self.mask_token = nn.Parameter(torch.zeros(1, 1, enc_dim))
         self.blocks = nn.ModuleList(
             ConvBlock(enc_dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, cfg.groups, cfg.eps) for i in range(cfg.depth)

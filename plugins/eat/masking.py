@@ -50,8 +50,8 @@ class InverseBlockMasker(Component):
         block_time: int = 5  # block size in patches along time
         block_freq: int = 5  # and along frequency (clipped to the grid)
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         if not 0.0 <= self.cfg.ratio < 1.0:
             raise ValueError(f"masker ratio must be in [0, 1), got {self.cfg.ratio}")
         if self.cfg.block_time < 1 or self.cfg.block_freq < 1:

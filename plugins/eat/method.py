@@ -82,10 +82,10 @@ class EAT(Component):
         ema_anneal_steps: int = 100_000
         layer_norm_targets: bool = True  # LayerNorm (no affine) of the averaged targets, per patch
 
-    def __init__(self, cfg: Config | None = None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg: Config | None = None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
         cfg = self.cfg
-        encoder = self.ctx.parts.get("encoder")
+        encoder = self.build.parts.get("encoder")
         if encoder is None:
             raise ConfigError("method eat needs an encoder to copy into its teacher; set encoder=NAME")
         if cfg.clones < 1:
@@ -104,7 +104,8 @@ class EAT(Component):
                               "use one or set method.utterance_weight=0")
         self.top_k = cfg.top_k if cfg.top_k is not None else depth
         # The shared build context stays shared: copying it would copy every part built so far.
-        self.teacher = copy.deepcopy(encoder, memo={id(encoder.ctx): encoder.ctx} if hasattr(encoder, "ctx") else None)
+        build = getattr(encoder, "build", None)
+        self.teacher = copy.deepcopy(encoder, memo={id(build): build} if build is not None else None)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))

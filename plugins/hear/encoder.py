@@ -52,9 +52,9 @@ class HearEncoder(Component):
     num_prefix_tokens = 0
     depth = 0
 
-    def __init__(self, cfg=None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
-        cfg, ctx = self.cfg, self.ctx
+    def __init__(self, cfg=None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
+        cfg, build = self.cfg, self.build
         self.api = import_hear_module(cfg.module)
         if not cfg.model_file:
             raise ConfigError(f"model hear: give the file {cfg.module}.load_model takes with --checkpoint FILE")
@@ -63,12 +63,12 @@ class HearEncoder(Component):
         for attr in ("sample_rate", "scene_embedding_size"):
             if not hasattr(model, attr):
                 raise ConfigError(f"{cfg.module}.load_model returned a model without {attr!r} (HEAR 2021 API)")
-        frontend = ctx.parts.get("frontend")
+        frontend = build.parts.get("frontend")
         rate = int(getattr(frontend, "sample_rate", model.sample_rate))
         if rate != int(model.sample_rate):
             raise ConfigError(f"HEAR module {cfg.module} takes audio at {model.sample_rate} Hz but the frontend gives "
                               f"{rate} Hz: add --set frontend.sample_rate={model.sample_rate}")
-        if ctx.num_bins != 1:
+        if build.num_bins != 1:
             raise ConfigError("encoder hear reads waveforms: use the 'waveform' frontend")
         model.eval()
         for p in model.parameters():
@@ -76,10 +76,10 @@ class HearEncoder(Component):
         self.model = model
         self.dim = int(model.scene_embedding_size)
         self.layers = callable(getattr(self.api, "get_layer_embeddings", None))
-        ctx.encoder_dim = self.dim
-        ctx.grid = (1, 1)
-        ctx.layout = TIME_MAJOR
-        ctx.num_prefix_tokens = 0
+        build.encoder_dim = self.dim
+        build.grid = (1, 1)
+        build.layout = TIME_MAJOR
+        build.num_prefix_tokens = 0
 
     def train(self, mode: bool = True):
         super().train(mode)

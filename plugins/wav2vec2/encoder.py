@@ -67,9 +67,9 @@ class Wav2Vec2Encoder(Component):
     layout = TIME_MAJOR
     num_prefix_tokens = 0
 
-    def __init__(self, cfg=None, ctx: BuildContext | None = None):
-        super().__init__(cfg, ctx)
-        cfg, ctx = self.cfg, self.ctx
+    def __init__(self, cfg=None, build: BuildContext | None = None):
+        super().__init__(cfg, build)
+        cfg, build = self.cfg, self.build
         for name in ("dim", "depth", "heads", "ff_dim", "pos_conv_kernel", "pos_conv_groups"):
             if getattr(cfg, name) <= 0:
                 raise ValueError(f"encoder.{name} must be positive, got {getattr(cfg, name)}")
@@ -83,18 +83,18 @@ class Wav2Vec2Encoder(Component):
         if not layers or any(len(c) != 3 or min(c) <= 0 for c in layers):
             raise ValueError(f"encoder.conv_layers must be a list of [channels, kernel, stride], got {cfg.conv_layers}")
         self.conv_layers = layers
-        if ctx.num_bins != 1:
+        if build.num_bins != 1:
             raise ValueError(f"encoder {type(self).__name__} reads a waveform (frontend 'waveform', 1 value per "
-                             f"frame), but the frontend gives {ctx.num_bins} bins per frame")
+                             f"frame), but the frontend gives {build.num_bins} bins per frame")
         model = self._build()
         # torchaudio's parts as our own children: our parameter names are torchaudio's
         self.feature_extractor = model.feature_extractor
         self.encoder = model.encoder
         self.dim, self.depth = cfg.dim, cfg.depth
-        ctx.encoder_dim = cfg.dim
-        ctx.grid = self.grid_for(ctx.num_frames, 1)
-        ctx.layout = TIME_MAJOR
-        ctx.num_prefix_tokens = 0
+        build.encoder_dim = cfg.dim
+        build.grid = self.grid_for(build.num_frames, 1)
+        build.layout = TIME_MAJOR
+        build.num_prefix_tokens = 0
 
     def builder_arguments(self) -> dict:
         """The keyword arguments of torchaudio's builder for this config."""
