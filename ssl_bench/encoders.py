@@ -210,7 +210,7 @@ def pretraining_flops(model: nn.Module, num_frames: int, device: torch.device) -
         return _method(model).loss(model, normalize(model, spec), step)
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return flops_per_sample(loss, spec_probe(num_frames, model.ctx.num_bins, device))
+        return flops_per_sample(loss, spec_probe(num_frames, model.build.num_bins, device))
 
 
 def pretrain_encoder(model: nn.Module, unlabeled: Unlabeled, *, num_frames: int, config: dict[str, Any],
