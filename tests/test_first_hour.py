@@ -426,7 +426,7 @@ def test_filters_that_leave_nothing_keep_the_columns(tmp_path):
 
 def test_a_single_value_for_a_list_setting_is_a_one_value_grid():
     from ssl_bench.protocols.base import section_config
-    from ssl_bench.protocols.probe import LinearProtocol
+    from ssl_bench.protocols.linear import LinearProtocol
 
     assert section_config(LinearProtocol, {"C": 1.0}).C == [1.0]
     assert section_config(LinearProtocol, {"C": [0.1, 1.0]}).C == [0.1, 1.0]

@@ -154,7 +154,7 @@ class ProtocolContext:
         of the first block, every block's pooled output, then the pooled final output; all
         from one forward pass, each layer cached in its own file.
         """
-        from .probe import extract_embeddings
+        from .linear import extract_embeddings
 
         parts = ("train", "valid", "test")
         indices = np.concatenate([getattr(self.data, p) for p in parts])

@@ -8,7 +8,7 @@ from .knn import KNNProtocol
 from .layers import LayersProtocol
 from .mlp import MLPProtocol
 from .pretrain import PretrainProtocol
-from .probe import LinearProtocol
+from .linear import LinearProtocol
 
 
 @hookimpl

@@ -4,7 +4,7 @@ scikit-learn's probe fits one logistic regression per class for a multi-label ta
 for AudioSet), each step a matrix-vector product bound by memory bandwidth.  Here every step
 of every class is one matrix product over all classes, on the GPU when there is one.
 
-It solves the same problems as :func:`~ssl_bench.protocols.probe.fit_linear`, so the two agree
+It solves the same problems as :func:`~ssl_bench.protocols.linear.fit_linear`, so the two agree
 up to convergence:
 
 * single-label: multinomial softmax cross-entropy (a binary logistic regression on one logit
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import evaluate
-from .probe import ProbeResult
+from .linear import ProbeResult
 
 #: L-BFGS stops when the largest gradient entry of the scaled objective is below this
 #: (scikit-learn's LogisticRegression ``tol``, applied the same way).
@@ -499,7 +499,7 @@ def fit_linear_torch(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> ProbeResult:
-    """The contract of :func:`~ssl_bench.protocols.probe.fit_linear`, all classes in one torch
+    """The contract of :func:`~ssl_bench.protocols.linear.fit_linear`, all classes in one torch
     model (see the module docstring).  ``seed`` is accepted for the same signature: the
     fit starts from zeros and is full batch, so it has nothing random."""
     device = torch.device(device)
