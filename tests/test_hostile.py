@@ -120,7 +120,7 @@ def test_a_damaged_feature_entry_is_rebuilt_with_one_warning(tones, tmp_path, da
 
 
 def test_a_damaged_embedding_file_is_computed_again(tmp_path):
-    from ssl_bench.protocols.linear import _load_npy, _save_npy
+    from ssl_bench.protocols.embeddings import _load_npy, _save_npy
 
     path = tmp_path / "emb" / "k.npy"
     emb = np.arange(12, dtype=np.float32).reshape(4, 3)

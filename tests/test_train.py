@@ -13,8 +13,9 @@ from torch import nn
 from ssl_bench import augment
 from ssl_bench.protocols import finetune as ft
 from ssl_bench.protocols.data import SpecDataset, fit_frames, label_targets
+from ssl_bench.protocols.embeddings import embedding_key, extract_embeddings, weights_hash
+from ssl_bench.protocols.linear import fit_linear, linear_probe
 from ssl_bench.protocols.pretrain import pretrain, pretrain_loss
-from ssl_bench.protocols.linear import embedding_key, extract_embeddings, fit_linear, linear_probe, weights_hash
 from ssl_bench.train import (
     ShardedBatchSampler, StepContext, TrainConfig, TrainConfigError, WarmupCosine, fit, param_groups, predict,
 )
