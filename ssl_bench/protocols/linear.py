@@ -26,6 +26,8 @@ from ..metrics import evaluate
 from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SplitData
 from .embeddings import extract_embeddings
+from .selection import VALID, choose_on_validation, require_single
+from .torch_linear import ProbeResult, fit_linear_torch
 
 
 @dataclass
@@ -41,18 +43,6 @@ class LinearConfig:
     solver: str = "auto"
     auto_torch_classes: int = 50  # "auto" uses torch from this many classes ...
     auto_torch_clips: int = 5000  # ... or this many training clips
-
-
-@dataclass
-class ProbeResult:
-    C: float
-    metric: str
-    valid: dict[str, float]
-    test: dict[str, float]
-    valid_by_C: dict[float, float] = field(default_factory=dict)
-    embed_dim: int = 0
-    from_cache: bool = False
-    selection: str = "valid"
 
 
 def _classifier(C: float, multilabel: bool, max_iter: int, seed: int):
@@ -96,33 +86,25 @@ def fit_linear(
     if not Cs:
         raise ValueError("linear.C is empty: give at least one regularisation value")
     has_valid = len(y["valid"]) > 0
-    if not has_valid and len(Cs) > 1:
-        raise ValueError(
-            f"linear probe: no validation data to choose C from {Cs}; set data.valid_fraction > 0 or give one C"
-        )
+    require_single(Cs, has_valid, owner="linear probe", what=f"C from {Cs}", instead="give one C", error=ValueError)
     if not multilabel and len(np.unique(y["train"])) < 2:
         raise ValueError("linear probe: the training part has fewer than two classes")
     scaler = StandardScaler().fit(X["train"])
     Z = {k: scaler.transform(v) for k, v in X.items()}
     metric = metrics[0]
-    best: tuple[float, float, Any, dict[str, float]] | None = None
-    valid_by_C: dict[float, float] = {}
-    for C in Cs:
+
+    def trial(C: float) -> tuple[dict[str, float], Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf = _classifier(C, multilabel, max_iter, seed).fit(Z["train"], y["train"])
         if not has_valid:
-            best = (C, float("nan"), clf, {})
-            break
-        valid = evaluate(metrics, _scores(clf, Z["valid"], num_classes, multilabel), y["valid"])
-        valid_by_C[C] = valid[metric]
-        if best is None or valid[metric] > best[1]:  # ties keep the smaller (earlier) C
-            best = (C, valid[metric], clf, valid)
-    assert best is not None
-    C, _, clf, valid = best
-    test = evaluate(metrics, _scores(clf, Z["test"], num_classes, multilabel), y["test"])
-    return ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=valid_by_C,
-                       embed_dim=int(X["train"].shape[1]), selection="valid" if has_valid else "single C")
+            return {}, clf
+        return evaluate(metrics, _scores(clf, Z["valid"], num_classes, multilabel), y["valid"]), clf
+
+    choice = choose_on_validation(Cs, trial, metric)  # in the order given: ties keep the earlier C
+    test = evaluate(metrics, _scores(choice.kept, Z["test"], num_classes, multilabel), y["test"])
+    return ProbeResult(C=choice.candidate, metric=metric, valid=choice.valid, test=test, valid_by_C=choice.scores,
+                       embed_dim=int(X["train"].shape[1]), selection=VALID if has_valid else "single C")
 
 
 def linear_probe(
@@ -184,8 +166,6 @@ def probe_embeddings(X: dict[str, np.ndarray], y: dict[str, np.ndarray], data: S
     kwargs = dict(num_classes=data.num_classes, multilabel=data.multilabel, metrics=data.metrics,
                   Cs=list(section.C) or [1.0], max_iter=int(section.max_iter), seed=seed)
     if solver == "torch":
-        from .torch_linear import fit_linear_torch
-
         return fit_linear_torch(X, y, device=device, **kwargs), solver
     return fit_linear(X, y, **kwargs), solver
 
