@@ -209,7 +209,7 @@ def finetune_loss(section: dict[str, Any], data: SplitData) -> Callable[[nn.Modu
     smoothing = float(section.get("label_smoothing") or 0.0)
     n_classes, multilabel = data.num_classes, data.multilabel
 
-    def loss_fn(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
+    def loss_fn(model: nn.Module, batch: dict[str, Any], step: StepContext) -> torch.Tensor:
         x, y = batch["spec"], batch["target"]
         soft = y.float() if multilabel else F.one_hot(y.long(), n_classes).float()
         if p_mix > 0:
