@@ -34,6 +34,7 @@ from torch import nn
 from .. import distributed as D
 from ..augment import mixup, spec_augment
 from ..checkpoint import atomic_save, safe_load
+from ..components import BuildContext
 from ..config import ConfigError, instantiate_config
 from ..errors import DivergedError
 from ..metrics import evaluate
@@ -438,10 +439,10 @@ MAX_DROP_RATIO = 0.9
 
 
 def scaled_masker(masker: nn.Module | None, section: dict[str, Any], strength: float, *,
-                  ctx: Any = None, device: torch.device | str | None = None) -> nn.Module | None:
+                  build: BuildContext | None = None, device: torch.device | str | None = None) -> nn.Module | None:
     """The fine-tuning ``masker`` with every ``*ratio`` setting of ``section["masker"]`` scaled by
     ``strength`` (capped at ``MAX_DROP_RATIO``) and built anew from the registry (with the
-    model's build context ``ctx``, on ``device``); ``masker`` itself at 1, ``None`` at 0."""
+    model's build context ``build``, on ``device``); ``masker`` itself at 1, ``None`` at 0."""
     if strength == 1.0 or masker is None:
         return masker
     if strength == 0.0:
@@ -454,7 +455,7 @@ def scaled_masker(masker: nn.Module | None, section: dict[str, Any], strength: f
                   if k.endswith("ratio") and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
               for k, v in node.items()}
     registry = get_registry()
-    built = registry.get("masker", node["name"]).factory(instantiate_config(registry, "masker", scaled), ctx)
+    built = registry.get("masker", node["name"]).factory(instantiate_config(registry, "masker", scaled), build)
     return built.to(device) if isinstance(built, nn.Module) and device is not None else built
 
 
@@ -511,7 +512,7 @@ def finetune(
             model.load_state_dict(start, strict=False)
         cfg = dataclasses.replace(base_cfg, lr=base_cfg.peak_lr * lr_factor)
         trial_section = augmented(section, strength)
-        model.finetune_masker = scaled_masker(base_masker, section, strength, ctx=getattr(model, "ctx", None),
+        model.finetune_masker = scaled_masker(base_masker, section, strength, build=getattr(model, "ctx", None),
                                               device=device)
         seed_everything(cfg.seed)  # the new head's initialisation must not depend on what ran before
         prepare_model(model, data.num_classes, section.get("drop_path", 0.0))
