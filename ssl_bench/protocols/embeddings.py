@@ -4,9 +4,9 @@ Every frozen-encoder protocol (linear, kNN, MLP, per-layer) reads the same embed
 :meth:`ProtocolContext.embeddings() <ssl_bench.protocols.base.ProtocolContext.embeddings>`.
 They are extracted once per split (``model.embed`` of the normalised spectrogram) and cached
 on disk under a key that hashes the encoder's weights and settings, the frontend config, the
-model's input length and the audio list (:func:`embedding_key`), so re-running a probe,
-probing the same encoder with other settings, or running another frozen-encoder protocol does
-not run the encoder again.  A per-layer extraction (every block's pooled tokens, one forward
+model's input length, the feature set and the audio list (:func:`embedding_key`), so
+re-running a probe, probing the same encoder with other settings, or running another
+frozen-encoder protocol does not run the encoder again.  A per-layer extraction (every block's pooled tokens, one forward
 pass) serves the final-layer protocols too.  Entries are written atomically with a ``.sum``
 beside them and checked when read; a damaged entry is computed again.
 """
