@@ -30,7 +30,7 @@ def test_a_tiebreak_orders_equal_metrics_and_lower_loss_wins():
     assert lower_loss({"loss": 0.25}) == -0.25
 
 
-def test_nan_never_replaces_and_is_replaced_only_by_nothing():
+def test_a_nan_score_neither_beats_nor_is_beaten():
     best: Best[int] = Best("accuracy")
     assert best.offer(1, {"accuracy": math.nan}) and not best.offer(2, {"accuracy": 0.9})
     assert best.candidate == 1 and list(best.scores) == [1, 2]  # as `score > best` has always compared
