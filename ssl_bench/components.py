@@ -280,8 +280,3 @@ class Component(nn.Module):
         super().__init__()
         self.cfg = cfg if cfg is not None else self.Config()
         self.build = build if build is not None else BuildContext()
-
-    @property
-    def ctx(self) -> BuildContext:  # TODO(lead): remove after merge
-        """``build`` under its old name, still read by ``ssl_bench.protocols`` on this branch."""
-        return self.build

@@ -85,11 +85,6 @@ class SSLModel(nn.Module):
         self.origins: dict[str, str] = {}
 
     @property
-    def ctx(self) -> BuildContext:  # TODO(lead): remove after merge
-        """``build`` under its old name, still read by ``ssl_bench.protocols`` on this branch."""
-        return self.build
-
-    @property
     def name(self) -> str:
         return self.config["model"]
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from ssl_bench import distributed as D
 from ssl_bench.protocols import finetune as ft
 from ssl_bench.encoders import pretrain
-from ssl_bench.protocols.probe import linear_probe
+from ssl_bench.protocols.linear import linear_probe
 from ssl_bench.train import predict
 from trainfixtures import mp_context, toy_config, toy_model, toy_split
 

@@ -220,10 +220,10 @@ def _pretrain(ckpt_dir=None, stop_at=None):
     config["deterministic"] = True
     original = pre.pretrain_loss
 
-    def loss_fn(m, batch, ctx):
-        if ctx.global_step == stop_at:
+    def loss_fn(m, batch, step):
+        if step.global_step == stop_at:
             STOP.signum = signal.SIGTERM
-        return original(m, batch, ctx)
+        return original(m, batch, step)
 
     pre.pretrain_loss = loss_fn
     try:

@@ -200,7 +200,7 @@ def test_augmentation_strength_scales_mixup_specaugment_and_token_dropping():
     masker, ft_section = model.finetune_masker, cfg["finetune"]
     assert ft.scaled_masker(masker, ft_section, 1.0) is masker
     assert ft.scaled_masker(masker, ft_section, 0.0) is None
-    half = ft.scaled_masker(masker, ft_section, 0.5, ctx=model.build)
+    half = ft.scaled_masker(masker, ft_section, 0.5, build=model.build)
     assert (half.cfg.time_ratio, half.cfg.freq_ratio) == pytest.approx((masker.cfg.time_ratio / 2,
                                                                          masker.cfg.freq_ratio / 2))
     assert ft.scaled_masker(masker, ft_section, 100.0).cfg.time_ratio == ft.MAX_DROP_RATIO

@@ -69,7 +69,7 @@ def test_the_training_loop_names_the_key_and_a_value_that_fits():
     data = [{"x": torch.randn(2), "y": torch.randn(1)} for _ in range(10)]
     model = torch.nn.Linear(2, 1)
 
-    def loss(m, batch, ctx):
+    def loss(m, batch, step):
         return ((m(batch["x"]) - batch["y"]) ** 2).mean()
 
     with pytest.raises(TrainConfigError, match=r"finetune\.batch_size 16 is larger than the 10 .* "
@@ -250,7 +250,7 @@ def _regression():
     return [{"x": torch.randn(2, generator=g), "y": torch.randn(1, generator=g)} for _ in range(16)]
 
 
-def _mse(m, batch, ctx):
+def _mse(m, batch, step):
     return ((m(batch["x"]) - batch["y"]) ** 2).mean()
 
 
@@ -424,7 +424,7 @@ def test_filters_that_leave_nothing_keep_the_columns(tmp_path):
 
 def test_a_single_value_for_a_list_setting_is_a_one_value_grid():
     from ssl_bench.protocols.base import section_config
-    from ssl_bench.protocols.probe import LinearProtocol
+    from ssl_bench.protocols.linear import LinearProtocol
 
     assert section_config(LinearProtocol, {"C": 1.0}).C == [1.0]
     assert section_config(LinearProtocol, {"C": [0.1, 1.0]}).C == [0.1, 1.0]

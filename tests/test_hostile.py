@@ -120,7 +120,7 @@ def test_a_damaged_feature_entry_is_rebuilt_with_one_warning(tones, tmp_path, da
 
 
 def test_a_damaged_embedding_file_is_computed_again(tmp_path):
-    from ssl_bench.protocols.probe import _load_npy, _save_npy
+    from ssl_bench.protocols.embeddings import _load_npy, _save_npy
 
     path = tmp_path / "emb" / "k.npy"
     emb = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -297,10 +297,10 @@ def _fit(ckpt_dir, log=None, loss_fn=None, epochs=3):
 def test_resume_keeps_the_whole_metrics_history_and_cumulative_compute(tmp_path):
     from ssl_bench.train import STOP, TrainingInterrupted
 
-    def stop_in_epoch_2(original, model, batch, ctx):
-        if ctx.global_step == 6:  # 4 steps per epoch
+    def stop_in_epoch_2(original, model, batch, step):
+        if step.global_step == 6:  # 4 steps per epoch
             STOP.signum = signal.SIGTERM
-        return original(model, batch, ctx)
+        return original(model, batch, step)
 
     first: list[dict] = []
     with pytest.raises(TrainingInterrupted):
@@ -441,8 +441,8 @@ def test_a_full_disk_elsewhere_is_one_line_from_the_cli(tmp_path, monkeypatch, c
 
 
 def test_divergence_is_a_user_error():
-    def nan(original, model, batch, ctx):
-        return original(model, batch, ctx) * float("nan")
+    def nan(original, model, batch, step):
+        return original(model, batch, step) * float("nan")
 
     with pytest.raises(DivergedError, match="loss became nan by epoch 1") as info:
         _fit(None, loss_fn=nan, epochs=1)

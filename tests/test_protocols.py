@@ -25,8 +25,8 @@ from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
 from ssl_bench.protocols.knn import fit_knn, neighbours, vote_scores
 from ssl_bench.protocols.layers import layer_names
+from ssl_bench.protocols.linear import fit_linear
 from ssl_bench.protocols.mlp import MLPConfig, fit_mlp
-from ssl_bench.protocols.probe import fit_linear
 from ssl_bench.protocols.torch_linear import fit_layer_mixture, fit_linear_torch
 
 # The README's single-file protocol plugin, verbatim.
@@ -270,12 +270,12 @@ def test_layer_mixture_weights_find_the_informative_layer():
 def e2e(tmp_path_factory):
     """``run -m audiomae -t synthetic -p tiny --protocols pretrain,layers,knn,mlp`` on fold 1,
     counting embedding extractions and keeping the per-layer problems it probed."""
+    import ssl_bench.protocols.embeddings as embeddings_mod
     import ssl_bench.protocols.layers as layers_mod
-    import ssl_bench.protocols.probe as probe_mod
 
     root = tmp_path_factory.mktemp("protocols")
     extractions, problems = [], []
-    predict, probe = probe_mod.predict, layers_mod.probe_embeddings
+    predict, probe = embeddings_mod.predict, layers_mod.probe_embeddings
 
     def counting_predict(fn, dataset, **kw):
         extractions.append(kw.get("desc"))
@@ -286,7 +286,7 @@ def e2e(tmp_path_factory):
         return probe(X, y, data, section, seed, device)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(probe_mod, "predict", counting_predict)
+    mp.setattr(embeddings_mod, "predict", counting_predict)
     mp.setattr(layers_mod, "probe_embeddings", keeping_probe)
     out = io.StringIO()
     try:

@@ -166,7 +166,7 @@ def test_nothing_is_left_in_results_after_an_error(first_run, registry, tmp_path
     def boom(self, *a, **kw):
         raise RuntimeError("injected failure")
 
-    from ssl_bench.protocols.probe import LinearProtocol
+    from ssl_bench.protocols.linear import LinearProtocol
 
     monkeypatch.setattr(LinearProtocol, "run", boom)
     with pytest.raises(RuntimeError, match="injected failure"):

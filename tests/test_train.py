@@ -15,7 +15,8 @@ from ssl_bench import augment
 from ssl_bench.protocols import finetune as ft
 from ssl_bench.protocols.data import SpecDataset, fit_frames, label_targets
 from ssl_bench.encoders import pretrain, pretrain_loss
-from ssl_bench.protocols.probe import embedding_key, extract_embeddings, fit_linear, linear_probe, weights_hash
+from ssl_bench.protocols.embeddings import embedding_key, extract_embeddings, weights_hash
+from ssl_bench.protocols.linear import fit_linear, linear_probe
 from ssl_bench.train import (
     FitHooks, Sampling, ShardedBatchSampler, StepContext, TrainConfig, TrainConfigError, WarmupCosine, fit, param_groups,
     predict,

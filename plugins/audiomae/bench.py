@@ -650,7 +650,7 @@ def bench_probe(device: torch.device, quick: bool) -> dict[str, Any]:
         from ssl_bench.protocols.torch_linear import fit_linear_torch
     except ImportError:
         return {"probe_measured": False}
-    from ssl_bench.protocols.probe import fit_linear
+    from ssl_bench.protocols.linear import fit_linear
 
     n_train, dim, classes, fitted, rounds = PROBE[quick]
     X, y = probe_problem(n_train, dim, classes)

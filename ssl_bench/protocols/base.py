@@ -46,6 +46,7 @@ from torch import nn
 
 from ..config import data_settings
 from .data import SplitData, Unlabeled
+from .embeddings import extract_embeddings
 
 #: Stages, in run order: ``pretrain`` protocols make the encoder, ``evaluate`` ones score it.
 STAGES = ("pretrain", "evaluate")
@@ -171,8 +172,6 @@ class ProtocolContext:
         of the first block, every block's pooled output, then the pooled final output; all
         from one forward pass, each layer cached in its own file.
         """
-        from .probe import extract_embeddings
-
         parts = ("train", "valid", "test")
         indices = np.concatenate([getattr(self.data, p) for p in parts])
         key = (id(self.model), layers)

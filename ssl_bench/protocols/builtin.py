@@ -6,9 +6,9 @@ from ..hookspecs import hookimpl
 from .finetune import FinetuneProtocol
 from .knn import KNNProtocol
 from .layers import LayersProtocol
+from .linear import LinearProtocol
 from .mlp import MLPProtocol
 from .pretrain import PretrainProtocol
-from .probe import LinearProtocol
 
 
 @hookimpl

@@ -34,6 +34,7 @@ from torch import nn
 from .. import distributed as D
 from ..augment import mixup, spec_augment
 from ..checkpoint import atomic_save, safe_load
+from ..components import BuildContext
 from ..config import ConfigError, instantiate_config
 from ..errors import DivergedError
 from ..metrics import evaluate
@@ -42,6 +43,7 @@ from ..registry import get_registry
 from ..train import FitHooks, FitResult, OptimConfig, Sampling, StepContext, TrainConfig, fit, predict, seed_everything
 from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SplitData, normalize
+from .selection import VALID, Best, choose_on_validation, lower_loss, require_single
 
 #: Modules of an :class:`~ssl_bench.model.SSLModel` that fine-tuning trains.
 TRAINED = ("encoder.", "head.")
@@ -115,15 +117,11 @@ class FinetuneResult:
         }
 
 
-def _rank(metrics: dict[str, float], metric: str) -> tuple[float, float]:
-    """Sort key of a validation result: higher ``metric``, then lower ``loss`` (when present)."""
-    loss = metrics.get("loss")
-    return float(metrics[metric]), -float(loss) if loss is not None and math.isfinite(loss) else 0.0
-
-
 class BestEpoch:
     """Tracks the best validation epoch and keeps its weights.
 
+    Epochs are compared by the metric, then the lower validation loss where :func:`score` gave
+    one (:func:`~ssl_bench.protocols.selection.lower_loss`); ties keep the earlier epoch.
     Weights live in memory and, with a ``directory``, in ``best-e<epoch>.pt`` files written by
     rank 0.  A file is deleted only once no complete training checkpoint can refer to it: the
     tracker keeps the current best and the best as of the last :meth:`state_dict` call (the
@@ -133,34 +131,31 @@ class BestEpoch:
     def __init__(self, metric: str, directory: str | Path | None = None):
         self.metric = metric
         self.directory = Path(directory) if directory is not None else None
-        self.best_epoch: int | None = None
-        self.best_value: float | None = None
-        self.valid: dict[str, float] = {}
+        self.best: Best[int] = Best(metric, lower_loss)
         self.weights: dict[str, torch.Tensor] | None = None
         self._committed: int | None = None
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.best.candidate
+
+    @property
+    def best_value(self) -> float | None:
+        return float(self.valid[self.metric]) if self.best.found else None
+
+    @property
+    def valid(self) -> dict[str, float]:
+        """The best epoch's validation metrics (with its ``loss``)."""
+        return self.best.valid
 
     def _file(self, epoch: int) -> Path:
         assert self.directory is not None
         return self.directory / f"best-e{epoch}.pt"
 
-    @property
-    def best_key(self) -> tuple[float, float] | None:
-        """What epochs (and grid points) are compared by: the metric, then the lower validation
-        loss where :func:`score` gave one (small validation sets tie on accuracy often)."""
-        if self.best_value is None:
-            return None
-        return _rank(self.valid, self.metric)
-
     def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
-        """Record epoch ``epoch`` (1-based); keep its weights if it beats the best so far.
-
-        Ties keep the earlier epoch.
-        """
-        value = float(metrics[self.metric])
-        best = self.best_key
-        if best is not None and not _rank(metrics, self.metric) > best:
+        """Record epoch ``epoch`` (1-based); keep its weights if it beats the best so far."""
+        if not self.best.offer(epoch, metrics):
             return False
-        self.best_epoch, self.best_value, self.valid = epoch, value, dict(metrics)
         self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if self.directory is not None and D.current().is_main:
             atomic_save(self.weights, self._file(epoch))
@@ -196,8 +191,9 @@ class BestEpoch:
                 "valid": dict(self.valid)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_epoch, self.best_value = state["best_epoch"], state["best_value"]
-        self.valid = dict(state["valid"])
+        self.best = Best(self.metric, lower_loss)
+        if state["best_epoch"] is not None:
+            self.best.offer(state["best_epoch"], state["valid"])
         self.weights = None  # read from its file when needed
         self._committed = self.best_epoch
 
@@ -214,7 +210,7 @@ def finetune_loss(section: dict[str, Any], data: SplitData) -> Callable[[nn.Modu
     smoothing = float(section.get("label_smoothing") or 0.0)
     n_classes, multilabel = data.num_classes, data.multilabel
 
-    def loss_fn(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
+    def loss_fn(model: nn.Module, batch: dict[str, Any], step: StepContext) -> torch.Tensor:
         x, y = batch["spec"], batch["target"]
         soft = y.float() if multilabel else F.one_hot(y.long(), n_classes).float()
         if p_mix > 0:
@@ -369,21 +365,21 @@ def probe_head(model: nn.Module, data: SplitData, *, device: torch.device | str,
     sd = feats["train"].std(0, unbiased=False).clamp_min(1e-6)
     Z = {p: (f - mu) / sd for p, f in feats.items()}
     metric = data.metrics[0]
-    best: tuple[float, dict[str, float], torch.Tensor, torch.Tensor] | None = None
-    with torch.enable_grad():
-        for C in (PROBE_C if "valid" in Z else (1.0,)):
-            W, b = _fit_linear_head(Z["train"], targets["train"], data.num_classes, data.multilabel, C)
-            valid: dict[str, float] = {}
-            if "valid" in Z:
-                logits = Z["valid"] @ W.T + b
-                valid = evaluate(data.metrics, logits.numpy(), data.part_targets("valid"))
-                valid["loss"] = float(F.binary_cross_entropy_with_logits(logits, targets["valid"]) if data.multilabel
-                                      else F.cross_entropy(logits, targets["valid"]))
-            if best is None or (valid and _rank(valid, metric) > _rank(best[1], metric)):  # ties: the smaller C
-                best = (C, valid, W, b)
-    assert best is not None
-    C, valid, W, b = best
-    value = valid.get(metric, float("nan"))
+
+    def trial(C: float) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
+        W, b = _fit_linear_head(Z["train"], targets["train"], data.num_classes, data.multilabel, C)
+        valid: dict[str, float] = {}
+        if "valid" in Z:
+            logits = Z["valid"] @ W.T + b
+            valid = evaluate(data.metrics, logits.numpy(), data.part_targets("valid"))
+            valid["loss"] = float(F.binary_cross_entropy_with_logits(logits, targets["valid"]) if data.multilabel
+                                  else F.cross_entropy(logits, targets["valid"]))
+        return valid, (W, b)
+
+    with torch.enable_grad():  # ties: the smaller C, then the lower validation loss
+        choice = choose_on_validation(PROBE_C if "valid" in Z else (1.0,), trial, metric, tiebreak=lower_loss)
+    C, (W, b) = choice.candidate, choice.kept
+    value = choice.valid.get(metric, float("nan"))
     linear = model.head[1]
     linear.weight.copy_((W / sd).to(linear.weight))
     linear.bias.copy_((b - (W * (mu / sd)).sum(1)).to(linear.bias))
@@ -443,10 +439,10 @@ MAX_DROP_RATIO = 0.9
 
 
 def scaled_masker(masker: nn.Module | None, section: dict[str, Any], strength: float, *,
-                  ctx: Any = None, device: torch.device | str | None = None) -> nn.Module | None:
+                  build: BuildContext | None = None, device: torch.device | str | None = None) -> nn.Module | None:
     """The fine-tuning ``masker`` with every ``*ratio`` setting of ``section["masker"]`` scaled by
     ``strength`` (capped at ``MAX_DROP_RATIO``) and built anew from the registry (with the
-    model's build context ``ctx``, on ``device``); ``masker`` itself at 1, ``None`` at 0."""
+    model's build context ``build``, on ``device``); ``masker`` itself at 1, ``None`` at 0."""
     if strength == 1.0 or masker is None:
         return masker
     if strength == 0.0:
@@ -459,7 +455,7 @@ def scaled_masker(masker: nn.Module | None, section: dict[str, Any], strength: f
                   if k.endswith("ratio") and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
               for k, v in node.items()}
     registry = get_registry()
-    built = registry.get("masker", node["name"]).factory(instantiate_config(registry, "masker", scaled), ctx)
+    built = registry.get("masker", node["name"]).factory(instantiate_config(registry, "masker", scaled), build)
     return built.to(device) if isinstance(built, nn.Module) and device is not None else built
 
 
@@ -493,9 +489,8 @@ def finetune(
     points = grid_points(section)
     metric = data.metrics[0]
     has_valid = len(data.valid) > 0
-    if len(points) > 1 and not has_valid:
-        raise ConfigError(f"finetune: no validation data to choose among {len(points)} settings "
-                          f"(lr_factors x aug_factors); set data.valid_fraction > 0 or give one value of each")
+    require_single(points, has_valid, owner="finetune",
+                   what=f"among {len(points)} settings (lr_factors x aug_factors)", instead="give one value of each")
     eval_bs = max(1, base_cfg.batch_size // max(base_cfg.accum_steps, 1))
     start = None
     if len(points) > 1:  # every grid point starts from the weights handed in
@@ -509,7 +504,7 @@ def finetune(
     head_info: dict[str, Any] = {}
     trials: list[dict[str, Any]] = []
     runs: list[tuple[BestEpoch, FitResult, float, float, TrainConfig]] = []
-    chosen = -1
+    chosen: Best[int] = Best(metric, lower_loss)  # over indices of `runs`, by each run's best epoch
     wall = train_s = 0.0
 
     for i, (lr_factor, strength) in enumerate(points):
@@ -517,7 +512,7 @@ def finetune(
             model.load_state_dict(start, strict=False)
         cfg = dataclasses.replace(base_cfg, lr=base_cfg.peak_lr * lr_factor)
         trial_section = augmented(section, strength)
-        model.finetune_masker = scaled_masker(base_masker, section, strength, ctx=getattr(model, "ctx", None),
+        model.finetune_masker = scaled_masker(base_masker, section, strength, build=model.build,
                                               device=device)
         seed_everything(cfg.seed)  # the new head's initialisation must not depend on what ran before
         prepare_model(model, data.num_classes, section.get("drop_path", 0.0))
@@ -575,17 +570,17 @@ def finetune(
                        "best_epoch": int(tracker.best_epoch) if has_valid else cfg.epochs,
                        "final_loss": result.final_loss})
         runs.append((tracker, result, lr_factor, strength, cfg))
-        if chosen < 0 or (has_valid and tracker.best_key > runs[chosen][0].best_key):  # ties: the earlier
-            if chosen >= 0:
-                runs[chosen][0].weights = None  # beaten: its file stays until the end (a resume may read it)
-            chosen = len(runs) - 1
+        beaten = chosen.candidate
+        if chosen.offer(len(runs) - 1, tracker.valid):  # ties: the earlier point
+            if beaten is not None:
+                runs[beaten][0].weights = None  # its file stays until the end (a resume may read it)
         else:
             tracker.weights = None
 
     if not runs:
         raise DivergedError(f"fine-tuning diverged at every grid point ({', '.join(map(_trial_name, trials))}) "
                                  "before a validation epoch; lower finetune.lr_factors or set finetune.clip_grad")
-    tracker, result, lr_factor, strength, cfg = runs[chosen]
+    tracker, result, lr_factor, strength, cfg = runs[chosen.candidate]
     model.finetune_masker = base_masker
     if has_valid:
         weights = tracker.best_weights()
@@ -593,10 +588,10 @@ def finetune(
             raise RuntimeError("fine-tuning finished without a scored validation epoch")
         tracker.prune()
         for j, (other, *_rest) in enumerate(runs):
-            if j != chosen:
+            if j != chosen.candidate:
                 other.discard()
         model.load_state_dict(weights)
-        best_epoch, selection = int(tracker.best_epoch), "valid"
+        best_epoch, selection = int(tracker.best_epoch), VALID
     else:
         best_epoch, selection = cfg.epochs, "last"
     if log_metrics is not None and len(points) > 1:
@@ -628,7 +623,7 @@ class FinetuneProtocol(Protocol):
                        log=(lambda line: ctx.log(f"[{ctx.split}] {line}")) if ctx.progress else None)
         m.eval()
         flops = flops_per_sample(lambda s: m.classify(normalize(m, s)),
-                                 spec_probe(ctx.data.num_frames, m.ctx.num_bins, ctx.device))
+                                 spec_probe(ctx.data.num_frames, m.build.num_bins, ctx.device))
         extra = {
             **compute_columns(parameters=count_parameters(m, trainable_only=True), flops=flops, fit=res.fit,
                               wall_s=res.fit.wall_s, device=ctx.device, world_size=D.current().world_size),

@@ -22,6 +22,7 @@ from .. import distributed as D
 from ..config import ConfigError
 from ..metrics import evaluate, to_multi_hot
 from .base import Protocol, ProtocolContext, ProtocolResult
+from .selection import VALID, choose_on_validation, require_single
 from .torch_linear import standardise
 
 WEIGHTINGS = ("uniform", "similarity")
@@ -89,8 +90,7 @@ def fit_knn(
     if not ks or ks[0] < 1:
         raise ConfigError(f"knn.k must be a non-empty list of positive integers, got {ks}")
     has_valid = len(y["valid"]) > 0
-    if not has_valid and len(ks) > 1:
-        raise ConfigError(f"knn: no validation data to choose k from {ks}; set data.valid_fraction > 0 or give one k")
+    require_single(ks, has_valid, owner="knn", what=f"k from {ks}", instead="give one k")
     n_train = len(y["train"])
     device = torch.device(device)
     if standardize:
@@ -100,21 +100,21 @@ def fit_knn(
     Z = {p: _unit(z) for p, z in Z.items()}
     onehot = torch.as_tensor(to_multi_hot(y["train"], num_classes), dtype=torch.float32, device=device)
     usable = [k for k in ks if k <= n_train] or [n_train]  # k beyond the training part: all of it
-    metric = metrics[0]
-    best_k, valid, valid_by_k = usable[0], {}, {}
-    if has_valid:
-        sims, idx = neighbours(Z["train"], Z["valid"], usable[-1], chunk)
-        best = None
-        for k in usable:
-            scores = evaluate(metrics, vote_scores(sims, idx, onehot, k, weighting), y["valid"])
-            valid_by_k[k] = scores[metric]
-            if best is None or scores[metric] > best:  # ascending k: ties keep the smaller k
-                best, best_k, valid = scores[metric], k, scores
+    if has_valid:  # the largest k's neighbours serve every k
+        near = neighbours(Z["train"], Z["valid"], usable[-1], chunk)
+
+    def trial(k: int) -> tuple[dict[str, float], None]:
+        if not has_valid:
+            return {}, None
+        return evaluate(metrics, vote_scores(*near, onehot, k, weighting), y["valid"]), None
+
+    choice = choose_on_validation(usable, trial, metrics[0])  # ascending k: ties keep the smaller k
+    best_k = choice.candidate
     sims, idx = neighbours(Z["train"], Z["test"], best_k, chunk)
     test = evaluate(metrics, vote_scores(sims, idx, onehot, best_k, weighting), y["test"])
-    extra = {"k": best_k, "weighting": weighting, "selection": "valid" if has_valid else "single k",
-             **{f"valid_{m}": v for m, v in valid.items()}}
-    return test, {**extra, "valid_by_k": {str(k): v for k, v in valid_by_k.items()}}
+    extra = {"k": best_k, "weighting": weighting, "selection": VALID if has_valid else "single k",
+             **{f"valid_{m}": v for m, v in choice.valid.items()}}
+    return test, {**extra, "valid_by_k": {str(k): v for k, v in choice.scores.items()}}
 
 
 class KNNProtocol(Protocol):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import distributed as D
 from .base import Protocol, ProtocolContext, ProtocolResult
-from .probe import LinearConfig, probe_embeddings
+from .linear import LinearConfig, probe_embeddings
 from .torch_linear import fit_layer_mixture
 
 

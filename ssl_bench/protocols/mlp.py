@@ -25,6 +25,7 @@ from .. import distributed as D
 from ..config import ConfigError
 from ..metrics import evaluate
 from .base import Protocol, ProtocolContext, ProtocolResult
+from .selection import VALID, Best, choose_on_validation, require_single
 from .torch_linear import standardise
 
 
@@ -86,7 +87,8 @@ def train_mlp(
         target = target.float() if multilabel else target.long()
         n = Z["train"].shape[0]
         has_valid = len(y["valid"]) > 0
-        best: tuple[float, dict[str, Any], dict[str, float], int] | None = None
+        best: Best[int] = Best(metric)
+        best_state: dict[str, Any] | None = None
         stale = 0
         for epoch in range(1, int(cfg.max_epochs) + 1):
             for batch in torch.randperm(n, generator=gen).to(device).split(int(cfg.train_batch_size)):
@@ -99,16 +101,16 @@ def train_mlp(
             if not has_valid:
                 continue
             valid = evaluate(metrics, _scores(model, Z["valid"], multilabel), y["valid"])
-            if best is None or valid[metric] > best[0]:
-                best, stale = (valid[metric], copy.deepcopy(model.state_dict()), valid, epoch), 0
+            if best.offer(epoch, valid):
+                best_state, stale = copy.deepcopy(model.state_dict()), 0
             else:
                 stale += 1
                 if stale >= int(cfg.patience):
                     break
-    if best is None:
+    if best_state is None:
         return model, {}, int(cfg.max_epochs)
-    model.load_state_dict(best[1])
-    return model, best[2], best[3]
+    model.load_state_dict(best_state)
+    return model, best.valid, best.candidate
 
 
 def fit_mlp(
@@ -131,25 +133,23 @@ def fit_mlp(
     if int(cfg.max_epochs) < 1 or int(cfg.train_batch_size) < 1 or int(cfg.patience) < 1:
         raise ConfigError("mlp.max_epochs, mlp.patience and mlp.train_batch_size must be positive")
     has_valid = len(y["valid"]) > 0
-    if not has_valid and len(grid) > 1:
-        raise ConfigError(f"mlp: no validation data to choose (hidden, lr) from {grid}; "
-                          "set data.valid_fraction > 0 or give one hidden size and one lr")
+    require_single(grid, has_valid, owner="mlp", what=f"(hidden, lr) from {grid}",
+                   instead="give one hidden size and one lr")
     Z = standardise(X, torch.device(device))
-    metric = metrics[0]
-    best: tuple[float, nn.Module, dict[str, float], int, int, float] | None = None
-    for hidden, lr in grid:
+
+    def trial(pair: tuple[int, float]) -> tuple[dict[str, float], tuple[nn.Module, int]]:
+        hidden, lr = pair
         model, valid, epoch = train_mlp(Z, y, num_classes=num_classes, multilabel=multilabel, metrics=metrics,
                                         hidden=hidden, lr=lr, cfg=cfg, seed=seed)
-        score = valid.get(metric, float("nan"))
         if log_choice is not None:
             log_choice({"hidden": hidden, "lr": lr, "best_epoch": epoch, **{f"valid_{k}": v for k, v in valid.items()}})
-        if best is None or score > best[0]:  # ties (and a missing validation part) keep the earlier pair
-            best = (score, model, valid, epoch, hidden, lr)
-    assert best is not None
-    _, model, valid, epoch, hidden, lr = best
+        return valid, (model, epoch)
+
+    choice = choose_on_validation(grid, trial, metrics[0])  # ties keep the earlier pair
+    (hidden, lr), (model, epoch) = choice.candidate, choice.kept
     test = evaluate(metrics, _scores(model, Z["test"], multilabel), y["test"])
-    extra = {"hidden": hidden, "lr": lr, "best_epoch": epoch, "selection": "valid" if has_valid else "max epochs",
-             **{f"valid_{k}": v for k, v in valid.items()}}
+    extra = {"hidden": hidden, "lr": lr, "best_epoch": epoch, "selection": VALID if has_valid else "max epochs",
+             **{f"valid_{k}": v for k, v in choice.valid.items()}}
     return test, extra
 
 

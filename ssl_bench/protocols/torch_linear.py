@@ -4,7 +4,7 @@ scikit-learn's probe fits one logistic regression per class for a multi-label ta
 for AudioSet), each step a matrix-vector product bound by memory bandwidth.  Here every step
 of every class is one matrix product over all classes, on the GPU when there is one.
 
-It solves the same problems as :func:`~ssl_bench.protocols.probe.fit_linear`, so the two agree
+It solves the same problems as :func:`~ssl_bench.protocols.linear.fit_linear`, so the two agree
 up to convergence:
 
 * single-label: multinomial softmax cross-entropy (a binary logistic regression on one logit
@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import evaluate
-from .probe import ProbeResult
+from .selection import VALID, choose_on_validation, require_single
 
 #: L-BFGS stops when the largest gradient entry of the scaled objective is below this
 #: (scikit-learn's LogisticRegression ``tol``, applied the same way).
@@ -47,6 +48,22 @@ HISTORY = 20
 #: a multi-label fit on a CPU keeps all of torch's threads only when they evaluate this much faster
 MANY_THREADS_MARGIN = 1.25
 PARTS = ("train", "valid", "test")
+
+
+@dataclass
+class ProbeResult:
+    """A linear probe's result (either solver): ``C`` chosen on validation by ``metric``, the
+    chosen fit's ``valid`` and ``test`` metrics, each ``C``'s validation score (``valid_by_C``),
+    and ``selection`` (``valid``, or ``single C`` without validation data)."""
+
+    C: float
+    metric: str
+    valid: dict[str, float]
+    test: dict[str, float]
+    valid_by_C: dict[float, float] = field(default_factory=dict)
+    embed_dim: int = 0
+    from_cache: bool = False
+    selection: str = VALID
 
 
 @contextlib.contextmanager
@@ -453,33 +470,27 @@ def fit_path(
     if not Cs:
         raise ValueError("linear.C is empty: give at least one regularisation value")
     has_valid = len(y["valid"]) > 0
-    if not has_valid and len(Cs) > 1:
-        raise ValueError(
-            f"linear probe: no validation data to choose C from {Cs}; set data.valid_fraction > 0 or give one C"
-        )
+    require_single(Cs, has_valid, owner="linear probe", what=f"C from {Cs}", instead="give one C", error=ValueError)
     metric = metrics[0]
-    best: tuple[float, float, dict[str, torch.Tensor], dict[str, float]] | None = None
-    valid_by_C: dict[float, float] = {}
     iterations: dict[float, int] = {}
-    for C in Cs:
-        iterations[C] = fit(model, Z["train"], targets, C, max_iter)
+
+    def trial(C: float) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        iterations[C] = fit(model, Z["train"], targets, C, max_iter)  # warm-started from the previous C
         if not has_valid:
-            best = (C, float("nan"), _snapshot(model), {})
-            break
+            return {}, _snapshot(model)
         with torch.no_grad():  # the selection metric only (per-class AP/AUC of 527 classes cost seconds)
             score = evaluate([metric], targets.scores(model(Z["valid"])), y["valid"])[metric]
-        valid_by_C[C] = score
-        if best is None or score > best[1]:  # ascending Cs: ties keep the smaller C
-            best = (C, score, _snapshot(model), {metric: score})
-    assert best is not None
-    C, _, state, valid = best
+        return {metric: score}, _snapshot(model)
+
+    choice = choose_on_validation(Cs, trial, metric)  # ascending Cs: ties keep the smaller C
+    C, valid, state = choice.candidate, choice.valid, choice.kept
     model.load_state_dict(state)
     with torch.no_grad():
         if has_valid and list(metrics) != [metric]:  # the selection metric alone is already there
             valid = evaluate(metrics, targets.scores(model(Z["valid"])), y["valid"])
         test = evaluate(metrics, targets.scores(model(Z["test"])), y["test"])
-    result = ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=valid_by_C,
-                         embed_dim=int(Z["train"].shape[-1]), selection="valid" if has_valid else "single C")
+    result = ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=choice.scores,
+                         embed_dim=int(Z["train"].shape[-1]), selection=VALID if has_valid else "single C")
     return result, {"state": state, "iterations": iterations}
 
 
@@ -499,7 +510,7 @@ def fit_linear_torch(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> ProbeResult:
-    """The contract of :func:`~ssl_bench.protocols.probe.fit_linear`, all classes in one torch
+    """The contract of :func:`~ssl_bench.protocols.linear.fit_linear`, all classes in one torch
     model (see the module docstring).  ``seed`` is accepted for the same signature: the
     fit starts from zeros and is full batch, so it has nothing random."""
     device = torch.device(device)
