@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import atomic_write
+from .files import atomic_write, file_stamp
 
 FORMAT = "ssl-bench"
 FORMAT_VERSION = 1
@@ -132,8 +132,7 @@ def saved_description(path: str | Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         return None
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    key = (str(path.resolve()), file_stamp(path.stat()))  # a file rewritten in place is read again
     if key not in _DESCRIPTIONS:  # one read per file, however many callers ask
         obj = safe_load(path)
         found = None

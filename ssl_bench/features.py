@@ -8,17 +8,22 @@ un-padded) log-mel spectrograms.  With a ``cache_dir`` the result is stored unde
     index.npy       int64 [n_kept, 3]: (position in the clip list, frame offset, frames)
     manifest.json   format version, frontend config, clip keys, skipped clips, shapes, and the
                     size and BLAKE2b checksum of features.bin and index.npy
-    verified.json   when those checksums last matched (a file unchanged since is not re-read)
+    verified.json   each data file's stamp (size, mtime, inode, ctime) when its checksum last
+                    matched: a file with the same stamp since is not read again to be checked
 
 Every read checks the entry (:func:`check_entry`): sizes, the index against the features and,
-for a file changed since its last check, its checksum.  A damaged entry (truncated, overwritten,
-unreadable) is rebuilt with one :class:`~ssl_bench.files.CacheWarning` naming it.
+for a file whose stamp changed since its last check (or every file under ``--verify``), its
+checksum.  Writing a file in place changes its ctime whatever its size and modification time
+say, so damage is found.  A damaged entry (truncated, overwritten, unreadable) is rebuilt with
+one :class:`~ssl_bench.files.CacheWarning` naming it.
 
-The hash covers the clip list (paths, sizes and modification times), the clip length and the
-frontend's class and config except the settings that act after the cache (normalisation
-statistics and the number of frames the model takes), so changing any audio file or any
-spectrogram setting gives a new entry, while re-running, a second epoch, or a different
-``num_frames`` reads the existing one.  Entries are written to a temporary directory and
+The hash covers the clip list (each clip's path and the SHA-256 of its bytes, from the digest
+cache of :func:`ssl_bench.provenance.file_digests`, which hashes a file again whenever its stamp
+changed), the clip length and the frontend's class and config except the settings that act
+after the cache (normalisation statistics and the number of frames the model takes).  So
+changing any audio file (even keeping its size and restoring its modification time, as ``cp
+-p`` and ``rsync -a`` do) or any spectrogram setting gives a new entry, while re-running, a
+second epoch, ``touch``, or a different ``num_frames`` reads the existing one.  Entries are written to a temporary directory and
 renamed into place, so a crash leaves nothing half-written and concurrent writers are safe
 (the first rename wins, the others discard their copy).
 
@@ -51,11 +56,11 @@ import torch
 
 from .audio import AudioError, read_audio, resample_batch
 from .components import Clip
-from .files import (CacheWarning, check_file, clean_stale_temps, file_record, follow_umask, name_bytes, shown,
-                    temp_prefix)
+from .files import (CacheWarning, check_file, clean_stale_temps, file_record, file_stamp, follow_umask, name_bytes,
+                    shown, temp_prefix, verify_all)
 
 #: Bumped whenever the on-disk layout or the way features are computed changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by content digests; verified.json holds full stamps
 
 #: Frontend config fields that act after the cache and so do not change what is stored.
 POST_CACHE_FIELDS = frozenset({"mean", "std", "num_frames"})
@@ -134,8 +139,14 @@ def _config_dict(frontend: Any) -> dict[str, Any]:
     return {k: values[k] for k in sorted(values) if k not in POST_CACHE_FIELDS}
 
 
-def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None) -> str:
-    """Content hash of (clip list with file sizes and mtimes, clip length, frontend config)."""
+def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None,
+              digests_dir: str | Path | None = None) -> str:
+    """Content hash of (clip list with each file's SHA-256, clip length, frontend config).
+
+    The file digests come from :func:`ssl_bench.provenance.file_digests` (cached in
+    ``digests_dir``, in memory when None): a file is read again only when its stamp changed."""
+    from .provenance import file_digests
+
     h = hashlib.sha256()
     head = {
         "version": CACHE_VERSION,
@@ -144,14 +155,11 @@ def cache_key(clips: Sequence[Clip], frontend: Any, clip_seconds: float | None) 
         "clip_seconds": clip_seconds,
     }
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for clip in clips:
-        path = Path(clip.path)
-        try:
-            st = path.stat()
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"  # still hashed: the entry records it as skipped
-        h.update(b"\n" + name_bytes(path.resolve()) + f"\t{stamp}".encode())
+    resolved = [Path(clip.path).expanduser().resolve() for clip in clips]
+    digests = file_digests(resolved, digests_dir)
+    for path in resolved:
+        content = digests.get(str(path), "missing")  # still hashed: the entry records it as skipped
+        h.update(b"\n" + name_bytes(path) + f"\t{content}".encode())
     return h.hexdigest()[:32]
 
 
@@ -443,17 +451,16 @@ def _write_entry(tmp: Path, clips, frontend, clip_seconds, device, batch_size, s
 
 #: The data files of an entry, each with its size and checksum in the manifest's ``files``.
 ENTRY_FILES = ("features.bin", "index.npy")
-#: ``(size, mtime_ns, inode)`` of each data file when its checksum last matched: an unchanged
-#: file is not read again to be checked; one rewritten in any way is.
+#: The stamp (:func:`~ssl_bench.files.file_stamp`) of each data file when its checksum last
+#: matched: an unchanged file is not read again to be checked; one written in any way is.
 STAMP_NAME = "verified.json"
 
 
 def _stat(path: Path) -> list[int] | None:
     try:
-        st = path.stat()
+        return list(file_stamp(path.stat()))
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def _write_stamp(entry: Path) -> None:
@@ -486,7 +493,7 @@ def check_entry(entry: Path) -> tuple[str | None, dict | None, np.ndarray | None
     checked = False
     for name in ENTRY_FILES:
         path, record = entry / name, records.get(name)
-        if record is not None and stamp.get(name) is not None and stamp.get(name) == _stat(path):
+        if record is not None and not verify_all() and stamp.get(name) is not None and stamp.get(name) == _stat(path):
             record = {"size": record["size"]}  # unchanged since its checksum matched
         elif record is not None:
             checked = True
@@ -553,6 +560,7 @@ def extract(
     batch_size: int = 16,
     strict: bool = False,
     progress: bool = True,
+    digests_dir: str | Path | None = None,
 ) -> FeatureSet:
     """Raw log-mel features of ``clips``, computed once and cached.
 
@@ -562,7 +570,8 @@ def extract(
     ``frontend.compute(waveform[B, N]) -> [B, T, F]`` on ``device`` in batches of
     ``batch_size``, batches in parallel on :func:`extraction_threads` threads.  With ``cache_dir`` the features are stored there (see the module
     docstring) and a later call with the same clips and frontend settings reads them back
-    memory-mapped; with ``cache_dir=None`` they are kept in memory only.
+    memory-mapped; with ``cache_dir=None`` they are kept in memory only.  ``digests_dir``: where
+    the file digests that key the entry are cached (default ``cache_dir``).
 
     Clips that cannot be used are skipped with a :class:`SkippedClipWarning` and listed in
     ``.skipped``; with ``strict=True`` the first one raises :class:`AudioError` instead.
@@ -575,13 +584,13 @@ def extract(
         return _in_memory(clips, frontend, clip_seconds, device, batch_size, strict, progress)
 
     cache_dir = Path(cache_dir)
-    entry = cache_dir / cache_key(clips, frontend, clip_seconds)
+    entry = cache_dir / cache_key(clips, frontend, clip_seconds, cache_dir if digests_dir is None else digests_dir)
+    clean_stale_temps(cache_dir)  # what killed writers left behind, hit or miss
     if entry.is_dir():
         fs = _read_entry(entry, clips, strict)
         if fs is not None:
             return fs
     cache_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(cache_dir)  # what killed writers left behind
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(entry.name), dir=cache_dir))
     follow_umask(tmp, directory=True)
     try:

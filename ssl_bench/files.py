@@ -9,11 +9,19 @@
   writer (host, process id, process start), so a later writer on the same host can tell a
   dead writer's leftovers from a live one's and remove them;
 * :func:`blake2_file`: a fast content checksum of a file (BLAKE2b, 128 bits);
-* :func:`disk_full_message`: one line saying that the disk is full, naming the file.
+* :func:`file_stamp`: what says a file may have changed since it was last read: size,
+  modification time, inode and *status-change* time (ctime).  ``touch -d``, ``cp -p``,
+  ``rsync -a`` and archive extraction set the modification time back; nothing a user can call
+  sets the ctime back, so a file written in place always gets a new stamp;
+* :func:`verifying` / :func:`verify_all`: ``--verify``: trust no stamp, read and check every
+  file again (digests, cache entries, weights);
+* :func:`disk_full_message`: one line saying that the disk is full, naming the file;
+* :func:`check_writable`: before any work, one line when a folder cannot be written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -21,10 +29,11 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DiskFullError
+from .errors import DiskFullError, UserError
 
 
 def cache_root(results_root: str | os.PathLike) -> Path:
@@ -47,6 +56,32 @@ def shown(name: str | os.PathLike) -> str:
     except UnicodeEncodeError:
         return repr(text)
     return text
+
+
+def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """``(size, mtime_ns, inode, ctime_ns)`` of a ``stat`` result: a file whose stamp is unchanged
+    has not been written since (see the module docstring); one whose stamp changed may have
+    been, and is read again."""
+    return (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_ctime_ns))
+
+
+_VERIFY: list[bool] = [False]
+
+
+def verify_all() -> bool:
+    """Whether every file is to be read and checked again, whatever its stamp says (``--verify``)."""
+    return _VERIFY[0]
+
+
+@contextlib.contextmanager
+def verifying(on: bool = True) -> Iterator[None]:
+    """Within the block, no stamp is trusted: digests are taken again from the bytes, cache
+    entries are checksummed in full, weights rehashed (``ssl-bench run --verify``)."""
+    old, _VERIFY[0] = _VERIFY[0], bool(on)
+    try:
+        yield
+    finally:
+        _VERIFY[0] = old
 
 
 def umask() -> int:
@@ -93,7 +128,22 @@ def _host() -> str:
 
 def temp_prefix(name: str) -> str:
     """``.tmp-<name>-<host>-<pid>-<start>-`` for a temporary directory of this process."""
-    return f".tmp-{name}-{_host()}-{os.getpid()}-{_process_start()}-"
+    return f".tmp-{name}-{_writer()}-"
+
+
+def _writer() -> str:
+    """``<host>-<pid>-<start>``: who writes a temporary file or directory, so that a later writer
+    can tell a dead one's leftovers from a live one's."""
+    return f"{_host()}-{os.getpid()}-{_process_start()}"
+
+
+def _left_by_the_dead(tail: str, host: str) -> bool:
+    """Whether ``<pid>-<start>-...`` (what follows ``<host>-`` in a temporary name) names a
+    process of this host that is no longer running."""
+    parts = tail.split("-")
+    if len(parts) < 2 or not parts[0].isdigit():
+        return False
+    return not _alive(int(parts[0]), parts[1])
 
 
 def _alive(pid: int, start: str) -> bool:
@@ -115,29 +165,43 @@ def clean_stale_temps(root: str | os.PathLike, min_age_s: float = 60.0) -> list[
     left alone (their writer may be alive elsewhere).  Returns what was removed.
     """
     root = Path(root)
-    removed = []
     host = _host()
     try:
         entries = list(root.iterdir())
     except OSError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        name = entry.name
-        if not name.startswith(".tmp-") or f"-{host}-" not in name:
-            continue
-        tail = name.rsplit(f"-{host}-", 1)[1].split("-")
-        if len(tail) < 3 or not tail[0].isdigit():
-            continue
-        pid, start = int(tail[0]), tail[1]
-        if _alive(pid, start):
-            continue
+        return []
+    stale = [e for e in entries if e.name.startswith(".tmp-") and f"-{host}-" in e.name
+             and _left_by_the_dead(e.name.rsplit(f"-{host}-", 1)[1], host)]
+    return _remove_old(stale, min_age_s)
+
+
+def clean_stale_temp_files(path: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
+    """Remove the temporary files that writers of ``path`` (:func:`atomic_write`) killed on this
+    host left beside it: ``.<name>.<host>-<pid>-<start>-*.tmp`` of processes no longer running,
+    older than ``min_age_s``.  A checkpoint writer killed by SIGKILL leaves one the size of the
+    checkpoint.  Returns what was removed."""
+    path = Path(path)
+    head = f".{path.name}.{_host()}-"
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(head) and n.endswith(".tmp")]
+    except OSError:
+        return []
+    stale = [path.parent / n for n in names if _left_by_the_dead(n[len(head):], _host())]
+    return _remove_old(stale, min_age_s)
+
+
+def _remove_old(paths: list[Path], min_age_s: float) -> list[Path]:
+    now, removed = time.time(), []
+    for entry in paths:
         try:
             if now - entry.lstat().st_mtime < min_age_s:
                 continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
         except OSError:
             continue
-        shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
 
@@ -190,10 +254,32 @@ def free_bytes(path: str | os.PathLike) -> int | None:
 
 def disk_full_message(path: str | os.PathLike) -> str:
     """One line: writing ``path`` failed for lack of disk space, and what to do."""
-    free = free_bytes(Path(path).parent)
+    free = free_bytes(path)
     left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
     return (f"{shown(path)}: no space left on the device{left}; free some space (or point "
             "--results / SSL_BENCH_CACHE elsewhere) and run the same command again to resume")
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Raise a one-line :class:`UserError` when files cannot be created in folder ``path`` (or, if
+    it does not exist yet, in the nearest folder above it, where it would be made): a read-only
+    results folder is found before any data work, not by the first write hours later.  It is
+    tried, not inferred from modes (root ignores them; read-only mounts and immutable folders
+    do not).  ``what``: how the message names the folder (``--results``)."""
+    path = Path(path)
+    where = path
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise UserError(f"{what} {shown(path)}: {shown(where)} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ssl-bench-probe-", dir=where)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(disk_full_message(path)) from None
+        raise UserError(f"{what} {shown(path)}: not writable ({exc.strerror or exc}); choose another folder") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # --------------------------------------------------------------------------- checksums
@@ -240,13 +326,13 @@ def check_file(path: str | os.PathLike, record: dict | None, label: str | None =
 
 
 def check_sum(path: str | os.PathLike) -> str | None:
-    """What is wrong with ``path`` against its ``.sum`` file, or None (also when it has none:
-    an entry written before checksums were kept is checked only by being read)."""
+    """What is wrong with ``path`` against its ``.sum`` file, or None.  A file without its
+    ``.sum`` cannot be checked, and is reported as such (nothing unchecked is served)."""
     import json
 
     sp = sum_path(path)
     if not sp.is_file():
-        return check_file(path, None)
+        return check_file(path, None) or f"{shown(sp)} is missing: nothing to check {shown(Path(path).name)} against"
     try:
         record = json.loads(sp.read_text())
     except (OSError, ValueError):
@@ -267,10 +353,14 @@ def discard(*paths: str | os.PathLike) -> None:
 
 
 def atomic_write(path: str | Path, mode: str, write: Any) -> Path:
-    """Call ``write(fh)`` on a temporary file beside ``path``, fsync, then rename over ``path``."""
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    The temporary file is named after its writer (``.<name>.<host>-<pid>-<start>-*.tmp``): one
+    left by a killed writer is removed by the next write of ``path`` on that host."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temp_files(path)  # what a killed writer of this file left (a whole checkpoint's size)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)

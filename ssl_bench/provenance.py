@@ -1,8 +1,12 @@
 """What produced a number: content digests of audio and weights, and a run's provenance record.
 
-* :func:`file_sha256` hashes a file's bytes, cached per ``(path, size, mtime)`` in a small
-  SQLite table under the cache root, so a rerun over the same files reads none of them again
-  and a file replaced in place (new size or mtime) is hashed anew.
+* :func:`file_sha256` hashes a file's bytes, cached per path with the file's stamp (size,
+  modification time, inode and status-change time: :func:`~ssl_bench.files.file_stamp`) in a
+  small SQLite table under the cache root, so a rerun over the same files reads none of them
+  again, while a file written in any way since (replaced, or rewritten in place with its old
+  size and modification time restored, as ``cp -p`` and ``rsync -a`` do) is hashed anew.
+  ``--verify`` (:func:`~ssl_bench.files.verifying`) hashes every file again.  A damaged
+  database is rebuilt with one warning.
 * :func:`audio_digest` is the digest of the *content* of the audio a pretraining reads (the
   sorted file digests: the same sounds under other paths give the same digest, other sounds
   under the same paths do not); :func:`dataset_digest` also covers the clip keys (labels hang
@@ -45,21 +49,56 @@ _lock = threading.Lock()
 
 # --------------------------------------------------------------------------- file digests
 class DigestCache:
-    """``path -> (size, mtime_ns, sha256)`` in ``<dir>/digests.sqlite`` (in memory when ``dir``
-    is None).  Several processes may share the file: SQLite serialises the writes."""
+    """``path -> (size, mtime_ns, inode, ctime_ns, sha256)`` in ``<dir>/digests.sqlite`` (in memory
+    when ``dir`` is None).  Several processes may share the file: SQLite serialises the writes.
+    A file that is not a readable database of this layout is replaced, with one warning."""
+
+    COLUMNS = ("path", "size", "mtime_ns", "ino", "ctime_ns", "sha256")
 
     def __init__(self, directory: str | Path | None):
         self.path = Path(directory) / "digests.sqlite" if directory is not None else None
-        self.memory: dict[str, tuple[int, int, str]] = {}
+        self.memory: dict[str, tuple[int, int, int, int, str]] = {}
 
     def _connect(self) -> sqlite3.Connection | None:
         if self.path is None:
             return None
+        for attempt in (0, 1):
+            try:
+                return self._open()
+            except sqlite3.DatabaseError as exc:
+                if attempt:
+                    raise
+                self._heal(exc)
+        return None  # pragma: no cover - the loop returns or raises
+
+    def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=60)
-        con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-                    "sha256 TEXT)")
+        try:
+            columns = tuple(r[1] for r in con.execute("PRAGMA table_info(files)"))
+            if columns and columns != self.COLUMNS:  # a layout of an older ssl-bench: stamps it cannot trust
+                with con:
+                    con.execute("DROP TABLE files")
+            con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                        "ino INTEGER, ctime_ns INTEGER, sha256 TEXT)")
+        except BaseException:
+            con.close()
+            raise
         return con
+
+    def _heal(self, exc: Exception) -> None:
+        """Replace a damaged database (its digests are taken again from the files), warning once."""
+        import warnings
+
+        from .files import CacheWarning, shown
+
+        warnings.warn(f"digest cache {shown(self.path)} is damaged ({exc}); it is rebuilt, so the files it "
+                      "described are hashed again", CacheWarning, stacklevel=4)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            try:
+                Path(str(self.path) + suffix).unlink()
+            except FileNotFoundError:
+                pass
 
     @staticmethod
     def _key(path: str) -> str:
@@ -71,30 +110,55 @@ class DigestCache:
             return "bytes:" + os.fsencode(path).hex()
         return path
 
-    def lookup(self, paths: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+    def lookup(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, int, str]]:
         found = {p: self.memory[p] for p in paths if p in self.memory}
+        keys = {self._key(p): p for p in paths if p not in found}
+        if not keys:
+            return found
+        try:
+            found.update(self._select(keys))
+        except sqlite3.DatabaseError as exc:  # damaged after it was opened
+            self._heal(exc)
+            found.update(self._select(keys))
+        return found
+
+    def _select(self, keys: dict[str, str]) -> dict[str, tuple[int, int, int, int, str]]:
+        found = {}
         con = self._connect()
-        if con is not None:
+        if con is None:
+            return found
+        try:
             with con:
-                keys = {self._key(p): p for p in paths if p not in found}
                 wanted = list(keys)
                 for i in range(0, len(wanted), 500):
                     part = wanted[i:i + 500]
-                    rows = con.execute(f"SELECT path, size, mtime_ns, sha256 FROM files WHERE path IN "
+                    rows = con.execute(f"SELECT {', '.join(self.COLUMNS)} FROM files WHERE path IN "
                                        f"({','.join('?' * len(part))})", part).fetchall()
-                    found.update({keys[r[0]]: (r[1], r[2], r[3]) for r in rows})
+                    found.update({keys[r[0]]: tuple(r[1:]) for r in rows})
+        finally:
             con.close()
         return found
 
-    def store(self, entries: dict[str, tuple[int, int, str]]) -> None:
+    def store(self, entries: dict[str, tuple[int, int, int, int, str]]) -> None:
         self.memory.update(entries)
-        con = self._connect()
-        if con is None or not entries:
+        if not entries:
             return
-        with con:
-            con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
-                            [(self._key(p), *v) for p, v in entries.items()])
-        con.close()
+        try:
+            self._insert(entries)
+        except sqlite3.DatabaseError as exc:
+            self._heal(exc)
+            self._insert(entries)
+
+    def _insert(self, entries: dict[str, tuple[int, int, int, int, str]]) -> None:
+        con = self._connect()
+        if con is None:
+            return
+        try:
+            with con:
+                con.executemany(f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(self.COLUMNS))})",
+                                [(self._key(p), *v) for p, v in entries.items()])
+        finally:
+            con.close()
 
 
 def _hash_file(path: str) -> str:
@@ -108,30 +172,33 @@ def _hash_file(path: str) -> str:
 def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = None,
                  threads: int | None = None) -> dict[str, str]:
     """``{absolute path: sha256 hex}`` of the existing files among ``paths`` (missing ones are
-    left out), hashing only those whose size or mtime changed since they were last hashed."""
-    stats: dict[str, tuple[int, int]] = {}
+    left out), hashing only those whose stamp (:func:`~ssl_bench.files.file_stamp`: size,
+    mtime, inode, ctime) changed since they were last hashed; every one under ``--verify``."""
+    from .files import file_stamp, verify_all
+
+    stats: dict[str, tuple[int, int, int, int]] = {}
     for p in paths:
         key = str(Path(p).expanduser().resolve())
         try:
             st = os.stat(key)
         except OSError:
             continue
-        stats[key] = (st.st_size, st.st_mtime_ns)
+        stats[key] = file_stamp(st)
     cache = DigestCache(cache_dir)
     with _lock:
-        known = cache.lookup(list(stats))
+        known = {} if verify_all() else cache.lookup(list(stats))
     out, todo = {}, []
-    for key, (size, mtime) in stats.items():
+    for key, stamp in stats.items():
         hit = known.get(key)
-        if hit is not None and hit[0] == size and hit[1] == mtime:
-            out[key] = hit[2]
+        if hit is not None and tuple(hit[:4]) == stamp:
+            out[key] = hit[4]
         else:
             todo.append(key)
     if todo:
         workers = threads or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL on large blocks
             digests = list(pool.map(_hash_file, todo))
-        fresh = {key: (*stats[key], d) for key, d in zip(todo, digests)}
+        fresh = {key: (*stats[key], d) for key, d in zip(todo, digests)}  # the stamp taken before the read
         with _lock:
             cache.store(fresh)
         out.update({key: d for key, d in zip(todo, digests)})
@@ -212,7 +279,7 @@ def readable_name(path: str | Path) -> str:
 
 
 @lru_cache(maxsize=64)
-def _ssl_bench_payload(path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
+def _ssl_bench_payload(path: str, stamp: tuple[int, int, int, int]) -> dict[str, Any] | None:
     """The non-tensor part of an ssl-bench checkpoint (config, name, pretraining hash), read
     with ``mmap`` so that the weights themselves are not read."""
     if path.endswith(".safetensors"):
@@ -237,8 +304,9 @@ def checkpoint_payload(path: str | Path) -> dict[str, Any] | None:
     path = Path(path).expanduser()
     if not path.is_file():
         return None
-    st = path.stat()
-    payload = _ssl_bench_payload(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    from .files import file_stamp
+
+    payload = _ssl_bench_payload(str(path.resolve()), file_stamp(path.stat()))
     return copy.deepcopy(payload) if payload is not None else None
 
 

@@ -95,14 +95,15 @@ def size_frontend(config: dict[str, Any], registry: Any, seconds: float, what: s
 def extract_features(clips: Sequence[Clip], frontend: Any, *, seconds: float, config: dict[str, Any],
                      cache_dir: Path, device: torch.device, progress: bool) -> Any:
     """The :class:`~ssl_bench.features.FeatureSet` of ``clips`` (through the feature cache under
-    ``cache_dir/features`` unless ``data.cache`` is off); rank 0 extracts first."""
+    ``cache_dir/features`` unless ``data.cache`` is off, keyed by the file digests the run's
+    provenance shares, ``cache_dir/digests.sqlite``); rank 0 extracts first."""
     from .features import extract
 
     data = data_settings(config)
     with D.main_first():
         return extract(clips, frontend, clip_seconds=float(seconds),
                        cache_dir=cache_dir / "features" if data.cache else None, device=device, batch_size=32,
-                       strict=bool(data.strict), progress=progress)
+                       strict=bool(data.strict), progress=progress, digests_dir=cache_dir)
 
 
 def mean_std(features: Any, indices: Iterable[int], max_frames: int = 2_000_000) -> tuple[float, float]:

@@ -114,7 +114,8 @@ def test_cache_second_call_reads_instead_of_decoding(clips, tmp_path, monkeypatc
     assert not first.from_cache and first.path.parent == cache
     assert sorted(p.name for p in first.path.iterdir()) == ["features.bin", "index.npy", "manifest.json",
                                                            "verified.json"]
-    assert [p.name for p in cache.iterdir()] == [first.path.name]  # no temp dirs left
+    # no temp dirs left; the file digests that key the entry are kept beside it
+    assert sorted(p.name for p in cache.iterdir()) == sorted([first.path.name, "digests.sqlite"])
 
     def no_decode(*a, **k):
         raise AssertionError("audio decoded although the cache holds the features")
@@ -139,6 +140,11 @@ def test_cache_key_follows_audio_and_spectrogram_settings(clips):
     assert F.cache_key(clips[:3], fe, 1.0) != base
     st = clips[0].path.stat()
     os.utime(clips[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    assert F.cache_key(clips, fe, 1.0) == base  # touched, not changed: keyed by content
+    with open(clips[0].path, "r+b") as fh:  # other samples, size kept, modification time restored
+        fh.seek(-4, os.SEEK_END)
+        fh.write(b"\x01\x02\x03\x04")
+    os.utime(clips[0].path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert F.cache_key(clips, fe, 1.0) != base
 
 
@@ -190,7 +196,7 @@ def test_concurrent_writers_share_one_entry(clips, tmp_path):
     for t in threads:
         t.join()
     assert not errors
-    assert [p.name for p in cache.iterdir()] == [results[0].path.name]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([results[0].path.name, "digests.sqlite"])
     for fs in results[1:]:
         assert torch.equal(fs[2], results[0][2])
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ssl_bench.checkpoint import CheckpointError, CheckpointReport, is_ssl_bench, load_state, safe_load
+from ssl_bench.files import file_stamp
 
 from .decoders import WINDOW_DECODERS, WindowDecoder
 from .positions import crop_table
@@ -169,8 +170,7 @@ _LAST: dict[str, Any] = {}
 
 
 def _read(path: Path) -> Any:
-    stat = path.stat() if path.is_file() else None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
+    key = (str(path.resolve()), file_stamp(path.stat())) if path.is_file() else None
     if key is not None and _LAST.get("key") == key:
         obj = _LAST.pop("obj")
         _LAST.clear()
@@ -188,9 +188,8 @@ def checkpoint_overrides(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     obj = safe_load(path)
-    stat = path.stat()
     _LAST.clear()
-    _LAST.update(key=(str(path.resolve()), stat.st_mtime_ns, stat.st_size), obj=obj)
+    _LAST.update(key=(str(path.resolve()), file_stamp(path.stat())), obj=obj)  # rewritten in place: read again
     fmt, state, config = detect(obj, path)
     if fmt == "ssl-bench" and isinstance(config, dict) and isinstance(config.get("encoder"), dict):
         enc = config["encoder"]
