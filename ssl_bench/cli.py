@@ -56,7 +56,14 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start pretraining afresh instead of continuing from the last checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _verify_arg(p)
     _tracking_args(p)
+
+
+def _verify_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify", action="store_true",
+                   help="trust no cached digest or checksum: read every audio file and cache file again (a file "
+                        "written in place is found without it; this also finds one changed below the filesystem)")
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
@@ -131,6 +138,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _verify_arg(p)
     _tracking_args(p)
 
     p = sub.add_parser("results", help="show the results table (mean, std, n, 95%% interval)")
@@ -177,19 +185,34 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- commands
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """A comma list of names (``--task a,b``), or None when the flag was not given; a flag given
+    nothing but commas is an error naming it."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        from .config import ConfigError
+
+        raise ConfigError(f"{flag} {text!r}: no name in it; give one or a comma list")
+    return names
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, parse_overrides, resolve
-    from .model import checkpoint_model, checkpoint_settings, merge_checkpoint_settings
+    from .config import ConfigError, load_yaml, parse_overrides, resolve
+    from .encoders import refuse_pretraining_settings
+    from .files import cache_root, check_writable
+    from .model import check_config, checkpoint_model, checkpoint_settings, merge_checkpoint_settings
     from .registry import get_registry
     from .runner import run_experiment
 
-    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    protocols = _names(args.protocols, "--protocols") or []
     known = get_registry().names("protocol")
     bad = [p for p in protocols if p not in known]
-    if bad or not protocols:
-        raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
-    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
-
+    if bad:
+        raise ConfigError(f"unknown protocol {', '.join(bad)}; choose from {', '.join(known)}")
+    tasks = _names(args.task, "--task") or []
+    splits = _names(args.splits, "--splits")
     for task in tasks:
         get_registry().get("task", task)  # an unknown task fails before any work, listing the known ones
     sweeps = parse_overrides(args.overrides)
@@ -203,14 +226,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # resolve everything first: a typo in the last sweep value fails before any training
     # --checkpoint a,b sweeps like --set: files, Hugging Face directories or encoder ids
     checkpoints: list[Path | None] = [None]
-    if args.checkpoint:
-        from .files import cache_root
+    if args.checkpoint is not None:
         from .sources import resolve_checkpoint
 
-        checkpoints = [resolve_checkpoint(c.strip(), cache_root(args.results))
-                       for c in args.checkpoint.split(",") if c.strip()]
+        checkpoints = [resolve_checkpoint(c, cache_root(args.results)) for c in _names(args.checkpoint, "--checkpoint")]
     from .results import sweep_labels
 
+    given = {k: v for f in args.config for k, v in load_yaml(f).items()}  # what the user set, files and --set
     configs = []
     labels = sweep_labels(sweeps)  # what each run of a sweep varied, for its directory name
     for checkpoint in checkpoints:
@@ -224,12 +246,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             ckpt = checkpoint_settings(model, checkpoint, task) if checkpoint else {}
             for sweep, label in zip(sweeps, labels):
                 overrides = merge_checkpoint_settings(ckpt, {**sweep, **extra})
-                configs.append((checkpoint, label, resolve(model, preset=preset, task=task, files=args.config,
-                                                           overrides=overrides)))
-    from .model import check_config
-
-    for _, _, config in configs:  # every component checks its settings (and the memory) before any data work
-        check_config(config)
+                config = resolve(model, preset=preset, task=task, files=args.config, overrides=overrides)
+                if checkpoint:  # its encoder was pretrained already: a pretraining setting cannot change it
+                    refuse_pretraining_settings({**given, **sweep}, config, checkpoint)
+                configs.append((checkpoint, label, config))
+    for _, _, config in configs:  # every setting checked (values, components, memory) before any data work
+        check_config(config, protocols=protocols)
+    check_writable(args.results, "--results")
+    check_writable(cache_root(args.results), "the cache folder (SSL_BENCH_CACHE)")
     run_dirs = []
     for checkpoint, label, config in configs:
         run_dirs.append(
@@ -239,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 results_root=args.results,
                 protocols=protocols,
                 checkpoint=checkpoint,
-                splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
+                splits=splits,
                 resume=args.resume,
                 progress=not args.quiet,
                 track=_track(args),
@@ -328,6 +352,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import parse_overrides, resolve
     from .encoders import pretrain_on_corpus
+    from .files import cache_root, check_writable
+    from .model import check_config
 
     extra: dict[str, Any] = {}
     if args.seed is not None:
@@ -336,6 +362,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         extra["device"] = args.device
     configs = [resolve(args.model, preset=args.preset, task=None, files=args.config, overrides={**sweep, **extra})
                for sweep in parse_overrides(args.overrides)]
+    for config in configs:  # every setting checked before the corpus is read
+        check_config(config, protocols=["pretrain"])
+    check_writable(args.results, "--results")
+    check_writable(cache_root(args.results), "the cache folder (SSL_BENCH_CACHE)")
     made = []
     for config in configs:
         made.append(pretrain_on_corpus(config, args.corpus, data_dir=args.data_dir, results_root=args.results,
@@ -360,6 +390,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"no results under {args.root}")
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "plots"
+    from .files import check_writable
+
+    check_writable(out, "plot --out" if args.out else "the plots folder")
     for path in plot_results(df, args.root, out, compare=args.compare):
         print(path)
     return 0
@@ -369,15 +402,48 @@ COMMANDS = {"run": cmd_run, "results": cmd_results, "plugins": cmd_plugins, "pre
             "plot": cmd_plot}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
-    from .registry import set_registry
+def _one_line_warnings(default: Any) -> Any:
+    """``warnings.formatwarning`` for the command line: ssl-bench's own warnings (a skipped clip,
+    a damaged cache entry, an unreadable run record) as one line each, others as Python shows them."""
+    def format_warning(message, category, filename, lineno, line=None):
+        if getattr(category, "__module__", "").startswith("ssl_bench"):
+            return f"ssl-bench: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
 
+    return format_warning
+
+
+def _exit_origin(exc: SystemExit) -> str:
+    """``file:line`` of the Python code that called ``sys.exit`` (the innermost frame)."""
+    tb = exc.__traceback__
+    where = None
+    while tb is not None:
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where or "unknown code"
+
+
+def _written_path(args: Any) -> str:
+    """The folder a command writes to, for messages about the disk: ``--results`` or the root."""
+    return str(getattr(args, "results", None) or getattr(args, "root", None)
+               or os.environ.get("SSL_BENCH_RESULTS") or "results")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import errno
+    import warnings
+
+    from .errors import UserError
     from .provenance import set_command
+    from .registry import set_registry
 
     set_command(argv)  # what run records report as the command line
     registry = _registry(argv)
     previous = set_registry(registry)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("SSL_BENCH_DEBUG"))
+    default_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warnings(default_format)
+    args = None
     try:
         parser = build_parser(registry)
         args = parser.parse_args(argv)
@@ -385,7 +451,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         command = getattr(args, "plugin_command", None)
-        return command.run(args) if command is not None else COMMANDS[args.command](args)
+        if command is not None:  # a plugin's command owns its exit status
+            return command.run(args)
+        from .files import verifying
+
+        try:
+            with verifying(bool(getattr(args, "verify", False))):
+                return COMMANDS[args.command](args)
+        except SystemExit as exc:  # plugin code (a task, a component) ended the process: never a success
+            if debug:
+                raise
+            print(f"ssl-bench: error: plugin code called sys.exit({exc.code!r}) during `{args.command}` at "
+                  f"{_exit_origin(exc)}; stopped, nothing half-written was kept", file=sys.stderr)
+            return exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
     except KeyboardInterrupt as exc:
         from .train import TrainingInterrupted
 
@@ -395,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ssl-bench: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
     except UserError as exc:  # one line; anything else is a bug and keeps its traceback
-        if "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("SSL_BENCH_DEBUG"):
+        if debug:
             raise
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
@@ -406,17 +484,23 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):  # an in-process stdout with no file behind it
             pass
         return 0
-    except OSError as exc:  # a full disk anywhere (the feature cache, a log line): one line, not a bug
-        from .files import disk_full_message, is_disk_full
+    except OSError as exc:  # a full disk or a folder that cannot be written: one line, not a bug
+        from .files import disk_full_message, is_disk_full, shown
 
-        if not is_disk_full(exc) or "--debug" in (argv if argv is not None else sys.argv[1:]):
+        if debug:
             raise
-        where = exc.filename or os.environ.get("SSL_BENCH_RESULTS") or "results"
-        print(f"ssl-bench: error: {disk_full_message(where)}", file=sys.stderr)
-        return 2
+        if is_disk_full(exc):
+            print(f"ssl-bench: error: {disk_full_message(exc.filename or _written_path(args))}", file=sys.stderr)
+            return 2
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+            print(f"ssl-bench: error: {shown(exc.filename)}: {exc.strerror}; check its permissions, or choose "
+                  "another folder (--results, SSL_BENCH_CACHE)", file=sys.stderr)
+            return 2
+        raise
     finally:
         from .distributed import shutdown
 
+        warnings.formatwarning = default_format
         shutdown()  # leave a torchrun process group cleanly (no-op outside torchrun)
         set_registry(previous)  # main() called in-process (tests, notebooks): leave the registry as found
 

@@ -25,6 +25,10 @@ applied (with a task, a ``frontend.num_frames`` no layer sets follows the task's
 a value from the model's own layers that the chosen component does not have is
 dropped (a preset written for another decoder), while an unknown key from the user is an
 error that lists the valid ones.
+
+:func:`validate` checks every value of a resolved config in one pass, before any data work:
+types (from each dataclass's annotations: ``epochs=1e1`` is 10, ``epochs=1.5`` an error),
+finite numbers, and the ranges each section's ``check()`` states; it names the key.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,12 @@ class DataConfig:
     strict: bool = False  # unreadable clips are errors instead of counted skips
     num_workers: int = 0
 
+    def check(self) -> None:
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
 
 def data_settings(config: dict[str, Any]) -> DataConfig:
     """The typed ``data`` section of a resolved config (its defaults where a key is absent)."""
@@ -84,13 +98,28 @@ class RunSettings:
     #: (``accum_steps`` rises until a micro-batch fits); 0: no limit
     memory_gb: float | None = None
 
+    def check(self) -> None:
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be >= 0, got {self.seed}" if self.seed < 0 else
+                             f"seed must be below 2**63, got {self.seed}")
+        if self.memory_gb is not None and self.memory_gb < 0:
+            raise ValueError(f"memory_gb must be >= 0 (0: no limit) or null, got {self.memory_gb}")
+
 
 #: Sections that belong to no protocol; each registered protocol adds its own (its ``Config``).
 CORE_SECTIONS: dict[str, type] = {"data": DataConfig}
 TOP_LEVEL = {"model", "preset", "task", "checkpoint"} | {f.name for f in dataclasses.fields(RunSettings)}
-#: Fields of any protocol section that say only when checkpoints are written: they change no
-#: number, so they key no cache (a pretraining's hash) and split no table.
-BOOKKEEPING_FIELDS = ("checkpoint_every", "checkpoint_min_s")
+#: Settings that cannot change a number or a weight: when checkpoints are written (a field of any
+#: protocol section), how audio is loaded (workers, the feature cache on or off, whether an
+#: unreadable clip stops the run).  They key no cache, no encoder (a pretraining's hash, its
+#: ``init_id``) and split no table.
+BOOKKEEPING_FIELDS = ("checkpoint_every", "checkpoint_min_s", "data.num_workers", "data.cache", "data.strict")
+#: Run settings that change where and in which order the same arithmetic runs, never what is
+#: computed: like the number of processes and ``accum_steps``, they move the last bits of a
+#: result, so they key no encoder (a float32 pretraining on another device or compiled is the
+#: same recipe).  Precision is not among them: ``amp`` (bf16) keys the pretraining hash, the
+#: encoder's ``init_id`` and the embedding cache, as the precision it gives on the device.
+EXECUTION_FIELDS = ("device", "compile", "deterministic", "memory_gb")
 
 
 def sections(registry: Registry | None = None) -> dict[str, type]:
@@ -227,6 +256,166 @@ def instantiate_config(registry: Registry, kind: str, slot: dict[str, Any]) -> A
         if f.name in values and isinstance(values[f.name], list) and "tuple" in str(f.type):
             values[f.name] = tuple(values[f.name])
     return cls(**values)
+
+
+# --------------------------------------------------------------------------- validation
+def validate(config: dict[str, Any], protocols: Sequence[str] | None = None,
+             registry: Registry | None = None) -> dict[str, Any]:
+    """Check every value of a resolved ``config`` in place, before any data work; returns it.
+
+    One pass over the run settings, ``data``, every protocol section and every component's
+    settings: each value must have its field's type (read from the dataclass annotations; a
+    whole number written ``1e1`` becomes 10, ``1`` for a list becomes ``[1]``), numbers must be
+    finite, and each section's ``check()`` (when its dataclass has one) states its ranges.  The
+    ranges of protocol sections are checked for ``protocols`` (default: every section).  A
+    failure is one :class:`ConfigError` naming the key (``pretrain.epochs must be >= 1, got
+    0``).  Component settings that only a built component can judge (a head count that does
+    not divide the width, a mask ratio) are :func:`ssl_bench.model.check_config`'s, which
+    calls this first.
+    """
+    registry = registry or get_registry()
+    SLOTS, SECTIONS = slots(registry), sections(registry)
+    _check_section(config, RunSettings, "", set(SECTIONS) | set(SLOTS) | {"model", "preset", "task", "checkpoint"})
+    for name, cls in SECTIONS.items():
+        node = config.get(name)
+        if not isinstance(node, dict):
+            continue
+        inner = {k for k in node if f"{name}.{k}" in SLOTS}  # a protocol's slot (finetune.masker)
+        ranges = protocols is None or name in CORE_SECTIONS or name in protocols
+        _check_section(node, cls, f"{name}.", inner, ranges=ranges)
+    for slot, kind in SLOTS.items():
+        node: Any = config
+        for part in slot.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or "name" not in node:
+            continue
+        try:
+            cls = config_class(registry.get(kind, node["name"]).factory)
+        except RegistryError as exc:
+            raise ConfigError(f"{slot}={node['name']}: {exc}") from None
+        _check_section(node, cls, f"{slot}.", {"name"}, ranges=False)  # the component checks its own ranges
+    return config
+
+
+def _check_section(node: dict[str, Any], cls: type, prefix: str, skip: set[str], ranges: bool = True) -> None:
+    """Coerce and check the values of ``node`` against dataclass ``cls``; then its ``check()``."""
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in node and f.name not in skip:
+            node[f.name] = _typed(f"{prefix}{f.name}", node[f.name], hints.get(f.name, Any))
+    check = getattr(cls, "check", None)
+    if not ranges or not callable(check):
+        return
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in node:
+            value = node[f.name]
+            values[f.name] = tuple(value) if isinstance(value, list) and _is_tuple(hints.get(f.name)) else value
+    try:
+        cls(**values).check()
+    except (TypeError, ValueError) as exc:  # check() names the field first: "epochs must be >= 1, got 0"
+        message = str(exc)
+        raise ConfigError(message if message.startswith(prefix) else f"{prefix}{message}") from None
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> annotation of dataclass ``cls`` (those that cannot be evaluated are left out)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation naming what is not importable here: check the rest
+        import sys
+
+        module = vars(sys.modules.get(cls.__module__, object()))
+        out = {}
+        for f in dataclasses.fields(cls):
+            try:
+                out[f.name] = eval(f.type, module) if isinstance(f.type, str) else f.type  # noqa: S307
+            except Exception:  # noqa: BLE001
+                continue
+        return out
+
+
+def _is_tuple(tp: Any) -> bool:
+    return tp is tuple or typing.get_origin(tp) is tuple or any(_is_tuple(a) for a in _union_args(tp))
+
+
+def _union_args(tp: Any) -> tuple[Any, ...]:
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+
+
+def _number(key: str, value: Any, whole: bool) -> int | float:
+    kind = "a whole number" if whole else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    if whole:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _typed(key: str, value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp`` (see :func:`validate`), or a :class:`ConfigError` naming ``key``."""
+    if tp is Any or tp is None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return value
+    args = _union_args(tp)
+    if args:
+        if value is None and type(None) in args:
+            return None
+        first: ConfigError | None = None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _typed(key, value, arg)
+            except ConfigError as exc:
+                first = first or exc
+        if value is None:
+            raise ConfigError(f"{key}: expected a value, got null")
+        raise first if first is not None else ConfigError(f"{key}: unexpected value {value!r}")
+    origin = typing.get_origin(tp) or tp
+    if value is None:
+        raise ConfigError(f"{key}: expected a value, got null")
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if origin is int:
+        return _number(key, value, whole=True)
+    if origin is float:
+        return _number(key, value, whole=False)
+    if origin is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML reads a name such as 12 as a number
+        raise ConfigError(f"{key}: expected text, got {value!r}")
+    if origin in (list, tuple, Sequence):
+        items = list(value) if isinstance(value, (list, tuple)) else [value]  # a grid of one: C=1 means [1]
+        inner = typing.get_args(tp)
+        if origin is tuple and inner and inner[-1] is not Ellipsis:
+            if len(items) != len(inner):
+                raise ConfigError(f"{key}: expected {len(inner)} values, got {value!r}")
+            return [_typed(key, v, t) for v, t in zip(items, inner)]
+        return [_typed(key, v, inner[0] if inner else Any) for v in items]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
+        return value
+    return value
 
 
 # --------------------------------------------------------------------------- resolution

@@ -32,6 +32,7 @@ processes or accumulation steps, and after any resume.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -46,7 +47,8 @@ from torch.utils.data import Dataset
 
 from . import distributed as D
 from .compute import compute_columns, count_parameters, flops_per_sample, spec_probe
-from .config import BOOKKEEPING_FIELDS, MODEL_SLOTS, ConfigError, config_hash, data_settings
+from .config import (BOOKKEEPING_FIELDS, EXECUTION_FIELDS, MODEL_SLOTS, ConfigError, RunSettings, config_hash,
+                     data_settings)
 from .files import atomic_write_text
 from .protocols.base import Pretrained
 from .protocols.data import SpecDataset, Unlabeled, normalize
@@ -59,7 +61,7 @@ from .splitdata import (
     published_stats,
     size_frontend,
 )
-from .train import FitHooks, FitResult, StepContext, TrainConfig, fit
+from .train import FitHooks, FitResult, StepContext, TrainConfig, fit, precision
 
 #: ``init`` of a pretraining protocol's own rows: the encoder they describe is being made
 #: (from random initialisation), and their ``init_id`` is the one its evaluations carry.
@@ -107,15 +109,68 @@ def apply_pretraining_record(config: dict[str, Any], saved: dict[str, Any] | Non
     return "checkpoint config"
 
 
-def _recipe(config: dict[str, Any], model_slots: Any, norm_stats: tuple[float, float] | None) -> dict[str, Any]:
-    # the corpus is keyed by its audio content (below), not by where it is stored
-    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "corpus", *BOOKKEEPING_FIELDS)}
+def _is_pretraining_key(key: str) -> bool:
+    """Whether dotted ``key`` says how an encoder is pretrained (a pretraining slot or its
+    settings, a ``pretrain.*`` setting other than ``enabled`` and bookkeeping)."""
+    head, _, rest = key.partition(".")
+    if head in PRETRAINING_SLOTS:
+        return True
+    return head == "pretrain" and bool(rest) and rest not in ("enabled", *BOOKKEEPING_FIELDS)
+
+
+_ABSENT = object()
+
+
+def _setting(config: Any, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node.get("name") if isinstance(node, dict) and key.split(".")[0] in PRETRAINING_SLOTS else node
+
+
+def refuse_pretraining_settings(given: dict[str, Any], config: dict[str, Any], checkpoint: str | Path) -> None:
+    """A setting of how the encoder is pretrained (``masker.ratio``, ``pretrain.epochs``...) that
+    the user gave (``given``: dotted keys of ``--set`` and ``--config``) for a run evaluating
+    ``checkpoint`` cannot change that encoder, and rows would record the user's value for weights
+    made with another: one :class:`ConfigError` naming the key and the checkpoint's own value,
+    unless the two agree."""
+    keys = [k for k in given if _is_pretraining_key(k)]
+    if not keys:
+        return
+    from .provenance import checkpoint_payload
+
+    saved = (checkpoint_payload(checkpoint) or {}).get("config")
+    for key in keys:
+        mine, theirs = _setting(config, key), _setting(saved, key)
+        if theirs is not _ABSENT and json.dumps(theirs, default=str) == json.dumps(mine, default=str):
+            continue
+        value = json.dumps(mine, default=str) if not isinstance(mine, str) else mine
+        was = (f"was pretrained with {key}={theirs if isinstance(theirs, str) else json.dumps(theirs, default=str)}"
+               if theirs is not _ABSENT else "records no such pretraining setting")
+        raise ConfigError(f"{key}={value}: the encoder of --checkpoint {checkpoint} {was}; a pretraining setting "
+                          "cannot change a checkpoint (drop it, or pretrain a new encoder without --checkpoint)")
+
+
+def _recipe(config: dict[str, Any], model_slots: Any, norm_stats: tuple[float, float] | None,
+            device: Any = None) -> dict[str, Any]:
+    """What makes a pretrained encoder, as settings: the model and its slots, the pretraining
+    settings, every run setting that can change the weights (the seed, and ``amp`` as the
+    precision it gives on ``device``), the normalisation.  Left out: what
+    :data:`~ssl_bench.config.BOOKKEEPING_FIELDS` and :data:`~ssl_bench.config.EXECUTION_FIELDS`
+    list, and the corpus's place (the audio is keyed by its content)."""
+    skip = set(BOOKKEEPING_FIELDS) | set(EXECUTION_FIELDS)
+    pre = {k: v for k, v in config["pretrain"].items() if k not in ("enabled", "corpus", *skip)}
+    run = {f.name: config.get(f.name) for f in dataclasses.fields(RunSettings) if f.name not in skip}
+    if "amp" in run:  # the arithmetic, not the switch: amp on a CPU without bf16 is float32
+        run["amp"] = precision(device if device is not None else config.get("device"), bool(run["amp"]))
     return {
         "norm": [float(v) for v in norm_stats] if norm_stats is not None else None,
         "model": config.get("model"),
         "slots": {s: config.get(s) for s in model_slots},
         "pretrain": pre,
-        "seed": config.get("seed"),
+        "run": run,
     }
 
 
@@ -128,19 +183,21 @@ def audio_digest(clips: Any, cache_dir: str | Path | None = None) -> str:
 
 
 def pretrain_hash(config: dict[str, Any], clips: Any, model_slots: Any = MODEL_SLOTS,
-                  norm_stats: tuple[float, float] | None = None, cache_dir: str | Path | None = None) -> str:
+                  norm_stats: tuple[float, float] | None = None, cache_dir: str | Path | None = None,
+                  device: Any = None) -> str:
     """Hash of what determines a pretrained encoder: the model's component slots, pretraining
-    settings (minus bookkeeping), seed, the feature normalisation and the audio content it sees
-    (``cache_dir`` keeps the file digests between runs)."""
-    return config_hash({**_recipe(config, model_slots, norm_stats), "audio": audio_digest(clips, cache_dir),
+    settings (minus bookkeeping), the seed and the precision on ``device`` (default: the
+    config's), the feature normalisation and the audio content it sees (``cache_dir`` keeps the
+    file digests between runs)."""
+    return config_hash({**_recipe(config, model_slots, norm_stats, device), "audio": audio_digest(clips, cache_dir),
                         "n": len(clips)})
 
 
-def recipe_id(config: dict[str, Any], data_sha256: str, model_slots: Any = MODEL_SLOTS) -> str:
+def recipe_id(config: dict[str, Any], data_sha256: str, model_slots: Any = MODEL_SLOTS, device: Any = None) -> str:
     """The ``init_id`` of rows whose encoder was pretrained split by split on a task's own
-    training audio: one id for the recipe and the task's data, since each split has its own
-    encoder (its ``pretrain_hash`` tells them apart)."""
-    return "per-split:" + config_hash({**_recipe(config, model_slots, None), "data": data_sha256})
+    training audio: one id for the recipe (precision on ``device`` included) and the task's
+    data, since each split has its own encoder (its ``pretrain_hash`` tells them apart)."""
+    return "per-split:" + config_hash({**_recipe(config, model_slots, None, device), "data": data_sha256})
 
 
 # --------------------------------------------------------------------------- pretraining
@@ -229,7 +286,8 @@ def pretrain_encoder(model: nn.Module, unlabeled: Unlabeled, *, num_frames: int,
     from .provenance import file_sha256
 
     prefix = f"[{unlabeled.label}] " if unlabeled.label else ""
-    h = pretrain_hash(config, unlabeled.clips, MODEL_SLOTS, getattr(model.frontend, "norm_stats", None), cache_dir)
+    h = pretrain_hash(config, unlabeled.clips, MODEL_SLOTS, getattr(model.frontend, "norm_stats", None), cache_dir,
+                      device=device)
     name = name.format(hash=h[:6]) if name else None
     out_dir = cache_dir / "pretrain" / h
     final = out_dir / "pretrained.pt"
@@ -415,14 +473,14 @@ class EncoderSource:
             return Unlabeled(clips, feats, np.arange(len(feats)), split.name)
         return Unlabeled(list(split.train), task_data.features, task_data.indices(split.train), split.name)
 
-    def pretrained(self, made: Pretrained | None, data_sha256: str) -> EncoderIdentity:
+    def pretrained(self, made: Pretrained | None, data_sha256: str, device: Any = None) -> EncoderIdentity:
         """The identity of the encoder a pretraining protocol made: one encoder for every split
-        (a corpus) is named by its weights; per-split encoders share the id of their recipe on
-        this task's data."""
+        (a corpus) is named by its weights; per-split encoders share the id of their recipe
+        (trained on ``device``: its precision) on this task's data."""
         if self.corpus_setting and made is not None:
             init_id = made.weights_sha256[:ID_LENGTH]
         else:
-            init_id = recipe_id(self.config, data_sha256)
+            init_id = recipe_id(self.config, data_sha256, device=device)
         return EncoderIdentity("pretrained", init_id, self.pretrained_by)
 
 
@@ -568,4 +626,4 @@ def pretrain_on_corpus(
 
 __all__ = ["EncoderIdentity", "EncoderSource", "PRETRAINING_INIT", "RANDOM", "apply_pretraining_record",
            "corpus_clips", "differs_from_random", "pretrain", "pretrain_encoder", "pretrain_hash",
-           "pretrain_loss", "pretrain_on_corpus", "recipe_id"]
+           "pretrain_loss", "pretrain_on_corpus", "recipe_id", "refuse_pretraining_settings"]

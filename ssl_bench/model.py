@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from .components import BuildContext, EncoderOutput
-from .config import ConfigError, instantiate_config, resolve, slots
+from .config import ConfigError, instantiate_config, resolve, slots, validate
 from .errors import UserError
 from .registry import Registry, get_registry
 
@@ -356,11 +356,14 @@ TRAIN_BYTES_PER_PARAMETER = 16
 
 
 def check_config(config: dict[str, Any], registry: Registry | None = None,
-                 memory_bytes: int | None = None) -> int:
-    """Build ``config``'s model without allocating it (a dry run), so every component checks its
-    settings before any data work, and refuse a model whose weights and optimiser state alone
-    need more memory than there is (``memory_bytes``, default: this machine's RAM for a CPU run).
-    Returns the parameter count."""
+                 memory_bytes: int | None = None, protocols: Sequence[str] | None = None) -> int:
+    """Every check of a resolved ``config`` that needs no data, in one pass before any data work:
+    the values (:func:`ssl_bench.config.validate`: types, finite numbers, the ranges of the run
+    settings, ``data`` and the sections of ``protocols``, default all), then the model built
+    without allocating it (a dry run), so every component checks its settings, a mask drawn,
+    and a model refused whose weights and optimiser state alone need more memory than there is
+    (``memory_bytes``, default: this machine's RAM for a CPU run).  Returns the parameter count."""
+    validate(config, protocols, registry)
     model = build_model(config, registry, dry_run=True)
     grid = getattr(model.build, "grid", None)
     pretraining = bool((config.get("pretrain") or {}).get("enabled", True))

@@ -68,7 +68,7 @@ WILCOXON_MIN_PAIRS = 8
 #: Settings of how an encoder was pretrained (meaningless for a random-init row).
 PRETRAINING_PREFIXES = ("pretrain", "masker", "decoder", "objective", "method")
 #: Config columns that never split a table (bookkeeping, or said by ``init_id``).
-NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers")
+NOT_SETTINGS = ("config_hash", "checkpoint", "device")
 #: What a config column holds in rows of runs whose config lacks that key (a masker without
 #: ``width``): shown, grouped and filtered like any value, so no row drops out of a table.
 MISSING = "-"
@@ -358,7 +358,8 @@ def is_setting(df: pd.DataFrame, col: str) -> bool:
     ``amp``, ...)."""
     from .config import TOP_LEVEL
 
-    if col in ROW_KEYS or col in NOT_SETTINGS or col == "run" or str(col).rsplit(".", 1)[-1] in BOOKKEEPING_FIELDS:
+    if (col in ROW_KEYS or col in NOT_SETTINGS or col == "run" or col in BOOKKEEPING_FIELDS
+            or str(col).rsplit(".", 1)[-1] in BOOKKEEPING_FIELDS):
         return False
     return "." in col or col in TOP_LEVEL or any(str(c).startswith(col + ".") for c in df.columns)
 

@@ -52,7 +52,7 @@ from .protocols.base import Protocol, ProtocolContext, ProtocolResult, section_c
 from .protocols.data import SplitData, Unlabeled, normalize
 from .provenance import ID_LENGTH
 from .registry import get_registry
-from .splitdata import PreparedSplit, TaskData, cap_batch_sizes
+from .splitdata import PreparedSplit, TaskData, cap_batch_sizes, require_validation
 from .train import STOP, configure_backends
 
 #: What ``--protocols`` runs by default (every one is registered; see ``ssl-bench plugins``).
@@ -146,6 +146,11 @@ class _Run:
             out.append((name, source))
         return out
 
+    def choosers(self) -> list[tuple[str, tuple[str, ...]]]:
+        """``(name, fields)`` of each requested, enabled protocol that chooses on validation."""
+        return [(name, tuple(self.protocol(name).chosen_on_validation)) for name in self.stage_protocols("evaluate")
+                if getattr(self.protocol(name), "chosen_on_validation", ())]
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path | None:
         from .provenance import run_record
@@ -155,6 +160,7 @@ class _Run:
         with STOP.installed():
             self.data = TaskData(self.config, self.registry, self.data_dir, self.split_names)
             # before any feature is extracted
+            require_validation(self.config, self.choosers(), self.data)
             notes = cap_batch_sizes(self.config, self.trainers(), self.data, self.info.world_size, self.info.is_main)
             self.data.size_frontend()
             self.data.load_features(self.cache, self.device, self.progress_main)
@@ -232,7 +238,7 @@ class _Run:
                 unlabeled = self.source.pretraining_input(split, self.data, self.progress_main, self.device)
                 results, columns = self.run_protocol(name, model, RANDOM, data, unlabeled)
                 made = next((r.pretrained for r in results if r.pretrained is not None), None)
-                encoder = self.source.pretrained(made, self.data.digest["sha256"])
+                encoder = self.source.pretrained(made, self.data.digest["sha256"], self.device)
                 # the pretraining's own rows (its loss) describe the encoder it made, from random init
                 made_rows = EncoderIdentity(PRETRAINING_INIT, encoder.init_id, encoder.pretrained_by)
                 for row in self.rows(prepared, name, made_rows, results, columns):

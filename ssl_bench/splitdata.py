@@ -14,6 +14,8 @@ pretrain --corpus DIR``): folder listing, frontend sizing, extraction, statistic
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -338,3 +340,24 @@ def cap_batch_sizes(config: dict[str, Any], trainers: Sequence[tuple[str, str]],
         if is_main:
             print(f"ssl-bench: {message}", file=sys.stderr, flush=True)
     return notes
+
+
+def require_validation(config: dict[str, Any], choosers: Sequence[tuple[str, Sequence[str]]],
+                       task_data: TaskData) -> None:
+    """Before any feature is extracted: a protocol that chooses among several candidates on
+    validation (``choosers``: ``(section, fields)`` of each, such as ``("linear", ("C",))``)
+    needs validation data in every split.  A split without any (the task gives none and
+    ``data.valid_fraction`` is 0) allows one candidate in all; more is an error naming the keys."""
+    empty = [s.name for s in task_data.splits if not task_data.parts(s).valid]
+    if not empty:
+        return
+    for name, fields in choosers:
+        section = config.get(name) or {}
+        counts = [len({json.dumps(v, default=str) for v in section[f]}) if isinstance(section.get(f), list) else 1
+                  for f in fields]
+        if math.prod(counts) > 1:
+            keys = ", ".join(f"{name}.{f}" for f in fields)
+            raise ConfigError(
+                f"{keys}: {math.prod(counts)} candidates to choose on validation, but split {empty[0]} has no "
+                f"validation data (task {task_data.name!r} gives none and data.valid_fraction is "
+                f"{data_settings(config).valid_fraction:g}); set data.valid_fraction > 0 or give one value")

@@ -341,12 +341,13 @@ def test_a_read_only_results_folder_is_one_line(tmp_path, capsys, monkeypatch):
 
     data = make_folder(tmp_path / "data", per_class=2, seconds=0.25)
     root = tmp_path / "ro"
+    _run(root, "run-a", 0.5)  # a finished run to plot
     how = _unwritable(root)
-    if not how:  # neither works here (a filesystem without the flag): make the writer fail as such a folder would
+    if not how:  # neither works here (a filesystem without the flag): make writes fail as in such a folder
         real = os.open
 
         def refuse(path, *args, **kwargs):
-            if str(path).startswith(str(root)) and len(args) and args[0] & os.O_CREAT:
+            if str(path).startswith(str(root)) and args and args[0] & os.O_CREAT:
                 raise PermissionError(errno.EACCES, "Permission denied", str(path))
             return real(path, *args, **kwargs)
 
@@ -357,10 +358,12 @@ def test_a_read_only_results_folder_is_one_line(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and str(root) in err[0] and "not writable" in err[0], err
         rc = main(["plot", str(root)])
-        out, err = capsys.readouterr()
-        assert rc == 0 and "no results" in out  # nothing to plot is not an error
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and str(root / "plots") in err[0] and "not writable" in err[0], err
     finally:
-        _writable_again(root, how) if how else None
+        if how:
+            _writable_again(root, how)
+    assert not (root / ".cache").exists()  # refused before any data work
 
 
 def test_a_full_disk_names_the_results_path(tmp_path, monkeypatch, capsys):

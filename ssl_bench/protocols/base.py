@@ -98,6 +98,10 @@ class Protocol:
       ``"train"`` (its labelled training part, after any validation is carved out) or
       ``None``.  The runner checks that batch against the split's size before any feature
       is extracted, and caps it (with a warning naming ``NAME.batch_size``) for small data.
+    * ``chosen_on_validation``: the section's fields whose values are candidates chosen on
+      validation (``("C",)`` for ``linear``); a split without validation data allows one
+      candidate in all, and the runner refuses more, naming the keys, before any feature is
+      extracted.
 
     ``run(ctx)`` returns a list of :class:`ProtocolResult`.
     """
@@ -110,6 +114,7 @@ class Protocol:
     help: ClassVar[str] = ""
     subcommand: ClassVar[bool] = True
     trains_on: ClassVar[str | None] = None
+    chosen_on_validation: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str | None = None):
         if name is not None:

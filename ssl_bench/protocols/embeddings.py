@@ -4,7 +4,8 @@ Every frozen-encoder protocol (linear, kNN, MLP, per-layer) reads the same embed
 :meth:`ProtocolContext.embeddings() <ssl_bench.protocols.base.ProtocolContext.embeddings>`.
 They are extracted once per split (``model.embed`` of the normalised spectrogram) and cached
 on disk under a key that hashes the encoder's weights and settings, the frontend config, the
-model's input length, the feature set and the audio list (:func:`embedding_key`), so
+model's input length, the precision it runs in (bf16 autocast or float32), the feature set and
+the audio list (:func:`embedding_key`), so
 re-running a probe, probing the same encoder with other settings, or running another
 frozen-encoder protocol does not run the encoder again.  A per-layer extraction (every block's pooled tokens, one forward
 pass) serves the final-layer protocols too.  Entries are written atomically with a ``.sum``
@@ -29,7 +30,7 @@ from torch import nn
 
 from .. import distributed as D
 from ..files import CacheWarning, check_sum, discard, follow_umask, shown, write_sum
-from ..train import predict
+from ..train import precision, predict
 from .data import SpecDataset, SplitData, normalize
 
 
@@ -52,9 +53,9 @@ def _frontend_config(model: nn.Module) -> dict[str, Any]:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
 
 
-def embedding_key(model: nn.Module, data: SplitData, indices: Sequence[int]) -> str:
+def embedding_key(model: nn.Module, data: SplitData, indices: Sequence[int], precision: str = "float32") -> str:
     """Cache key: encoder weights and settings (pooling, ...) + frontend config + model length +
-    the audio list."""
+    the precision the encoder runs in (``bf16`` embeddings are not float32 ones) + the audio list."""
     clips = [str(data.features.clips[int(i)].path) for i in indices]
     encoder_cfg = getattr(model.encoder, "cfg", None)
     payload = {
@@ -63,6 +64,7 @@ def embedding_key(model: nn.Module, data: SplitData, indices: Sequence[int]) -> 
         "encoder_cfg": dataclasses.asdict(encoder_cfg) if dataclasses.is_dataclass(encoder_cfg) else repr(encoder_cfg),
         "frontend": _frontend_config(model),
         "num_frames": data.num_frames,
+        "precision": precision,
         "features": str(getattr(data.features, "path", None)),
         "clips": hashlib.sha256("\n".join(clips).encode("utf-8", "surrogateescape")).hexdigest(),
         "n": len(clips),
@@ -93,7 +95,7 @@ def extract_embeddings(
     """
     path = layers_path = None
     if cache_dir is not None:
-        key = embedding_key(model, data, indices)
+        key = embedding_key(model, data, indices, precision=precision(device, amp))
         path, layers_path = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.layers.npy"
         if layers_path.is_file():
             emb = _load_npy(layers_path, len(indices), mmap_mode=None if layers else "r")

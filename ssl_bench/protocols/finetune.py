@@ -71,6 +71,21 @@ class FinetuneConfig(OptimConfig):
     head_init: str = "random"  # "random": trunc-normal std 2e-5 (the release); "probe": a linear probe (LP-FT)
     masker: Any = None  # slot: structured token dropping while training (None = off)
 
+    def check(self) -> None:
+        super().check()
+        for name in ("drop_path", "mixup", "label_smoothing"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mixup_alpha <= 0:
+            raise ValueError(f"mixup_alpha must be > 0, got {self.mixup_alpha}")
+        for name in ("specaug_freq", "specaug_time"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
+        for name, positive in (("lr_factors", True), ("aug_factors", False)):
+            _factors({name: getattr(self, name)}, name, positive)  # raises naming finetune.<name>
+
 
 @dataclass
 class FinetuneResult:
@@ -489,7 +504,7 @@ def finetune(
     points = grid_points(section)
     metric = data.metrics[0]
     has_valid = len(data.valid) > 0
-    require_single(points, has_valid, owner="finetune",
+    require_single(points, has_valid, owner="finetune.lr_factors, finetune.aug_factors",
                    what=f"among {len(points)} settings (lr_factors x aug_factors)", instead="give one value of each")
     eval_bs = max(1, base_cfg.batch_size // max(base_cfg.accum_steps, 1))
     start = None
@@ -612,6 +627,7 @@ class FinetuneProtocol(Protocol):
     Config = FinetuneConfig
     slots = {"masker": "masker"}
     trains_on = "train"
+    chosen_on_validation = ("lr_factors", "aug_factors")
     help = "only fine-tune (from --checkpoint, or from random initialisation)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:

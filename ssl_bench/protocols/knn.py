@@ -40,6 +40,17 @@ class KNNConfig:
     batch_size: int = 64  # for embedding extraction
     chunk: int = 4096  # query clips per similarity block (memory: chunk x n_train floats)
 
+    def check(self) -> None:
+        if not self.k:
+            raise ValueError("k: give at least one value (the neighbour counts chosen on validation)")
+        if any(k < 1 for k in self.k):
+            raise ValueError(f"k: every value must be >= 1, got {list(self.k)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        for name in ("batch_size", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -82,15 +93,17 @@ def fit_knn(
     standardize: bool = True,
     chunk: int = 4096,
     device: torch.device | str = "cpu",
+    section: str = "knn",
 ) -> tuple[dict[str, float], dict[str, object]]:
-    """Choose ``k`` on ``valid``, score ``test``; returns ``(test metrics, extra columns)``."""
+    """Choose ``k`` on ``valid``, score ``test``; returns ``(test metrics, extra columns)``.
+    ``section``: the config section the settings come from, for messages."""
     if weighting not in WEIGHTINGS:
-        raise ConfigError(f"knn.weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+        raise ConfigError(f"{section}.weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise ConfigError(f"knn.k must be a non-empty list of positive integers, got {ks}")
+        raise ConfigError(f"{section}.k must be a non-empty list of positive integers, got {ks}")
     has_valid = len(y["valid"]) > 0
-    require_single(ks, has_valid, owner="knn", what=f"k from {ks}", instead="give one k")
+    require_single(ks, has_valid, owner=f"{section}.k", what=f"k from {ks}", instead="give one k")
     n_train = len(y["train"])
     device = torch.device(device)
     if standardize:
@@ -123,6 +136,7 @@ class KNNProtocol(Protocol):
 
     Config = KNNConfig
     frozen = True
+    chosen_on_validation = ("k",)
     help = "only the cosine k-nearest-neighbour probe on frozen embeddings"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
@@ -132,7 +146,7 @@ class KNNProtocol(Protocol):
         cfg = ctx.section
         test, extra = fit_knn(X, ctx.targets(), num_classes=ctx.data.num_classes, metrics=ctx.data.metrics,
                               ks=list(cfg.k), weighting=str(cfg.weighting), standardize=bool(cfg.standardize),
-                              chunk=int(cfg.chunk), device=ctx.device)
+                              chunk=int(cfg.chunk), device=ctx.device, section=ctx.name)
         by_k = extra.pop("valid_by_k")
         ctx.metrics({"split": ctx.split, "k": extra["k"], "valid_by_k": by_k})
         ctx.log(f"[{ctx.split}] knn ({ctx.init}): k={extra['k']} ({extra['weighting']}); test "

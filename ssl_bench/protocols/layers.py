@@ -49,6 +49,7 @@ class LayersProtocol(Protocol):
 
     Config = LayersConfig
     frozen = True
+    chosen_on_validation = ("C",)
     help = "only the per-layer linear probes and the learned weighted sum of layers"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
@@ -61,7 +62,7 @@ class LayersProtocol(Protocol):
         out = []
         for k, name in enumerate(names):
             X = {p: np.ascontiguousarray(e[:, k]) for p, e in E.items()}
-            result, solver = probe_embeddings(X, y, data, cfg, ctx.seed, ctx.device)
+            result, solver = probe_embeddings(X, y, data, cfg, ctx.seed, ctx.device, key=f"{ctx.name}.C")
             ctx.metrics({"split": ctx.split, "layer": name, "C": result.C, "solver": solver,
                          "valid_by_C": {str(c): v for c, v in result.valid_by_C.items()}})
             out.append(ProtocolResult(result.test, {
@@ -70,8 +71,8 @@ class LayersProtocol(Protocol):
         if cfg.weighted:
             result, weights = fit_layer_mixture(
                 {p: np.asarray(e) for p, e in E.items()}, y, num_classes=data.num_classes,
-                multilabel=data.multilabel, metrics=data.metrics, Cs=list(cfg.C) or [1.0],
-                max_iter=int(cfg.max_iter), device=ctx.device)
+                multilabel=data.multilabel, metrics=data.metrics, Cs=list(cfg.C),
+                max_iter=int(cfg.max_iter), device=ctx.device, key=f"{ctx.name}.C")
             rounded = [round(w, 6) for w in weights]
             ctx.metrics({"split": ctx.split, "layer": "weighted", "C": result.C, "layer_weights": rounded,
                          "valid_by_C": {str(c): v for c, v in result.valid_by_C.items()}})

@@ -21,13 +21,17 @@ import torch
 from torch import nn
 
 from .. import distributed as D
-from ..config import data_settings
+from ..config import ConfigError, data_settings
 from ..metrics import evaluate
 from .base import Protocol, ProtocolContext, ProtocolResult
 from .data import SplitData
 from .embeddings import extract_embeddings
 from .selection import VALID, choose_on_validation, require_single
 from .torch_linear import ProbeResult, fit_linear_torch
+
+
+#: What ``linear.solver`` takes.
+SOLVERS = ("auto", "sklearn", "torch")
 
 
 @dataclass
@@ -43,6 +47,17 @@ class LinearConfig:
     solver: str = "auto"
     auto_torch_classes: int = 50  # "auto" uses torch from this many classes ...
     auto_torch_clips: int = 5000  # ... or this many training clips
+
+    def check(self) -> None:
+        if not self.C:
+            raise ValueError("C: give at least one value (the regularisation strengths chosen on validation)")
+        if any(c <= 0 for c in self.C):
+            raise ValueError(f"C: every value must be > 0, got {list(self.C)}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be {', '.join(SOLVERS)}, got {self.solver!r}")
+        for name in ("max_iter", "batch_size", "auto_torch_classes", "auto_torch_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _classifier(C: float, multilabel: bool, max_iter: int, seed: int):
@@ -73,24 +88,28 @@ def fit_linear(
     Cs: Sequence[float],
     max_iter: int = 1000,
     seed: int = 0,
+    key: str = "linear.C",
 ) -> ProbeResult:
     """Standardise with training statistics, choose ``C`` on ``valid``, score ``test``.
 
     ``X``/``y`` map ``"train"``, ``"valid"``, ``"test"`` to embeddings and targets.  Without
-    validation data only a single ``C`` is allowed (nothing to choose with).
+    validation data only a single ``C`` is allowed (nothing to choose with); ``key`` names the
+    setting the ``C`` values come from in that error (``layers.C`` for the per-layer probes).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.preprocessing import StandardScaler
 
     Cs = [float(c) for c in Cs]
     if not Cs:
-        raise ValueError("linear.C is empty: give at least one regularisation value")
+        raise ConfigError(f"{key}: give at least one value (the regularisation strengths chosen on validation)")
     has_valid = len(y["valid"]) > 0
-    require_single(Cs, has_valid, owner="linear probe", what=f"C from {Cs}", instead="give one C", error=ValueError)
+    require_single(Cs, has_valid, owner=key, what=f"C from {Cs}", instead="give one C")
     if not multilabel and len(np.unique(y["train"])) < 2:
         raise ValueError("linear probe: the training part has fewer than two classes")
     scaler = StandardScaler().fit(X["train"])
-    Z = {k: scaler.transform(v) for k, v in X.items()}
+    # an empty part (no validation data) stays empty: the scaler refuses zero rows
+    Z = {k: scaler.transform(v) if len(v) else np.asarray(v, dtype=np.float64).reshape(0, X["train"].shape[1])
+         for k, v in X.items()}
     metric = metrics[0]
 
     def trial(C: float) -> tuple[dict[str, float], Any]:
@@ -149,9 +168,7 @@ def linear_probe(
 def choose_solver(section: LinearConfig, num_classes: int, n_train: int) -> str:
     """``sklearn`` or ``torch`` for ``linear.solver`` (``auto``: torch for many classes or clips)."""
     solver = str(section.solver)
-    if solver not in ("auto", "sklearn", "torch"):
-        from ..config import ConfigError
-
+    if solver not in SOLVERS:
         raise ConfigError(f"linear.solver must be auto, sklearn or torch, got {solver!r}")
     if solver == "auto":
         many = num_classes >= section.auto_torch_classes or n_train >= section.auto_torch_clips
@@ -160,11 +177,12 @@ def choose_solver(section: LinearConfig, num_classes: int, n_train: int) -> str:
 
 
 def probe_embeddings(X: dict[str, np.ndarray], y: dict[str, np.ndarray], data: SplitData, section: LinearConfig,
-                     seed: int, device: torch.device | str = "cpu") -> tuple[ProbeResult, str]:
-    """Fit the linear probe of ``linear`` settings on embeddings; ``(result, solver used)``."""
+                     seed: int, device: torch.device | str = "cpu", key: str = "linear.C") -> tuple[ProbeResult, str]:
+    """Fit the linear probe of ``linear`` settings on embeddings; ``(result, solver used)``.
+    ``key``: the setting ``section.C`` is (``linear.C``, ``layers.C``), for messages."""
     solver = choose_solver(section, data.num_classes, len(y["train"]))
     kwargs = dict(num_classes=data.num_classes, multilabel=data.multilabel, metrics=data.metrics,
-                  Cs=list(section.C) or [1.0], max_iter=int(section.max_iter), seed=seed)
+                  Cs=list(section.C), max_iter=int(section.max_iter), seed=seed, key=key)
     if solver == "torch":
         return fit_linear_torch(X, y, device=device, **kwargs), solver
     return fit_linear(X, y, **kwargs), solver
@@ -176,13 +194,15 @@ class LinearProtocol(Protocol):
 
     Config = LinearConfig
     frozen = True
+    chosen_on_validation = ("C",)
     help = "only linear-probe (from --checkpoint, or the random-init encoder)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
         X = ctx.embeddings()
         if not D.current().is_main:
             return []
-        result, solver = probe_embeddings(X, ctx.targets(), ctx.data, ctx.section, ctx.seed, ctx.device)
+        result, solver = probe_embeddings(X, ctx.targets(), ctx.data, ctx.section, ctx.seed, ctx.device,
+                                          key=f"{ctx.name}.C")
         result.from_cache = ctx.embeddings_cached()
         ctx.metrics({"split": ctx.split, "C": result.C, "solver": solver,
                      "valid_by_C": {str(k): v for k, v in result.valid_by_C.items()},

@@ -43,6 +43,19 @@ class MLPConfig:
     train_batch_size: int = 256  # minibatch of the probe's Adam steps
     batch_size: int = 64  # for embedding extraction
 
+    def check(self) -> None:
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden: give one or more sizes >= 1, got {list(self.hidden)}")
+        if not self.lr or any(lr <= 0 for lr in self.lr):
+            raise ValueError(f"lr: give one or more learning rates > 0, got {list(self.lr)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("max_epochs", "patience", "train_batch_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 class HiddenLayerProbe(nn.Module):
     def __init__(self, dim: int, hidden: int, classes: int, dropout: float):
@@ -133,7 +146,7 @@ def fit_mlp(
     if int(cfg.max_epochs) < 1 or int(cfg.train_batch_size) < 1 or int(cfg.patience) < 1:
         raise ConfigError("mlp.max_epochs, mlp.patience and mlp.train_batch_size must be positive")
     has_valid = len(y["valid"]) > 0
-    require_single(grid, has_valid, owner="mlp", what=f"(hidden, lr) from {grid}",
+    require_single(grid, has_valid, owner="mlp.hidden, mlp.lr", what=f"(hidden, lr) from {grid}",
                    instead="give one hidden size and one lr")
     Z = standardise(X, torch.device(device))
 
@@ -159,6 +172,7 @@ class MLPProtocol(Protocol):
 
     Config = MLPConfig
     frozen = True
+    chosen_on_validation = ("hidden", "lr")
     help = "only the one-hidden-layer (HEAR-style) probe on frozen embeddings"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import evaluate
+from ..config import ConfigError
 from .selection import VALID, choose_on_validation, require_single
 
 #: L-BFGS stops when the largest gradient entry of the scaled objective is below this
@@ -460,17 +461,19 @@ def fit_path(
     Cs: Sequence[float],
     max_iter: int,
     fit: Callable[[Any, torch.Tensor, _Targets, float, int], int] = lbfgs_fit,
+    key: str = "linear.C",
 ) -> tuple[ProbeResult, dict[str, Any]]:
     """Fit ``model`` for each ``C`` (ascending, warm-started) with ``fit``, choose ``C`` on
     ``valid`` by the first metric (ties keep the smaller ``C``), score ``test`` with the chosen fit.
+    ``key``: the setting the ``C`` values come from, for messages (``layers.C``).
 
     Returns the result and ``{"state": chosen state dict, "iterations": {C: n}}``.
     """
     Cs = sorted(float(c) for c in Cs)
     if not Cs:
-        raise ValueError("linear.C is empty: give at least one regularisation value")
+        raise ConfigError(f"{key}: give at least one value (the regularisation strengths chosen on validation)")
     has_valid = len(y["valid"]) > 0
-    require_single(Cs, has_valid, owner="linear probe", what=f"C from {Cs}", instead="give one C", error=ValueError)
+    require_single(Cs, has_valid, owner=key, what=f"C from {Cs}", instead="give one C")
     metric = metrics[0]
     iterations: dict[float, int] = {}
 
@@ -509,6 +512,7 @@ def fit_linear_torch(
     max_iter: int = 1000,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    key: str = "linear.C",
 ) -> ProbeResult:
     """The contract of :func:`~ssl_bench.protocols.linear.fit_linear`, all classes in one torch
     model (see the module docstring).  ``seed`` is accepted for the same signature: the
@@ -520,7 +524,7 @@ def fit_linear_torch(
         model = LinearHead(Z["train"].shape[1], targets.outputs).to(device)
         model.linear.bias.data.copy_(targets.prior_logits())
         result, _ = fit_path(model, Z, y, targets, metrics=metrics, Cs=Cs, max_iter=max_iter,
-                             fit=PerClassLBFGS() if multilabel else lbfgs_fit)
+                             fit=PerClassLBFGS() if multilabel else lbfgs_fit, key=key)
     return result
 
 
@@ -534,6 +538,7 @@ def fit_layer_mixture(
     Cs: Sequence[float],
     max_iter: int = 1000,
     device: torch.device | str = "cpu",
+    key: str = "layers.C",
 ) -> tuple[ProbeResult, list[float]]:
     """SUPERB's learned weighted sum of layers on per-layer embeddings ``[N, K, D]``: each layer
     standardised with training statistics, softmax weights over the ``K`` layers and a linear
@@ -547,6 +552,6 @@ def fit_layer_mixture(
         _, K, D = Z["train"].shape
         model = LayerMixture(K, D, targets.outputs).to(device)
         model.head.linear.bias.data.copy_(targets.prior_logits())
-        result, fit = fit_path(model, Z, y, targets, metrics=metrics, Cs=Cs, max_iter=max_iter)
+        result, fit = fit_path(model, Z, y, targets, metrics=metrics, Cs=Cs, max_iter=max_iter, key=key)
         weights = torch.softmax(fit["state"]["layer_logits"].double(), dim=0).cpu().tolist()
     return result, [float(w) for w in weights]

@@ -22,6 +22,7 @@ from .loop import (
     configure_backends,
     fit,
     peak_memory_mb,
+    precision,
     predict,
     to_device,
 )
@@ -54,6 +55,6 @@ __all__ = [
     "FitHooks", "FitResult", "GracefulStop", "LossFn", "OptimConfig", "Sampling", "ShardedBatchSampler",
     "StepContext", "TrainConfig", "TrainConfigError", "TrainingInterrupted", "WarmupCosine", "adamw", "autocast",
     "configure_backends", "fit", "layer_decay_fn", "load_train_checkpoint", "param_groups", "peak_memory_mb",
-    "predict", "restore_train_state", "rng_state", "save_train_checkpoint", "seed_everything", "set_rng_state",
+    "precision", "predict", "restore_train_state", "rng_state", "save_train_checkpoint", "seed_everything", "set_rng_state",
     "to_device",
 ]

@@ -192,11 +192,24 @@ def cpu_bf16_supported() -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA and on CPUs with bf16 matrix instructions (:func:`cpu_bf16_supported`),
-    where it is faster; float32 on other CPUs.  ``enabled`` is the ``amp`` setting."""
+def precision(device: torch.device | str | None, enabled: bool = True) -> str:
+    """``"bf16"`` or ``"float32"``: the arithmetic :func:`autocast` gives on ``device`` (``None``
+    or ``"auto"``: CUDA when available, else the CPU) with ``amp`` set to ``enabled``.  A bf16 and
+    a float32 encoder of one recipe are different encoders: this keys their identity."""
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported())):
+        return "bf16"
+    return "float32"
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA and on CPUs with bf16 matrix instructions (:func:`cpu_bf16_supported`),
+    where it is faster; float32 on other CPUs (:func:`precision` says which).  ``enabled`` is the
+    ``amp`` setting."""
+    device = torch.device(device)
+    if precision(device, enabled) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -52,6 +52,36 @@ class OptimConfig:
     # a second, its checkpoints a tenth of that (0: every ``checkpoint_every`` epochs)
     checkpoint_min_s: float = 60.0
 
+    def check(self) -> None:
+        """The ranges of the settings (each message starts with the field's name: the config's
+        validation puts the section in front)."""
+        if self.epochs < 1:
+            raise TrainConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise TrainConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.accum_steps < 1:
+            raise TrainConfigError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        if self.lr is not None and self.lr <= 0:
+            raise TrainConfigError(f"lr must be > 0 (or null: blr decides), got {self.lr}")
+        if self.lr is None and self.blr <= 0:
+            raise TrainConfigError(f"blr must be > 0, got {self.blr}")
+        if self.min_lr < 0:
+            raise TrainConfigError(f"min_lr must be >= 0, got {self.min_lr}")
+        if self.warmup_epochs < 0:
+            raise TrainConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.weight_decay < 0:
+            raise TrainConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise TrainConfigError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise TrainConfigError(f"clip_grad must be > 0 or null (off), got {self.clip_grad}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise TrainConfigError(f"layer_decay must be in (0, 1] or null (off), got {self.layer_decay}")
+        if self.checkpoint_every < 1:
+            raise TrainConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.checkpoint_min_s < 0:
+            raise TrainConfigError(f"checkpoint_min_s must be >= 0, got {self.checkpoint_min_s}")
+
 
 @dataclass
 class TrainConfig(OptimConfig):
@@ -86,20 +116,10 @@ class TrainConfig(OptimConfig):
         return cls(**values)
 
     def check(self) -> None:
-        if self.epochs < 1:
-            raise TrainConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1 or self.accum_steps < 1:
-            raise TrainConfigError(
-                f"batch_size and accum_steps must be >= 1, got {self.batch_size}, {self.accum_steps}")
-        if self.peak_lr <= 0 or self.min_lr < 0:
-            raise TrainConfigError(f"lr must be > 0 and min_lr >= 0, got lr={self.peak_lr}, min_lr={self.min_lr}")
-        if self.warmup_epochs < 0:
-            raise TrainConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.checkpoint_every < 1 or self.checkpoint_min_s < 0:
-            raise TrainConfigError(f"checkpoint_every must be >= 1 and checkpoint_min_s >= 0, got "
-                                   f"{self.checkpoint_every}, {self.checkpoint_min_s}")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise TrainConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        super().check()
+        if self.log_every < 1 or self.num_workers < 0:
+            raise TrainConfigError(f"log_every must be >= 1 and num_workers >= 0, got {self.log_every}, "
+                                   f"{self.num_workers}")
 
 
 def _coerce(key: str, value: Any, kind: str) -> Any:
