@@ -141,6 +141,9 @@ class Encoder(Protocol):
     * ``dim``, ``depth``, ``num_prefix_tokens``;
       ``layer_id(param_name) -> int`` in ``0..depth+1`` for layer-wise lr decay
       (0 = embeddings, i+1 = block i, depth+1 = everything after the blocks).
+    * ``weights_identity`` (optional): ``(init, init_id)`` for an encoder that loads weights of
+      its own when it is built (a HEAR module's default weights), so that with no
+      ``--checkpoint`` its rows name those weights by content instead of ``random``.
     """
 
     dim: int

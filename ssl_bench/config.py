@@ -494,6 +494,13 @@ def resolve(
     if (task is not None and isinstance(frontend, dict) and "num_frames" in frontend
             and not any("frontend.num_frames" in layer.values for layer in layers)):
         frontend["num_frames"] = None
+    # What the model derives from the settings chosen (a HEAR module's own sample rate), where
+    # no layer chose: a value given anywhere wins, and a wrong one is the component's to refuse.
+    derive = getattr(spec, "derived_settings", None)
+    if derive is not None:
+        for key, value in (derive(tree) or {}).items():
+            if not any(key in layer.values for layer in layers):
+                _apply(tree, key, value, Layer({key: value}, f"model {model} (derived)"), SLOTS, SECTIONS)
     return tree
 
 

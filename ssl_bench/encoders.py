@@ -460,6 +460,10 @@ class EncoderSource:
         random_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.to(device)
         if self.checkpoint is None:
+            own = getattr(model.encoder, "weights_identity", None)  # weights the encoder loaded itself
+            if own is not None:
+                log(f"[{split}] encoder {own[0]} with the weights it loads itself (init_id {own[1]})")
+                return model, random_state, EncoderIdentity(str(own[0]), str(own[1]), "unknown")
             return model, random_state, RANDOM
         report = load_checkpoint(model, self.checkpoint, self.registry)
         log(f"[{split}] loaded {report} (init_id {self.identity['init_id']})")

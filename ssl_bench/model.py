@@ -42,6 +42,9 @@ class ModelSpec:
     starts from when no checkpoint is given (AST's ``encoder.init=imagenet``).  It is loaded
     exactly as that checkpoint would be (``load_checkpoint``), so rows record its identity,
     and like any checkpoint it replaces pretraining.
+    ``derived_settings(config) -> dict``: optional; dotted settings that follow from the others
+    once they are resolved (the HEAR model reads its module's sample rate), applied where no
+    layer set the key, so a value the user gives still wins.
     """
 
     components: dict[str, str | None]
@@ -54,6 +57,7 @@ class ModelSpec:
     notes: dict[str, str] = field(default_factory=dict)
     checkpoint_overrides: Callable[[Path], dict[str, Any]] | None = None
     initial_checkpoint: Callable[[dict[str, Any]], Path | None] | None = None
+    derived_settings: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 class ClassifierHead(nn.Sequential):

@@ -105,21 +105,27 @@ class Registry:
         wanted = os.environ.get("SSL_BENCH_LOAD_PLUGINS")
         wanted_set = None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
         seen_builtin = set()
+        found = []
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
-            builtin = dist_name is not None and dist_name.lower() == DISTRIBUTION
-            if builtin:
-                if ep.name in seen_builtin or ep.name in CORE_MODULES:
-                    continue  # the same distribution seen twice on sys.path
-                seen_builtin.add(ep.name)
-            elif wanted_set is not None and ep.name not in wanted_set:
+            found.append((dist_name is not None and dist_name.lower() == DISTRIBUTION, ep, dist, dist_name))
+        third_party = []
+        for builtin, ep, dist, dist_name in found:  # the built-ins first: they keep their names
+            if not builtin:
+                third_party.append((ep, dist, dist_name))
                 continue
-            origin = "built-in" if builtin else f"package {dist_name} {dist.version if dist else ''}".strip()
-            self._load_module(ep.name, origin, ep.load)
+            if ep.name in seen_builtin or ep.name in CORE_MODULES:
+                continue  # the same distribution seen twice on sys.path
+            seen_builtin.add(ep.name)
+            self._load_module(ep.name, "built-in", ep.load)
         for name, module in BUILTIN_MODULES.items():
             if name not in seen_builtin:
                 self._load_module(name, "built-in", lambda m=module: importlib.import_module(m))
+        for ep, dist, dist_name in third_party:
+            if wanted_set is not None and ep.name not in wanted_set:
+                continue
+            self._load_module(ep.name, f"package {dist_name} {dist.version if dist else ''}".strip(), ep.load)
 
     def load_plugins_dir(self, directory: str | Path) -> None:
         """Load every ``*.py`` file in ``directory`` as a single-file plugin."""
@@ -146,6 +152,9 @@ class Registry:
             self._load_module(path.stem, f"file {path}", load)
 
     def _load_module(self, name: str, origin: str, load: Callable[[], Any]) -> None:
+        if name in self.plugins:  # a file or package named like a plugin already loaded
+            self._refuse_name(name, origin)
+            return
         try:
             module = load()
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure (sys.exit too) is reported
@@ -154,13 +163,27 @@ class Registry:
             return
         self.add_plugin(module, name=name, origin=origin)
 
+    def _refuse_name(self, name: str, origin: str) -> None:
+        """A plugin whose name another already has is not loaded; the one loaded first keeps it."""
+        holder = self.plugins.get(name)
+        whose = "the built-in plugin" if holder is None or holder.origin == "built-in" else "the plugin"
+        where = origin[len("file "):] if origin.startswith("file ") else origin
+        message = (f"{where} has the name of {whose} {name!r}, which keeps it; this one is not loaded "
+                   "(rename it)")
+        label = where if origin != "code" else name
+        self.plugins[label] = PluginInfo(label, origin, error=message)
+        self._error(label, message)
+
     def add_plugin(self, plugin: Any, name: str | None = None, origin: str = "code") -> None:
         """Register a plugin object (module, class or instance with ``@hookimpl`` functions)."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-        info = PluginInfo(name, origin)
-        self.plugins[name] = info
         if self.pm.is_registered(plugin):
             return
+        if self.pm.get_plugin(name) is not None:  # pluggy would refuse it with its own words
+            self._refuse_name(name, origin)
+            return
+        info = PluginInfo(name, origin)
+        self.plugins[name] = info
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001 - e.g. a hook with wrong argument names

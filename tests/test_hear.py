@@ -176,8 +176,10 @@ def test_hear_import_errors(exported):
         ssl_bench.create_model("hear", checkpoint=ckpt, **{"encoder.module": "no_such_hear_module_xyz"})
     with pytest.raises(ConfigError, match="not a HEAR 2021 module"):
         ssl_bench.create_model("hear", checkpoint=ckpt, **{"encoder.module": "json"})
-    with pytest.raises(ConfigError, match="--checkpoint FILE"):
-        ssl_bench.create_model("hear", **{"encoder.module": "ssl_bench_test_hear_tiny"})
+    # without --checkpoint, the module's default weights (its packaged model.pt), named by content
+    default = ssl_bench.create_model("hear", **{"encoder.module": "ssl_bench_test_hear_tiny"})
+    assert default.encoder.weights_identity[0] == "ssl_bench_test_hear_tiny"
+    assert default.config["encoder"]["weights_id"] == default.encoder.weights_identity[1]
     with pytest.raises(ConfigError, match="frontend.sample_rate=16000"):
         ssl_bench.create_model("hear", checkpoint=ckpt, **{"encoder.module": "ssl_bench_test_hear_tiny",
                                                           "frontend.sample_rate": 22050})

@@ -5,11 +5,12 @@
 * **Import**: the encoder and model ``hear`` evaluate any installed HEAR module as a frozen
   encoder (:mod:`.encoder`)::
 
-      ssl-bench run -m hear --set encoder.module=NAME --checkpoint FILE -t esc50 --protocols linear,knn
+      ssl-bench run -m hear --set encoder.module=NAME [--checkpoint FILE] -t esc50 --protocols linear,knn
 
-  ``FILE`` is what ``NAME.load_model`` takes; ``--set frontend.sample_rate=R`` for a module
-  that is not at 16 kHz.  Per-layer probes (``layers``) need ``get_layer_embeddings`` (an
-  ssl-bench extension the exported modules have); fine-tuning is off (a frozen import).
+  ``FILE`` is what ``NAME.load_model`` takes (without it, the module's default weights); the
+  audio is resampled to the module's own sample rate.  Per-layer probes (``layers``) need
+  ``get_layer_embeddings`` (an ssl-bench extension the exported modules have); fine-tuning is
+  off (a frozen import).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ssl_bench.checkpoint import CheckpointReport
 from ssl_bench.model import ModelSpec
 
 from .api import HearModel, load_exported
-from .encoder import HearEncoder, import_hear_module
+from .encoder import HearEncoder, derived_settings, import_hear_module
 from .export import ExportHear, export_hear
 
 __all__ = ["HEAR_SPEC", "HearEncoder", "HearModel", "export_hear", "import_hear_module", "load_exported"]
@@ -51,7 +52,9 @@ HEAR_SPEC = ModelSpec(
     settings={"frontend.num_frames": None, "finetune.enabled": False, "finetune.masker": None},
     load_checkpoint=load_checkpoint,
     checkpoint_overrides=checkpoint_overrides,
-    description="any installed HEAR 2021 module as a frozen encoder (--set encoder.module=NAME --checkpoint FILE)",
+    derived_settings=derived_settings,
+    description="any installed HEAR 2021 module as a frozen encoder (--set encoder.module=NAME, "
+                "--checkpoint FILE unless it loads default weights)",
     notes={"frozen": "no pretraining method, no fine-tuning, no random-init baseline: the module's weights are "
                      "evaluated as they are"},
 )

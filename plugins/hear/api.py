@@ -24,6 +24,11 @@ tensor ``[n_sounds, n_samples]`` at ``sample_rate``, on the model's device.
   embedding ssl-bench's probes use);
 * ``layer_embeddings`` (an ssl-bench extension): ``[n_sounds, K, D]``, every layer's pooled
   output averaged the same way, for per-layer probes of the exported module.
+
+Audio as callers pass it: integer PCM (``int16``, ``int32``, ``uint8``) is scaled to [-1, 1) as
+soundfile reads it; NaN or infinite samples are refused naming the sound (they would make NaN
+embeddings); an empty batch gives empty embeddings of the right shape; anything but
+``[n_sounds, n_samples]`` is refused saying so.
 """
 
 from __future__ import annotations
@@ -40,6 +45,29 @@ from ssl_bench.config import ConfigError
 
 #: How many windows go through the encoder at once.
 WINDOW_BATCH = 16
+#: Integer PCM -> float as soundfile reads it: divided by the type's full scale, unsigned centred.
+PCM_SCALE = {torch.int16: (0.0, 2.0**15), torch.int32: (0.0, 2.0**31), torch.uint8: (128.0, 128.0)}
+
+
+def as_float_audio(audio: torch.Tensor) -> torch.Tensor:
+    """``audio`` checked and as float32 samples in [-1, 1): see the module docstring."""
+    if not torch.is_tensor(audio):
+        raise ValueError(f"HEAR audio must be a tensor [n_sounds, n_samples], got {type(audio).__name__}")
+    if audio.ndim != 2:
+        hint = " (one sound: audio[None])" if audio.ndim == 1 else ""
+        raise ValueError(f"HEAR audio must be a tensor [n_sounds, n_samples], got a {audio.ndim}-D tensor of shape "
+                         f"{tuple(audio.shape)}{hint}")
+    if audio.dtype in PCM_SCALE:
+        offset, scale = PCM_SCALE[audio.dtype]
+        return (audio.float() - offset) / scale
+    if not audio.is_floating_point():
+        raise ValueError(f"HEAR audio must be float samples (or int16/int32/uint8 PCM), got {audio.dtype}")
+    audio = audio.float()
+    bad = (~torch.isfinite(audio)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise ValueError(f"HEAR audio: sound {int(bad[0])} (of {audio.shape[0]}) has NaN or infinite samples"
+                         + (f", and {len(bad) - 1} more sound(s)" if len(bad) > 1 else ""))
+    return audio
 
 
 def _frames(frontend: nn.Module, num_samples: int, device: torch.device | str = "cpu") -> int:
@@ -88,10 +116,7 @@ class HearModel(nn.Module):
 
     # ------------------------------------------------------------------ windows
     def _windows(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Normalised windows ``[n * K, W, F]`` (sound-major) and ``K``."""
-        if not torch.is_tensor(audio) or audio.ndim != 2:
-            raise ValueError(f"HEAR audio must be a tensor [n_sounds, n_samples], got "
-                             f"{tuple(audio.shape) if torch.is_tensor(audio) else type(audio).__name__}")
+        """Normalised windows ``[n * K, W, F]`` (sound-major) and ``K`` of checked float audio."""
         frontend = self.model.frontend
         n, length = audio.shape
         if length < self.min_samples:  # too short for one frame: zero samples up to one
@@ -122,8 +147,17 @@ class HearModel(nn.Module):
         return grid.mean(dim=2)
 
     # ------------------------------------------------------------------ the API
+    @staticmethod
+    def _empty(fn, audio: torch.Tensor):
+        """``fn`` of an empty batch: what one silent sound of that length gives, with no sound."""
+        out = fn(torch.zeros(1, audio.shape[1], device=audio.device))
+        return tuple(o[:0] for o in out) if isinstance(out, tuple) else out[:0]
+
     @torch.no_grad()
     def timestamp_embeddings(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        audio = as_float_audio(audio)
+        if audio.shape[0] == 0:
+            return self._empty(self.timestamp_embeddings, audio)
         n, length = audio.shape
         windows, count = self._windows(audio)
         cols = self._run(windows, self._columns)  # [n * K, n_time, D]
@@ -137,6 +171,9 @@ class HearModel(nn.Module):
 
     @torch.no_grad()
     def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        audio = as_float_audio(audio)
+        if audio.shape[0] == 0:
+            return self._empty(self.scene_embeddings, audio)
         n = audio.shape[0]
         windows, count = self._windows(audio)
         emb = self._run(windows, self.model.embed)
@@ -144,6 +181,9 @@ class HearModel(nn.Module):
 
     @torch.no_grad()
     def layer_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
+        audio = as_float_audio(audio)
+        if audio.shape[0] == 0:
+            return self._empty(self.layer_embeddings, audio)
         n = audio.shape[0]
         windows, count = self._windows(audio)
         emb = self._run(windows, lambda w: self.model.embed(w, layers=True))

@@ -1,10 +1,16 @@
 """Any installed HEAR 2021 module as a frozen ssl-bench encoder (encoder ``hear``).
 
-``--model hear --set encoder.module=NAME --checkpoint FILE``: the encoder imports ``NAME``,
-calls ``NAME.load_model(FILE)`` and embeds each clip's waveform (the ``waveform`` frontend, at
-the module's ``sample_rate``) with ``NAME.get_scene_embeddings``: one token per clip, the clip
-embedding.  Per-layer probes (``layers``) work when the module also has
+``--model hear --set encoder.module=NAME [--checkpoint FILE]``: the encoder imports ``NAME``,
+calls ``NAME.load_model(FILE)``, or ``NAME.load_model()`` for the module's default weights as
+the HEAR API allows (``model_file_path=""``), and embeds each clip's waveform (the ``waveform``
+frontend, at the module's own ``sample_rate``, which the model adopts unless
+``frontend.sample_rate`` is given) with ``NAME.get_scene_embeddings``: one token per clip, the
+clip embedding.  Per-layer probes (``layers``) work when the module also has
 ``get_layer_embeddings(audio, model) -> [n, K, D]`` (modules ssl-bench exports do).
+
+Rows name the weights by content: a file's SHA-256 prefix, or for default weights
+(:func:`default_weights_id`) the SHA-256 of the module's source and of the loaded model's
+tensors, with the module's name as ``init``.
 
 The HEAR model is the encoder's child (``.model``): it moves with the encoder, its weights key
 the embedding cache, and it is frozen (no gradients; fine-tuning is off for this model).  It
@@ -14,8 +20,11 @@ writes no ``init=random`` baseline row.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,14 +48,62 @@ def import_hear_module(name: str):
     return module
 
 
+def load_hear_model(api, name: str, model_file: str = "") -> torch.nn.Module:
+    """``api.load_model(model_file)``, or ``api.load_model()`` (the module's default weights)
+    without a file; on the CPU, also inside a dry run on the meta device."""
+    with torch.device("cpu"):  # a real load even in a dry run on the meta device: its size is the model's
+        if model_file:
+            return api.load_model(model_file)
+        try:
+            params = list(inspect.signature(api.load_model).parameters.values())
+        except (TypeError, ValueError):  # a builtin or C function: just call it
+            params = []
+        if params and params[0].default is inspect.Parameter.empty and params[0].kind in (
+                inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            raise ConfigError(f"{name}.load_model takes a file and has no default weights: give it with "
+                              "--checkpoint FILE")
+        return api.load_model()
+
+
+def default_weights_id(api, model: torch.nn.Module) -> str:
+    """The content id of a HEAR module's default weights: the SHA-256 prefix of its source file
+    and of every tensor of the model ``load_model()`` returned (names, dtypes, shapes, bytes)."""
+    from ssl_bench.protocols.embeddings import weights_hash
+    from ssl_bench.provenance import ID_LENGTH
+
+    h = hashlib.sha256()
+    source = getattr(api, "__file__", None)
+    if source and Path(source).is_file():
+        h.update(Path(source).read_bytes())
+    h.update(weights_hash(model).encode())
+    return h.hexdigest()[:ID_LENGTH]
+
+
+def derived_settings(config: dict) -> dict:
+    """``ModelSpec.derived_settings`` of the ``hear`` model: the module's own sample rate (the
+    audio is resampled to it, as s3prl does for HEAR modules) and, for its default weights,
+    their content id."""
+    encoder, frontend = config.get("encoder") or {}, config.get("frontend") or {}
+    if encoder.get("name") != "hear" or not encoder.get("module"):
+        return {}
+    api = import_hear_module(str(encoder["module"]))
+    model = load_hear_model(api, str(encoder["module"]), str(encoder.get("model_file") or ""))
+    out = {}
+    if "sample_rate" in frontend and hasattr(model, "sample_rate"):
+        out["frontend.sample_rate"] = int(model.sample_rate)
+    if not encoder.get("model_file"):
+        out["encoder.weights_id"] = default_weights_id(api, model)
+    return out
+
+
 class HearEncoder(Component):
     """A HEAR module's scene embeddings as encoder tokens; see the module docstring."""
 
     @dataclass
     class Config:
         module: str = ""  # the installed HEAR module (Python import name)
-        model_file: str = ""  # what load_model takes; --checkpoint sets it
-        weights_id: str = ""  # SHA-256 prefix of model_file (set with it): keys caches by content
+        model_file: str = ""  # what load_model takes; --checkpoint sets it ("": the module's default weights)
+        weights_id: str = ""  # content id of the weights (set with them): keys caches by content
 
     layout = TIME_MAJOR
     num_prefix_tokens = 0
@@ -56,10 +113,10 @@ class HearEncoder(Component):
         super().__init__(cfg, build)
         cfg, build = self.cfg, self.build
         self.api = import_hear_module(cfg.module)
-        if not cfg.model_file:
-            raise ConfigError(f"model hear: give the file {cfg.module}.load_model takes with --checkpoint FILE")
-        with torch.device("cpu"):  # a real load even in a dry run on the meta device: its size is the model's
-            model = self.api.load_model(cfg.model_file)
+        model = load_hear_model(self.api, cfg.module, cfg.model_file)
+        #: the weights' identity when they are the module's own (no --checkpoint): see the module docstring
+        self.weights_identity = None if cfg.model_file else (cfg.module, cfg.weights_id or
+                                                             default_weights_id(self.api, model))
         for attr in ("sample_rate", "scene_embedding_size"):
             if not hasattr(model, attr):
                 raise ConfigError(f"{cfg.module}.load_model returned a model without {attr!r} (HEAR 2021 API)")
