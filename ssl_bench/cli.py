@@ -314,7 +314,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(f"no results under {args.root}")
         return 0
     if args.board:
-        table = results.board(df, args.format)
+        table = results.board(df)
     elif args.compare:
         try:
             table = results.compare(df, args.compare, baseline=args.baseline)

@@ -161,7 +161,9 @@ def download(
     return dest
 
 
-def _safe_members_tar(tar: tarfile.TarFile, target: Path) -> list[tarfile.TarInfo]:
+def _safe_members_tar(tar: tarfile.TarFile, target: Path, destination: Path) -> list[tarfile.TarInfo]:
+    """The members of ``tar`` to unpack into ``target`` (the temporary folder that becomes
+    ``destination``, which messages name)."""
     root = target.resolve()
     members = []
     for m in tar.getmembers():
@@ -169,7 +171,7 @@ def _safe_members_tar(tar: tarfile.TarFile, target: Path) -> list[tarfile.TarInf
             continue  # datasets need none; links could point outside the target
         path = (target / m.name).resolve()
         if path != root and root not in path.parents:
-            raise DownloadError(f"archive member {m.name!r} would be written outside {target}")
+            raise DownloadError(f"archive member {m.name!r} would be written outside {destination}")
         members.append(m)
     return members
 
@@ -199,7 +201,7 @@ def unpack(archive: str | Path, destination: str | Path) -> Path:
                 z.extractall(tmp)
         elif any(name.endswith(ext) for ext in (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
             with tarfile.open(archive) as tar:
-                members = _safe_members_tar(tar, tmp)
+                members = _safe_members_tar(tar, tmp, destination)
                 if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: also strip odd modes
                     tar.extractall(tmp, members=members, filter="data")
                 else:  # pragma: no cover - older Pythons

@@ -255,23 +255,30 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name."""
     frames = []
     bad: list[tuple[Path, str]] = []
+    skipped_rows: list[tuple[Path, list[Any]]] = []
     loaded = 0
     settings: set[str] = set()
     for d in run_dirs(root):
+        record = d / "result.json"
         try:
-            result = json.loads((d / "result.json").read_text())
-            config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
-            if not isinstance(result, dict) or not isinstance(result.get("rows", []), list) \
-                    or not isinstance(config or {}, dict):
+            result = json.loads(record.read_text())
+            if not isinstance(result, dict) or not isinstance(result.get("rows", []), list):
                 raise ValueError("not a run record")
-            rows = result.get("rows", [])
+            record = d / "config.yaml"
+            config = yaml.safe_load(record.read_text()) if record.is_file() else {}
+            if not isinstance(config or {}, dict):
+                raise ValueError("not a mapping of settings")
+            record = d / "result.json"
+            rows, dropped = _numeric_rows(result.get("rows", []))
             df = pd.DataFrame(rows) if rows else None
             if df is not None and not {"init", "value"} <= set(df.columns):
                 raise ValueError("its rows lack init/value")
         except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            bad.append((d, reason[:200]))
+            bad.append((record, reason[:200]))
             continue
+        if dropped:
+            skipped_rows.append((d / "result.json", dropped))
         loaded += 1
         if df is None:
             continue
@@ -283,9 +290,12 @@ def load(root: str | Path = "results") -> pd.DataFrame:
             df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
         df["config_hash"] = result.get("config_hash")
         frames.append(df)
-    for d, reason in bad:  # one damaged record must not hide every other run
-        warnings.warn(f"{shown(d / 'result.json')}: unreadable run record ({reason}); skipped, {loaded} run(s) "
+    for path, reason in bad:  # one damaged record must not hide every other run
+        warnings.warn(f"{shown(path)}: unreadable run record ({reason}); skipped, {loaded} run(s) "
                       "loaded; remove or repair that directory", ResultsWarning, stacklevel=2)
+    for path, dropped in skipped_rows:
+        warnings.warn(f"{shown(path)}: {len(dropped)} row(s) whose value is not a number left out (the first: "
+                      f"{dropped[0]!r}); the run's other rows are loaded", ResultsWarning, stacklevel=2)
     if not frames:
         return pd.DataFrame(columns=list(ROW_KEYS))
     # a key some runs' configs lack: MISSING there, before concat turns an int column to floats
@@ -299,6 +309,27 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     df = df.copy()  # one block per dtype again after the column-wise fills
     df.insert(1, "run", [short_run_id(r) for r in df["run_id"]])
     return df
+
+
+def _numeric_rows(rows: list[Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """``(rows whose value is a number, as a float; the values of the others)``.  A value written
+    as text that reads as a number (``"0.5"``, ``"nan"``) is taken; anything else is left out."""
+    kept, dropped = [], []
+    for row in rows:
+        if not isinstance(row, dict):
+            dropped.append(row)
+            continue
+        value = row.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            dropped.append(value)
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            dropped.append(value)
+            continue
+        kept.append({**row, "value": number})
+    return kept, dropped
 
 
 def short_run_id(run_id: str) -> str:
@@ -584,10 +615,11 @@ def primary_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["metric"] == df["task"].map(first)]
 
 
-def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
+def board(df: pd.DataFrame) -> pd.DataFrame:
     """The leaderboard: a row per model, encoder (``init``, ``init_id``) and protocol (and any
     setting that varies within a task), a column per task holding the task's primary metric as
-    ``mean ± 95% CI (n)``; the best of each column is bold in ``md`` and ``latex``."""
+    ``mean ± 95% CI (n)``; the best of each column is a :class:`Best` cell, which
+    :func:`format_table` shows in bold in ``md`` and ``latex``."""
     df = df[df["protocol"] != "pretrain"] if "protocol" in df.columns else df
     df = primary_rows(df)
     if df.empty:
@@ -608,11 +640,9 @@ def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
     index = list(dict.fromkeys(c for c in index if c in df.columns))
     s = summary(df, by=index)
     tasks = sorted(s["task"].unique())
-    s["cell"] = [format_cell(m, c, n) for m, c, n in zip(s["mean"], s["ci95"], s["n"])]
     best = s.groupby("task")["mean"].transform("max")  # every primary metric here is higher-is-better
-    bold = {"md": "**{}**", "latex": "\\textbf{{{}}}"}.get(fmt)
-    if bold is not None:
-        s.loc[s["mean"] == best, "cell"] = [bold.format(c) for c in s.loc[s["mean"] == best, "cell"]]
+    s["cell"] = [(Best if is_best else str)(format_cell(m, c, n))
+                 for m, c, n, is_best in zip(s["mean"], s["ci95"], s["n"], s["mean"] == best)]
     metric = s.groupby("task")["metric"].first()
     table = s.pivot_table(index=index, columns="task", values="cell", aggfunc="first").fillna("")
     table = table[tasks]
@@ -645,16 +675,31 @@ def split_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- output
+class Best(str):
+    """A table cell to show in bold where the format has bold (``md``, ``latex``): the best of its
+    column on a leaderboard.  Otherwise the plain text."""
+
+
+#: What LaTeX would read as a command, a group, an alignment or a comment, and its escaped text.
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "&": r"\&", "%": r"\%", "$": r"\$",
+                  "#": r"\#", "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+#: Cell starts that a spreadsheet reads as a formula (CSV injection): such cells get a leading ``'``.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
-    """Render a DataFrame as ``table`` (plain text), ``md``, ``csv`` or ``latex``."""
+    """Render a DataFrame as ``table`` (plain text), ``md``, ``csv`` or ``latex``.
+
+    Text in cells, labels and headers comes from run records, which anyone can write: ``latex``
+    escapes LaTeX's special characters (no ``\\input{...}`` runs), ``csv`` puts ``'`` before a
+    cell a spreadsheet would read as a formula, ``md`` keeps each row on one line (newlines become
+    ``<br>``, ``|`` is escaped)."""
     if fmt == "csv":
-        return df.to_csv()
+        return _csv(df)
     if fmt == "md":
         return _markdown(df)
     if fmt == "latex":
-        flat = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
-        text = flat.to_latex(index=False, na_rep="", float_format="%.4f")
-        return text.replace("±", "$\\pm$").replace("_", "\\_").replace("\\textbf\\{", "\\textbf{")
+        return _latex(df)
     if fmt == "table":
         with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 250,
                                "display.max_colwidth", 60):
@@ -662,10 +707,58 @@ def format_table(df: pd.DataFrame, fmt: str = "table") -> str:
     raise ValueError(f"unknown format {fmt!r}; choose table, md, csv or latex")
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def _flat(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The table with its index as leading columns, and one header text per column."""
     flat = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df
     cols = [" / ".join(str(x) for x in c if str(x) != "") if isinstance(c, tuple) else str(c) for c in flat.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return flat, cols
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped and newlines as spaces."""
+    out = "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+    return out.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("±", "$\\pm$")
+
+
+def _latex(df: pd.DataFrame) -> str:
+    flat, cols = _flat(df)
+
+    def cell(v: Any) -> Any:
+        if isinstance(v, Best):
+            return f"\\textbf{{{latex_escape(v)}}}"
+        return latex_escape(v) if isinstance(v, str) else v
+
+    safe = pd.DataFrame({i: flat.iloc[:, i].map(cell) for i in range(flat.shape[1])})
+    safe.columns = [latex_escape(c) for c in cols]
+    return safe.to_latex(index=False, na_rep="", float_format="%.4f", escape=False)
+
+
+def csv_safe(value: Any) -> Any:
+    """``value``, or ``'value`` when it is text a spreadsheet would run as a formula (a number
+    written as text, such as ``-0.5``, and the lone ``-`` of a missing setting stay)."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS) or value == "-":
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+def _csv(df: pd.DataFrame) -> str:
+    if isinstance(df.index, pd.RangeIndex):
+        safe = df.map(csv_safe)
+        safe.columns = [csv_safe(c) if isinstance(c, str) else c for c in df.columns]
+        return safe.to_csv()
+    flat, cols = _flat(df)
+    safe = pd.DataFrame({i: flat.iloc[:, i].map(csv_safe) for i in range(flat.shape[1])})
+    safe.columns = [csv_safe(c) for c in cols]
+    return safe.to_csv(index=False)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    flat, cols = _flat(df)
+    lines = ["| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, row in flat.iterrows():
         lines.append("| " + " | ".join(_cell(v) for v in row.tolist()) + " |")
     return "\n".join(lines)
@@ -674,4 +767,5 @@ def _markdown(df: pd.DataFrame) -> str:
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.4f}"
-    return str(v).replace("|", "\\|")
+    text = str(v).replace("|", "\\|").replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+    return f"**{text}**" if isinstance(v, Best) else text
