@@ -47,8 +47,15 @@ from torch.utils.data import Dataset
 
 from . import distributed as D
 from .compute import compute_columns, count_parameters, flops_per_sample, spec_probe
-from .config import (BOOKKEEPING_FIELDS, EXECUTION_FIELDS, MODEL_SLOTS, ConfigError, RunSettings, config_hash,
-                     data_settings)
+from .config import (
+    BOOKKEEPING_FIELDS,
+    EXECUTION_FIELDS,
+    MODEL_SLOTS,
+    ConfigError,
+    RunSettings,
+    config_hash,
+    data_settings,
+)
 from .files import atomic_write_text
 from .protocols.base import Pretrained
 from .protocols.data import SpecDataset, Unlabeled, normalize
@@ -551,10 +558,10 @@ def pretrain_on_corpus(
     is the encoder's).  Returns the encoder's record: ``init_id``, ``path``, ``name``, ``hash``,
     ``loss``, ``reused``, ``run_dir`` (``None`` on torchrun ranks other than 0).
     """
+    from .files import cache_root
     from .model import build_model, initial_checkpoint
     from .provenance import dataset_digest, run_record
     from .registry import get_registry
-    from .files import cache_root
     from .results import NullWriter, RunWriter, new_run_id
     from .train import STOP, configure_backends
 

@@ -167,7 +167,7 @@ class Registry:
         """A plugin whose name another already has is not loaded; the one loaded first keeps it."""
         holder = self.plugins.get(name)
         whose = "the built-in plugin" if holder is None or holder.origin == "built-in" else "the plugin"
-        where = origin[len("file "):] if origin.startswith("file ") else origin
+        where = origin.removeprefix("file ")
         message = (f"{where} has the name of {whose} {name!r}, which keeps it; this one is not loaded "
                    "(rename it)")
         label = where if origin != "code" else name

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from taskfixtures import make_folder, tone, write_wav
 
 from ssl_bench import results
 from ssl_bench.components import Clip
 from ssl_bench.config import ConfigError
 from ssl_bench.files import CacheWarning
-from taskfixtures import make_folder, tone, write_wav
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -253,8 +253,9 @@ def test_no_validation_data_for_a_grid_is_refused_before_features(tmp_path, caps
 
 @pytest.mark.parametrize("solver", ["sklearn", "torch"])
 def test_a_single_C_without_validation_data_fits(solver):
-    from ssl_bench.protocols.linear import LinearConfig, probe_embeddings
     from trainfixtures import toy_split
+
+    from ssl_bench.protocols.linear import LinearConfig, probe_embeddings
 
     data = toy_split(n=32, num_classes=2, n_valid=0)
     rng = np.random.default_rng(0)
@@ -266,10 +267,11 @@ def test_a_single_C_without_validation_data_fits(solver):
 
 @pytest.mark.parametrize("protocol, key", [("linear", "linear.C"), ("layers", "layers.C"), ("knn", "knn.k")])
 def test_no_validation_data_to_choose_on_is_a_config_error_naming_the_key(protocol, key):
+    from trainfixtures import toy_split
+
     from ssl_bench.protocols.knn import fit_knn
     from ssl_bench.protocols.layers import LayersConfig
     from ssl_bench.protocols.linear import LinearConfig, probe_embeddings
-    from trainfixtures import toy_split
 
     data = toy_split(n=32, num_classes=2, n_valid=0)
     y = {p: data.part_targets(p) for p in ("train", "valid", "test")}
@@ -315,13 +317,13 @@ def _unwritable(path: Path) -> str:
     the immutable flag.  Returns how (the caller undoes it)."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o555)
-    probe = path / ".probe"
+    probe = path / ".probe"  # root ignores modes: try a write
     try:
         probe.write_text("x")
     except OSError:
         return "mode"
     probe.unlink()
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode == 0:
         try:
             probe.write_text("x")
         except OSError:
@@ -459,8 +461,9 @@ def test_a_plugin_exiting_during_a_run_fails_the_run(tmp_path, capsys):
 # --------------------------------------------------------------------------- 8: the exported HEAR module
 @pytest.fixture(scope="module")
 def hear_model():
-    import ssl_bench
     from ssl_bench.plugins.hear import HearModel
+
+    import ssl_bench
 
     torch.manual_seed(0)
     model = ssl_bench.create_model("audiomae", preset="tiny", **{"frontend.num_frames": 128, "frontend.mean": -6.0,
@@ -553,7 +556,7 @@ def test_a_hear_module_with_default_weights_runs_with_no_other_flag(tmp_path, mo
     rc = main(["run", "-m", "hear", "--set", "encoder.module=thirdparty_hear", "-t", "folder",
                "--data-dir", str(data), "--splits", "fold1", "--protocols", "linear",
                "--results", str(tmp_path / "r"), "-q"])
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert rc == 0, err
     df = results.load(tmp_path / "r")
     assert set(df["protocol"]) == {"linear"} and df["metric"].is_unique  # no init=random baseline row
@@ -576,12 +579,12 @@ def test_a_rate_the_user_gives_still_wins_and_must_match(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- 10: precision is identity
 def test_precision_keys_the_pretraining_the_encoder_id_and_the_embeddings(monkeypatch):
-    import ssl_bench.train.loop as loop
+    from trainfixtures import toy_model, toy_split
+
     from ssl_bench.config import resolve
     from ssl_bench.encoders import pretrain_hash, recipe_id
     from ssl_bench.protocols.embeddings import embedding_key
-    from ssl_bench.train import precision
-    from trainfixtures import toy_model, toy_split
+    from ssl_bench.train import loop, precision
 
     monkeypatch.setattr(loop, "cpu_bf16_supported", lambda: True)
     assert precision("cpu", True) == "bf16" and precision("cpu", False) == "float32"
@@ -664,7 +667,7 @@ def test_results_warnings_are_one_line_each(tmp_path):
         (d / "result.json").write_text("{")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-m", "ssl_bench", "results", str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          text=True, env=env, timeout=300, check=False)
     err = done.stderr.strip().splitlines()
     assert done.returncode == 0 and "0.5000" in done.stdout
     assert len(err) == 2 and all(line.startswith("ssl-bench: warning: ") and "result.json" in line for line in err), err

@@ -29,7 +29,6 @@ from .embeddings import extract_embeddings
 from .selection import VALID, choose_on_validation, require_single
 from .torch_linear import ProbeResult, fit_linear_torch
 
-
 #: What ``linear.solver`` takes.
 SOLVERS = ("auto", "sklearn", "torch")
 

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import evaluate
 from ..config import ConfigError
+from ..metrics import evaluate
 from .selection import VALID, choose_on_validation, require_single
 
 #: L-BFGS stops when the largest gradient entry of the scaled objective is below this
