@@ -46,7 +46,7 @@ from .compute import RowStamp, compute_columns, count_parameters, flops_per_samp
 from .config import ConfigError, config_hash
 from .encoders import PRETRAINING_INIT, RANDOM, EncoderIdentity, EncoderSource, differs_from_random
 from .errors import UserError
-from .files import atomic_write_text, cache_root
+from .files import atomic_write_text, cache_root, json_default
 from .progress import RunClock
 from .protocols.base import Protocol, ProtocolContext, ProtocolResult, section_config
 from .protocols.data import SplitData, Unlabeled, normalize
@@ -62,10 +62,6 @@ DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
 def _slug(text: str) -> str:
     """``text`` as one file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-
-
-def _json_default(obj: Any) -> Any:
-    return obj.item() if hasattr(obj, "item") else str(obj)
 
 
 class _SavedRows:
@@ -86,7 +82,7 @@ class _SavedRows:
             return saved
         rows = compute()
         if self.is_main:
-            atomic_write_text(path, json.dumps({"rows": rows}, default=_json_default))
+            atomic_write_text(path, json.dumps({"rows": rows}, default=json_default))
         return rows
 
 
