@@ -283,9 +283,9 @@ def e2e(tmp_path_factory):
         extractions.append(kw.get("desc"))
         return predict(fn, dataset, **kw)
 
-    def keeping_probe(X, y, data, section, seed, device="cpu"):
+    def keeping_probe(X, y, data, section, seed, device="cpu", **kwargs):
         problems.append((X, y, data.num_classes, list(data.metrics)))
-        return probe(X, y, data, section, seed, device)
+        return probe(X, y, data, section, seed, device, **kwargs)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(embeddings_mod, "predict", counting_predict)

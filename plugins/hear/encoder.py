@@ -86,8 +86,11 @@ def derived_settings(config: dict) -> dict:
     encoder, frontend = config.get("encoder") or {}, config.get("frontend") or {}
     if encoder.get("name") != "hear" or not encoder.get("module"):
         return {}
-    api = import_hear_module(str(encoder["module"]))
-    model = load_hear_model(api, str(encoder["module"]), str(encoder.get("model_file") or ""))
+    try:
+        api = import_hear_module(str(encoder["module"]))
+        model = load_hear_model(api, str(encoder["module"]), str(encoder.get("model_file") or ""))
+    except ConfigError:  # not installed, or no default weights: building the encoder says so, in one line
+        return {}
     out = {}
     if "sample_rate" in frontend and hasattr(model, "sample_rate"):
         out["frontend.sample_rate"] = int(model.sample_rate)
