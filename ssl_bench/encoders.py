@@ -141,8 +141,10 @@ def refuse_pretraining_settings(given: dict[str, Any], config: dict[str, Any], c
     """A setting of how the encoder is pretrained (``masker.ratio``, ``pretrain.epochs``...) that
     the user gave (``given``: dotted keys of ``--set`` and ``--config``) for a run evaluating
     ``checkpoint`` cannot change that encoder, and rows would record the user's value for weights
-    made with another: one :class:`ConfigError` naming the key and the checkpoint's own value,
-    unless the two agree."""
+    made with another (a sweep over it, identical runs): one :class:`ConfigError` naming the key
+    and the checkpoint's own value, unless the two agree.  A checkpoint that records no
+    pretraining settings (an official release) takes a component choice (``decoder=none`` to load
+    only its encoder), but no setting its rows could not vouch for."""
     keys = [k for k in given if _is_pretraining_key(k)]
     if not keys:
         return
@@ -153,9 +155,14 @@ def refuse_pretraining_settings(given: dict[str, Any], config: dict[str, Any], c
         mine, theirs = _setting(config, key), _setting(saved, key)
         if theirs is not _ABSENT and json.dumps(theirs, default=str) == json.dumps(mine, default=str):
             continue
-        value = json.dumps(mine, default=str) if not isinstance(mine, str) else mine
-        was = (f"was pretrained with {key}={theirs if isinstance(theirs, str) else json.dumps(theirs, default=str)}"
-               if theirs is not _ABSENT else "records no such pretraining setting")
+        if not isinstance(saved, dict) and key in PRETRAINING_SLOTS:
+            continue  # which component to build, for a file that says nothing of its pretraining
+        value = mine if isinstance(mine, str) else json.dumps(mine, default=str)
+        if theirs is _ABSENT:
+            was = ("records no pretraining settings" if not isinstance(saved, dict) else
+                   "records no such pretraining setting") + ", so its rows cannot say it"
+        else:
+            was = f"was pretrained with {key}={theirs if isinstance(theirs, str) else json.dumps(theirs, default=str)}"
         raise ConfigError(f"{key}={value}: the encoder of --checkpoint {checkpoint} {was}; a pretraining setting "
                           "cannot change a checkpoint (drop it, or pretrain a new encoder without --checkpoint)")
 

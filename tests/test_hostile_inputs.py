@@ -311,6 +311,19 @@ def test_pretraining_settings_given_with_a_checkpoint_are_refused(tmp_path, caps
     assert not (tmp_path / "r").exists()
 
 
+def test_a_checkpoint_that_records_no_pretraining_takes_a_component_choice_only(tmp_path):
+    from ssl_bench.config import resolve
+    from ssl_bench.encoders import refuse_pretraining_settings
+
+    official = tmp_path / "official.pt"
+    torch.save({"blocks.0.weight": torch.zeros(2)}, official)  # weights, no ssl-bench config
+    refuse_pretraining_settings({"decoder": None}, resolve("audiomae", preset="tiny", overrides={"decoder": None}),
+                                official)  # load only the encoder: allowed
+    with pytest.raises(ConfigError, match="masker.ratio=0.5: .* records no pretraining settings"):
+        refuse_pretraining_settings({"masker.ratio": 0.5},
+                                    resolve("audiomae", preset="tiny", overrides={"masker.ratio": 0.5}), official)
+
+
 # --------------------------------------------------------------------------- 6: faults
 def _unwritable(path: Path) -> str:
     """Make ``path`` a folder nobody may write into: mode 0555, and for root, who ignores modes,
