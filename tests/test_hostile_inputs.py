@@ -673,17 +673,26 @@ def test_markdown_export_keeps_one_line_per_row():
 
 
 # --------------------------------------------------------------------------- 12: small things
-def test_results_warnings_are_one_line_each(tmp_path):
+def test_results_warnings_are_one_line_each(tmp_path, capsys):
+    from ssl_bench.cli import main
+
     _run(tmp_path, "run-a", 0.5)
     for name in ("run-b", "run-c"):
         d = _run(tmp_path, name, 0.5)
         (d / "result.json").write_text("{")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-m", "ssl_bench", "results", str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
-    err = done.stderr.strip().splitlines()
-    assert done.returncode == 0 and "0.5000" in done.stdout
-    assert len(err) == 2 and all(line.startswith("ssl-bench: warning: ") and "result.json" in line for line in err), err
+
+    def shown_as_python_does(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():  # printed as outside pytest, which records warnings instead
+        warnings.simplefilter("always")
+        warnings.showwarning = shown_as_python_does
+        assert main(["results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert "0.5000" in out
+    assert len(lines) == 2 and all(line.startswith("ssl-bench: warning: ") and "result.json" in line
+                                   for line in lines), lines
 
 
 def test_a_bad_config_yaml_is_named_as_such(tmp_path):
