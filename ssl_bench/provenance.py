@@ -51,29 +51,21 @@ _lock = threading.Lock()
 class DigestCache:
     """``path -> (size, mtime_ns, inode, ctime_ns, sha256)`` in ``<dir>/digests.sqlite`` (in memory
     when ``dir`` is None).  Several processes may share the file: SQLite serialises the writes.
-    A file that is not a readable database of this layout is replaced, with one warning."""
+    A file that is not a readable database of this layout is replaced, with one warning; one that
+    is locked too long or read-only is left alone, and this process keeps its digests in memory
+    (one warning)."""
 
     COLUMNS = ("path", "size", "mtime_ns", "ino", "ctime_ns", "sha256")
+    #: Seconds to wait for another process's lock on the database.
+    TIMEOUT = 60.0
 
     def __init__(self, directory: str | Path | None):
         self.path = Path(directory) / "digests.sqlite" if directory is not None else None
         self.memory: dict[str, tuple[int, int, int, int, str]] = {}
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if self.path is None:
-            return None
-        for attempt in (0, 1):
-            try:
-                return self._open()
-            except sqlite3.DatabaseError as exc:
-                if attempt:
-                    raise
-                self._heal(exc)
-        return None  # pragma: no cover - the loop returns or raises
-
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=60)
+        con = sqlite3.connect(self.path, timeout=self.TIMEOUT)
         try:
             columns = tuple(r[1] for r in con.execute("PRAGMA table_info(files)"))
             if columns and columns != self.COLUMNS:  # a layout of an older ssl-bench: stamps it cannot trust
@@ -86,19 +78,56 @@ class DigestCache:
             raise
         return con
 
-    def _heal(self, exc: Exception) -> None:
-        """Replace a damaged database (its digests are taken again from the files), warning once."""
+    def _use(self, work: Any) -> Any:
+        """``work(connection)`` in one transaction, or None without a usable database (see the
+        class docstring)."""
+        for attempt in (0, 1):
+            if self.path is None:
+                return None
+            try:
+                con = self._open()
+                try:
+                    with con:
+                        return work(con)
+                finally:
+                    con.close()
+            except sqlite3.OperationalError as exc:  # locked, read-only, unreachable: not damaged
+                self._without(exc)
+            except sqlite3.DatabaseError as exc:  # not a database, or a malformed one
+                if attempt:
+                    self._without(exc)
+                else:
+                    self._heal(exc)
+        return None
+
+    def _warn(self, text: str) -> None:
         import warnings
 
-        from .files import CacheWarning, shown
+        from .files import CacheWarning
 
-        warnings.warn(f"digest cache {shown(self.path)} is damaged ({exc}); it is rebuilt, so the files it "
-                      "described are hashed again", CacheWarning, stacklevel=4)
+        warnings.warn(text, CacheWarning, stacklevel=5)
+
+    def _heal(self, exc: Exception) -> None:
+        """Replace a damaged database (its digests are taken again from the files), warning once."""
+        from .files import shown
+
+        self._warn(f"digest cache {shown(self.path)} is damaged ({exc}); it is rebuilt, so the files it "
+                   "described are hashed again")
         for suffix in ("", "-journal", "-wal", "-shm"):
             try:
                 Path(str(self.path) + suffix).unlink()
             except FileNotFoundError:
                 pass
+
+    def _without(self, exc: Exception) -> None:
+        """Keep digests in memory from now on (one warning per database and process)."""
+        from .files import shown
+
+        if str(self.path) not in _UNUSABLE:
+            _UNUSABLE.add(str(self.path))
+            self._warn(f"digest cache {shown(self.path)} cannot be used ({exc}); this run keeps file digests in "
+                       "memory, so the next run hashes the files again")
+        self.path = None
 
     @staticmethod
     def _key(path: str) -> str:
@@ -115,50 +144,29 @@ class DigestCache:
         keys = {self._key(p): p for p in paths if p not in found}
         if not keys:
             return found
-        try:
-            found.update(self._select(keys))
-        except sqlite3.DatabaseError as exc:  # damaged after it was opened
-            self._heal(exc)
-            found.update(self._select(keys))
-        return found
 
-    def _select(self, keys: dict[str, str]) -> dict[str, tuple[int, int, int, int, str]]:
-        found = {}
-        con = self._connect()
-        if con is None:
-            return found
-        try:
-            with con:
-                wanted = list(keys)
-                for i in range(0, len(wanted), 500):
-                    part = wanted[i:i + 500]
-                    rows = con.execute(f"SELECT {', '.join(self.COLUMNS)} FROM files WHERE path IN "
-                                       f"({','.join('?' * len(part))})", part).fetchall()
-                    found.update({keys[r[0]]: tuple(r[1:]) for r in rows})
-        finally:
-            con.close()
+        def select(con: sqlite3.Connection) -> dict[str, tuple[int, int, int, int, str]]:
+            out, wanted = {}, list(keys)
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                rows = con.execute(f"SELECT {', '.join(self.COLUMNS)} FROM files WHERE path IN "
+                                   f"({','.join('?' * len(part))})", part).fetchall()
+                out.update({keys[r[0]]: tuple(r[1:]) for r in rows})
+            return out
+
+        found.update(self._use(select) or {})
         return found
 
     def store(self, entries: dict[str, tuple[int, int, int, int, str]]) -> None:
         self.memory.update(entries)
-        if not entries:
-            return
-        try:
-            self._insert(entries)
-        except sqlite3.DatabaseError as exc:
-            self._heal(exc)
-            self._insert(entries)
+        if entries:
+            self._use(lambda con: con.executemany(
+                f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(self.COLUMNS))})",
+                [(self._key(p), *v) for p, v in entries.items()]))
 
-    def _insert(self, entries: dict[str, tuple[int, int, int, int, str]]) -> None:
-        con = self._connect()
-        if con is None:
-            return
-        try:
-            with con:
-                con.executemany(f"INSERT OR REPLACE INTO files VALUES ({', '.join('?' * len(self.COLUMNS))})",
-                                [(self._key(p), *v) for p, v in entries.items()])
-        finally:
-            con.close()
+
+#: Digest databases found locked or read-only in this process (warned about once).
+_UNUSABLE: set[str] = set()
 
 
 def _hash_file(path: str) -> str:

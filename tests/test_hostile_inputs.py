@@ -168,6 +168,26 @@ def test_a_corrupt_digest_database_heals_with_one_warning(two_tones, tmp_path):
         assert file_digests(paths, tmp_path) == found  # healed
 
 
+def test_a_locked_digest_database_is_left_alone(two_tones, tmp_path, monkeypatch):
+    from ssl_bench.provenance import DigestCache, file_digests
+
+    paths = [str(c.path.resolve()) for c in two_tones]
+    first = file_digests(paths[:1], tmp_path)
+    monkeypatch.setattr(DigestCache, "TIMEOUT", 0.1)
+    holder = sqlite3.connect(tmp_path / "digests.sqlite")
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, for longer than we wait
+    try:
+        with pytest.warns(CacheWarning, match="cannot be used.*locked"):
+            found = file_digests(paths, tmp_path)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert found == {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+    with sqlite3.connect(tmp_path / "digests.sqlite") as con:  # not taken for damage: its rows are kept
+        assert con.execute("SELECT sha256 FROM files WHERE path = ?", (paths[0],)).fetchone()[0] == first[paths[0]]
+    con.close()
+
+
 def _run(root: Path, name: str, value) -> Path:
     with results.RunWriter(root, name, {"model": "m", "task": "t", "seed": 0}) as w:
         w.add_row(task="t", protocol="linear", split="fold1", seed=0, init="random", init_id="random",
