@@ -115,12 +115,17 @@ def test_verify_rehashes_every_file_whatever_the_digest_cache_says(two_tones, tm
     assert file_digests([path], tmp_path)[path] == true  # and the cache is corrected
 
 
-def test_run_has_a_verify_flag():
-    from ssl_bench.cli import build_parser
+def test_the_verify_flag_turns_verifying_on_for_the_command(monkeypatch):
+    from ssl_bench import cli
+    from ssl_bench.files import verify_all
 
-    for command in ("run", "pretrain", "linear"):
-        args = ["--task", "x"] if command != "pretrain" else ["--corpus", "x"]
-        assert build_parser().parse_args([command, "-m", "audiomae", *args, "--verify"]).verify is True
+    seen = []
+    for command in ("run", "pretrain"):
+        monkeypatch.setitem(cli.COMMANDS, command, lambda args: seen.append(verify_all()) or 0)
+    for argv in (["run", "-t", "x"], ["linear", "-t", "x"], ["pretrain", "--corpus", "x"]):
+        assert cli.main([argv[0], "-m", "audiomae", *argv[1:], "--verify"]) == 0
+        assert cli.main([argv[0], "-m", "audiomae", *argv[1:]]) == 0
+    assert seen == [True, False] * 3 and not verify_all()
 
 
 # --------------------------------------------------------------------------- 2: damage inside caches
