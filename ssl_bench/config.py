@@ -111,8 +111,8 @@ CORE_SECTIONS: dict[str, type] = {"data": DataConfig}
 TOP_LEVEL = {"model", "preset", "task", "checkpoint"} | {f.name for f in dataclasses.fields(RunSettings)}
 #: Settings that cannot change a number or a weight: when checkpoints are written (a field of any
 #: protocol section), how audio is loaded (workers, the feature cache on or off, whether an
-#: unreadable clip stops the run).  They key no cache, no encoder (a pretraining's hash, its
-#: ``init_id``) and split no table.
+#: unreadable clip stops the run).  They key no content cache (features, embeddings, pretrained
+#: encoders), no encoder identity (a pretraining's hash, its ``init_id``) and split no table.
 BOOKKEEPING_FIELDS = ("checkpoint_every", "checkpoint_min_s", "data.num_workers", "data.cache", "data.strict")
 #: Run settings that change where and in which order the same arithmetic runs, never what is
 #: computed: like the number of processes and ``accum_steps``, they move the last bits of a
