@@ -290,7 +290,8 @@ class TaskData:
         if callable(getattr(self.task, "train_weights", None)):  # class-balanced sampling (AudioSet-2M)
             weights = np.asarray(self.task.train_weights([self.features.clips[i] for i in train]), dtype=np.float64)
         data = SplitData(self.features, train, valid, test, targets, len(self.classes), self.multilabel,
-                         self.metric_names, self.num_frames, name=split.name, train_weights=weights)
+                         self.metric_names, self.num_frames, name=split.name, train_weights=weights,
+                         clip_seconds=self.clip_seconds)
         columns = {"n_train": int(len(train)), "n_valid": int(len(valid)), "n_test": int(len(test)),
                    "n_skipped": int(n_skipped), "split_protocol": getattr(self.task, "split_protocol", ""),
                    "valid_source": "carved from train" if parts.carved else "task"}

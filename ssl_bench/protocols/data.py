@@ -85,7 +85,8 @@ class SplitData:
     (``[N]`` class ids or ``[N, C]`` multi-hot); ``metrics``: names for
     :func:`ssl_bench.metrics.evaluate`, the first is used for model selection;
     ``train_weights``: optional sampling weights of the training examples (aligned with
-    ``train``) for class-balanced fine-tuning.
+    ``train``) for class-balanced fine-tuning; ``clip_seconds``: the length the task's clips were
+    cut or padded to before their features (frame-level timestamps end there).
     """
 
     features: Any
@@ -100,6 +101,7 @@ class SplitData:
     name: str = "split"
     train_weights: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    clip_seconds: float | None = None
 
     def dataset(self, part: str, with_targets: bool = True, random_crop: bool = False) -> SpecDataset:
         indices = {"train": self.train, "valid": self.valid, "test": self.test}[part]
