@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..config import data_settings
+from ..events import CLIP_SHAPES
 from .data import SplitData, Unlabeled
 from .embeddings import FrameEmbeddings, extract_embeddings, extract_frame_embeddings
 
@@ -98,6 +99,9 @@ class Protocol:
       ``"train"`` (its labelled training part, after any validation is carved out) or
       ``None``.  The runner checks that batch against the split's size before any feature
       is extracted, and caps it (with a warning naming ``NAME.batch_size``) for small data.
+    * ``shapes``: the task label shapes it serves (:data:`ssl_bench.events.SHAPES`); default
+      the clip shapes, ``multiclass`` and ``multilabel``.  The runner refuses a task of another
+      shape before any data work, naming both.
 
     ``run(ctx)`` returns a list of :class:`ProtocolResult`.
     """
@@ -110,6 +114,7 @@ class Protocol:
     help: ClassVar[str] = ""
     subcommand: ClassVar[bool] = True
     trains_on: ClassVar[str | None] = None
+    shapes: ClassVar[tuple[str, ...]] = CLIP_SHAPES
 
     def __init__(self, name: str | None = None):
         if name is not None:
