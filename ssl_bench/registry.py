@@ -52,9 +52,10 @@ BUILTIN_MODULES = {
     "hear": "ssl_bench.tasks.hear",
 }
 
-#: The core's own registrations (the built-in protocols), loaded into every registry, also one
-#: made with ``entry_points=False``: they use the same hooks as any plugin, but are not optional.
-CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin"}
+#: The core's own registrations (the built-in protocols and metrics), loaded into every registry,
+#: also one made with ``entry_points=False``: they use the same hooks as any plugin, but are not
+#: optional.
+CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin", "metrics": "ssl_bench.metrics.builtin"}
 
 HOOKS = {f"register_{kind}s": kind for kind in KINDS}
 

@@ -26,7 +26,7 @@ import torch
 from . import distributed as D
 from .components import BuildContext, Clip
 from .config import ConfigError, data_settings, instantiate_config
-from .events import MULTICLASS, label_shape_of
+from .events import EVENTS, MULTICLASS, label_shape_of
 from .protocols.data import SplitData, label_targets
 
 #: Suffixes of the audio files a folder corpus is made of.
@@ -182,6 +182,7 @@ class TaskData:
             raise ConfigError(str(exc)) from None
         self.multilabel = self.label_shape != MULTICLASS  # an events task's clip targets are multi-hot
         self.metric_names = list(self.task.metrics)
+        self.check_metrics()
         self.seed = int(config.get("seed", 0))
         self.frontend: Any = None
         self.num_frames = self.num_bins = 0
@@ -193,6 +194,28 @@ class TaskData:
     @property
     def name(self) -> str:
         return self.task.name
+
+    def check_metrics(self) -> None:
+        """The task's metrics are registered and score what its shape predicts (events, or clip
+        scores), and the first, which choices on validation maximise, grows when results improve."""
+        from .metrics import CLIP, UnknownMetricError, get_metric
+        from .metrics import EVENTS as EVENT_INPUT
+
+        names, task = self.metric_names, self.task.name
+        if not names:
+            raise ConfigError(f"task {task!r} names no metrics")
+        want = EVENT_INPUT if self.label_shape == EVENTS else CLIP
+        for name in names:
+            try:
+                metric = get_metric(name, self.registry)
+            except UnknownMetricError as exc:
+                raise ConfigError(f"task {task!r}: {exc}") from None
+            if metric.input != want:
+                raise ConfigError(f"task {task!r}: metric {name!r} scores {metric.input}, but the task's label "
+                                  f"shape is {self.label_shape}: it is scored with {want} metrics")
+        if not get_metric(names[0], self.registry).greater_is_better:
+            raise ConfigError(f"task {task!r}: its first metric {names[0]!r} is better lower, but choices on "
+                              "validation keep the higher score of the first metric: list another one first")
 
     @property
     def clip_seconds(self) -> float:

@@ -30,7 +30,7 @@ import yaml
 from ssl_bench import hookimpl
 from ssl_bench.components import Clip, Split
 from ssl_bench.files import name_bytes
-from ssl_bench.metrics import METRICS
+from ssl_bench.metrics import CLIP, metric_names
 
 from .common import (
     DataNotFoundError,
@@ -215,9 +215,10 @@ class FolderTask(DatasetTask):
             if unknown:
                 raise MetadataError(f"{root / 'task.yaml'}: unknown key(s) {', '.join(sorted(unknown))}; valid: clip_seconds, metrics")
         if "metrics" in options:
-            bad = [m for m in options["metrics"] if m not in METRICS]
+            known = metric_names(CLIP)
+            bad = [m for m in options["metrics"] if m not in known]
             if bad:
-                raise MetadataError(f"{root / 'task.yaml'}: unknown metric(s) {', '.join(bad)}; valid: {', '.join(METRICS)}")
+                raise MetadataError(f"{root / 'task.yaml'}: unknown metric(s) {', '.join(bad)}; valid: {', '.join(known)}")
             self.metrics = list(options["metrics"])
         else:
             self.metrics = ["mAP", "AUC", "d_prime"] if self.multilabel else ["accuracy", "mAP"]

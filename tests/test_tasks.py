@@ -20,7 +20,7 @@ import soundfile as sf
 import taskfixtures as fx
 from ssl_bench.components import Task
 from ssl_bench.tasks import synthetic
-from ssl_bench.metrics import METRICS
+from ssl_bench.metrics import metric_names
 
 
 def get_task(name, data_dir=None):
@@ -34,7 +34,7 @@ def check_protocol(task):
     assert isinstance(task, Task)
     assert task.classes and all(isinstance(c, str) for c in task.classes)
     assert task.sample_rate == 16000 and task.clip_seconds > 0
-    assert task.metrics and all(m in METRICS for m in task.metrics)
+    assert task.metrics and all(m in metric_names() for m in task.metrics)
     assert task.split_protocol
     for split in task.splits():
         keys_train = {c.key for c in split.train}

@@ -247,6 +247,20 @@ class ProtocolContext:
 
         return evaluate(self.data.metrics, scores, self.data.part_targets(part))
 
+    def evaluate_events(self, predicted: dict[str, list[Any]], part: str) -> dict[str, float]:
+        """The task's event metrics of ``predicted`` (``{clip key: [Event, ...]}``) against the
+        events of ``part`` (an events task); every clip of the part is scored, a clip missing
+        from ``predicted`` as predicting nothing.  A key that is not a clip of ``part`` is a bug
+        of the caller (ValueError)."""
+        from ..metrics import evaluate_events
+
+        reference = self.data.reference_events(part)
+        foreign = [k for k in predicted if k not in reference]
+        if foreign:
+            raise ValueError(f"predictions for {len(foreign)} clip(s) not in the {part} part of split "
+                             f"{self.data.name!r}, e.g. {foreign[0]!r}")
+        return evaluate_events(self.data.metrics, predicted, reference, self.data.classes)
+
 
 def section_config(protocol: type[Protocol] | Protocol, values: dict[str, Any] | None) -> Any:
     """The protocol's typed ``Config`` from its resolved section (slot values kept as dicts)."""
