@@ -123,7 +123,7 @@ def post_processing_grid(cfg: Any) -> list[PostProcessing]:
 def median_width(median_filter_ms: float, hop_s: float) -> int:
     """Frames of a median filter of ``median_filter_ms`` at ``hop_s``: ``round(ms / hop)``, made
     odd (a centred window); 1 (no filter) for 0."""
-    width = int(round(median_filter_ms / 1000.0 / hop_s)) if median_filter_ms > 0 else 1
+    width = round(median_filter_ms / 1000.0 / hop_s) if median_filter_ms > 0 else 1
     return max(1, width if width % 2 else width + 1)
 
 
@@ -141,7 +141,8 @@ def frames_to_events(probs: np.ndarray, timestamps: np.ndarray, hop_s: float, *,
     """Events of one clip from (smoothed) frame probabilities ``[frames, classes]`` at
     ``timestamps`` (frame centres, seconds): each run of consecutive frames above ``threshold``
     is one event from ``t_first - hop/2`` to ``t_last + hop/2`` (clipped to ``[0,
-    clip_seconds]``), kept when it lasts ``min_duration_s`` or more; sorted by onset."""
+    clip_seconds]``, to the microsecond), kept when it lasts ``min_duration_s`` or more; sorted
+    by onset."""
     active = probs > threshold
     out = []
     end = float(clip_seconds) if clip_seconds is not None else math.inf
@@ -150,8 +151,9 @@ def frames_to_events(probs: np.ndarray, timestamps: np.ndarray, hop_s: float, *,
         column = active[:, c].astype(np.int8)
         edges = np.diff(np.concatenate([[0], column, [0]]))
         for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1):
-            onset = max(0.0, float(timestamps[a]) - half)
-            offset = min(end, float(timestamps[b]) + half)
+            # to the microsecond: the written milliseconds stay short and exact
+            onset = round(max(0.0, float(timestamps[a]) - half), 6)
+            offset = round(min(end, float(timestamps[b]) + half), 6)
             if offset > onset and offset - onset >= min_duration_s - 1e-9:
                 out.append(Event(c, onset, offset))
     out.sort(key=lambda e: (e.onset, e.label))
