@@ -763,7 +763,7 @@ def bench_events(preset: str, device: torch.device, quick: bool) -> dict[str, An
     heads, posts = len(head_grid(cfg)), len(post_processing_grid(cfg))
     frames = made["frames"]
     return {
-        "events_clips": n, "events_clip_seconds": seconds, "events_frames": int(len(frames.timestamps)),
+        "events_clips": n, "events_clip_seconds": seconds, "events_frames": len(frames.timestamps),
         "events_frame_hop_ms": 40.0, "events_heads": heads, "events_post_processing_settings": posts,
         "events_head_epochs": epochs, "events_extract_s": min(times["extract"]), "events_grid_s": min(times["grid"]),
         "events_grid_over_extraction": paired_ratio(times, "grid", "extract"),
