@@ -10,6 +10,13 @@ post-processed into events with every setting of the grid, as the ``events`` pro
 (:class:`~ssl_bench.protocols.events.EventScorer`); the epoch whose best setting scores highest
 is kept (ties: the lower validation loss, then the earlier epoch) with that setting, and only
 it is scored on the test part, once.  Its test events become the run's predictions file.
+
+The head starts (``head_init``) as a frame-wise linear probe of the frozen encoder (``probe``,
+LP-FT as the ``finetune`` protocol's small presets do: L2-regularised logistic regression per
+class on the standardised frames, ``C`` chosen on validation by the same event score, the
+standardisation folded into the Linear), or (``prior``) with zero weights and each class's
+bias at the log-odds of its share of active training frames; either way the first epochs are
+not spent learning that events are rare.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
 from .data import fit_frames, normalize
 from .embeddings import FrameEmbeddings
 from .events import EventScorer, PostProcessing, clip_targets, post_processing_grid
-from .finetune import BestEpoch, prepare_model
-from .selection import VALID, require_single
+from .finetune import PROBE_C, BestEpoch, _fit_linear_head, prepare_model
+from .selection import VALID, choose_on_validation, lower_loss, require_single
+
+HEAD_INITS = ("probe", "prior")
 
 
 @dataclass
@@ -50,6 +59,7 @@ class EventsFinetuneConfig(OptimConfig):
     weight_decay: float = 0.05
     layer_decay: float | None = 0.75
     drop_path: float = 0.0
+    head_init: str = "probe"  # "probe": a linear probe of the frozen frames (LP-FT); "prior": the classes' priors
     median_filter_ms: list[float] = field(default_factory=lambda: [0.0, 250.0])
     min_duration_ms: list[float] = field(default_factory=lambda: [0.0, 125.0, 250.0])
     threshold: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
@@ -126,6 +136,21 @@ class EventsFinetuneProtocol(Protocol):
         scorers = {name: EventScorer(sets[name][1], data.keys(name), data.events(name), classes, data.metrics, posts,
                                      data.clip_seconds) for name in ("valid", "test")}
         eval_bs = max(1, cfg.batch_size // max(cfg.accum_steps, 1))
+        if section.head_init not in HEAD_INITS:
+            raise ConfigError(f"events_finetune.head_init: expected one of {', '.join(HEAD_INITS)}, got "
+                              f"{section.head_init!r}")
+        keep = torch.as_tensor(inside)
+        targets = {name: torch.as_tensor(sets[name][0].targets)[:, keep].reshape(-1, len(classes)).double()
+                   for name in ("train", "valid")}
+        head_C = None
+        if section.head_init == "prior":
+            with torch.no_grad():
+                prior = targets["train"].mean(0).clamp(1e-4, 1 - 1e-4)
+                m.head[1].weight.zero_()
+                m.head[1].bias.copy_(torch.log(prior / (1 - prior)).to(m.head[1].bias))
+        else:
+            head_C = self.probe_head(m, sets, keep, targets, scorers["valid"] if has_valid else None, eval_bs, cfg,
+                                     ctx.device)
 
         def probabilities(model: Any, name: str) -> tuple[np.ndarray, float]:
             was = model.training
@@ -189,6 +214,7 @@ class EventsFinetuneProtocol(Protocol):
             **compute_columns(parameters=count_parameters(m, trainable_only=True), flops=flops, fit=result,
                               wall_s=result.wall_s, device=ctx.device, world_size=D.current().world_size),
             "best_epoch": epoch, "selection": selection, **post.columns(), "lr": cfg.peak_lr,
+            "head_init": section.head_init, "head_C": head_C,
             "final_train_loss": float(result.final_loss), "frame_hop_ms": round(hop * 1000.0, 6),
             "frame_method": NATIVE, **{f"valid_{k}": v for k, v in valid.items()},
         }
@@ -196,3 +222,40 @@ class EventsFinetuneProtocol(Protocol):
                 f"min {post.min_duration_ms:g} ms, threshold {post.threshold:g}; test "
                 + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k in data.metrics))
         return [ProtocolResult(test, extra, predictions=Predictions(events=test_events))]
+
+    @staticmethod
+    @torch.no_grad()
+    def probe_head(model: Any, sets: dict[str, Any], keep: torch.Tensor, targets: dict[str, torch.Tensor],
+                   scorer: EventScorer | None, batch_size: int, cfg: TrainConfig, device: Any) -> float:
+        """Set the head's Linear to a frame-wise linear probe of the frozen encoder (see the module
+        docstring); returns the ``C`` chosen on validation (``1`` without validation data)."""
+        was = model.training
+        model.eval()
+        try:
+            feats = {name: predict(lambda b: model.head[0](model.frames(normalize(model, b["spec"])).embeddings),
+                                   sets[name][0], batch_size=batch_size, device=device, amp=cfg.amp,
+                                   num_workers=cfg.num_workers)[:, keep].reshape(-1, model.head[1].in_features)
+                     .double() for name in targets if len(sets[name][0])}
+        finally:
+            model.train(was)
+        mu = feats["train"].mean(0)
+        sd = feats["train"].std(0, unbiased=False).clamp_min(1e-6)
+        Z = {name: (f - mu) / sd for name, f in feats.items()}
+        classes = targets["train"].shape[1]
+
+        def trial(C: float) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
+            with torch.enable_grad():
+                W, b = _fit_linear_head(Z["train"], targets["train"], classes, True, C)
+            if scorer is None:
+                return {}, (W, b)
+            logits = Z["valid"] @ W.T + b
+            post, value = scorer.best(torch.sigmoid(logits).numpy())
+            return {"rank": scorer.rank(value), "loss": float(F.binary_cross_entropy_with_logits(
+                logits, targets["valid"]))}, (W, b)
+
+        choice = choose_on_validation(PROBE_C if scorer is not None else (1.0,), trial, "rank", tiebreak=lower_loss)
+        W, b = choice.kept
+        linear = model.head[1]
+        linear.weight.copy_((W / sd).to(linear.weight))
+        linear.bias.copy_((b - (W * (mu / sd)).sum(1)).to(linear.bias))
+        return float(choice.candidate)
