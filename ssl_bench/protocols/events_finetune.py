@@ -249,7 +249,7 @@ class EventsFinetuneProtocol(Protocol):
             if scorer is None:
                 return {}, (W, b)
             logits = Z["valid"] @ W.T + b
-            post, value = scorer.best(torch.sigmoid(logits).numpy())
+            _, value = scorer.best(torch.sigmoid(logits).numpy())
             return {"rank": scorer.rank(value), "loss": float(F.binary_cross_entropy_with_logits(
                 logits, targets["valid"]))}, (W, b)
 
