@@ -1,12 +1,17 @@
-"""Event tasks: your own events in DESED's TSV layout (``folder-events``), read from fixtures
-written here."""
+"""Event tasks: your own events in DESED's TSV layout (``folder-events``) and the embedded
+``synthetic-events`` plugin, read from fixtures written here, and one run through the real runner."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
+import soundfile as sf
 
 import taskfixtures as fx
 from ssl_bench import get_task
+from ssl_bench.errors import UserError
 from ssl_bench.events import Event
 
 
@@ -87,6 +92,64 @@ def test_folder_events_missing_audio_is_reported_and_kept(tmp_path):
     with pytest.warns(UserWarning, match="audio missing for test: 1 of 4"):
         task.prepare()
     assert "test_0.wav" in _all_clips(task)
+
+
+# --------------------------------------------------------------------------- synthetic-events
+def test_synthetic_events_is_generated_once_and_deterministically(tmp_path, capsys):
+    from ssl_bench.tasks import synthetic_events as se
+
+    task = get_task("synthetic-events", tmp_path / "a")
+    clips = _all_clips(task)
+    assert "generating" in capsys.readouterr().err
+    assert task.label_shape == "events" and task.classes == se.CLASSES and len(clips) == 100
+    (split,) = task.splits()
+    assert (len(split.train), len(split.valid), len(split.test)) == (60, 20, 20)
+    counts = [len(c.events) for c in clips.values()]
+    assert min(counts) == 0 and max(counts) == se.MAX_EVENTS and sum(counts) > 100
+    for c in clips.values():  # one class never overlaps itself
+        assert not any(x.label == y.label and x.onset < y.offset and y.onset < x.offset
+                       for x in c.events for y in c.events if x is not y)
+    get_task("synthetic-events", tmp_path / "a").prepare()
+    assert "generating" not in capsys.readouterr().err  # built once
+    other = get_task("synthetic-events", tmp_path / "b")
+    other.prepare()
+    for name in ("train/train_000.wav", "test/test_019.wav"):
+        assert (tmp_path / "a" / "audio" / name).read_bytes() == (tmp_path / "b" / "audio" / name).read_bytes()
+    assert (tmp_path / "a" / "valid.tsv").read_text() == (tmp_path / "b" / "valid.tsv").read_text()
+    # the events are where the sound is: louder inside the events than outside
+    inside, outside = [], []
+    for key in ("train_001.wav", "train_002.wav", "train_003.wav", "train_004.wav"):
+        wave, sr = sf.read(clips[key].path)
+        mask = np.zeros(len(wave), bool)
+        for e in clips[key].events:
+            mask[int(e.onset * sr):int(e.offset * sr)] = True
+        inside += list(wave[mask] ** 2)
+        outside += list(wave[~mask] ** 2)
+    assert np.mean(inside) > 20 * np.mean(outside)
+    # the same data, read as a DESED folder, give the same clips and events
+    assert _all_clips(get_task("folder-events", tmp_path / "a")) == clips
+    with pytest.raises(UserError, match="holds no synthetic-events dataset"):
+        (tmp_path / "foreign").mkdir()
+        (tmp_path / "foreign" / "x.txt").write_text("mine")
+        get_task("synthetic-events", tmp_path / "foreign").prepare()
+
+
+def test_synthetic_events_through_the_runner(tmp_path):
+    """The plugin needs nothing of the core but its contracts: features, events, the data
+    digest and a pretraining row come out of the ordinary runner."""
+    from ssl_bench.config import resolve
+    from ssl_bench.runner import run_experiment
+
+    cfg = resolve("audiomae", preset="tiny", task="synthetic-events", overrides={
+        "encoder.depth": 1, "decoder.depth": 1, "pretrain.epochs": 1, "pretrain.batch_size": 16,
+        "pretrain.warmup_epochs": 0})
+    run = run_experiment(cfg, data_dir=tmp_path / "data", results_root=tmp_path / "results", protocols=("pretrain",),
+                         progress=False)
+    result = json.loads((run / "result.json").read_text())
+    (row,) = result["rows"]
+    assert row["task"] == "synthetic-events" and row["metric"] == "loss" and np.isfinite(row["value"])
+    assert (row["n_train"], row["n_valid"], row["n_test"]) == (60, 20, 20) and row["valid_source"] == "task"
+    assert result["provenance"]["data"]["files"] == 100
 
 
 def test_validation_carved_from_event_folds_keeps_label_sets_apart(tmp_path):
