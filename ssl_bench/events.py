@@ -105,3 +105,19 @@ def frame_targets(events: Sequence[Event], num_frames: int, hop_s: float, num_cl
             stop = first + 1 if first < num_frames and starts[first] <= event.onset else first
         out[first:stop, event.label] = 1.0
     return out
+
+
+def trim_events(events: Sequence[Event], seconds: float) -> tuple[tuple[Event, ...], int, int]:
+    """``events`` within a clip cut to ``seconds``: events starting at or after it are dropped,
+    ends beyond it are cut (as hear-preprocess trims HEAR's event tasks).  Returns ``(kept,
+    dropped, cut)``."""
+    kept, dropped, cut = [], 0, 0
+    for e in events:
+        if e.onset >= seconds:
+            dropped += 1
+        elif e.offset > seconds:
+            kept.append(Event(e.label, e.onset, seconds))
+            cut += 1
+        else:
+            kept.append(e)
+    return tuple(kept), dropped, cut

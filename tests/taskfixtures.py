@@ -268,3 +268,31 @@ def make_hear(root: Path, multilabel: bool = False, kfold: bool = True, per_spli
         (root / f"{split}.json").write_text(json.dumps(labels, indent=True))
     return root
 
+
+# --------------------------------------------------------------------------- folder-events (DESED TSVs)
+EVENT_CLASSES = ["Alarm_bell_ringing", "Dog", "Speech"]
+
+
+def make_folder_events(root: Path, layout: str = "split", per_part: int = 4, seconds: float = 1.0,
+                       header: bool = True, nested: bool = False, sr: int = 22050) -> Path:
+    """Audio plus DESED-style TSVs (``filename, onset, offset, event_label``, seconds).
+
+    ``layout``: ``split`` (train/validation/test.tsv), ``folds`` (fold1..3.tsv) or ``single``
+    (one ``events.tsv``); ``nested``: audio under ``audio/<TSV name>/`` as DESED keeps it, else
+    flat in ``audio/``.  Each part's last clip has no event (listed by its file name alone).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    parts = {"split": ["train", "validation", "test"], "folds": ["fold1", "fold2", "fold3"],
+             "single": ["events"]}[layout]
+    count = per_part * (3 if layout == "single" else 1)
+    for part in parts:
+        lines = ["filename\tonset\toffset\tevent_label"] if header else []
+        for i in range(count):
+            name = f"{part}_{i}.wav"
+            label = i % len(EVENT_CLASSES)
+            events = [] if i == count - 1 else [(label, 0.1, 0.6)] + ([((label + 1) % 3, 0.4, seconds)] if i % 2 else [])
+            folder = root / "audio" / (part if nested else "")
+            write_wav(folder / name, event_clip(events, seconds, sr, seed=i), sr)
+            lines += [f"{name}\t{a}\t{b}\t{EVENT_CLASSES[k]}" for k, a, b in events] or [name]
+        (root / f"{part}.tsv").write_text("\n".join(lines) + "\n")
+    return root

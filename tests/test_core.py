@@ -289,8 +289,8 @@ def test_source_tree_fallback_lists_every_entry_point(monkeypatch):
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     section = text.split(f"[project.entry-points.{ENTRY_POINT_GROUP}]", 1)[1].split("\n[", 1)[0]
     declared = dict(re.findall(r'^([\w-]+) = "([\w.]+)"$', section, flags=re.M))  # tomllib is 3.11+
-    assert declared == BUILTIN_MODULES and {"audiomae", "hear"} <= set(declared)
+    assert declared == BUILTIN_MODULES and {"audiomae", "hear", "folder-events", "synthetic-events"} <= set(declared)
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
     reg = Registry()
     assert {n for n, p in reg.plugins.items() if p.origin == "built-in" and not p.error} >= set(declared)
-    assert {"synthetic", "hear"} <= set(reg.names("task"))
+    assert {"folder-events", "synthetic-events"} <= set(reg.names("task"))

@@ -338,3 +338,31 @@ def test_a_protocol_scores_events_of_a_part_through_its_context(tmp_path):
     assert ctx.evaluate_events({}, "valid")["event_onset_200ms_fms_recall"] == 0.0  # b.wav: a miss
     with pytest.raises(ValueError, match=r"predictions for 1 clip\(s\) not in the test part of split 'split', e.g. 'a.wav'"):
         ctx.evaluate_events({"a.wav": [Event(1, 0.0, 1.0)]}, "test")
+
+
+# --------------------------------------------------------------------------- predictions files
+def test_event_predictions_round_trip_and_score_the_same_outside(tmp_path):
+    """What the runner writes (HEAR's layout, ms) reads back as the same events, and sed_eval
+    scoring the files as hear-eval-kit does gives our number exactly."""
+    from ssl_bench import predictions as P
+
+    rng = np.random.default_rng(11)
+    reference = random_events(rng, files=5, max_events=10)
+    predicted = jitter(rng, reference)
+    path = P.write(tmp_path / "predictions" / "test", "events-random", P.event_layout(predicted, LABELS),
+                   P.event_layout(reference, LABELS))
+    pred_back, ref_back = P.read_events(path, LABELS)
+    assert pred_back.keys() == predicted.keys() and ref_back.keys() == reference.keys()
+    for key in predicted:
+        assert [e.label for e in pred_back[key]] == [e.label for e in predicted[key]]
+        np.testing.assert_allclose([(e.onset, e.offset) for e in pred_back[key]],
+                                   [(e.onset, e.offset) for e in predicted[key]], rtol=0, atol=1e-12)
+    pred_json, ref_json = P.read(path)
+    for name in HEAR:
+        mine = ours(name, predicted, reference)
+        assert same(sed_eval_scores(name, pred_json, ref_json), mine), name
+        assert same(ours(name, pred_back, ref_back), mine), name
+    with pytest.raises(ValueError, match=r"predictions: file 'a.wav': unknown label 'cat'"):
+        P.events_from_layout({"a.wav": [{"label": "cat", "start": 0.0, "end": 1.0}]}, LABELS)
+    with pytest.raises(ValueError, match=r"predictions: file 'a.wav': an event needs 0 <= onset <= offset"):
+        P.events_from_layout({"a.wav": [{"label": "dog", "start": 10.0, "end": 1.0}]}, LABELS)
