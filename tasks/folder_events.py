@@ -144,8 +144,8 @@ class FolderEventsTask(DatasetTask):
         folds = {m.group(1): p for p in tsvs if (m := FOLD_TSV.match(p.stem.lower()))}
         others = [p.name for p in tsvs if p.stem.lower() not in SPLIT_NAMES and not FOLD_TSV.match(p.stem.lower())]
         if split and (folds or others) or folds and others:
-            raise MetadataError(f"{root}: mixed TSV names ({', '.join(p.name for p in tsvs)}); use train/valid/test.tsv, "
-                                "fold1.tsv..., or a single TSV")
+            raise MetadataError(f"{root}: mixed TSV names ({', '.join(p.name for p in tsvs)}); use "
+                                "train/valid/test.tsv, fold1.tsv..., or a single TSV")
         if split:
             if "train" not in split or "test" not in split:
                 raise MetadataError(f"{root}: a split needs train.tsv and test.tsv (found {', '.join(sorted(split))})")
@@ -194,7 +194,8 @@ class FolderEventsTask(DatasetTask):
             for part, table in tables.items():
                 for line, _, event in rows[part]:
                     if event is not None and event[2] not in classes:
-                        raise MetadataError(f"{table}:{line}: unknown label {event[2]!r} (not in {root / 'classes.txt'})")
+                        raise MetadataError(f"{table}:{line}: unknown label {event[2]!r} "
+                                            f"(not in {root / 'classes.txt'})")
         else:
             classes = sorted({e[2] for part in rows.values() for _, _, e in part if e is not None})
         if not classes:

@@ -188,7 +188,8 @@ class HearTask(DatasetTask):
             except ValueError as exc:
                 raise MetadataError(f"{path}: not valid JSON ({exc})") from None
             if not isinstance(entries, dict):
-                layout = '{"<file>.wav": [{"label", "start", "end"}, ...]}' if event else '{"<file>.wav": ["label", ...]}'
+                layout = ('{"<file>.wav": [{"label", "start", "end"}, ...]}' if event
+                          else '{"<file>.wav": ["label", ...]}')
                 raise MetadataError(f"{path}: expected {layout}")
             clips = []
             for filename, labels in entries.items():

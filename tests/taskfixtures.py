@@ -233,7 +233,8 @@ def make_hear(root: Path, multilabel: bool = False, kfold: bool = True, per_spli
         "default_mode": "full", "mode": "full",
     }
     if embedding == "event":
-        meta["evaluation_params"] = {"event_postprocessing_grid": {"median_filter_ms": [250], "min_duration": [125, 250]}}
+        grid = {"median_filter_ms": [250], "min_duration": [125, 250]}
+        meta["evaluation_params"] = {"event_postprocessing_grid": grid}
     if kfold:
         meta["nfolds"] = len(splits)
         meta["splits"] = splits
@@ -290,7 +291,8 @@ def make_folder_events(root: Path, layout: str = "split", per_part: int = 4, sec
         for i in range(count):
             name = f"{part}_{i}.wav"
             label = i % len(EVENT_CLASSES)
-            events = [] if i == count - 1 else [(label, 0.1, 0.6)] + ([((label + 1) % 3, 0.4, seconds)] if i % 2 else [])
+            events = [(label, 0.1, 0.6)] + ([((label + 1) % 3, 0.4, seconds)] if i % 2 else [])
+            events = [] if i == count - 1 else events
             folder = root / "audio" / (part if nested else "")
             write_wav(folder / name, event_clip(events, seconds, sr, seed=i), sr)
             lines += [f"{name}\t{a}\t{b}\t{EVENT_CLASSES[k]}" for k, a, b in events] or [name]

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-
 import taskfixtures as fx
+
 from ssl_bench import get_task
 from ssl_bench.errors import UserError
 from ssl_bench.events import Event
@@ -62,11 +62,12 @@ def test_folder_events_task_yaml_classes_and_trimming(tmp_path):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda r: _line(r, "train.tsv", "train_0.wav\tsoon\t0.5\tDog"), r"train.tsv:2: onset must be a number of seconds, got 'soon'"),
+    (lambda r: _line(r, "train.tsv", "train_0.wav\tsoon\t0.5\tDog"),
+     r"train.tsv:2: onset must be a number of seconds, got 'soon'"),
     (lambda r: _line(r, "train.tsv", "train_0.wav\t0.5\t0.1\tDog"), r"train.tsv:2: offset 0.1 is before onset 0.5"),
     (lambda r: _line(r, "train.tsv", "train_0.wav 0.1 0.5 Dog"), r"train.tsv:2: fields must be separated by tabs"),
     (lambda r: _line(r, "train.tsv", "train_0.wav\t0.1\t0.5"), r"train.tsv:2: expected 4 tab-separated fields"),
-    (lambda r: _line(r, "train.tsv", "test_0.wav\t0.1\t0.5\tDog"), r"is also listed in test.tsv|is also listed in train.tsv"),
+    (lambda r: _line(r, "train.tsv", "test_0.wav\t0.1\t0.5\tDog"), r"test_0.wav is also listed in t"),
     (lambda r: (r / "classes.txt").write_text("Dog\nSpeech\n"), r"unknown label 'Alarm_bell_ringing' \(not in"),
     (lambda r: (r / "extra.tsv").write_text("a.wav\n"), r"mixed TSV names"),
     (lambda r: (r / "test.tsv").unlink(), r"a split needs train.tsv and test.tsv"),

@@ -221,7 +221,7 @@ def test_builtins_are_registered_with_their_input_kinds():
     assert metric_names(CLIP) == ["accuracy", "mAP", "AUC", "d_prime", "pitch_acc", "chroma_acc"]
     assert metric_names(EVENTS) == list(HEAR)
     assert not get_metric("segment_1s_er").greater_is_better and get_metric("event_onset_50ms_fms").greater_is_better
-    with pytest.raises(ValueError, match=r"metric 'event_onset_200ms_fms' scores events, not clip \(use evaluate_events\)"):
+    with pytest.raises(ValueError, match=r"'event_onset_200ms_fms' scores events, not clip \(use evaluate_events\)"):
         evaluate(["event_onset_200ms_fms"], np.zeros((2, 2)), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"metric 'mAP' scores clip, not events \(use evaluate\)"):
         evaluate_events(["mAP"], {}, {}, LABELS)
@@ -336,7 +336,7 @@ def test_a_protocol_scores_events_of_a_part_through_its_context(tmp_path):
     out = ctx.evaluate_events({"c.wav": [Event(0, 1.1, 2.0)]}, "test")
     assert out["event_onset_200ms_fms"] == 1.0 and out["segment_1s_er"] == 0.0
     assert ctx.evaluate_events({}, "valid")["event_onset_200ms_fms_recall"] == 0.0  # b.wav: a miss
-    with pytest.raises(ValueError, match=r"predictions for 1 clip\(s\) not in the test part of split 'split', e.g. 'a.wav'"):
+    with pytest.raises(ValueError, match=r"predictions for 1 clip\(s\) not in the test part of split 'split', e.g"):
         ctx.evaluate_events({"a.wav": [Event(1, 0.0, 1.0)]}, "test")
 
 

@@ -68,7 +68,8 @@ def _times(event: Any, labels: Sequence[str], known: set[str], file: str) -> tup
         if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
             raise ValueError(f"file {file!r}: an event needs 0 <= start <= end (ms), got {event!r}")
         return label, start / 1000.0, end / 1000.0
-    raise ValueError(f"file {file!r}: an event must be an Event or a dict with label, start and end (ms); got {event!r}")
+    raise ValueError(f"file {file!r}: an event must be an Event or a dict with label, start and end (ms); "
+                     f"got {event!r}")
 
 
 def group_events(events_by_file: Mapping[str, Sequence[Any]], labels: Sequence[str]) -> Grouped:

@@ -43,7 +43,8 @@ def label_targets(clips: Sequence[Clip], num_classes: int, shape: str) -> np.nda
         out = np.zeros(len(clips), dtype=np.int64)
         for i, clip in enumerate(clips):
             if len(clip.labels) != 1:
-                raise ValueError(f"clip {clip.key}: a multi-class task needs exactly one label, got {list(clip.labels)}")
+                raise ValueError(f"clip {clip.key}: a multi-class task needs exactly one label, "
+                                 f"got {list(clip.labels)}")
             out[i] = clip.labels[0]
         return out
     out = np.zeros((len(clips), num_classes), dtype=np.float32)
