@@ -163,6 +163,9 @@ def native_hop_frames(model: Any, num_frames: int) -> float:
 
 def _shifts(model: Any, timing: FrameTiming, window: int, hop_s: float) -> list[int]:
     """Input-frame shifts for ``overlap`` at ``hop_s``: 0, h, 2h, ... below one column stride."""
+    if callable(getattr(model.encoder, "time_columns", None)):
+        raise ConfigError(f"encoder {type(model.encoder).__name__} makes its own frames (a HEAR module's timestamp "
+                          "embeddings): a finer hop can only be interpolated; use method 'interpolate'")
     ms = timing.hop_s * 1000
     step = hop_s / timing.hop_s
     if abs(step - round(step)) > 1e-6 or round(step) < 1:
@@ -223,6 +226,7 @@ def clip_frames(model: Any, feats: torch.Tensor, *, window: int, duration_s: flo
     shifts = _shifts(model, timing, window, hop_s) if not native and method == "overlap" else [0]
     normalize = getattr(frontend, "normalize", None)
     embs, positions = [], []
+    step = None  # input frames between the encoder's columns, as its window gives them
     for shift in shifts:
         x = feats[:, shift:] if shift < T else feats[:, :0]
         count = max(1, math.ceil(x.shape[1] / window))
@@ -241,6 +245,8 @@ def clip_frames(model: Any, feats: torch.Tensor, *, window: int, duration_s: flo
             cols = cols.reshape(B, count, K, n, -1).transpose(1, 2).reshape(B, K, count * n, -1)
         else:
             cols = cols.reshape(B, count * n, -1)
+        if step is None:
+            step = float(centres[1] - centres[0]) if len(centres) > 1 else float(window)
         starts = torch.arange(count, dtype=torch.float64)[:, None] * window + shift
         embs.append(cols)
         positions.append((starts + centres[None, :]).reshape(-1))
@@ -253,5 +259,5 @@ def clip_frames(model: Any, feats: torch.Tensor, *, window: int, duration_s: flo
         grid = (torch.arange(count, dtype=torch.float64) + 0.5) * hop_s
         return Frames(interpolate_frames(emb, times, grid), grid, method, float(hop_s))
     keep = max(1, int((times < duration).sum()))
-    nominal = float(hop_s) if not native else native_hop_frames(model, window) * timing.hop_s
+    nominal = float(hop_s) if not native else step * timing.hop_s
     return Frames(emb[..., :keep, :].contiguous(), times[:keep], NATIVE if native else method, nominal)

@@ -197,6 +197,9 @@ def test_a_hear_module_gives_its_timestamp_embeddings(tmp_path, monkeypatch):
         keep = frames.timestamps.shape[0]
         assert torch.allclose(frames.embeddings, emb[:, :keep]) and keep == int((ts[0] < 1000).sum())
         assert torch.allclose(frames.timestamps * 1000, ts[0, :keep].double())
+        assert frames.hop_s == pytest.approx(0.01)  # the module's 10 ms, not the one token a clip of its scene API
+        with pytest.raises(ConfigError, match="makes its own frames"):
+            clip_frames(model, model.frontend.compute(audio), window=SR, hop_s=0.005, method="overlap")
         with pytest.raises(ConfigError, match="no per-layer timestamp embeddings"):
             model.frames(model.frontend.normalize(model.frontend.compute(audio)), layers=True)
     finally:
