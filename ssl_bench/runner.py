@@ -159,6 +159,8 @@ class _Run:
 
         t0 = time.time()
         with STOP.installed():
+            for name in self.protocols:  # each protocol's typed section: its settings checked before any data work
+                self.section(name)
             self.data = TaskData(self.config, self.registry, self.data_dir, self.split_names)
             self.check_shapes()
             # before any feature is extracted

@@ -155,3 +155,20 @@ def test_without_validation_data_one_setting_only():
                               max_epochs=3)
     result = fit(one, parts)
     assert result.columns["selection"] == "max epochs" and result.columns["best_epoch"] == 3
+
+
+def test_bad_settings_are_refused_before_any_data_work(tmp_path, capsys):
+    """A section's settings are checked when the runner reads it, before the task is even prepared."""
+    from ssl_bench.cli import main
+
+    for setting, message in (("events.hop_method=nearest", "events.hop_method 'nearest': choose one of"),
+                             ("events.frame_dtype=int8", "events.frame_dtype 'int8'"),
+                             ("events.heads=cnn", "events.heads"),
+                             ("events_finetune.head_init=zeros", "events_finetune.head_init"),
+                             ("events_finetune.threshold=2", "events_finetune.threshold: give one or more numbers")):
+        code = main(["run", "-m", "audiomae", "-p", "tiny", "-t", "synthetic-events", "--protocols",
+                     "events,events_finetune", "--data-dir", str(tmp_path / "never-made"), "--set", setting,
+                     "--results", str(tmp_path / "res"), "-q"])
+        err = capsys.readouterr().err
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1, (setting, err)
+        assert not (tmp_path / "never-made").exists()

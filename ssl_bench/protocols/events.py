@@ -84,6 +84,14 @@ class EventsConfig:
     min_duration_ms: list[float] = field(default_factory=lambda: [0.0, 125.0, 250.0])
     threshold: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
 
+    def __post_init__(self) -> None:  # every setting checked when the section is read, before any data work
+        head_grid(self)
+        post_processing_grid(self)
+        frame_settings(self)
+        for key in ("max_epochs", "check_every", "patience", "train_batch_size", "batch_size"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ConfigError(f"events.{key} must be a positive whole number, got {getattr(self, key)!r}")
+
 
 # --------------------------------------------------------------------------- post-processing
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ class PostProcessing:
                 "threshold": self.threshold}
 
 
-def post_processing_grid(cfg: Any) -> list[PostProcessing]:
+def post_processing_grid(cfg: Any, section: str = "events") -> list[PostProcessing]:
     """Every setting of the grid, in the order tried: median filter, then threshold, then
     minimum duration (ties keep the earlier: no filter, the lower threshold, no minimum)."""
     def values(key: str, low: float, high: float | None = None) -> list[float]:
@@ -108,10 +116,10 @@ def post_processing_grid(cfg: Any) -> list[PostProcessing]:
         try:
             out = [float(v) for v in raw]
         except (TypeError, ValueError):
-            raise ConfigError(f"events.{key}: expected numbers, got {raw!r}") from None
+            raise ConfigError(f"{section}.{key}: expected numbers, got {raw!r}") from None
         if not out or any(not math.isfinite(v) or v < low or (high is not None and v > high) for v in out):
             bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-            raise ConfigError(f"events.{key}: give one or more numbers {bound}, got {raw!r}")
+            raise ConfigError(f"{section}.{key}: give one or more numbers {bound}, got {raw!r}")
         return out
 
     medians = values("median_filter_ms", 0.0)
@@ -190,8 +198,7 @@ class EventScorer:
         self.reference = {k: list(ev) for k, ev in zip(self.keys, reference)}
         self.grid, self.clip_seconds = list(grid), clip_seconds
         self.primary = self.metrics[0]
-        sign = 1.0 if getattr(get_metric(self.primary), "greater_is_better", True) else -1.0
-        self.sign = sign
+        self.sign = 1.0 if get_metric(self.primary).greater_is_better else -1.0
 
     def rank(self, value: float) -> float:
         """The primary metric as a score to maximise (a NaN, e.g. F without any event, ranks last)."""
@@ -390,11 +397,11 @@ def frame_settings(cfg: Any) -> dict[str, Any]:
     """The frame-embedding settings of a section (``hop_ms``, ``hop_method``, ``frame_dtype``) as
     :meth:`ProtocolContext.frame_embeddings` arguments, checked."""
     if cfg.hop_method not in HOP_METHODS:
-        raise ConfigError(f"{type(cfg).__name__}: hop_method {cfg.hop_method!r}; choose one of {', '.join(HOP_METHODS)}")
+        raise ConfigError(f"events.hop_method {cfg.hop_method!r}: choose one of {', '.join(HOP_METHODS)}")
     if cfg.frame_dtype not in FRAME_DTYPES:
-        raise ConfigError(f"frame_dtype {cfg.frame_dtype!r}; choose one of {', '.join(FRAME_DTYPES)}")
+        raise ConfigError(f"events.frame_dtype {cfg.frame_dtype!r}: choose one of {', '.join(FRAME_DTYPES)}")
     if cfg.hop_ms is not None and not float(cfg.hop_ms) > 0:
-        raise ConfigError(f"hop_ms must be positive (or null: the encoder's time columns), got {cfg.hop_ms}")
+        raise ConfigError(f"events.hop_ms must be positive (or null: the encoder's time columns), got {cfg.hop_ms}")
     return {"hop_s": None if cfg.hop_ms is None else float(cfg.hop_ms) / 1000.0, "method": cfg.hop_method,
             "dtype": cfg.frame_dtype}
 

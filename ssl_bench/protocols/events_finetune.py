@@ -43,6 +43,7 @@ from .events import EventScorer, PostProcessing, clip_targets, post_processing_g
 from .finetune import PROBE_C, BestEpoch, _fit_linear_head, prepare_model
 from .selection import VALID, choose_on_validation, lower_loss, require_single
 
+#: How the frame-level head starts (see the module docstring).
 HEAD_INITS = ("probe", "prior")
 
 
@@ -63,6 +64,12 @@ class EventsFinetuneConfig(OptimConfig):
     median_filter_ms: list[float] = field(default_factory=lambda: [0.0, 250.0])
     min_duration_ms: list[float] = field(default_factory=lambda: [0.0, 125.0, 250.0])
     threshold: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])
+
+    def __post_init__(self) -> None:  # checked when the section is read, before any data work
+        post_processing_grid(self, "events_finetune")
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"events_finetune.head_init: expected one of {', '.join(HEAD_INITS)}, got "
+                              f"{self.head_init!r}")
 
 
 class FrameTargetDataset(Dataset):
@@ -102,7 +109,7 @@ class EventsFinetuneProtocol(Protocol):
         cfg = TrainConfig.from_sections(section, run=ctx.config, num_workers=(ctx.config.get("data") or {}).get(
             "num_workers", 0))
         classes = [str(c) for c in data.classes]
-        posts = post_processing_grid(section)
+        posts = post_processing_grid(section, "events_finetune")
         has_valid = len(data.valid) > 0
         require_single(posts, has_valid, owner="events_finetune", what=f"among {len(posts)} post-processing settings",
                        instead="give one median_filter_ms, min_duration_ms and threshold")
@@ -136,9 +143,6 @@ class EventsFinetuneProtocol(Protocol):
         scorers = {name: EventScorer(sets[name][1], data.keys(name), data.events(name), classes, data.metrics, posts,
                                      data.clip_seconds) for name in ("valid", "test")}
         eval_bs = max(1, cfg.batch_size // max(cfg.accum_steps, 1))
-        if section.head_init not in HEAD_INITS:
-            raise ConfigError(f"events_finetune.head_init: expected one of {', '.join(HEAD_INITS)}, got "
-                              f"{section.head_init!r}")
         keep = torch.as_tensor(inside)
         targets = {name: torch.as_tensor(sets[name][0].targets)[:, keep].reshape(-1, len(classes)).double()
                    for name in ("train", "valid")}
