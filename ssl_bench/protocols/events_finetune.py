@@ -164,7 +164,6 @@ class EventsFinetuneProtocol(Protocol):
                                  batch_size=eval_bs, device=ctx.device, amp=cfg.amp, num_workers=cfg.num_workers)
             finally:
                 model.train(was)
-            keep = torch.as_tensor(inside)
             target = torch.as_tensor(sets[name][0].targets)[:, keep]
             logits = logits[:, keep]
             loss = float(F.binary_cross_entropy_with_logits(logits, target)) if len(logits) else float("nan")
