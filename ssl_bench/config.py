@@ -266,7 +266,7 @@ def validate(config: dict[str, Any], protocols: Sequence[str] | None = None,
     One pass over the run settings, ``data``, every protocol section and every component's
     settings: each value must have its field's type (read from the dataclass annotations; a
     whole number written ``1e1`` becomes 10, ``1`` for a list becomes ``[1]``), numbers must be
-    finite, and each section's ``check()`` (when its dataclass has one) states its ranges.  The
+    finite, and each section's ``check()`` (or ``__post_init__``) states its ranges.  The
     ranges of protocol sections are checked for ``protocols`` (default: every section).  A
     failure is one :class:`ConfigError` naming the key (``pretrain.epochs must be >= 1, got
     0``).  Component settings that only a built component can judge (a head count that does
@@ -303,8 +303,7 @@ def _check_section(node: dict[str, Any], cls: type, prefix: str, skip: set[str],
     for f in dataclasses.fields(cls):
         if f.name in node and f.name not in skip:
             node[f.name] = _typed(f"{prefix}{f.name}", node[f.name], hints.get(f.name, Any))
-    check = getattr(cls, "check", None)
-    if not ranges or not callable(check):
+    if not ranges:
         return
     values = {}
     for f in dataclasses.fields(cls):
@@ -312,7 +311,9 @@ def _check_section(node: dict[str, Any], cls: type, prefix: str, skip: set[str],
             value = node[f.name]
             values[f.name] = tuple(value) if isinstance(value, list) and _is_tuple(hints.get(f.name)) else value
     try:
-        cls(**values).check()
+        section = cls(**values)  # a __post_init__ that checks runs here
+        if callable(getattr(section, "check", None)):
+            section.check()
     except (TypeError, ValueError) as exc:  # check() names the field first: "epochs must be >= 1, got 0"
         message = str(exc)
         raise ConfigError(message if message.startswith(prefix) else f"{prefix}{message}") from None
