@@ -286,9 +286,11 @@ def load(root: str | Path = "results") -> pd.DataFrame:
             df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
         flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
         settings.update(flat)
-        if flat:
-            df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
-        df["config_hash"] = result.get("config_hash")
+        columns = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()}
+        columns["config_hash"] = result.get("config_hash")
+        # joined at once: a config has hundreds of keys, and one column at a time fragments the frame
+        df = pd.concat([df.drop(columns=[c for c in columns if c in df.columns]),
+                        pd.DataFrame({k: [v] * len(df) for k, v in columns.items()}, index=df.index)], axis=1)
         frames.append(df)
     for path, reason in bad:  # one damaged record must not hide every other run
         warnings.warn(f"{shown(path)}: unreadable run record ({reason}); skipped, {loaded} run(s) "
