@@ -1,0 +1,144 @@
+"""Reading a results root into one tidy DataFrame, and choosing rows of it.
+
+:func:`load` returns one row per run x task x protocol x split x seed x metric with the
+flattened configuration as columns; :func:`select` keeps the rows of some runs, dates or
+settings.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..config import flat_config
+from ..files import shown
+from .columns import ROW_KEYS, variant_columns
+
+#: What a config column holds in rows of runs whose config lacks that key (a masker without
+#: ``width``): shown, grouped and filtered like any value, so no row drops out of a table.
+MISSING = "-"
+
+
+class ResultsWarning(UserWarning):
+    """A run directory whose record cannot be read; it is left out of the tables."""
+
+
+# --------------------------------------------------------------------------- reading
+def run_dirs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "result.json").is_file())
+
+
+def load(root: str | Path = "results") -> pd.DataFrame:
+    """Every finished run under ``root`` as one tidy DataFrame (see module docstring).
+
+    Rows of runs written before encoders had ids keep ``random`` and ``pretrained`` (an in-run
+    pretraining, told apart by the config columns) as their ``init_id``; a checkpoint's row
+    gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name."""
+    frames = []
+    bad: list[tuple[Path, str]] = []
+    loaded = 0
+    settings: set[str] = set()
+    for d in run_dirs(root):
+        try:
+            result = json.loads((d / "result.json").read_text())
+            config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
+            if not isinstance(result, dict) or not isinstance(result.get("rows", []), list) \
+                    or not isinstance(config or {}, dict):
+                raise ValueError("not a run record")
+            rows = result.get("rows", [])
+            df = pd.DataFrame(rows) if rows else None
+            if df is not None and not {"init", "value"} <= set(df.columns):
+                raise ValueError("its rows lack init/value")
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            bad.append((d, reason[:200]))
+            continue
+        loaded += 1
+        if df is None:
+            continue
+        if "init_id" not in df.columns:
+            df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
+        flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
+        settings.update(flat)
+        if flat:
+            df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
+        df["config_hash"] = result.get("config_hash")
+        frames.append(df)
+    for d, reason in bad:  # one damaged record must not hide every other run
+        warnings.warn(f"{shown(d / 'result.json')}: unreadable run record ({reason}); skipped, {loaded} run(s) "
+                      "loaded; remove or repair that directory", ResultsWarning, stacklevel=2)
+    if not frames:
+        return pd.DataFrame(columns=list(ROW_KEYS))
+    # a key some runs' configs lack: MISSING there, before concat turns an int column to floats
+    frames = [f.assign(**{k: MISSING for k in settings if k not in f.columns}) for f in frames]
+    df = pd.concat(frames, ignore_index=True)
+    for key in variant_columns(df):
+        df[key] = df[key].fillna("").astype(str)
+    for key in sorted(settings):  # a key a config holds as null: MISSING too, so no table drops its rows
+        if key in df.columns and df[key].isna().any():
+            df[key] = df[key].astype(object).where(df[key].notna(), MISSING)
+    df = df.copy()  # one block per dtype again after the column-wise fills
+    df.insert(1, "run", [short_run_id(r) for r in df["run_id"]])
+    return df
+
+
+def short_run_id(run_id: str) -> str:
+    """The last two parts of a run id (config hash and random suffix, ``3fa2c1-9b0e``): what
+    tables show and ``results --run`` accepts."""
+    parts = str(run_id).split("-")
+    return "-".join(parts[-2:]) if len(parts) >= 4 else str(run_id)
+
+
+def run_time(run_id: str) -> datetime | None:
+    """When a run started (UTC), from its id; ``None`` for ids that carry no time."""
+    try:
+        return datetime.strptime(str(run_id)[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def select(df: pd.DataFrame, runs: list[str] | None = None, since: str | None = None,
+           where: list[str] | None = None) -> pd.DataFrame:
+    """The rows of ``df`` from ``runs`` (full ids, short ids or id prefixes), of runs started at or
+    after ``since`` (``2026-12-01`` or ``2026-12-01T14:00``, UTC) and whose settings match every
+    ``where`` (``masker.ratio=0.8``; ``-`` matches runs without the key)."""
+    from ..config import ConfigError
+
+    if runs:
+        wanted = [r.strip() for r in runs if r.strip()]
+        keep = [any(rid == w or short == w or rid.startswith(w) for w in wanted)
+                for rid, short in zip(df["run_id"].astype(str), df["run"].astype(str))]
+        df = df.loc[np.asarray(keep, dtype=bool)]  # (a plain empty list would select no columns)
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            raise ConfigError(f"--since {since}: expected a date such as 2026-12-01 or 2026-12-01T14:00") from None
+        start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+        df = df.loc[np.asarray([t is not None and t >= start for t in map(run_time, df["run_id"])], dtype=bool)]
+    for condition in where or []:
+        key, sep, wanted = condition.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--where {condition}: expected KEY=VALUE, e.g. masker.ratio=0.8")
+        if key not in df.columns:
+            known = ", ".join(sorted(c for c in df.columns if "." in c)[:20])
+            raise ConfigError(f"--where {key}: no such column in the results; config columns include {known}")
+        df = df.loc[np.asarray([_matches(v, wanted.strip()) for v in df[key]], dtype=bool)]
+    return df
+
+
+def _matches(value: Any, wanted: str) -> bool:
+    from ..config import parse_value
+
+    return str(value) == wanted or value == parse_value(wanted)
