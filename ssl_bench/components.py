@@ -27,10 +27,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-#: The kinds of model part a plugin can register, in the order a model is built.
-COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective", "method")
-#: Everything a plugin can register (one ``register_<kind>s`` hook each).
-KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "command")
+from .hookspecs import COMPONENT_KINDS, KINDS  # noqa: F401 - here too, beside the contracts they name
 
 #: Token layouts an encoder can use.  Index of the token at grid cell (t, f):
 #: ``time-major``: t * n_freq + f (AudioMAE);  ``freq-major``: f * n_time + t (AST, SSAST).

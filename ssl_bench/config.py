@@ -91,6 +91,8 @@ TOP_LEVEL = {"model", "preset", "task", "checkpoint"} | {f.name for f in datacla
 #: Fields of any protocol section that say only when checkpoints are written: they change no
 #: number, so they key no cache (a pretraining's hash) and split no table.
 BOOKKEEPING_FIELDS = ("checkpoint_every", "checkpoint_min_s")
+#: What ``ssl-bench run --protocols`` runs by default (every one is registered; see ``ssl-bench plugins``).
+DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
 
 
 def sections(registry: Registry | None = None) -> dict[str, type]:

@@ -428,3 +428,139 @@ def test_a_single_value_for_a_list_setting_is_a_one_value_grid():
 
     assert section_config(LinearProtocol, {"C": 1.0}).C == [1.0]
     assert section_config(LinearProtocol, {"C": [0.1, 1.0]}).C == [0.1, 1.0]
+
+
+# --------------------------------------------------------------------------- a command line that starts at once
+_PROBE = """
+import sys
+from ssl_bench.cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exc:
+    status = exc.code
+heavy = sorted(m for m in ("torch", "pandas", "sklearn", "scipy") if m in sys.modules)
+print("IMPORTED", ",".join(heavy) or "none", status)
+"""
+
+
+def _cli(argv, index, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SSL_BENCH_PLUGIN_INDEX": str(index)}
+    done = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+    return done.stdout, done.stderr
+
+
+def test_help_and_plugins_import_no_torch_once_the_index_knows_the_plugins(tmp_path):
+    from ssl_bench.registry import Registry
+
+    index = tmp_path / "index.json"
+    Registry(index=index)  # the plugins imported once (here, where torch is loaded already): the index is written
+    out, err = _cli(["--help"], index, tmp_path)
+    assert out.splitlines()[-1] == "IMPORTED none 0", err
+    assert "bench" in out and "knn" in out and "results" in out  # a plugin's command, a protocol's, a core one
+    out, err = _cli(["plugins"], index, tmp_path)
+    assert out.splitlines()[-1] == "IMPORTED none 0", err
+    assert "audiomae  (built-in, " in out and "audiomae: tiny, small, base" in out
+    out, err = _cli(["results", str(tmp_path / "nothing")], index, tmp_path)
+    assert out.splitlines()[-1] == "IMPORTED pandas 0", err  # pandas for the table; no torch, no scipy
+
+
+def test_a_lazy_registry_imports_a_plugin_at_first_use_and_sees_a_changed_file(tmp_path):
+    import hashlib
+    import os
+    import sys
+
+    from ssl_bench.registry import Registry
+
+    folder, index = tmp_path / "plugs", tmp_path / "index.json"
+    folder.mkdir()
+    plugin = folder / "tally.py"
+    text = ("from ssl_bench import hookimpl\n\nclass Tally:\n    help = 'count things'\n\n"
+            "@hookimpl\ndef register_commands(register):\n    register('tally', Tally())\n")
+    plugin.write_text(text)
+    Registry(plugins_dirs=[folder], index=index, entry_points=False)
+    sys.modules.pop("ssl_bench_plugin_tally", None)
+    lazy = Registry(plugins_dirs=[folder], index=index, entry_points=False, lazy=True)
+    entry = lazy.get("command", "tally")
+    assert entry.listing["help"] == "count things" and "ssl_bench_plugin_tally" not in sys.modules
+    assert type(entry.factory).__name__ == "Tally" and "ssl_bench_plugin_tally" in sys.modules
+    info = {p["name"]: p for p in lazy.describe()}["tally"]
+    assert info["sha256"] == hashlib.sha256(text.encode()).hexdigest() and info["origin"] == f"file {plugin}"
+
+    plugin.write_text(text.replace("'tally'", "'count'"))  # edited: its index record no longer holds
+    os.utime(plugin, ns=(plugin.stat().st_atime_ns, plugin.stat().st_mtime_ns + 10**9))
+    fresh = Registry(plugins_dirs=[folder], index=index, entry_points=False, lazy=True)
+    assert fresh.names("command") == ["count"]
+
+
+def test_every_loaded_plugin_is_in_the_run_record_and_a_column_that_splits_no_table(tmp_path):
+    from ssl_bench import results
+    from ssl_bench.provenance import run_record
+    from ssl_bench.registry import Registry
+    from ssl_bench.results import RunWriter
+
+    folder = tmp_path / "plugs"
+    folder.mkdir()
+    (folder / "extra.py").write_text("from ssl_bench import hookimpl\n")
+    record = run_record(None, registry=Registry(plugins_dirs=[folder]))
+    plugins = {p["name"]: p for p in record["plugins"]}
+    assert plugins["audiomae"]["origin"] == "built-in" and plugins["audiomae"]["version"]
+    assert len(plugins["extra"]["sha256"]) == 64
+    for run, digest in (("20261201-100000-m-t-aaaaaa-0001", "a" * 64), ("20261201-100001-m-t-aaaaaa-0002", "b" * 64)):
+        provenance = {"plugins": [*record["plugins"][:1], {"name": "extra", "origin": "file x", "sha256": digest}]}
+        with RunWriter(tmp_path / "res", run, {"model": "m", "task": "t"}, provenance=provenance) as w:
+            w.add_row(task="t", protocol="linear", split="fold1", seed=0, init="random", init_id="random",
+                      metric="accuracy", value=0.5)
+    df = results.load(tmp_path / "res")
+    assert sorted(df["plugin.extra"]) == ["sha256:aaaaaaaaaaaa", "sha256:bbbbbbbbbbbb"]
+    assert len(results.summary(df)) == 1  # like code_version: shown and filtered on, never a setting
+    assert len(results.select(df, where=["plugin.extra=sha256:aaaaaaaaaaaa"])) == 1
+
+
+# --------------------------------------------------------------------------- partial runs, empty filters
+def test_an_interrupted_runs_finished_splits_show_marked_and_apart(registry, tmp_path, monkeypatch, capsys):
+    from ssl_bench import results
+    from ssl_bench.cli import main
+    from ssl_bench.runner import _Run
+
+    real = _Run.run_split
+
+    def stop_at_the_second(self, split):
+        if split.name == "fold2":
+            raise KeyboardInterrupt
+        return real(self, split)
+
+    monkeypatch.setattr(_Run, "run_split", stop_at_the_second)
+    res = tmp_path / "res"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_config(registry), data_dir=tmp_path / "data", results_root=res, protocols=("linear",),
+                       progress=False)
+    df = results.load(res)
+    assert set(df["split"]) == {"fold1"} and set(df["status"]) == {"interrupted"}
+    table = results.summary(df)
+    assert "status" in table.columns and set(table["status"]) == {"interrupted"}
+    assert main(["results", str(res)]) == 0
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.out and "not finished" in captured.err
+
+    monkeypatch.setattr(_Run, "run_split", real)  # the same command again: it finishes, the record goes
+    run_experiment(tiny_config(registry), data_dir=tmp_path / "data", results_root=res, protocols=("linear",),
+                   progress=False)
+    df = results.load(res)
+    assert "status" not in df.columns and set(df["split"]) == {"fold1", "fold2"} and df["run_id"].nunique() == 1
+
+
+def test_a_filter_that_matches_nothing_says_so_and_what_there_is(tmp_path, capsys):
+    from ssl_bench.cli import main
+
+    _sweep(tmp_path)
+    assert main(["results", str(tmp_path), "--where", "masker=block", "--task", "t"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == ("no rows match --task t --where masker=block (8 rows of 4 run(s) under "
+                   f"{tmp_path}; task: t; masker: random, time-stripes)")
+    assert main(["results", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out.strip() == f"no results under {tmp_path / 'empty'}"

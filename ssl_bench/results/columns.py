@@ -14,8 +14,10 @@ from ..config import BOOKKEEPING_FIELDS
 ROW_KEYS = ("run_id", "model", "task", "protocol", "split", "seed", "init", "init_id", "metric", "value")
 
 #: Row columns that tell apart several results of one protocol on one split (the per-layer
-#: probes' ``layer``): summaries and tables keep them apart; rows without one hold "".
-VARIANT_KEYS = ("layer",)
+#: probes' ``layer``; ``status``, present only when some run has not finished, keeps an
+#: interrupted run's rows apart from finished ones): summaries and tables keep them apart;
+#: rows without one hold "".
+VARIANT_KEYS = ("layer", "status")
 
 #: What names an encoder in a table: the readable name and the content id.
 ENCODER_KEYS = ("init", "init_id")
@@ -23,6 +25,9 @@ ENCODER_KEYS = ("init", "init_id")
 #: Settings of how an encoder was pretrained (meaningless for a random-init row).
 PRETRAINING_PREFIXES = ("pretrain", "masker", "decoder", "objective", "method")
 
+#: Columns that say which version of each loaded plugin a run had: ``plugin.<name>``.  Like
+#: ``code_version`` they can be filtered on and compared, but do not split a table.
+PLUGIN_PREFIX = "plugin."
 #: Config columns that never split a table (bookkeeping, or said by ``init_id``).
 NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers")
 
@@ -38,7 +43,8 @@ def is_setting(df: pd.DataFrame, col: str) -> bool:
     ``amp``, ...)."""
     from ..config import TOP_LEVEL
 
-    if col in ROW_KEYS or col in NOT_SETTINGS or col == "run" or str(col).rsplit(".", 1)[-1] in BOOKKEEPING_FIELDS:
+    if col in ROW_KEYS or col in NOT_SETTINGS or col == "run" or str(col).rsplit(".", 1)[-1] in BOOKKEEPING_FIELDS \
+            or str(col).startswith(PLUGIN_PREFIX):
         return False
     return "." in col or col in TOP_LEVEL or any(str(c).startswith(col + ".") for c in df.columns)
 

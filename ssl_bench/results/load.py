@@ -19,7 +19,8 @@ import yaml
 
 from ..config import flat_config
 from ..files import shown
-from .columns import ROW_KEYS, variant_columns
+from .columns import PLUGIN_PREFIX, ROW_KEYS, variant_columns
+from .partial import FINISHED, partial_runs
 
 #: What a config column holds in rows of runs whose config lacks that key (a masker without
 #: ``width``): shown, grouped and filtered like any value, so no row drops out of a table.
@@ -39,11 +40,15 @@ def run_dirs(root: str | Path) -> list[Path]:
 
 
 def load(root: str | Path = "results") -> pd.DataFrame:
-    """Every finished run under ``root`` as one tidy DataFrame (see module docstring).
+    """Every run under ``root`` as one tidy DataFrame (see module docstring).
 
     Rows of runs written before encoders had ids keep ``random`` and ``pretrained`` (an in-run
     pretraining, told apart by the config columns) as their ``init_id``; a checkpoint's row
-    gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name."""
+    gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name.
+    Each loaded plugin's version (a file plugin's ``sha256:<12 hex>``) is a column
+    ``plugin.<name>``.  The rows of runs that have not finished (:mod:`.partial`) come too,
+    when there are any, with a ``status`` column (``interrupted``, ``running``) that keeps
+    them apart from the finished runs' (``finished``)."""
     frames = []
     bad: list[tuple[Path, str]] = []
     loaded = 0
@@ -52,31 +57,32 @@ def load(root: str | Path = "results") -> pd.DataFrame:
         try:
             result = json.loads((d / "result.json").read_text())
             config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
-            if not isinstance(result, dict) or not isinstance(result.get("rows", []), list) \
-                    or not isinstance(config or {}, dict):
+            if not isinstance(result, dict) or not isinstance(config or {}, dict):
                 raise ValueError("not a run record")
-            rows = result.get("rows", [])
-            df = pd.DataFrame(rows) if rows else None
-            if df is not None and not {"init", "value"} <= set(df.columns):
-                raise ValueError("its rows lack init/value")
+            df = _frame(result, config or {}, d.name, settings)
         except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             bad.append((d, reason[:200]))
             continue
         loaded += 1
-        if df is None:
-            continue
-        if "init_id" not in df.columns:
-            df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
-        flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
-        settings.update(flat)
-        if flat:
-            df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
-        df["config_hash"] = result.get("config_hash")
-        frames.append(df)
+        if df is not None:
+            frames.append(df)
     for d, reason in bad:  # one damaged record must not hide every other run
         warnings.warn(f"{shown(d / 'result.json')}: unreadable run record ({reason}); skipped, {loaded} run(s) "
                       "loaded; remove or repair that directory", ResultsWarning, stacklevel=2)
+    finished = {d.name for d in run_dirs(root)}
+    unfinished = []
+    for info, rows in partial_runs(root):
+        if info["run_id"] in finished:  # ended between its rename and the state's removal
+            continue
+        try:
+            df = _frame({**info, "rows": rows}, info.get("config") or {}, info["run_id"], settings)
+        except (ValueError, TypeError):
+            continue
+        if df is not None:
+            unfinished.append(df.assign(status=info["status"]))
+    if unfinished:
+        frames = [f.assign(status=FINISHED) for f in frames] + unfinished
     if not frames:
         return pd.DataFrame(columns=list(ROW_KEYS))
     # a key some runs' configs lack: MISSING there, before concat turns an int column to floats
@@ -90,6 +96,41 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     df = df.copy()  # one block per dtype again after the column-wise fills
     df.insert(1, "run", [short_run_id(r) for r in df["run_id"]])
     return df
+
+
+def _frame(result: dict[str, Any], config: dict[str, Any], name: str, settings: set[str]) -> pd.DataFrame | None:
+    """The rows of one run record as a DataFrame with its config and plugin columns (``None``
+    for a run without rows); ``settings`` collects the config columns seen."""
+    rows = result.get("rows", [])
+    if not isinstance(rows, list):
+        raise ValueError("not a run record")
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    if not {"init", "value"} <= set(df.columns):
+        raise ValueError("its rows lack init/value")
+    if "init_id" not in df.columns:
+        df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{name}") for i in df["init"]]
+    flat = {k: v for k, v in flat_config(config).items() if k not in df.columns}
+    settings.update(flat)
+    if flat:
+        df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
+    plugins = plugin_columns((result.get("provenance") or {}).get("plugins"))
+    if plugins:
+        df = df.assign(**{k: v for k, v in plugins.items() if k not in df.columns})
+    df["config_hash"] = result.get("config_hash")
+    return df
+
+
+def plugin_columns(plugins: Any) -> dict[str, str]:
+    """``{"plugin.<name>": version}`` of a run's loaded plugins (a file plugin's version is
+    ``sha256:`` and the first 12 hex digits of its content)."""
+    out = {}
+    for p in plugins if isinstance(plugins, list) else []:
+        if isinstance(p, dict) and p.get("name") and not p.get("error"):
+            out[f"{PLUGIN_PREFIX}{p['name']}"] = (f"sha256:{str(p['sha256'])[:12]}" if p.get("sha256")
+                                                  else str(p.get("version") or p.get("origin") or "-"))
+    return out
 
 
 def short_run_id(run_id: str) -> str:
