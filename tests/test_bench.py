@@ -17,6 +17,7 @@ REQUIRED = [
     "data_audio_clips_per_s", "data_cache_clips_per_s", "data_wait_fraction", "peak_memory_mb", "peak_rss_mb",
     "files_to_features_speedup", "files_to_features_clips_per_s", "files_to_features_reference_clips_per_s",
     "files_to_features_max_abs_diff", "resample_max_abs_diff", "bf16_gemm_speedup",
+    "cli_help_s", "cli_import_torch_s", "cli_python_s", "cli_help_vs_import_torch",
 ]
 
 
