@@ -462,8 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         from .train import TrainingInterrupted
 
-        if isinstance(exc, TrainingInterrupted):  # SIGTERM/SIGINT: checkpointed at a step boundary
-            print(f"ssl-bench: {exc}; run the same command again to resume", file=sys.stderr)
+        if isinstance(exc, TrainingInterrupted):  # SIGTERM/SIGINT: it says what a rerun can resume from
+            print(f"ssl-bench: {exc}", file=sys.stderr)
             return exc.exit_code
         print("ssl-bench: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

@@ -54,7 +54,7 @@ from .protocols.data import SplitData, Unlabeled, normalize
 from .provenance import ID_LENGTH
 from .registry import get_registry
 from .splitdata import PreparedSplit, TaskData, cap_batch_sizes
-from .train import STOP, configure_backends
+from .train import STOP, TrainingInterrupted, configure_backends
 
 def _slug(text: str) -> str:
     """``text`` as one file name."""
@@ -72,6 +72,14 @@ class _SavedRows:
 
     def __init__(self, state_dir: Path, resume: bool, is_main: bool):
         self.dir, self.resume, self.is_main = state_dir, resume, is_main
+
+    def kept(self) -> str | None:
+        """What an interrupted run keeps for the rerun, in words (None: nothing)."""
+        done = sorted(self.dir.glob("*/*.json")) if self.dir.is_dir() else []
+        if not done:
+            return None
+        return (f"the rows of {len(done)} finished protocol run(s) are kept: `ssl-bench results` shows them "
+                "(interrupted) and the same command reuses them")
 
     def get_or_run(self, split: str, key: str, compute: Callable[[], list[dict[str, Any]]],
                    log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -182,10 +190,14 @@ class _Run:
                 self.clock = RunClock(len(self.data.splits), writer.log,
                                       is_pretraining=lambda n: self.protocol(n).stage == "pretrain",
                                       is_frozen=lambda n: self.protocol(n).frozen)
-                for i, split in enumerate(self.data.splits):
-                    self.clock.start_split(i)
-                    self.run_split(split)
-                    self.clock.end_split()
+                try:
+                    for i, split in enumerate(self.data.splits):
+                        self.clock.start_split(i)
+                        self.run_split(split)
+                        self.clock.end_split()
+                except TrainingInterrupted as exc:
+                    exc.kept = self.saved.kept()
+                    raise
                 writer.log(f"done in {time.time() - t0:.1f} s")
             if self.info.is_main:
                 shutil.rmtree(state_dir, ignore_errors=True)

@@ -564,3 +564,47 @@ def test_a_filter_that_matches_nothing_says_so_and_what_there_is(tmp_path, capsy
                    f"{tmp_path}; task: t; masker: random, time-stripes)")
     assert main(["results", str(tmp_path / "empty")]) == 0
     assert capsys.readouterr().out.strip() == f"no results under {tmp_path / 'empty'}"
+
+
+# --------------------------------------------------------------------------- Ctrl-C says what it does
+def _interrupt(tmp_path, capfd, stops, checkpoint_min_s=0.0):
+    """A 2-epoch x 4-step training; in global step ``k`` the process sends itself SIGINT
+    ``stops[k]`` times (as a terminal's Ctrl-C would).  Returns what was printed at once and the
+    exception."""
+    import os
+    import signal
+
+    from ssl_bench.train import FitHooks, TrainConfig, TrainingInterrupted, fit
+
+    def hit(step, model):
+        for _ in range(stops.get(step, 0)):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = TrainConfig(batch_size=4, epochs=2, checkpoint_min_s=checkpoint_min_s)
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
+            desc="pretrain", hooks=FitHooks(on_step_end=hit))
+    return capfd.readouterr().err, info.value
+
+
+def test_the_first_ctrl_c_says_at_once_which_step_it_finishes_and_what_a_second_would_leave(tmp_path, capfd):
+    err, exc = _interrupt(tmp_path, capfd, stops={2: 1})
+    said = [line for line in err.splitlines() if line.startswith("ssl-bench: SIGINT received")]
+    assert len(said) == 1 and "pretrain: finishing step 2 of 8 (about " in said[0]  # said in step 2
+    assert "Ctrl-C again to stop at once without saving (nothing saved yet: a rerun would start pretrain over)" \
+        in said[0]
+    assert exc.checkpoint == tmp_path / "last.pt" and exc.exit_code == 130
+    assert str(exc) == (f"stopped by SIGINT; checkpoint saved to {tmp_path / 'last.pt'}; run the same command again "
+                        f"to resume pretrain from {tmp_path / 'last.pt'} (epoch 1 of 2, step 2 of 4)")
+
+
+def test_a_second_ctrl_c_stops_at_once_and_promises_only_the_checkpoint_there_is(tmp_path, capfd):
+    err, exc = _interrupt(tmp_path / "none", capfd, stops={1: 2}, checkpoint_min_s=1e9)
+    assert exc.checkpoint is None and exc.resume_from is None
+    assert str(exc) == "stopped by SIGINT; pretrain had no checkpoint yet, so running the same command again starts " \
+                       "it over"
+    # with a checkpoint at the end of epoch 1 (checkpoint_every 1, no minimum interval)
+    err, exc = _interrupt(tmp_path / "one", capfd, stops={5: 2})
+    assert "(a rerun resumes from " in err
+    assert exc.checkpoint is None and str(exc).endswith(
+        f"run the same command again to resume pretrain from {tmp_path / 'one' / 'last.pt'} (after epoch 1 of 2)")
