@@ -78,6 +78,9 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start pretraining afresh instead of continuing from the last checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (model, preset, device, splits, the work and an estimate of the time) and "
+                        "stop, reading no audio")
     _tracking_args(p)
 
 
@@ -256,6 +259,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for _, _, config in configs:  # every component checks its settings (and the memory) before any data work
         check_config(config)
+    if _is_main_process():  # what will run and about how long it takes, before any audio is read
+        from .plan import format_plans, plan_run
+
+        plans = [plan_run(config, get_registry(), protocols, data_dir=args.data_dir, checkpoint=checkpoint is not None,
+                          splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
+                          preset_given=bool(args.preset) or checkpoint is not None)
+                 for checkpoint, _, config in configs]
+        print(format_plans(plans), file=sys.stdout if args.dry_run else sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
     run_dirs = []
     for checkpoint, label, config in configs:
         run_dirs.append(

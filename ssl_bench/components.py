@@ -252,7 +252,13 @@ class Task(Protocol):
     frontend).
 
     ``prepare()`` makes the data available (finds it, downloads it, or builds it) and raises
-    a clear error naming what is missing; ``splits()`` returns the partitions.
+    a clear error naming what is missing; inside :func:`ssl_bench.download.no_fetching` (a
+    run's plan) it must not download or build, and raises
+    :class:`~ssl_bench.download.DataNotHere` instead.  ``splits()`` returns the partitions.
+
+    Optional, for the plan of a run whose data is not here yet: ``nominal_splits`` (``{split:
+    (train, test)}`` or ``(train, valid, test)`` clip counts of the published dataset) and
+    ``nominal_unlabeled`` (the clips of its unlabeled corpus).
     """
 
     name: str

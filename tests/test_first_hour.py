@@ -12,7 +12,10 @@ from ssl_bench.splitdata import TaskData
 from ssl_bench.config import ConfigError
 from ssl_bench.registry import set_registry
 from ssl_bench.runner import run_experiment
-from trainfixtures import tiny_config, tiny_registry
+from trainfixtures import SMALL, tiny_config, tiny_registry
+
+#: The tiny model's sizes as --set values (what tiny_config applies).
+SMALL_SETTINGS = {k: ("null" if v is None else v) for k, v in SMALL.items()}
 
 
 @pytest.fixture(scope="module")
@@ -237,11 +240,13 @@ def test_missing_data_is_one_line_with_the_hint(tmp_path, monkeypatch, capsys):
     from ssl_bench.cli import main
 
     monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
-    assert main(["run", "--model", "audiomae", "--task", "esc50", "--data-dir", str(tmp_path / "none"),
+    assert main(["run", "--model", "audiomae", "-p", "tiny", "--task", "esc50", "--data-dir", str(tmp_path / "none"),
                  "--results", str(tmp_path / "res")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("ssl-bench: error:")
-    assert "unpack it into" in err and "--data-dir" in err and "Traceback" not in err
+    assert "as published (the data is not here yet)" in err  # the plan came first, from the published sizes
+    assert [line for line in err.splitlines() if not line.startswith(("plan:", "  "))] == [err.splitlines()[-1]]
+    err = err.splitlines()[-1]
+    assert err.startswith("ssl-bench: error:") and "unpack it into" in err and "--data-dir" in err
 
 
 # --------------------------------------------------------------------------- long runs talk
@@ -608,3 +613,88 @@ def test_a_second_ctrl_c_stops_at_once_and_promises_only_the_checkpoint_there_is
     assert "(a rerun resumes from " in err
     assert exc.checkpoint is None and str(exc).endswith(
         f"run the same command again to resume pretrain from {tmp_path / 'one' / 'last.pt'} (after epoch 1 of 2)")
+
+
+# --------------------------------------------------------------------------- the plan before the work
+def test_dry_run_prints_the_plan_and_reads_no_audio(registry, tmp_path, monkeypatch, capsys):
+    from ssl_bench.cli import main
+
+    def no_audio(self, *args, **kwargs):
+        raise AssertionError("a dry run read audio")
+
+    monkeypatch.setattr(TaskData, "load_features", no_audio)
+    argv = ["run", "-m", "audiomae", "-t", "tinytones", "-p", "tiny", "--dry-run", "--data-dir", str(tmp_path / "d"),
+            "--results", str(tmp_path / "res"), "--protocols", "pretrain,finetune,linear,knn"]
+    for key, value in SMALL_SETTINGS.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("plan: audiomae, preset tiny, 0.0 M parameters, task tinytones, device cpu")
+    assert out[1] == "  2 split(s): each train 14, valid 4, test 18 clips, from the task's metadata"
+    assert out[2].split()[:6] == ["pretrain", "2", "split(s)", "x", "2", "epochs"]
+    assert "linear    2 split(s) x 2 encoders (trained, random init) x 36 clips embedded" in out[4]
+    assert "(embeddings shared)" in out[5] and out[5].split()[0] == "knn"
+    assert out[6].startswith("  whole run: about ")
+    assert not (tmp_path / "res").exists() and not (tmp_path / "d").exists()
+
+
+def test_the_estimate_counts_each_protocols_work_once_per_split_and_encoder(registry):
+    from ssl_bench.plan import estimate
+    from ssl_bench.protocols.base import SplitSizes
+
+    cfg = tiny_config(registry, **{"pretrain.epochs": 3, "pretrain.batch_size": 8, "finetune.epochs": 2,
+                                   "finetune.batch_size": 4, "finetune.aug_factors": None,
+                                   "finetune.head_init": "random"})
+    sizes = {"a": SplitSizes(train=10, valid=2, test=5, unlabeled=12), "b": SplitSizes(10, 2, 5, 12)}
+    per = {"pretrain": 1.0, "train": 0.1, "forward": 0.01}
+    plans = {p.name: p for p in estimate(cfg, registry, ["pretrain", "finetune", "linear", "knn"], sizes, per,
+                                         checkpoint=False)}
+    assert plans["pretrain"].seconds == 2 * 3 * 8 * 1.0  # 2 splits x 3 epochs x one batch of 8 (of 12 clips)
+    assert plans["finetune"].seconds == pytest.approx(2 * (2 * 8 * 0.1 + (2 * 2 + 5) * 0.01))  # + valid, test
+    grid = tiny_config(registry, **{"finetune.epochs": 2, "finetune.batch_size": 4, "finetune.lr_factors": [1, 3],
+                                    "finetune.aug_factors": [0, 1], "finetune.head_init": "probe"})
+    four = estimate(grid, registry, ["finetune"], sizes, per, checkpoint=False)[0]
+    assert four.seconds == pytest.approx(2 * (4 * 2 * 8 * 0.1 + (4 * 2 * 2 + 5 + 12) * 0.01))  # + the probe head
+    assert four.work == "2 split(s) x 4 settings x 2 epochs x 8 clips"
+    assert plans["linear"].seconds == pytest.approx(2 * 2 * 17 * 0.01)  # trained and random init, one pass each
+    assert plans["knn"].seconds == 0.0  # the same embeddings
+    with_corpus = estimate({**cfg, "pretrain": {**cfg["pretrain"], "corpus": "task"}}, registry, ["pretrain"], sizes,
+                           per, checkpoint=False)
+    assert with_corpus[0].seconds == 3 * 8 * 1.0  # one encoder for every split
+    from_checkpoint = {p.name: p for p in estimate(cfg, registry, ["pretrain", "linear"], sizes, per,
+                                                   checkpoint=True)}
+    assert from_checkpoint["pretrain"].seconds == 0.0 and "--checkpoint" in from_checkpoint["pretrain"].work
+
+
+def test_a_gpu_sized_preset_on_the_cpu_says_so_and_names_the_small_one(registry, tmp_path, monkeypatch):
+    from ssl_bench import plan
+    from ssl_bench.config import resolve
+
+    monkeypatch.setattr(plan, "CPU_SIZED_PARAMETERS", 200_000)  # "small" cut to 2 blocks stands in for ViT-B
+    cfg = resolve("audiomae", preset="small", task="tinytones", registry=registry,
+                  overrides={"encoder.depth": 2, "decoder.depth": 1, "device": "cpu"})
+    made = plan.plan_run(cfg, registry, ["linear"], data_dir=tmp_path / "d", preset_given=False)
+    text = "\n".join(made.lines())
+    assert "preset small (the model's default; -p chooses another)" in text.splitlines()[0]
+    assert "warning: preset small (" in text and "is sized for a GPU and this run is on the CPU: about " in text
+    assert ". Preset tiny (0.1 M) is CPU-sized: about " in text and "(-p tiny)" in text
+    assert text.endswith("Nothing is changed: the run goes on with preset small")
+
+
+def test_sizes_of_a_task_whose_data_is_not_here_are_the_published_ones_and_nothing_is_fetched(tmp_path, monkeypatch):
+    from ssl_bench import download
+    from ssl_bench.config import resolve
+    from ssl_bench.plan import split_sizes
+    from ssl_bench.registry import get_registry
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the plan tried to download")
+
+    monkeypatch.setattr(download, "download", no_network)
+    reg = get_registry()
+    cfg = resolve("audiomae", preset="tiny", task="esc50", registry=reg)
+    task = reg.get("task", "esc50").factory(data_dir=tmp_path / "esc")
+    sizes, source = split_sizes(cfg, task, ["fold2"])
+    assert source == "as published (the data is not here yet)" and list(sizes) == ["fold2"]
+    assert (sizes["fold2"].train + sizes["fold2"].valid, sizes["fold2"].test) == (1600, 400)
+    assert not (tmp_path / "esc").exists()

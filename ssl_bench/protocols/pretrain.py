@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..config import ConfigError
 from ..encoders import made_by, pretrain_encoder
 from ..train import OptimConfig
-from .base import Protocol, ProtocolContext, ProtocolResult
+from .base import Protocol, ProtocolContext, ProtocolResult, SplitSizes, Workload, epoch_examples
 
 
 @dataclass
@@ -39,6 +39,10 @@ class PretrainProtocol(Protocol):
     stage = "pretrain"
     trains_on = "unlabeled"
     help = "only pretrain (checkpoints are cached and reused by config hash)"
+
+    def workload(self, section: PretrainConfig, sizes: SplitSizes) -> Workload:
+        per_epoch = epoch_examples(sizes.unlabeled, section.batch_size, getattr(section, "epoch_size", None))
+        return Workload(pretrain=section.epochs * per_epoch, note=f"{section.epochs} epochs x {per_epoch:,} clips")
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
         if ctx.unlabeled is None:
