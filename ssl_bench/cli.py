@@ -180,9 +180,12 @@ def build_parser(registry: Any = None, only: str | None = None) -> argparse.Argu
     p.add_argument("--where", action="append", metavar="KEY=VALUE",
                    help="only runs whose setting KEY is VALUE (masker.ratio=0.8; repeatable)")
 
-    p = sub.add_parser("plot", help="write PNG plots: ablation bars, per-layer probe curves, training curves")
+    p = sub.add_parser("plot", help="write PNG plots: the board (encoders x tasks), ablation bars, per-layer probe "
+                                    "curves, training curves")
     p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
     p.add_argument("--out", "-o", default=None, help="output folder (default <root>/plots)")
+    p.add_argument("--kind", action="append", metavar="KIND",
+                   help="only these plots (repeatable): board, ablation, layers, curves (default: all)")
     p.add_argument("--compare", nargs="+", metavar="KEY",
                    help="settings to draw ablation bars for (default: every setting that varies)")
     p.add_argument("--model", help="only this model")
@@ -443,8 +446,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(_nothing_matched(args, everything))
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "plots"
-    for path in plot_results(df, args.root, out, compare=args.compare):
+    kinds = [k.strip() for item in args.kind or [] for k in item.split(",") if k.strip()] or None
+    written, notes = plot_results(df, args.root, out, compare=args.compare, kinds=kinds)
+    for path in written:
         print(path)
+    for note in notes:
+        print(note)
     return 0
 
 

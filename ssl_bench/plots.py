@@ -1,5 +1,9 @@
 """PNG plots of a results root (``ssl-bench plot``), drawn with matplotlib's Agg canvas.
 
+* ``board.png``: the leaderboard as a figure, whenever there are results: one panel per task,
+  a row per model / encoder / protocol (and setting that varies), a dot at the mean of the
+  task's primary metric and a bar across its 95% interval (:func:`ssl_bench.results.summary`;
+  a cell with no interval, one value, is a dot marked ``n=1``);
 * ``ablation-<key>.png``: for each setting that varies (or each ``--compare`` key), one panel
   per task and protocol: a bar per value of the setting, per encoder (random init apart from
   trained encoders), the height the mean of the task's primary metric, the error bar its 95%
@@ -10,8 +14,10 @@
   pretraining loss per epoch, the fine-tuning loss and its validation score, one line per
   split.
 
-No pyplot state is touched (figures are built on their own canvas), so plotting from a
-notebook or a server thread leaves the user's backend alone.
+:func:`plot_results` draws the kinds asked for (:data:`KINDS`, default all) and says in one
+line why a kind it was asked for has nothing to draw.  No pyplot state is touched (figures
+are built on their own canvas), so plotting from a notebook or a server thread leaves the
+user's backend alone.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_write
-from .results import primary_rows, splitting_columns, summary
+from .results import ENCODER_KEYS, PRETRAINING_PREFIXES, primary_rows, splitting_columns, summary, variant_columns
 
 #: Record keys that tell apart several trainings of one split (fine-tuning's grid).
 TRIAL_KEYS = ("lr_peak", "aug")
 #: At most this many settings get an ablation plot when none are named.
 MAX_AUTO_ABLATIONS = 6
+#: What ``ssl-bench plot --kind`` draws.
+KINDS = ("board", "ablation", "layers", "curves")
 
 
 def _figure(width: float, height: float):
@@ -63,6 +71,53 @@ def _order(values: list[Any]) -> list[Any]:
             return (1, 0.0, str(v))
 
     return sorted(values, key=key)
+
+
+# --------------------------------------------------------------------------- the board
+def plot_board(df: pd.DataFrame, path: Path) -> Path | None:
+    """Model / encoder / protocol x task: the mean of each task's primary metric and its 95%
+    interval (see the module docstring)."""
+    rows = primary_rows(df[df["protocol"] != "pretrain"])
+    if rows.empty:
+        return None
+    extra = splitting_columns(rows, ["model", "task", "protocol", "metric"])
+    index = list(dict.fromkeys(c for c in ["model", *ENCODER_KEYS, "protocol", *extra, *variant_columns(rows)]
+                               if c in rows.columns))
+    s = summary(rows, by=index)
+    tasks = sorted(s["task"].unique())
+    labels = sorted({_board_label(r, index) for _, r in s.iterrows()})
+    fig = _figure(min(4.0 + 3.2 * len(tasks), 20.0), 1.2 + 0.32 * len(labels))
+    axes = np.atleast_1d(fig.subplots(1, len(tasks), squeeze=False, sharey=True)).ravel()
+    ys = {label: i for i, label in enumerate(reversed(labels))}
+    for ax, task in zip(axes, tasks):
+        part = s[s["task"] == task]
+        for _, r in part.iterrows():
+            y, mean = ys[_board_label(r, index)], float(r["mean"])
+            color = "#999999" if str(r.get("init_id")) == "random" else "#1f77b4"
+            low, high = r.get("ci_low"), r.get("ci_high")
+            if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+                ax.plot([low, high], [y, y], color=color, linewidth=2.0, alpha=0.6, solid_capstyle="butt")
+                ax.annotate(f"{mean:.3f}", (mean, y), textcoords="offset points", xytext=(0, 4), ha="center",
+                            fontsize=7)
+            else:
+                ax.annotate(f"{mean:.3f} (n={int(r['n'])}, no interval)", (mean, y), textcoords="offset points",
+                            xytext=(0, 4), ha="center", fontsize=7)
+            ax.plot([mean], [y], "o", color=color, ms=4)
+        ax.set_title(f"{task}", fontsize=10)
+        ax.set_xlabel(str(part["metric"].iloc[0]))
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[0].set_yticks(list(ys.values()), list(ys.keys()), fontsize=7)
+    axes[0].set_ylim(-0.7, len(labels) - 0.3)
+    fig.suptitle("primary metric per task: dot = mean over splits and seeds, bar = 95% interval; grey = random init",
+                 fontsize=9)
+    return _save(fig, path)
+
+
+def _board_label(row: pd.Series, index: list[str]) -> str:
+    return " · ".join(str(row[c]) for c in index if c in row and str(row[c]) not in ("", "-", "nan")
+                      and c != "init_id") + (f" [{row['init_id']}]" if str(row.get("init_id")) not in
+                                             ("random", "", "nan", "None") else "")
 
 
 # --------------------------------------------------------------------------- ablations
@@ -229,29 +284,50 @@ def plot_curves(run_dir: Path, path: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- all
-def plot_results(df: pd.DataFrame, root: str | Path, out: str | Path,
-                 compare: list[str] | None = None) -> list[Path]:
-    """Every plot the rows of ``df`` (loaded from ``root``) allow, written under ``out``."""
+def plot_results(df: pd.DataFrame, root: str | Path, out: str | Path, compare: list[str] | None = None,
+                 kinds: list[str] | None = None) -> tuple[list[Path], list[str]]:
+    """Every plot of ``kinds`` (default :data:`KINDS`) the rows of ``df`` (loaded from ``root``)
+    allow, written under ``out``; returns the files written and one line per kind that had
+    nothing to draw."""
     out = Path(out)
-    written: list[Path] = []
-    keys = list(compare) if compare else splitting_columns(
-        df[df["protocol"] != "pretrain"], ["model", "task", "protocol", "metric"])[:MAX_AUTO_ABLATIONS]
-    missing = [k for k in keys if k not in df.columns]
-    if missing:
+    kinds = list(kinds or KINDS)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
         from .config import ConfigError
 
-        valid = sorted(c for c in df.columns if "." in c)
-        raise ConfigError(f"plot --compare: no column {', '.join(missing)}; config columns: {', '.join(valid)}")
-    for key in keys:
-        p = plot_ablation(df, key, out / f"ablation-{_slug(key)}.png")
+        raise ConfigError(f"plot --kind {', '.join(unknown)}: choose from {', '.join(KINDS)}")
+    written: list[Path] = []
+    notes: list[str] = []
+    if "board" in kinds:
+        p = plot_board(df, out / "board.png")
         if p is not None:
             written.append(p)
-    for task in sorted(df["task"].dropna().unique()):
-        p = plot_layers(df, task, out / f"layers-{_slug(task)}.png")
-        if p is not None:
-            written.append(p)
-    for run_id in sorted(df["run_id"].dropna().unique()):
-        p = plot_curves(Path(root) / run_id, out / f"curves-{_slug(run_id)}.png")
-        if p is not None:
-            written.append(p)
-    return written
+        else:
+            notes.append("board: nothing to draw (no evaluation rows: only pretraining losses)")
+    if "ablation" in kinds:
+        keys = list(compare) if compare else splitting_columns(
+            df[df["protocol"] != "pretrain"], ["model", "task", "protocol", "metric"])[:MAX_AUTO_ABLATIONS]
+        missing = [k for k in keys if k not in df.columns]
+        if missing:
+            from .config import ConfigError
+
+            valid = sorted(c for c in df.columns if "." in c)
+            raise ConfigError(f"plot --compare: no column {', '.join(missing)}; config columns: {', '.join(valid)}")
+        drawn = [p for key in keys if (p := plot_ablation(df, key, out / f"ablation-{_slug(key)}.png")) is not None]
+        written += drawn
+        if not drawn:
+            notes.append(f"ablation: nothing to draw ({', '.join(keys)} take one value in these rows)" if keys else
+                         "ablation: nothing to draw (no setting varies between these runs; --compare KEY names one)")
+    if "layers" in kinds:
+        drawn = [p for task in sorted(df["task"].dropna().unique())
+                 if (p := plot_layers(df, task, out / f"layers-{_slug(task)}.png")) is not None]
+        written += drawn
+        if not drawn:
+            notes.append("layers: nothing to draw (no per-layer probe rows: --protocols layers makes them)")
+    if "curves" in kinds:
+        drawn = [p for run_id in sorted(df["run_id"].dropna().unique())
+                 if (p := plot_curves(Path(root) / run_id, out / f"curves-{_slug(run_id)}.png")) is not None]
+        written += drawn
+        if not drawn:
+            notes.append("curves: nothing to draw (no run here trained: pretraining and fine-tuning write curves)")
+    return written, notes

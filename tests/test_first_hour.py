@@ -698,3 +698,22 @@ def test_sizes_of_a_task_whose_data_is_not_here_are_the_published_ones_and_nothi
     assert source == "as published (the data is not here yet)" and list(sizes) == ["fold2"]
     assert (sizes["fold2"].train + sizes["fold2"].valid, sizes["fold2"].test) == (1600, 400)
     assert not (tmp_path / "esc").exists()
+
+
+# --------------------------------------------------------------------------- plot always has something to say
+def test_plot_draws_the_board_of_two_checkpoints_and_says_what_it_cannot_draw(tmp_path, capsys):
+    from ssl_bench.cli import main
+    from ssl_bench.results import RunWriter
+
+    for k, (init, values) in enumerate((("ckpt-a", [0.6, 0.7]), ("ckpt-b", [0.4]))):
+        with RunWriter(tmp_path, f"20261201-10000{k}-m-t-aaaaa{k}-000{k}", {"model": "m", "task": "t"}) as w:
+            for split, value in enumerate(values):
+                w.add_row(task="t", protocol="linear", split=f"fold{split + 1}", seed=0, init=init,
+                          init_id=f"id{k}", metric="accuracy", value=value, primary_metric="accuracy")
+    assert main(["plot", str(tmp_path), "--kind", "board", "--kind", "layers,curves"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(tmp_path / "plots" / "board.png") and (tmp_path / "plots" / "board.png").stat().st_size > 5000
+    assert out[1:] == ["layers: nothing to draw (no per-layer probe rows: --protocols layers makes them)",
+                       "curves: nothing to draw (no run here trained: pretraining and fine-tuning write curves)"]
+    assert main(["plot", str(tmp_path), "--kind", "bars"]) == 2
+    assert "choose from board, ablation, layers, curves" in capsys.readouterr().err

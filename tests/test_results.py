@@ -365,5 +365,6 @@ def test_tensorboard_scalars_and_per_layer_curves(tmp_path):
     assert events.Scalars("t/layers/enc/accuracy/layer2/mean")[0].value == pytest.approx(0.71)
     record = json.loads((tmp_path / "run0" / "result.json").read_text())
     assert record["provenance"]["tracking"]["tensorboard"]["dir"].endswith("run0")
-    written = plot_results(results.load(tmp_path), tmp_path, tmp_path / "plots")
-    assert sorted(p.name for p in written) == ["curves-run0.png", "layers-t.png"]
+    written, notes = plot_results(results.load(tmp_path), tmp_path, tmp_path / "plots")
+    assert sorted(p.name for p in written) == ["board.png", "curves-run0.png", "layers-t.png"]
+    assert notes == ["ablation: nothing to draw (no setting varies between these runs; --compare KEY names one)"]
