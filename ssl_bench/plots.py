@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_write
-from .results import ENCODER_KEYS, PRETRAINING_PREFIXES, primary_rows, splitting_columns, summary, variant_columns
+from .results import ENCODER_KEYS, primary_rows, splitting_columns, summary, variant_columns
 
 #: Record keys that tell apart several trainings of one split (fine-tuning's grid).
 TRIAL_KEYS = ("lr_peak", "aug")

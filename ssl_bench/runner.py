@@ -47,7 +47,7 @@ from .compute import RowStamp, compute_columns, count_parameters, flops_per_samp
 from .config import DEFAULT_PROTOCOLS, ConfigError, config_hash
 from .encoders import PRETRAINING_INIT, RANDOM, EncoderIdentity, EncoderSource, differs_from_random
 from .errors import UserError
-from .files import atomic_write_text, cache_root
+from .files import atomic_write_text, cache_root, json_default
 from .progress import RunClock
 from .protocols.base import Protocol, ProtocolContext, ProtocolResult, section_config
 from .protocols.data import SplitData, Unlabeled, normalize
@@ -59,10 +59,6 @@ from .train import STOP, TrainingInterrupted, configure_backends
 def _slug(text: str) -> str:
     """``text`` as one file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-
-
-def _json_default(obj: Any) -> Any:
-    return obj.item() if hasattr(obj, "item") else str(obj)
 
 
 class _SavedRows:
@@ -91,7 +87,7 @@ class _SavedRows:
             return saved
         rows = compute()
         if self.is_main:
-            atomic_write_text(path, json.dumps({"rows": rows}, default=_json_default))
+            atomic_write_text(path, json.dumps({"rows": rows}, default=json_default))
         return rows
 
 
@@ -198,6 +194,7 @@ class _Run:
                 except TrainingInterrupted as exc:
                     exc.kept = self.saved.kept()
                     raise
+                self.collect_predictions(writer.dir)
                 writer.log(f"done in {time.time() - t0:.1f} s")
             if self.info.is_main:
                 shutil.rmtree(state_dir, ignore_errors=True)
@@ -319,10 +316,42 @@ class _Run:
         """One row per metric of every result, named by split and encoder."""
         rows = []
         for result in results:
+            extra = {**columns, **result.extra}
+            if result.predictions is not None:
+                extra["predictions"] = self.write_predictions(prepared.data, protocol, encoder, result)
             rows += self.stamp.rows(split=prepared.data.name, split_columns=prepared.columns, protocol=protocol,
                                     init=encoder.init, init_id=encoder.init_id, pretrained_by=encoder.pretrained_by,
-                                    metrics=result.metrics, extra={**columns, **result.extra})
+                                    metrics=result.metrics, extra=extra)
         return rows
+
+    def write_predictions(self, data: SplitData, protocol: str, encoder: EncoderIdentity,
+                          result: ProtocolResult) -> str:
+        """Write a result's per-clip predictions and their reference in HEAR's layout (see
+        :mod:`ssl_bench.predictions`) into the run's state directory, where they survive an
+        interruption with the rows; returns the path the run directory will have them at."""
+        from . import predictions as P
+
+        name = "-".join(_slug(str(p)) for p in (protocol, encoder.init, result.extra.get("layer")) if p is not None)
+        keys = [self.data.features.clips[int(i)].key for i in data.test]
+        labels = [str(c) for c in self.data.classes]
+        made = result.predictions
+        if made.events is not None:
+            predicted = P.event_layout(made.events, labels)
+            reference = P.event_layout({k: self.data.features.clips[int(i)].events for k, i in zip(keys, data.test)},
+                                       labels)
+        else:
+            predicted = P.scene_layout(keys, made.scores, labels)
+            reference = P.scene_reference(keys, data.part_targets("test"), labels)
+        if self.info.is_main:
+            P.write(self.state_dir / data.name / "predictions", name, predicted, reference)
+        return f"predictions/{data.name}/{name}.json"
+
+    def collect_predictions(self, run_dir: Path | None) -> None:
+        """Copy every split's predictions from the state directory into the run directory."""
+        if run_dir is None:
+            return
+        for folder in sorted(self.state_dir.glob("*/predictions")):
+            shutil.copytree(folder, run_dir / "predictions" / folder.parent.name, dirs_exist_ok=True)
 
 
 def run_experiment(

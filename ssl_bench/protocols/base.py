@@ -67,13 +67,29 @@ class Pretrained:
 
 
 @dataclass
+class Predictions:
+    """What a protocol predicted for the test part of its split, clip by clip, so that an
+    outside scorer can check its number and statistics can resample clips.
+
+    ``scores``: ``[n_test, classes]`` class scores (probabilities) aligned with
+    ``data.test``, for clip-level tasks; ``events``: predicted events per test clip key
+    (``{clip key: [Event, ...]}``, seconds), for event tasks.  The runner writes them, with
+    the reference, in HEAR's layout (:mod:`ssl_bench.predictions`)."""
+
+    scores: np.ndarray | None = None
+    events: dict[str, list[Any]] | None = None
+
+
+@dataclass
 class ProtocolResult:
     """One result of a protocol on one split: ``metrics`` (name -> value, on the test part)
     and ``extra`` row columns (chosen hyperparameters, validation scores, compute, ``layer``);
-    ``pretrained``: for a pretraining-stage protocol, the encoder it made."""
+    ``predictions``: what it predicted for each test clip; ``pretrained``: for a
+    pretraining-stage protocol, the encoder it made."""
 
     metrics: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    predictions: Predictions | None = None
     pretrained: Pretrained | None = None
 
 
