@@ -717,3 +717,16 @@ def test_plot_draws_the_board_of_two_checkpoints_and_says_what_it_cannot_draw(tm
                        "curves: nothing to draw (no run here trained: pretraining and fine-tuning write curves)"]
     assert main(["plot", str(tmp_path), "--kind", "bars"]) == 2
     assert "choose from board, ablation, layers, curves" in capsys.readouterr().err
+
+
+def test_an_ablation_plot_never_pools_runs_that_differ_in_another_setting(tmp_path):
+    from ssl_bench import results
+    from ssl_bench.plots import ablation_cells, plot_ablation
+
+    _sweep(tmp_path)  # masker random / time-stripes x ratio 0.6 / 0.8
+    df = results.load(tmp_path)
+    summary, others, panels = ablation_cells(df, "masker.ratio")
+    assert "masker" in others and {p[4] for p in panels} == {"random", "time-stripes"}
+    assert len(panels) == 2 * 2  # finetune and linear, for each masker
+    assert set(summary["n"]) == {1}  # no bar pools two runs
+    assert plot_ablation(df, "masker.ratio", tmp_path / "a.png").stat().st_size > 5000

@@ -8,11 +8,24 @@ from typing import Any
 import pandas as pd
 
 
-def format_cell(mean: float, ci: float, n: int) -> str:
-    """``0.8123 ± 0.0211 (n=5)``: the mean and the half-width of its 95% interval."""
-    if not math.isfinite(ci):
+def format_cell(mean: float, low: float, high: float, n: int) -> str:
+    """``0.8123 [0.7900, 0.8300] (n=5)``: the mean and its 95% interval; the mean alone when
+    there is no interval (one value without per-clip predictions)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
         return f"{mean:.4f} (n={n})"
-    return f"{mean:.4f} ± {ci:.4f} (n={n})"
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}] (n={n})"
+
+
+def format_p(p: float, adjusted: float, test: str, over: str, compared: int) -> str:
+    """``0.012 * (McNemar, 800 clips; Holm 0.024 of 2)``: the raw p, the marker of the
+    Holm-adjusted one, the test, what it paired and, with several values compared with one
+    baseline, the adjusted p; ``n/a`` when nothing could be tested."""
+    from .stats import significance
+
+    if not math.isfinite(p):
+        return f"n/a - ({test}, {over})"
+    holm = f"; Holm {adjusted:.3g} of {compared}" if compared > 1 else ""
+    return f"{p:.3g} {significance(adjusted)} ({test}, {over}{holm})"
 
 
 def format_table(df: pd.DataFrame, fmt: str = "table") -> str:

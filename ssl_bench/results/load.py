@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     pretraining, told apart by the config columns) as their ``init_id``; a checkpoint's row
     gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name.
     Each loaded plugin's version (a file plugin's ``sha256:<12 hex>``) is a column
-    ``plugin.<name>``.  The rows of runs that have not finished (:mod:`.partial`) come too,
+    ``plugin.<name>``; a row's per-clip predictions file is ``predictions_file``.  The rows of runs that have not finished (:mod:`.partial`) come too,
     when there are any, with a ``status`` column (``interrupted``, ``running``) that keeps
     them apart from the finished runs' (``finished``)."""
     frames = []
@@ -59,7 +61,7 @@ def load(root: str | Path = "results") -> pd.DataFrame:
             config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
             if not isinstance(result, dict) or not isinstance(config or {}, dict):
                 raise ValueError("not a run record")
-            df = _frame(result, config or {}, d.name, settings)
+            df = _frame(result, config or {}, d.name, settings, lambda name, d=d: d / name)
         except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             bad.append((d, reason[:200]))
@@ -76,7 +78,8 @@ def load(root: str | Path = "results") -> pd.DataFrame:
         if info["run_id"] in finished:  # ended between its rename and the state's removal
             continue
         try:
-            df = _frame({**info, "rows": rows}, info.get("config") or {}, info["run_id"], settings)
+            df = _frame({**info, "rows": rows}, info.get("config") or {}, info["run_id"], settings,
+                        partial(_unfinished_predictions, Path(info["dir"])))
         except (ValueError, TypeError):
             continue
         if df is not None:
@@ -98,9 +101,12 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     return df
 
 
-def _frame(result: dict[str, Any], config: dict[str, Any], name: str, settings: set[str]) -> pd.DataFrame | None:
-    """The rows of one run record as a DataFrame with its config and plugin columns (``None``
-    for a run without rows); ``settings`` collects the config columns seen."""
+def _frame(result: dict[str, Any], config: dict[str, Any], name: str, settings: set[str],
+           where: Callable[[str], Path]) -> pd.DataFrame | None:
+    """The rows of one run record as a DataFrame with its config and plugin columns and, for
+    rows that name their per-clip predictions, ``predictions_file`` (the file's absolute path:
+    ``where`` maps the row's ``predictions``); ``None`` for a run without rows; ``settings``
+    collects the config columns seen."""
     rows = result.get("rows", [])
     if not isinstance(rows, list):
         raise ValueError("not a run record")
@@ -118,8 +124,17 @@ def _frame(result: dict[str, Any], config: dict[str, Any], name: str, settings: 
     plugins = plugin_columns((result.get("provenance") or {}).get("plugins"))
     if plugins:
         df = df.assign(**{k: v for k, v in plugins.items() if k not in df.columns})
+    if "predictions" in df.columns:
+        df["predictions_file"] = [str(where(p)) if isinstance(p, str) and p else None for p in df["predictions"]]
     df["config_hash"] = result.get("config_hash")
     return df
+
+
+def _unfinished_predictions(state: Path, name: str) -> Path:
+    """Where an unfinished run keeps the predictions its rows name: ``predictions/<split>/<file>``
+    of the run directory is ``<split>/predictions/<file>`` of its state directory."""
+    parts = Path(name).parts
+    return state / parts[1] / parts[0] / Path(*parts[2:]) if len(parts) >= 3 else state / name
 
 
 def plugin_columns(plugins: Any) -> dict[str, str]:

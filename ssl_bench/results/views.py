@@ -1,9 +1,9 @@
 """The tables made from loaded rows: summary, comparison, leaderboard, the split table.
 
-* :func:`summary`: mean, std, n and a 95% confidence interval over splits and seeds (fold and
-  seed spread apart when both vary);
-* :func:`compare`: one column per value of a setting, and a paired test of each value against
-  a baseline over matched splits and seeds;
+* :func:`summary`: mean, std, n and a 95% interval over splits, seeds and test clips (fold and
+  seed spread apart when both vary); how the interval is made is in :mod:`.stats`;
+* :func:`compare`: one column per value of a setting, and a paired comparison of each value
+  with a baseline, clip by clip on matched splits and seeds, Holm-adjusted over the values;
 * :func:`board`: the leaderboard, encoders x tasks, each task's primary metric;
 * :func:`split_table`: what a run prints when it ends, a column per split.
 """
@@ -17,21 +17,25 @@ import numpy as np
 import pandas as pd
 
 from .columns import ENCODER_KEYS, PRETRAINING_PREFIXES, primary_rows, splitting_columns, variant_columns
-from .formatting import format_cell
+from .formatting import format_cell, format_p
 from .load import _matches, short_run_id
-from .stats import paired_test, significance, t_interval
+from .stats import ClipData, cell_interval, holm, paired_comparison, units
+
+#: The statistics columns of :func:`summary`, after its key columns.
+STAT_COLUMNS = ["mean", "std", "n", "ci_low", "ci_high", "ci_method", "n_clips", "n_splits", "n_seeds"]
 
 
-def _cell_stats(group: pd.DataFrame) -> dict[str, Any]:
-    """Mean, std, n and the 95% interval of one table cell (see the module docstring)."""
-    values = group["value"].to_numpy(dtype=float)
-    per_split = group.groupby("split", sort=False)["value"].mean().to_numpy(dtype=float)
-    seeds = group["seed"].nunique() if "seed" in group else 1
-    units = per_split if len(per_split) > 1 else values
-    out = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-           "n": int(len(values)), "n_splits": int(len(per_split)), "n_seeds": int(seeds),
-           "ci95": t_interval(units), "runs": _runs(group)}
-    out["ci_low"], out["ci_high"] = out["mean"] - out["ci95"], out["mean"] + out["ci95"]
+def _cell_stats(group: pd.DataFrame, clips: ClipData) -> dict[str, Any]:
+    """Mean, std, n (evaluations) and the 95% interval of one table cell (:mod:`.stats`); the
+    mean is over splits of the mean over a split's seeds."""
+    cell = units(group)
+    values = np.array([float(r["value"]) for seeds in cell.values() for r in seeds.values()])
+    per_split = np.array([np.mean([float(r["value"]) for r in seeds.values()]) for seeds in cell.values()])
+    seeds = max(len(s) for s in cell.values())
+    interval = cell_interval(group, clips)
+    out = {"mean": float(per_split.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+           "n": int(len(values)), "ci_low": interval.low, "ci_high": interval.high, "ci_method": interval.method,
+           "n_clips": interval.clips, "n_splits": int(len(per_split)), "n_seeds": int(seeds), "runs": _runs(group)}
     if len(per_split) > 1 and seeds > 1:
         out["std_split"] = float(per_split.std(ddof=1))  # spread of the fold means
         within = group.groupby("split", sort=False)["value"].std(ddof=1).dropna()
@@ -47,26 +51,28 @@ def _runs(group: pd.DataFrame, most: int = 3) -> str:
 
 
 def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Mean, std, n, 95% interval (``ci95`` half-width, ``ci_low``, ``ci_high``) of ``value``
-    over splits and seeds; ``std_split`` and ``std_seed`` when both vary.
+    """Mean, std, n (evaluations), the 95% interval (``ci_low``, ``ci_high``; NaN for a single
+    value without per-clip predictions), how it was made (``ci_method``) and the test clips it
+    resampled (``n_clips``), over splits, seeds and clips (:mod:`.stats`); ``std_split`` and
+    ``std_seed`` when splits and seeds both vary.
 
     Grouped by model, task, protocol, the encoder (``init``, ``init_id``), metric and any
     variant column (``layer``), plus ``by`` (default: the config columns that vary within a
     task, so ablations come out as separate rows).
     """
     base = ["model", "task", "protocol", *ENCODER_KEYS, "metric"]
-    columns = base + ["mean", "std", "n", "ci95"]
     if df.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=base + STAT_COLUMNS)
     by = list(by) if by is not None else splitting_columns(df, ["model", "task", "protocol", "metric"])
     keys = list(dict.fromkeys(k for k in by + base + variant_columns(df) if k in df.columns))
+    clips = ClipData()
     records = []
     for values, group in df.groupby(keys, dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        records.append({**dict(zip(keys, values)), **_cell_stats(group)})
+        records.append({**dict(zip(keys, values)), **_cell_stats(group, clips)})
     out = pd.DataFrame.from_records(records)
     extra = [c for c in ("std_split", "std_seed") if c in out.columns]
-    return out[keys + ["mean", "std", "n", "ci95", "ci_low", "ci_high", "n_splits", "n_seeds"] + extra + ["runs"]]
+    return out[keys + STAT_COLUMNS + extra + ["runs"]]
 
 
 def _label(values: tuple) -> str:
@@ -75,8 +81,11 @@ def _label(values: tuple) -> str:
 
 def compare(df: pd.DataFrame, keys: list[str], baseline: str | None = None) -> pd.DataFrame:
     """One table: a row per model/task/protocol/encoder kind/metric (and any other setting that
-    varies), a column per value of ``keys`` (``mean ± 95% CI (n)``), and per value a column
-    ``p vs <baseline>``: the paired test over the (split, seed) pairs both have.
+    varies, so runs that differ in another setting are never pooled), a column per value of
+    ``keys`` (``mean [95% interval] (n)``), and per value a column ``p: <value> vs <baseline>``:
+    the paired comparison over the (split, seed) pairs both have, clip by clip (McNemar or a
+    paired bootstrap, :func:`.stats.paired_comparison`), its p Holm-adjusted over the values
+    compared with the baseline in that row; the marker follows the adjusted p.
 
     ``baseline``: the value the others are tested against (``0.8``; for several keys the
     values joined by commas); default the first value in sorted order.  The encoder's
@@ -106,6 +115,7 @@ def compare(df: pd.DataFrame, keys: list[str], baseline: str | None = None) -> p
                            f"{', '.join(_label(v) for v in column_values)}")
         base_value = found[0]
     records = []
+    clips = ClipData()
     for index, group in df.groupby(base, dropna=False, sort=True):
         index = index if isinstance(index, tuple) else (index,)
         row = dict(zip(base, index))
@@ -120,22 +130,23 @@ def compare(df: pd.DataFrame, keys: list[str], baseline: str | None = None) -> p
             if g is None:
                 row[_label(value)] = ""
                 continue
-            st = _cell_stats(g)
-            row[_label(value)] = format_cell(st["mean"], st["ci95"], st["n"])
+            st = _cell_stats(g, clips)
+            row[_label(value)] = format_cell(st["mean"], st["ci_low"], st["ci_high"], st["n"])
+        tests = {}
+        for value in column_values:
+            g = cells.get(value)
+            if value != base_value and g is not None and ref is not None:
+                tests[value] = paired_comparison(g, ref, clips)
+        adjusted = dict(zip(tests, holm([p for _, p, _ in tests.values()])))
         for value in column_values:
             if value == base_value:
                 continue
-            g = cells.get(value)
             name = f"p: {_label(value)} vs {_label(base_value)}"
-            if g is None or ref is None:
+            if value not in tests:
                 row[name] = ""
                 continue
-            a = g.groupby(["split", "seed"])["value"].mean()
-            b = ref.groupby(["split", "seed"])["value"].mean()
-            pairs = a.index.intersection(b.index)
-            test, p = paired_test((a.loc[pairs] - b.loc[pairs]).to_numpy())
-            shown = f"{p:.3g}" if math.isfinite(p) else "n/a"
-            row[name] = f"{shown} {significance(p)} ({test}, n={len(pairs)})"
+            test, p, over = tests[value]
+            row[name] = format_p(p, adjusted[value], test, over, len(tests))
         row["runs"] = _runs(group)  # what this row pools, by short run id
         records.append(row)
     out = pd.DataFrame.from_records(records)
@@ -152,7 +163,7 @@ def compare(df: pd.DataFrame, keys: list[str], baseline: str | None = None) -> p
 def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
     """The leaderboard: a row per model, encoder (``init``, ``init_id``) and protocol (and any
     setting that varies within a task), a column per task holding the task's primary metric as
-    ``mean ± 95% CI (n)``; the best of each column is bold in ``md`` and ``latex``."""
+    ``mean [95% interval] (n)``; the best of each column is bold in ``md`` and ``latex``."""
     df = df[df["protocol"] != "pretrain"] if "protocol" in df.columns else df
     df = primary_rows(df)
     if df.empty:
@@ -173,7 +184,7 @@ def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
     index = list(dict.fromkeys(c for c in index if c in df.columns))
     s = summary(df, by=index)
     tasks = sorted(s["task"].unique())
-    s["cell"] = [format_cell(m, c, n) for m, c, n in zip(s["mean"], s["ci95"], s["n"])]
+    s["cell"] = [format_cell(m, lo, hi, n) for m, lo, hi, n in zip(s["mean"], s["ci_low"], s["ci_high"], s["n"])]
     best = s.groupby("task")["mean"].transform("max")  # every primary metric here is higher-is-better
     bold = {"md": "**{}**", "latex": "\\textbf{{{}}}"}.get(fmt)
     if bold is not None:
