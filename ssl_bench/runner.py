@@ -56,6 +56,7 @@ from .registry import get_registry
 from .splitdata import PreparedSplit, TaskData, cap_batch_sizes
 from .train import STOP, TrainingInterrupted, configure_backends
 
+
 def _slug(text: str) -> str:
     """``text`` as one file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
