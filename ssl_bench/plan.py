@@ -45,9 +45,13 @@ from .progress import duration
 from .protocols.base import SplitSizes, Workload, section_config
 from .splitdata import folder_clips, size_frontend
 
-#: A timed pass this long is long enough to measure; a first pass this long is the measure.
-LONG_PASS_S = 1.0
+#: No larger batch is timed once a pass lasts this long; a first pass this long is the measure.
+LONG_PASS_S = 3.0
 SLOW_PASS_S = 2.0
+#: Timed passes per batch (the best is kept).
+TIMED_PASSES = 2
+#: A larger batch is timed while the last one cost under this share of the one before, per example.
+SHARED_COST = 0.7
 #: A training step (forward and backward) costs about this many forward passes.
 STEP_FORWARDS = 3
 #: The largest batch a per-example time is measured on.
@@ -173,22 +177,24 @@ def _describe_sizes(sizes: dict[str, SplitSizes], source: str) -> str:
 
 # --------------------------------------------------------------------------- per-example cost
 def _seconds_per_example(fn: Any, make: Any, device: torch.device, largest: int) -> tuple[float, int]:
-    """``(seconds per example, batch)`` of ``fn(make(batch))``, the best over batches of 1, 4,
-    16, ... up to ``largest``, each run once untimed and once timed, until a timed pass lasts
-    :data:`LONG_PASS_S` (a larger batch amortises per-call costs, as training's does); a first
-    pass of :data:`SLOW_PASS_S` or more is taken as the measure (a large model on a CPU)."""
-    batch, best = 1, None
+    """``(seconds per example, batch)`` of ``fn(make(batch))``: batches of 1, 4, 16, ... up to
+    ``largest``, each run once untimed and :data:`TIMED_PASSES` times timed (the best kept: a
+    burst of other work only slows a pass), for as long as a larger batch is much cheaper per
+    example (per-call costs, which a busy machine makes large, are shared out by training's
+    batches too) and a pass lasts under :data:`LONG_PASS_S`.  When the untimed pass takes
+    :data:`SLOW_PASS_S` or more (a large model on a CPU), one timed pass is the measure."""
+    batch, best, previous = 1, None, None
     while True:
         x = make(batch)
-        seconds = _timed(fn, x, device)
-        slow = seconds >= SLOW_PASS_S
-        if not slow:
-            seconds = _timed(fn, x, device)
-        if best is None or seconds / batch < best[0]:
-            best = (seconds / batch, batch)
-        if slow or seconds >= LONG_PASS_S or batch >= largest:
+        slow = _timed(fn, x, device) >= SLOW_PASS_S  # untimed: the first call at a shape pays for set-up
+        seconds = min(_timed(fn, x, device) for _ in range(1 if slow else TIMED_PASSES))
+        per = seconds / batch
+        if best is None or per < best[0]:
+            best = (per, batch)
+        cheaper = previous is None or per < SHARED_COST * previous
+        if slow or not cheaper or seconds >= LONG_PASS_S or batch >= largest:
             return best
-        batch = min(batch * 4, largest)
+        previous, batch = per, min(batch * 4, largest)
 
 
 def _timed(fn: Any, x: torch.Tensor, device: torch.device) -> float:
@@ -201,11 +207,12 @@ def _timed(fn: Any, x: torch.Tensor, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def per_example_seconds(config: dict[str, Any], registry: Any, device: torch.device
+def per_example_seconds(config: dict[str, Any], registry: Any, device: torch.device, pretrain: bool = True
                         ) -> tuple[dict[str, tuple[float, int]], int]:
     """``({kind: (seconds per example, batch timed)}, encoder parameters)`` of the config's
     model on ``device``, every RNG left as it was.  Forward passes are timed, without
-    gradients: ``pretrain`` (the method's loss; absent for a model without a method) and
+    gradients: ``pretrain`` (the method's loss; absent for a model without a method, or
+    without ``pretrain``: when the run pretrains nothing) and
     ``forward`` (the encoder); a training step costs :data:`STEP_FORWARDS` of them (a
     backward pass costs about two forwards), so ``pretrain`` is the loss's forward times that
     and ``train`` (fine-tuning) the encoder's.  A large model on a CPU is timed in seconds
@@ -238,7 +245,7 @@ def per_example_seconds(config: dict[str, Any], registry: Any, device: torch.dev
                 model.embed(normalize(model, x))
 
         out = {}
-        if getattr(model, "method", None) is not None:
+        if pretrain and getattr(model, "method", None) is not None:
             model.train()
             seconds, batch = _seconds_per_example(pretrain, make, device, _batch(config, "pretrain"))
             out["pretrain"] = (STEP_FORWARDS * seconds, batch)
@@ -325,7 +332,9 @@ def plan_run(config: dict[str, Any], registry: Any, protocols: list[str], *, dat
     sizes, source = split_sizes(config, task, splits)
     sized = copy.deepcopy(config)  # the model's input length follows the task's clips, as in the run
     size_frontend(sized, registry, float(task.clip_seconds))
-    timed, parameters = per_example_seconds(sized, registry, device)
+    pretrains = not checkpoint and any(proto.stage == "pretrain" for _, proto, _ in _protocols(registry, config,
+                                                                                                  protocols))
+    timed, parameters = per_example_seconds(sized, registry, device, pretrain=pretrains)
     world = D.env_world_size()
     # data-parallel: the examples are shared out
     per_example = {k: v / max(world, 1) for k, (v, _) in timed.items()}

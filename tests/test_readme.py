@@ -157,7 +157,7 @@ def test_readme_plugin_files_load_and_register(reader):
     assert "delta-mae" in reg.names("method") and "centroid" in reg.names("protocol")
 
 
-def _quick_timing(config, registry, device):
+def _quick_timing(config, registry, device, pretrain=True):
     """The plan's per-example timing, replaced by constants (see the module docstring)."""
     from ssl_bench.model import build_model
 
