@@ -359,8 +359,9 @@ def _unfinished_note(df: Any) -> str | None:
     if unfinished.empty:
         return None
     said = ", ".join(f"{r} ({s})" for r, s in zip(unfinished["run"], unfinished["status"]))
-    return (f"note: {said}: not finished; the rows it wrote so far are shown with that status, never pooled with "
-            "finished runs; run the same command again to finish it")
+    stopped = set(unfinished["status"]) & {"interrupted", "failed"}
+    return (f"note: {said}: not finished; the rows written so far are shown with that status, never pooled with "
+            "finished runs" + ("; run the same command again to finish a stopped run" if stopped else ""))
 
 
 def cmd_results(args: argparse.Namespace) -> int:

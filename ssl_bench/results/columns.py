@@ -33,8 +33,12 @@ NOT_SETTINGS = ("config_hash", "checkpoint", "device", "data.num_workers")
 
 
 def variant_columns(df: pd.DataFrame) -> list[str]:
-    """The :data:`VARIANT_KEYS` present in ``df``."""
-    return [k for k in VARIANT_KEYS if k in df.columns]
+    """The :data:`VARIANT_KEYS` that tell rows of ``df`` apart: present, with some value other
+    than "" (and, for ``status``, other than ``finished``)."""
+    from .partial import FINISHED
+
+    return [k for k in VARIANT_KEYS if k in df.columns
+            and (~df[k].fillna("").astype(str).isin(["", FINISHED])).any()]
 
 
 def is_setting(df: pd.DataFrame, col: str) -> bool:

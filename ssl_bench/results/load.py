@@ -21,7 +21,7 @@ import yaml
 
 from ..config import flat_config
 from ..files import shown
-from .columns import PLUGIN_PREFIX, ROW_KEYS, variant_columns
+from .columns import PLUGIN_PREFIX, ROW_KEYS, VARIANT_KEYS
 from .partial import FINISHED, partial_runs
 
 #: What a config column holds in rows of runs whose config lacks that key (a masker without
@@ -91,8 +91,9 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     # a key some runs' configs lack: MISSING there, before concat turns an int column to floats
     frames = [f.assign(**{k: MISSING for k in settings if k not in f.columns}) for f in frames]
     df = pd.concat(frames, ignore_index=True)
-    for key in variant_columns(df):
-        df[key] = df[key].fillna("").astype(str)
+    for key in VARIANT_KEYS:
+        if key in df.columns:
+            df[key] = df[key].fillna("").astype(str)
     for key in sorted(settings):  # a key a config holds as null: MISSING too, so no table drops its rows
         if key in df.columns and df[key].isna().any():
             df[key] = df[key].astype(object).where(df[key].notna(), MISSING)
