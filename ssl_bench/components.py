@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .events import Event
 from .hookspecs import COMPONENT_KINDS, KINDS  # noqa: F401 - here too, beside the contracts they name
 
 #: Token layouts an encoder can use.  Index of the token at grid cell (t, f):
@@ -60,6 +61,19 @@ class BuildContext:
 
 
 # --------------------------------------------------------------------------- outputs
+@dataclass(frozen=True)
+class FrameTiming:
+    """When a frontend's frames are: frame ``i`` is centred at ``first_s + i * hop_s`` seconds
+    from the start of the audio (what a frontend's optional ``frame_timing()`` returns)."""
+
+    hop_s: float
+    first_s: float
+
+    def seconds(self, frames: torch.Tensor) -> torch.Tensor:
+        """Times in seconds of (fractional) frame positions ``frames``."""
+        return self.first_s + frames.to(torch.float64) * self.hop_s
+
+
 class EncoderOutput(NamedTuple):
     """What an encoder returns.
 
@@ -110,6 +124,8 @@ class Frontend(Protocol):
       features.
     * ``cache_config() -> dict``: every setting that changes ``compute``'s output (the feature
       cache key).
+    * ``frame_timing() -> FrameTiming`` (optional): when its frames are, for frame-level
+      timestamps (:mod:`ssl_bench.frames` measures it from ``compute`` when absent).
     """
 
     sample_rate: int
@@ -138,6 +154,11 @@ class Encoder(Protocol):
     * ``dim``, ``depth``, ``num_prefix_tokens``;
       ``layer_id(param_name) -> int`` in ``0..depth+1`` for layer-wise lr decay
       (0 = embeddings, i+1 = block i, depth+1 = everything after the blocks).
+    * Frame-level output (:mod:`ssl_bench.frames`), optional: ``column_centres(num_frames) ->
+      [n_time]``, the centre of each time column of the grid in input frames (without it,
+      columns are taken to tile the input evenly); or ``time_columns(spec, layers=False) ->
+      (columns [B, n, D] or [B, K, n, D], centres [n] in input frames)`` for an encoder that
+      makes its frames itself (a HEAR module).
     """
 
     dim: int
@@ -216,13 +237,17 @@ class Method(Protocol):
 class Clip:
     """One labelled audio example.
 
-    ``path``: the audio file; ``labels``: class indices (one for multi-class tasks);
-    ``key``: a stable identifier (relative path) used for caching and error messages.
+    ``path``: the audio file; ``labels``: class indices (one for multi-class tasks; for an
+    events task, the set of labels among its events); ``key``: a stable identifier (relative
+    path) used for caching, error messages and as the file name of its predictions;
+    ``events``: for an events task, the clip's :class:`~ssl_bench.events.Event` s (label,
+    onset and offset in seconds), empty otherwise.
     """
 
     path: Path
     labels: tuple[int, ...]
     key: str
+    events: tuple[Event, ...] = ()
 
 
 @dataclass
@@ -244,12 +269,15 @@ class Task(Protocol):
     """A downstream task.
 
     Attributes: ``name``, ``classes`` (label names, index = class id), ``multilabel``,
-    ``sample_rate`` (rate the clips are resampled to, 16000), ``clip_seconds`` (length
-    clips are padded/cropped to), ``metrics`` (names in :mod:`ssl_bench.metrics`, first is
-    the primary one), ``split_protocol`` (a short human description recorded in every
-    result row), ``norm_stats`` (published feature statistics: ``{frontend stats_key: (mean,
-    std)}``, or ``{}``; the harness computes them on the training split for any other
-    frontend).
+    ``label_shape`` (optional: ``multiclass``, ``multilabel`` or ``events``, see
+    :mod:`ssl_bench.events`; without it the shape follows ``multilabel``; an events task's
+    clip-level targets are multi-hot, the labels present), ``sample_rate`` (rate
+    the clips are resampled to, 16000), ``clip_seconds`` (length clips are padded/cropped to),
+    ``metrics`` (names of registered metrics, see :mod:`ssl_bench.metrics`, of the kind the
+    shape needs: clip scores, or events for an events task; the first is the primary one),
+    ``split_protocol`` (a short human description recorded in every result row),
+    ``norm_stats`` (published feature statistics: ``{frontend stats_key: (mean, std)}``, or
+    ``{}``; the harness computes them on the training split for any other frontend).
 
     ``prepare()`` makes the data available (finds it, downloads it, or builds it) and raises
     a clear error naming what is missing; inside :func:`ssl_bench.download.no_fetching` (a

@@ -11,7 +11,10 @@ clips:
   milliseconds (HEAR's event layout).
 
 ``file`` is the clip's key (its path relative to the task's root).  Each row names its file in
-the ``predictions`` column (relative to the run directory); :func:`read` gives both parts back.
+the ``predictions`` column (relative to the run directory); :func:`read` gives both parts back,
+:func:`read_events` an event task's as :class:`~ssl_bench.events.Event` lists.  Event times are
+written as ``seconds * 1000`` at full precision, so hear-eval-kit's scorer (which divides by
+1000) reads the very seconds :mod:`ssl_bench.metrics.sed` scored: the same number, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .events import Event
 from .files import atomic_write_text
 
 REFERENCE_SUFFIX = ".reference.json"
@@ -51,6 +55,30 @@ def event_layout(events: dict[str, Sequence[Any]], labels: Sequence[str]) -> dic
                   for e in found] for key, found in events.items()}
 
 
+def events_from_layout(layout: dict[str, Sequence[Any]], labels: Sequence[str]) -> dict[str, list[Event]]:
+    """The :class:`~ssl_bench.events.Event` lists of HEAR's event layout ``{file: [{"label",
+    "start", "end"}]}`` (ms), the inverse of :func:`event_layout`; a label not in ``labels`` or
+    an event that is not one raises ValueError naming the file."""
+    index = {str(label): i for i, label in enumerate(labels)}
+    out: dict[str, list[Event]] = {}
+    for key, found in layout.items():
+        events = []
+        for e in found:
+            try:
+                label, start, end = str(e["label"]), float(e["start"]), float(e["end"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"predictions: file {key!r}: an event must be {{label, start, end}} in ms, "
+                                 f"got {e!r}") from None
+            if label not in index:
+                raise ValueError(f"predictions: file {key!r}: unknown label {label!r}")
+            try:
+                events.append(Event(index[label], start / 1000.0, end / 1000.0))
+            except ValueError as exc:
+                raise ValueError(f"predictions: file {key!r}: {exc}") from None
+        out[key] = events
+    return out
+
+
 def write(directory: Path, name: str, predictions: dict[str, Any], reference: dict[str, Any]) -> Path:
     """Write ``<directory>/<name>.json`` and its reference atomically; returns the first path."""
     path = Path(directory) / f"{name}.json"
@@ -64,6 +92,12 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     path = Path(path)
     reference = path.with_name(path.name[: -len(".json")] + REFERENCE_SUFFIX)
     return json.loads(path.read_text()), json.loads(reference.read_text())
+
+
+def read_events(path: str | Path, labels: Sequence[str]) -> tuple[dict[str, list[Event]], dict[str, list[Event]]]:
+    """``(predicted, reference)`` events of an event task's predictions file, by file."""
+    predicted, reference = read(path)
+    return events_from_layout(predicted, labels), events_from_layout(reference, labels)
 
 
 def scores_and_targets(path: str | Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:

@@ -132,6 +132,16 @@ class _Run:
         return [n for n in self.protocols
                 if self.protocol(n).stage == stage and getattr(self.section(n), "enabled", True)]
 
+    def check_shapes(self) -> None:
+        """Every requested protocol serves the task's label shape (before any data work)."""
+        shape = self.data.label_shape
+        for name in self.protocols:
+            shapes = tuple(self.protocol(name).shapes)
+            if shape not in shapes:
+                serving = [n for n in self.registry.names("protocol") if shape in self.protocol(n).shapes]
+                raise ConfigError(f"protocol {name!r} serves {', '.join(shapes)} tasks; task {self.data.name!r} is "
+                                  f"{shape} (protocols for {shape}: {', '.join(serving) or 'none registered'})")
+
     def trainers(self) -> list[tuple[str, str]]:
         """``(name, trains_on)`` of each requested protocol whose batch must fit the data."""
         out = []
@@ -156,7 +166,10 @@ class _Run:
 
         t0 = time.time()
         with STOP.installed():
+            for name in self.protocols:  # each protocol's typed section: its settings checked before any data work
+                self.section(name)
             self.data = TaskData(self.config, self.registry, self.data_dir, self.split_names)
+            self.check_shapes()
             # before any feature is extracted
             notes = cap_batch_sizes(self.config, self.trainers(), self.data, self.info.world_size, self.info.is_main)
             self.data.size_frontend()

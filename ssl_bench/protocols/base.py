@@ -45,8 +45,9 @@ import torch
 from torch import nn
 
 from ..config import data_settings
+from ..events import CLIP_SHAPES
 from .data import SplitData, Unlabeled
-from .embeddings import extract_embeddings
+from .embeddings import FrameEmbeddings, extract_embeddings, extract_frame_embeddings
 
 #: Stages, in run order: ``pretrain`` protocols make the encoder, ``evaluate`` ones score it.
 STAGES = ("pretrain", "evaluate")
@@ -153,6 +154,9 @@ class Protocol:
       ``"train"`` (its labelled training part, after any validation is carved out) or
       ``None``.  The runner checks that batch against the split's size before any feature
       is extracted, and caps it (with a warning naming ``NAME.batch_size``) for small data.
+    * ``shapes``: the task label shapes it serves (:data:`ssl_bench.events.SHAPES`); default
+      the clip shapes, ``multiclass`` and ``multilabel``.  The runner refuses a task of another
+      shape before any data work, naming both.
 
     ``run(ctx)`` returns a list of :class:`ProtocolResult`; ``workload(section, sizes)`` what
     one split of it costs (:class:`Workload`), for the plan a run prints before it starts:
@@ -168,6 +172,7 @@ class Protocol:
     help: ClassVar[str] = ""
     subcommand: ClassVar[bool] = True
     trains_on: ClassVar[str | None] = None
+    shapes: ClassVar[tuple[str, ...]] = CLIP_SHAPES
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -212,6 +217,7 @@ class ProtocolContext:
     log_metrics: Callable[[dict[str, Any]], None] | None = None
     unlabeled: Unlabeled | None = None
     _embeddings: dict[tuple[int, bool], tuple[np.ndarray, bool]] = field(default_factory=dict, repr=False)
+    _frames: dict[tuple[Any, ...], FrameEmbeddings] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -255,6 +261,30 @@ class ProtocolContext:
         hit = self._embeddings.get((id(self.model), layers))
         return bool(hit[1]) if hit else False
 
+    def frame_embeddings(self, *, hop_s: float | None = None, method: str = "interpolate", layers: bool = False,
+                         dtype: str = "float16", batch_size: int | None = None) -> dict[str, FrameEmbeddings]:
+        """Frozen frame-level embeddings of the train/valid/test parts (``{"train":
+        FrameEmbeddings, ...}``, one entry per clip in the part's order), from the on-disk cache
+        when the same encoder weights already made the same frames of the same clips.
+
+        ``hop_s``/``method``: frames finer than the encoder's time columns
+        (:mod:`ssl_bench.frames`); ``layers``: every layer (``values [frames, K, D]``);
+        ``dtype``: ``float16`` or ``float32`` storage.  Extracted once per setting and served to
+        every head and post-processing choice that reads them.
+        """
+        parts = ("train", "valid", "test")
+        key = (id(self.model), hop_s, method, layers, dtype)
+        if key not in self._frames:
+            indices = np.concatenate([getattr(self.data, p) for p in parts])
+            bs = int(batch_size or getattr(self.section, "batch_size", 0) or 16)
+            self._frames[key] = extract_frame_embeddings(
+                self.model, self.data, indices, batch_size=bs, device=self.device,
+                cache_dir=self.cache_dir / "frames", amp=bool(self.config.get("amp", True)), hop_s=hop_s,
+                method=method, layers=layers, dtype=dtype, progress=self.progress)
+        frames = self._frames[key]
+        bounds = np.cumsum([0] + [len(getattr(self.data, p)) for p in parts])
+        return {p: frames.select(range(bounds[i], bounds[i + 1])) for i, p in enumerate(parts)}
+
     def targets(self) -> dict[str, np.ndarray]:
         """``{"train": y, "valid": y, "test": y}``: class ids ``[N]`` or multi-hot ``[N, C]``."""
         return {p: self.data.part_targets(p) for p in ("train", "valid", "test")}
@@ -264,6 +294,20 @@ class ProtocolContext:
         from ..metrics import evaluate
 
         return evaluate(self.data.metrics, scores, self.data.part_targets(part))
+
+    def evaluate_events(self, predicted: dict[str, list[Any]], part: str) -> dict[str, float]:
+        """The task's event metrics of ``predicted`` (``{clip key: [Event, ...]}``) against the
+        events of ``part`` (an events task); every clip of the part is scored, a clip missing
+        from ``predicted`` as predicting nothing.  A key that is not a clip of ``part`` is a bug
+        of the caller (ValueError)."""
+        from ..metrics import evaluate_events
+
+        reference = self.data.reference_events(part)
+        foreign = [k for k in predicted if k not in reference]
+        if foreign:
+            raise ValueError(f"predictions for {len(foreign)} clip(s) not in the {part} part of split "
+                             f"{self.data.name!r}, e.g. {foreign[0]!r}")
+        return evaluate_events(self.data.metrics, predicted, reference, self.data.classes)
 
 
 def section_config(protocol: type[Protocol] | Protocol, values: dict[str, Any] | None) -> Any:

@@ -102,9 +102,17 @@ def clip_statistic(metric: str) -> Callable[[Evaluation], np.ndarray] | None:
 
 
 def _metric(metric: str) -> Callable[[np.ndarray, np.ndarray], float] | None:
-    from ..metrics import METRICS
+    """The registered clip metric ``metric`` as ``fn(scores, targets) -> value`` (its first
+    value when it returns several), or ``None`` (an event metric, a loss, an unknown name)."""
+    from ..errors import UserError
+    from ..metrics import CLIP, evaluate, get_metric
 
-    return METRICS.get(metric)
+    try:
+        if get_metric(metric).input != CLIP:
+            return None
+    except (UserError, KeyError):
+        return None
+    return lambda scores, targets: evaluate([metric], scores, targets)[metric]
 
 
 # --------------------------------------------------------------------------- a cell's units
