@@ -291,7 +291,7 @@ def paired_comparison(variant: pd.DataFrame, baseline: pd.DataFrame, clips: Clip
     da = pd.Series({(s, k): float(a[s][k]["value"]) for s in shared for k in shared[s]})
     db = pd.Series({(s, k): float(b[s][k]["value"]) for s in shared for k in shared[s]})
     test, p = paired_test((da - db).to_numpy())
-    return test, p, f"{len(da)} pairs"
+    return test, p, f"{len(da)} pair{'' if len(da) == 1 else 's'}"
 
 
 def mcnemar_exact(wins: int, losses: int) -> float:
