@@ -14,9 +14,9 @@ The estimate: each protocol's :class:`~ssl_bench.protocols.base.Workload` (examp
 the method's loss, through the encoder and a head, or through the encoder alone), times the
 seconds one example takes on this device for each, measured now on random clips of the
 task's length in batches that grow until a pass is long enough to time
-(:func:`per_example_seconds`: forward passes, a training step counted as three; a large
-model on a CPU is timed on one example, which errs high, training's batches running faster
-per example).  A frozen protocol also scores
+(:func:`per_example_seconds`: training steps at their micro-batch, forward passes in
+growing batches; a large model on a CPU is timed by one forward pass of one example, a step
+counted as three, which errs high, training's batches running faster per example).  A frozen protocol also scores
 the random-init encoder when the run evaluates a trained one; frozen protocols that read one
 embedding cache share its pass.  One pretraining serves every split with
 ``pretrain.corpus``, none runs with ``--checkpoint``.  Not counted: reading audio into the
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,11 @@ class RunPlan:
             out.append(f"  {p.name:<{width}}  {p.work:<58} {when}")
         total = self.seconds
         timed = ", ".join(f"{k} {v * 1e3:,.1f} ms" + (f" (batch {b})" if b > 1 else " (one at a time)")
-                          for k, (v, b) in self.per_example.items() if k != "train")
+                          for k, (v, b) in self.per_example.items())
         if total is not None:
             out.append(f"  whole run: about {duration(total)} on this machine (rough: per example {timed}, timed "
-                       "just now, a training step counted as 3; reading audio and fitting probes not counted; load "
-                       "on the machine changes it)")
+                       "just now; reading audio, validation choices and fitting probes not counted; load on the "
+                       "machine changes it)")
         else:
             missing = ", ".join(p.name for p in self.protocols if p.seconds is None)
             out.append(f"  whole run: no estimate ({missing or 'no protocol'}: the size or the cost is not known "
@@ -176,14 +177,16 @@ def _describe_sizes(sizes: dict[str, SplitSizes], source: str) -> str:
 
 
 # --------------------------------------------------------------------------- per-example cost
-def _seconds_per_example(fn: Any, make: Any, device: torch.device, largest: int) -> tuple[float, int]:
+def _seconds_per_example(fn: Any, make: Any, device: torch.device, largest: int,
+                         grow: bool = True) -> tuple[float, int]:
     """``(seconds per example, batch)`` of ``fn(make(batch))``: batches of 1, 4, 16, ... up to
     ``largest``, each run once untimed and :data:`TIMED_PASSES` times timed (the best kept: a
     burst of other work only slows a pass), for as long as a larger batch is much cheaper per
     example (per-call costs, which a busy machine makes large, are shared out by training's
     batches too) and a pass lasts under :data:`LONG_PASS_S`.  When the untimed pass takes
-    :data:`SLOW_PASS_S` or more (a large model on a CPU), one timed pass is the measure."""
-    batch, best, previous = 1, None, None
+    :data:`SLOW_PASS_S` or more (a large model on a CPU), one timed pass is the measure.
+    ``grow=False``: only the batch ``largest`` (a training step at its micro-batch)."""
+    batch, best, previous = (1 if grow else largest), None, None
     while True:
         x = make(batch)
         slow = _timed(fn, x, device) >= SLOW_PASS_S  # untimed: the first call at a shape pays for set-up
@@ -210,20 +213,22 @@ def _timed(fn: Any, x: torch.Tensor, device: torch.device) -> float:
 def per_example_seconds(config: dict[str, Any], registry: Any, device: torch.device, pretrain: bool = True
                         ) -> tuple[dict[str, tuple[float, int]], int]:
     """``({kind: (seconds per example, batch timed)}, encoder parameters)`` of the config's
-    model on ``device``, every RNG left as it was.  Forward passes are timed, without
-    gradients: ``pretrain`` (the method's loss; absent for a model without a method, or
-    without ``pretrain``: when the run pretrains nothing) and
-    ``forward`` (the encoder); a training step costs :data:`STEP_FORWARDS` of them (a
-    backward pass costs about two forwards), so ``pretrain`` is the loss's forward times that
-    and ``train`` (fine-tuning) the encoder's.  A large model on a CPU is timed in seconds
-    instead of minutes that way."""
+    model on ``device``, every RNG left as it was: ``pretrain``, a pretraining step (the
+    method's loss, its backward pass and an AdamW step; absent for a model without a method, or
+    without ``pretrain``: when the run pretrains nothing), ``train``, a fine-tuning step (the
+    encoder, a backward pass, an AdamW step), each at its section's micro-batch (at most
+    :data:`LARGEST_BATCH`), so a small model's per-step costs are counted as training pays
+    them; and ``forward``, the encoder without gradients (:func:`_seconds_per_example`).  When
+    one forward pass alone takes :data:`SLOW_PASS_S` or more (a large model on a CPU), the
+    steps are not run: a step is counted as :data:`STEP_FORWARDS` forward passes (a backward
+    pass costs about two), which keeps the plan to seconds instead of minutes."""
     from .encoders import pretrain_loss
     from .model import build_model
     from .protocols.data import normalize
     from .train import StepContext, autocast
 
     amp = bool(config.get("amp", True))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         model = build_model(config, registry)
         if getattr(model.frontend, "stats_key", None) is not None and getattr(model.frontend, "norm_stats", None) \
@@ -232,26 +237,48 @@ def per_example_seconds(config: dict[str, Any], registry: Any, device: torch.dev
         model.to(device)
         frames = int(config["frontend"].get("num_frames") or model.build.num_frames)  # sized by the caller
         parameters = sum(p.numel() for p in model.encoder.parameters())
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
 
         def make(batch: int) -> torch.Tensor:
             return torch.randn(batch, frames, int(model.build.num_bins), device=device)
 
-        def pretrain(x: torch.Tensor) -> None:
+        def pretrain_loss_of(x: torch.Tensor) -> torch.Tensor:
             with autocast(device, amp):
-                pretrain_loss(model, {"spec": x}, StepContext(0, 0, 0, 0, 0, x.shape[0], 0))
+                return pretrain_loss(model, {"spec": x}, StepContext(0, 0, 0, 0, 0, x.shape[0], 0))
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            with autocast(device, amp):
+                return model.embed(normalize(model, x))
+
+        def step(loss_of: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], None]:
+            def run(x: torch.Tensor) -> None:
+                loss_of(x).float().sum().backward()
+                optimizer.step()  # lr 0: the weights stay as built
+                optimizer.zero_grad(set_to_none=True)
+            return run
 
         def forward(x: torch.Tensor) -> None:
-            with autocast(device, amp):
-                model.embed(normalize(model, x))
+            with torch.no_grad():
+                embed(x)
 
         out = {}
-        if pretrain and getattr(model, "method", None) is not None:
-            model.train()
-            seconds, batch = _seconds_per_example(pretrain, make, device, _batch(config, "pretrain"))
-            out["pretrain"] = (STEP_FORWARDS * seconds, batch)
         model.eval()
         out["forward"] = _seconds_per_example(forward, make, device, LARGEST_BATCH)
-        out["train"] = (STEP_FORWARDS * out["forward"][0], out["forward"][1])
+        large = out["forward"][0] * out["forward"][1] >= SLOW_PASS_S
+        kinds = {"train": (embed, "finetune")}
+        if pretrain and getattr(model, "method", None) is not None:
+            kinds["pretrain"] = (pretrain_loss_of, "pretrain")
+        for kind, (loss_of, section) in kinds.items():
+            model.train()
+            if large:  # a training step of this model would take minutes here: counted as forward passes
+                with torch.no_grad():
+                    seconds, batch = _seconds_per_example(loss_of, make, device, 1)
+                out[kind] = (STEP_FORWARDS * seconds, batch)
+            else:  # at the micro-batch, or fewer examples where a step would last longer than a timed pass should
+                fits = max(1, int(LONG_PASS_S / (STEP_FORWARDS * out["forward"][0])))
+                out[kind] = _seconds_per_example(step(loss_of), make, device, min(_batch(config, section), fits),
+                                                 grow=False)
+        optimizer.zero_grad(set_to_none=True)
     return out, parameters
 
 
