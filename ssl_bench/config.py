@@ -112,7 +112,8 @@ def slots(registry: Registry | None = None) -> dict[str, str]:
     registry = registry or get_registry()
     out = dict(MODEL_SLOTS)
     for name in registry.names("protocol"):
-        for field_name, kind in (getattr(registry.get("protocol", name).factory, "slots", None) or {}).items():
+        # what the registry lists of the protocol (no import: results tables need this too)
+        for field_name, kind in (registry.get("protocol", name).listing.get("slots") or {}).items():
             out[f"{name}.{field_name}"] = kind
     return out
 

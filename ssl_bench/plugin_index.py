@@ -3,7 +3,8 @@
 ``ssl-bench --help``, ``plugins``, ``results`` and ``plot`` need the names plugins register and
 a help line or two, not their code; importing the built-in plugins imports torch, seconds on
 a small CPU.  The index keeps, per plugin, what it registered and what a listing shows of it
-(:func:`listing`: a protocol's and a command's help line, a model's presets and notes),
+(:func:`listing`: a protocol's and a command's help line, a protocol's component slots, a
+model's presets and notes),
 under a fingerprint of the plugin's source files: their paths, sizes and modification times
 (what Python's own bytecode cache trusts), with the distribution's version for a package.
 A plugin whose fingerprint changed, that is not in the index or whose last import failed is
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 #: Bumped when the shape of a record changes, so an old index is ignored rather than misread.
-FORMAT = 1
+FORMAT = 2
 
 
 def index_path() -> Path | None:
@@ -111,7 +112,8 @@ def builtin_fingerprint() -> str:
 def listing(kind: str, factory: Any) -> dict[str, Any]:
     """What a listing shows of one registration, as JSON values: a model's description,
     presets, default preset, recipes and notes; a protocol's or a command's help line (a
-    protocol's ``subcommand`` flag, a command's description); nothing for other kinds."""
+    protocol's ``subcommand`` flag and component ``slots``, a command's description); nothing
+    for other kinds."""
     if kind == "model":
         out = {
             "description": getattr(factory, "description", "") or "",
@@ -121,7 +123,8 @@ def listing(kind: str, factory: Any) -> dict[str, Any]:
             "notes": dict(getattr(factory, "notes", {}) or {}),
         }
     elif kind == "protocol":
-        out = {"help": getattr(factory, "help", "") or "", "subcommand": bool(getattr(factory, "subcommand", True))}
+        out = {"help": getattr(factory, "help", "") or "", "subcommand": bool(getattr(factory, "subcommand", True)),
+               "slots": dict(getattr(factory, "slots", None) or {})}
     elif kind == "command":
         out = {"help": getattr(factory, "help", "") or "", "description": getattr(factory, "description", None)}
     else:

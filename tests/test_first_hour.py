@@ -472,6 +472,9 @@ def test_help_and_plugins_import_no_torch_once_the_index_knows_the_plugins(tmp_p
     assert "audiomae  (built-in, " in out and "audiomae: tiny, small, base" in out
     out, err = _cli(["results", str(tmp_path / "nothing")], index, tmp_path)
     assert out.splitlines()[-1] == "IMPORTED pandas 0", err  # pandas for the table; no torch, no scipy
+    _sweep(tmp_path / "res")  # runs whose configs name components (the protocols' slots are looked up)
+    out, err = _cli(["results", str(tmp_path / "res")], index, tmp_path)
+    assert "time-stripes" in out and out.splitlines()[-1] == "IMPORTED pandas 0", err
 
 
 def test_a_lazy_registry_imports_a_plugin_at_first_use_and_sees_a_changed_file(tmp_path):
