@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -17,15 +16,37 @@ ALIASES = {"probe": "linear"}
 CORE_COMMANDS = ("run", "results", "plugins", "pretrain", "plot")
 
 
-def _registry(argv: list[str] | None):
+#: Commands that list or read what exists: they need the names plugins register, not their
+#: code, so they start from the plugin index without importing torch.
+LISTING_COMMANDS = ("plugins", "results", "plot")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (``None`` for none), found before any parsing."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--plugins-dir":
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return argv[i]
+    return None
+
+
+def _registry(argv: list[str], listing: bool):
     """The registry, with ``--plugins-dir`` applied: plugins add protocols and commands, so it is
-    needed before the parser can be built."""
-    from .registry import Registry, get_registry
+    needed before the parser can be built.  ``listing``: only names and help lines are needed
+    (``--help``, :data:`LISTING_COMMANDS`), so plugins the index knows are not imported."""
+    from .plugin_index import index_path
+    from .registry import Registry, current_registry, get_registry
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugins-dir", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
-    return Registry(plugins_dirs=known.plugins_dir) if known.plugins_dir else get_registry()
+    if known.plugins_dir or current_registry() is None:
+        return Registry(plugins_dirs=known.plugins_dir, index=index_path(), lazy=listing)
+    return get_registry()  # one set in code (tests, notebooks) is used as it is
 
 
 def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str]) -> None:
@@ -57,6 +78,9 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
                    help="start pretraining afresh instead of continuing from the last checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _verify_arg(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (model, preset, device, splits, the work and an estimate of the time) and "
+                        "stop, reading no audio")
     _tracking_args(p)
 
 
@@ -86,8 +110,10 @@ def _track(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def build_parser(registry: Any = None) -> argparse.ArgumentParser:
-    from .runner import DEFAULT_PROTOCOLS
+def build_parser(registry: Any = None, only: str | None = None) -> argparse.ArgumentParser:
+    """The ``ssl-bench`` parser.  ``only``: the one subcommand that will be parsed (``""`` for
+    none): a plugin's other commands are listed by name and help line, without importing them."""
+    from .config import DEFAULT_PROTOCOLS
 
     if registry is None:
         from .registry import get_registry
@@ -107,12 +133,12 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="pretrain, fine-tune and linear-probe a model on a task, split by split")
     _common_run_args(p, ",".join(DEFAULT_PROTOCOLS), protocols)
     # one subcommand per registered protocol that wants one: `ssl-bench knn ...` runs only it
-    subcommands = {n: n for n in protocols if getattr(registry.get("protocol", n).factory, "subcommand", True)}
+    subcommands = {n: n for n in protocols if registry.get("protocol", n).listing.get("subcommand", True)}
     subcommands.update({alias: target for alias, target in ALIASES.items() if target in protocols})
     for name, proto in sorted(subcommands.items()):
         if name in CORE_COMMANDS:
             continue
-        text = getattr(registry.get("protocol", proto).factory, "help", "") or f"only the {proto} protocol"
+        text = registry.get("protocol", proto).listing.get("help") or f"only the {proto} protocol"
         sp = sub.add_parser(name, help=text)
         _common_run_args(sp, None, protocols)
         sp.set_defaults(protocols=proto, command="run")
@@ -161,9 +187,12 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--where", action="append", metavar="KEY=VALUE",
                    help="only runs whose setting KEY is VALUE (masker.ratio=0.8; repeatable)")
 
-    p = sub.add_parser("plot", help="write PNG plots: ablation bars, per-layer probe curves, training curves")
+    p = sub.add_parser("plot", help="write PNG plots: the board (encoders x tasks), ablation bars, per-layer probe "
+                                    "curves, training curves")
     p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
     p.add_argument("--out", "-o", default=None, help="output folder (default <root>/plots)")
+    p.add_argument("--kind", action="append", metavar="KIND",
+                   help="only these plots (repeatable): board, ablation, layers, curves (default: all)")
     p.add_argument("--compare", nargs="+", metavar="KEY",
                    help="settings to draw ablation bars for (default: every setting that varies)")
     p.add_argument("--model", help="only this model")
@@ -175,12 +204,14 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
 
     # commands plugins bring (register_commands), e.g. bench and reconstruct
     for name in registry.names("command"):
-        command = registry.get("command", name).factory
+        entry = registry.get("command", name)
         if name in CORE_COMMANDS or name in subcommands:
             continue
-        sp = sub.add_parser(name, help=getattr(command, "help", ""), description=getattr(command, "description", None))
-        command.add_arguments(sp)
-        sp.set_defaults(plugin_command=command)
+        sp = sub.add_parser(name, help=entry.listing.get("help", ""), description=entry.listing.get("description"))
+        if only is None or only == name:
+            command = entry.factory
+            command.add_arguments(sp)
+            sp.set_defaults(plugin_command=command)
     return parser
 
 
@@ -252,8 +283,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                 configs.append((checkpoint, label, config))
     for _, _, config in configs:  # every setting checked (values, components, memory) before any data work
         check_config(config, protocols=protocols)
-    check_writable(args.results, "--results")
-    check_writable(cache_root(args.results), "the cache folder (SSL_BENCH_CACHE)")
+    if not args.dry_run:  # (a plan writes nothing)
+        check_writable(args.results, "--results")
+        check_writable(cache_root(args.results), "the cache folder (SSL_BENCH_CACHE)")
+    if _is_main_process():  # what will run and about how long it takes, before any audio is read
+        from .plan import format_plans, plan_run
+
+        plans = [plan_run(config, get_registry(), protocols, data_dir=args.data_dir, checkpoint=checkpoint is not None,
+                          splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
+                          preset_given=bool(args.preset) or checkpoint is not None)
+                 for checkpoint, _, config in configs]
+        print(format_plans(plans), file=sys.stdout if args.dry_run else sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
     run_dirs = []
     for checkpoint, label, config in configs:
         run_dirs.append(
@@ -293,25 +335,66 @@ def _print_runs(root: str, run_ids: list[str]) -> None:
 
 
 def _filtered(args: argparse.Namespace):
+    """``(every row under args.root, the rows its filters keep)``."""
     from . import results
 
-    df = results.load(args.root)
+    everything = df = results.load(args.root)
     for column in ("model", "task", "protocol"):
         if getattr(args, column, None):
             df = df[df[column] == getattr(args, column)]
     if not df.empty:
         df = results.select(df, runs=getattr(args, "run", None), since=getattr(args, "since", None),
                             where=getattr(args, "where", None))
-    return df
+    return everything, df
+
+
+def _nothing_matched(args: argparse.Namespace, everything: Any) -> str:
+    """The line ``results`` and ``plot`` print when their filters leave no row: the filters,
+    what the root holds and the values the filtered columns take there."""
+    if everything.empty:
+        return f"no results under {args.root}"
+    asked, columns = [], []
+    for column in ("model", "task", "protocol"):
+        if getattr(args, column, None):
+            asked.append(f"--{column} {getattr(args, column)}")
+            columns.append(column)
+    asked += [f"--run {r}" for r in getattr(args, "run", None) or []]
+    if getattr(args, "since", None):
+        asked.append(f"--since {args.since}")
+    for condition in getattr(args, "where", None) or []:
+        asked.append(f"--where {condition}")
+        key = condition.partition("=")[0].strip()
+        if key in everything.columns:
+            columns.append(key)
+    values = []
+    for column in dict.fromkeys(columns):
+        seen = sorted({str(v) for v in everything[column]})
+        values.append(f"{column}: {', '.join(seen[:8])}{', ...' if len(seen) > 8 else ''}")
+    runs = everything["run_id"].nunique()
+    return (f"no rows match {' '.join(asked)} ({len(everything)} rows of {runs} run(s) under {args.root}"
+            + (f"; {'; '.join(values)}" if values else "") + ")")
+
+
+def _unfinished_note(df: Any) -> str | None:
+    """A line naming the runs whose rows are shown though they have not finished."""
+    if "status" not in df.columns:
+        return None
+    unfinished = df[df["status"] != "finished"].drop_duplicates("run_id")
+    if unfinished.empty:
+        return None
+    said = ", ".join(f"{r} ({s})" for r, s in zip(unfinished["run"], unfinished["status"]))
+    stopped = set(unfinished["status"]) & {"interrupted", "failed"}
+    return (f"note: {said}: not finished; the rows written so far are shown with that status, never pooled with "
+            "finished runs" + ("; run the same command again to finish a stopped run" if stopped else ""))
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from . import results
     from .config import ConfigError
 
-    df = _filtered(args)
+    everything, df = _filtered(args)
     if df.empty:
-        print(f"no results under {args.root}")
+        print(_nothing_matched(args, everything))
         return 0
     if args.board:
         table = results.board(df)
@@ -321,10 +404,13 @@ def cmd_results(args: argparse.Namespace) -> int:
         except KeyError as exc:
             raise ConfigError(str(exc).strip("'\"")) from None
     elif args.raw:
-        table = df[[c for c in results.ROW_KEYS if c in df.columns]]
+        table = df[[c for c in (*results.ROW_KEYS, *results.variant_columns(df)) if c in df.columns]]
     else:
         table = results.summary(df)
     print(results.format_table(table, args.format))
+    note = _unfinished_note(df)
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -336,7 +422,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     for p in info:
-        print(f"{p['name']}  ({p['origin']})")
+        which = f", sha256 {p['sha256'][:12]}" if p.get("sha256") else (f", {p['version']}" if p.get("version") else "")
+        print(f"{p['name']}  ({p['origin']}{which})")
         for kind, names in sorted(p["registered"].items()):
             print(f"    {kind + 's':<11} {', '.join(names)}")
         for name, model in p.get("models", {}).items():
@@ -385,16 +472,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_results
 
-    df = _filtered(args)
+    everything, df = _filtered(args)
     if df.empty:
-        print(f"no results under {args.root}")
+        print(_nothing_matched(args, everything))
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "plots"
     from .files import check_writable
 
     check_writable(out, "plot --out" if args.out else "the plots folder")
-    for path in plot_results(df, args.root, out, compare=args.compare):
+    kinds = [k.strip() for item in args.kind or [] for k in item.split(",") if k.strip()] or None
+    written, notes = plot_results(df, args.root, out, compare=args.compare, kinds=kinds)
+    for path in written:
         print(path)
+    for note in notes:
+        print(note)
     return 0
 
 
@@ -438,14 +529,17 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import set_registry
 
     set_command(argv)  # what run records report as the command line
-    registry = _registry(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    word = command_word(words)
+    registry = _registry(words, listing=word is None or word in LISTING_COMMANDS or "-h" in words
+                         or "--help" in words)
     previous = set_registry(registry)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("SSL_BENCH_DEBUG"))
     default_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warnings(default_format)
     args = None
     try:
-        parser = build_parser(registry)
+        parser = build_parser(registry, only=word or "")
         args = parser.parse_args(argv)
         if not args.command:
             parser.print_help()
@@ -467,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         from .train import TrainingInterrupted
 
-        if isinstance(exc, TrainingInterrupted):  # SIGTERM/SIGINT: checkpointed at a step boundary
-            print(f"ssl-bench: {exc}; run the same command again to resume", file=sys.stderr)
+        if isinstance(exc, TrainingInterrupted):  # SIGTERM/SIGINT: it says what a rerun can resume from
+            print(f"ssl-bench: {exc}", file=sys.stderr)
             return exc.exit_code
         print("ssl-bench: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
@@ -498,10 +592,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     finally:
-        from .distributed import shutdown
-
         warnings.formatwarning = default_format
-        shutdown()  # leave a torchrun process group cleanly (no-op outside torchrun)
+        if "ssl_bench.distributed" in sys.modules:  # (a listing command never imports torch)
+            sys.modules["ssl_bench.distributed"].shutdown()  # leave a torchrun process group cleanly
         set_registry(previous)  # main() called in-process (tests, notebooks): leave the registry as found
 
 

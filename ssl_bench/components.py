@@ -28,11 +28,7 @@ import torch
 from torch import nn
 
 from .events import Event
-
-#: The kinds of model part a plugin can register, in the order a model is built.
-COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective", "method")
-#: Everything a plugin can register (one ``register_<kind>s`` hook each).
-KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "metric", "command")
+from .hookspecs import COMPONENT_KINDS, KINDS  # noqa: F401 - here too, beside the contracts they name
 
 #: Token layouts an encoder can use.  Index of the token at grid cell (t, f):
 #: ``time-major``: t * n_freq + f (AudioMAE);  ``freq-major``: f * n_time + t (AST, SSAST).
@@ -287,7 +283,13 @@ class Task(Protocol):
     ``{}``; the harness computes them on the training split for any other frontend).
 
     ``prepare()`` makes the data available (finds it, downloads it, or builds it) and raises
-    a clear error naming what is missing; ``splits()`` returns the partitions.
+    a clear error naming what is missing; inside :func:`ssl_bench.download.no_fetching` (a
+    run's plan) it must not download or build, and raises
+    :class:`~ssl_bench.download.DataNotHere` instead.  ``splits()`` returns the partitions.
+
+    Optional, for the plan of a run whose data is not here yet: ``nominal_splits`` (``{split:
+    (train, test)}`` or ``(train, valid, test)`` clip counts of the published dataset) and
+    ``nominal_unlabeled`` (the clips of its unlabeled corpus).
     """
 
     name: str

@@ -120,6 +120,8 @@ BOOKKEEPING_FIELDS = ("checkpoint_every", "checkpoint_min_s", "data.num_workers"
 #: same recipe).  Precision is not among them: ``amp`` (bf16) keys the pretraining hash, the
 #: encoder's ``init_id`` and the embedding cache, as the precision it gives on the device.
 EXECUTION_FIELDS = ("device", "compile", "deterministic", "memory_gb")
+#: What ``ssl-bench run --protocols`` runs by default (every one is registered; see ``ssl-bench plugins``).
+DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
 
 
 def sections(registry: Registry | None = None) -> dict[str, type]:
@@ -139,7 +141,8 @@ def slots(registry: Registry | None = None) -> dict[str, str]:
     registry = registry or get_registry()
     out = dict(MODEL_SLOTS)
     for name in registry.names("protocol"):
-        for field_name, kind in (getattr(registry.get("protocol", name).factory, "slots", None) or {}).items():
+        # what the registry lists of the protocol (no import: results tables need this too)
+        for field_name, kind in (registry.get("protocol", name).listing.get("slots") or {}).items():
             out[f"{name}.{field_name}"] = kind
     return out
 

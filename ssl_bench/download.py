@@ -19,6 +19,7 @@ and where to put it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -40,6 +42,30 @@ DOWNLOAD_RECORD = ".ssl-bench-download.json"
 
 class DownloadError(UserError, RuntimeError):
     """A download that failed or could not be verified; says what to do by hand."""
+
+
+class DataNotHere(UserError, FileNotFoundError):
+    """A task's data is not here, and it may not be downloaded or built now (a run's plan, a
+    dry run): it would be when the run starts."""
+
+
+_FETCHING = [True]
+
+
+@contextlib.contextmanager
+def no_fetching() -> Iterator[None]:
+    """Inside, a task that would download or build its data raises :class:`DataNotHere`
+    instead (what a run's plan reads must cost nothing)."""
+    old, _FETCHING[0] = _FETCHING[0], False
+    try:
+        yield
+    finally:
+        _FETCHING[0] = old
+
+
+def fetching_allowed() -> bool:
+    """False inside :func:`no_fetching`: a task's ``prepare()`` must not download or build then."""
+    return _FETCHING[0]
 
 
 def offline() -> bool:
@@ -244,6 +270,8 @@ def fetch_dataset(
     destination = Path(destination)
     if _found(destination, expect):
         return destination
+    if not fetching_allowed():
+        raise DataNotHere(f"{destination}: {expect} is not there yet; it is downloaded from {url} when the run starts")
     hint = manual_instructions(url, destination, str(destination / expect))
     archive = destination.parent / f"{destination.name}.{archive_name}"
     download(url, archive, sha256=sha256, md5=md5, progress=progress, manual_hint=hint)

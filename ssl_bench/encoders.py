@@ -608,7 +608,7 @@ def pretrain_on_corpus(
 
     with D.main_first():
         digest = dataset_digest(feats.clips, cache)
-    provenance = {**run_record(device), "data": {"corpus": corpus, **digest}}
+    provenance = {**run_record(device, registry=registry), "data": {"corpus": corpus, **digest}}
     run_id = new_run_id({**config, "task": "pretrain"})
     writer = (RunWriter(results_root, run_id, config, echo=progress, provenance=provenance, track=track)
               if info.is_main else NullWriter())

@@ -514,7 +514,7 @@ def check_entry(entry: Path) -> tuple[str | None, dict | None, np.ndarray | None
         return f"index.npy has shape {index.shape} {index.dtype}, expected ({kept}, 3) int64", None, None
     if kept and (index[:, 1].min() < 0 or index[:, 2].min() < 1 or int((index[:, 1] + index[:, 2]).max()) > total
                  or index[:, 0].min() < 0 or int(index[:, 0].max()) >= int(manifest.get("num_clips", kept))):
-        return f"index.npy points outside features.bin or the clip list", None, None
+        return "index.npy points outside features.bin or the clip list", None, None
     if checked:
         _write_stamp(entry)
     return None, manifest, index

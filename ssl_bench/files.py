@@ -162,6 +162,19 @@ def _alive(pid: int, start: str) -> bool:
         return True  # cannot tell: keep it
 
 
+def process_tag() -> dict[str, Any]:
+    """This process as another one can check on it: host, pid and start time."""
+    return {"host": _host(), "pid": os.getpid(), "start": _process_start()}
+
+
+def process_alive(tag: dict[str, Any]) -> bool | None:
+    """Whether the process of a :func:`process_tag` is still running; ``None`` for a process of
+    another host (it cannot be checked from here)."""
+    if tag.get("host") != _host() or not str(tag.get("pid", "")).isdigit():
+        return None
+    return _alive(int(tag["pid"]), str(tag.get("start")))
+
+
 def clean_stale_temps(root: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
     """Remove ``.tmp-*`` directories under ``root`` left by dead writers on this host.
 

@@ -23,6 +23,11 @@ from __future__ import annotations
 
 import pluggy
 
+#: The kinds of model part a plugin can register, in the order a model is built.
+COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective", "method")
+#: Everything a plugin can register (one ``register_<kind>s`` hook each).
+KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "metric", "command")
+
 hookspec = pluggy.HookspecMarker("ssl_bench")
 hookimpl = pluggy.HookimplMarker("ssl_bench")
 

@@ -16,7 +16,8 @@
   readable ``init`` name, and the ssl-bench config saved in it, when there is one.
 * :func:`run_record` is the provenance block of ``result.json``: ssl-bench version, git commit
   (and whether the checkout was dirty), Python/torch/torchaudio/CUDA versions, device, host,
-  command line.
+  command line, and every plugin loaded (name, origin, version or a file plugin's SHA-256:
+  :meth:`ssl_bench.registry.Registry.provenance`).
 """
 
 from __future__ import annotations
@@ -433,9 +434,12 @@ def set_command(argv: Sequence[str] | None) -> None:
     _COMMAND = ["ssl-bench", *argv] if argv is not None else None
 
 
-def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The provenance block of a run record (see the module docstring)."""
+def run_record(device: Any = None, argv: Sequence[str] | None = None, registry: Any = None) -> dict[str, Any]:
+    """The provenance block of a run record (see the module docstring); ``registry``: where the
+    plugins were loaded (default the process-wide one)."""
     import torch
+
+    from .registry import get_registry
 
     dev = torch.device(device) if device is not None else None
     name = torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else (
@@ -449,6 +453,7 @@ def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[st
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "command": shlex.join([Path(argv[0]).name if argv else "python", *argv[1:]]),
+        "plugins": (registry if registry is not None else get_registry()).provenance(),
     }
 
 

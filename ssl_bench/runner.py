@@ -21,9 +21,10 @@ read against.
 Rows go to a :class:`~ssl_bench.results.RunWriter` (one atomic run directory); per-epoch
 records to its ``metrics.jsonl``; ``result.json`` records the run's provenance
 (:mod:`ssl_bench.provenance`).  An interrupted run (error, Ctrl-C, SIGTERM, SIGKILL) leaves
-nothing in the results directory; its finished protocols and training checkpoints stay in
-``<results>/.cache/runs/<hash>/``, so running the same command again (``resume=True``)
-continues where it stopped.  Under ``torchrun`` every rank runs this function and only rank
+no run directory; its finished protocols, its rows so far and its training checkpoints stay in
+``<results>/.cache/runs/<hash>/``, so ``ssl-bench results`` shows those rows (marked
+interrupted, :mod:`ssl_bench.results.partial`) and running the same command again
+(``resume=True``) continues where it stopped.  Under ``torchrun`` every rank runs this function and only rank
 0 writes.
 """
 
@@ -43,7 +44,7 @@ from torch import nn
 
 from . import distributed as D
 from .compute import RowStamp, compute_columns, count_parameters, flops_per_sample, spec_probe
-from .config import ConfigError, config_hash
+from .config import DEFAULT_PROTOCOLS, ConfigError, config_hash
 from .encoders import PRETRAINING_INIT, RANDOM, EncoderIdentity, EncoderSource, differs_from_random
 from .errors import UserError
 from .files import atomic_write_text, cache_root, json_default
@@ -53,10 +54,7 @@ from .protocols.data import SplitData, Unlabeled, normalize
 from .provenance import ID_LENGTH
 from .registry import get_registry
 from .splitdata import PreparedSplit, TaskData, cap_batch_sizes, require_validation
-from .train import STOP, configure_backends
-
-#: What ``--protocols`` runs by default (every one is registered; see ``ssl-bench plugins``).
-DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
+from .train import STOP, TrainingInterrupted, configure_backends
 
 
 def _slug(text: str) -> str:
@@ -71,6 +69,14 @@ class _SavedRows:
 
     def __init__(self, state_dir: Path, resume: bool, is_main: bool):
         self.dir, self.resume, self.is_main = state_dir, resume, is_main
+
+    def kept(self) -> str | None:
+        """What an interrupted run keeps for the rerun, in words (None: nothing)."""
+        done = sorted(self.dir.glob("*/*.json")) if self.dir.is_dir() else []
+        if not done:
+            return None
+        return (f"the rows of {len(done)} finished protocol run(s) are kept: `ssl-bench results` shows them "
+                "(interrupted) and the same command reuses them")
 
     def get_or_run(self, split: str, key: str, compute: Callable[[], list[dict[str, Any]]],
                    log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -161,6 +167,7 @@ class _Run:
     def run(self) -> Path | None:
         from .provenance import run_record
         from .results import NullWriter, RunWriter, new_run_id
+        from .results.partial import STATE_DIR
 
         t0 = time.time()
         with STOP.installed():
@@ -173,20 +180,20 @@ class _Run:
             notes = cap_batch_sizes(self.config, self.trainers(), self.data, self.info.world_size, self.info.is_main)
             self.data.size_frontend()
             self.data.load_features(self.cache, self.device, self.progress_main)
-            provenance = {**run_record(self.device), "data": self.data.record()}
+            provenance = {**run_record(self.device, registry=self.registry), "data": self.data.record()}
             if self.source.record() is not None:
                 provenance["checkpoint"] = self.source.record()
             self.stamp = RowStamp(task=self.data.name, seed=self.seed,
                                   primary_metric=self.data.metric_names[0] if self.data.metric_names else "",
                                   code_version=provenance["code_version"],
                                   data_sha256=self.data.digest["sha256"][:ID_LENGTH])
-            state_dir = self.results_root / ".cache" / "runs" / self.run_hash()
+            state_dir = self.results_root / STATE_DIR / self.run_hash()
             if not self.resume and self.info.is_main and state_dir.exists():
                 shutil.rmtree(state_dir, ignore_errors=True)
             D.barrier()
             self.state_dir, self.saved = state_dir, _SavedRows(state_dir, self.resume, self.info.is_main)
             writer = (RunWriter(self.results_root, new_run_id(self.config, self.label), self.config,
-                                echo=self.progress, provenance=provenance, track=self.track)
+                                echo=self.progress, provenance=provenance, track=self.track, journal=state_dir)
                       if self.info.is_main else NullWriter())
             with writer:
                 self.writer = writer
@@ -199,10 +206,14 @@ class _Run:
                 self.clock = RunClock(len(self.data.splits), writer.log,
                                       is_pretraining=lambda n: self.protocol(n).stage == "pretrain",
                                       is_frozen=lambda n: self.protocol(n).frozen)
-                for i, split in enumerate(self.data.splits):
-                    self.clock.start_split(i)
-                    self.run_split(split)
-                    self.clock.end_split()
+                try:
+                    for i, split in enumerate(self.data.splits):
+                        self.clock.start_split(i)
+                        self.run_split(split)
+                        self.clock.end_split()
+                except TrainingInterrupted as exc:
+                    exc.kept = self.saved.kept()
+                    raise
                 self.collect_predictions(writer.dir)
                 writer.log(f"done in {time.time() - t0:.1f} s")
             if self.info.is_main:

@@ -104,6 +104,8 @@ class ESC50Task(DatasetTask):
     norm_stats = {KALDI_FBANK_128: (-6.6268077, 5.358466)}
     split_protocol = "official 5 folds, leave-one-fold-out (train 4, test 1); validation carved from the training folds"
     esc10_only = False
+    #: The published dataset's folds (400 clips each), for a run's plan before the data is here.
+    nominal_splits = {f"fold{k}": (1600, 400) for k in range(1, 6)}
     #: ``data_dir`` is downloaded into when it is empty; the default location is under data_home()
     download_url = ESC50_URL
     download_sha256 = ESC50_SHA256
@@ -145,6 +147,7 @@ class ESC10Task(ESC50Task):
 
     name = "esc10"
     esc10_only = True
+    nominal_splits = {f"fold{k}": (320, 80) for k in range(1, 6)}
     split_protocol = "ESC-10 subset, official 5 folds, leave-one-fold-out; validation carved from the training folds"
 
 

@@ -32,6 +32,7 @@ import soundfile as sf
 
 from ssl_bench import hookimpl
 from ssl_bench.components import Clip
+from ssl_bench.download import DataNotHere, fetching_allowed
 
 from .common import KALDI_FBANK_128, DataNotFoundError, atomic_directory, data_home
 from .esc50 import ESC50_COLUMNS, ESC50_META, ESC50Task, read_esc50_layout
@@ -217,6 +218,9 @@ class SyntheticTask(ESC50Task):
     sample_rate = SAMPLE_RATE
     clip_seconds = SECONDS
     metrics = ["accuracy"]
+    nominal_splits = {f"fold{k}": (CLIPS_PER_CLASS * len(CLASSES) * 4 // 5, CLIPS_PER_CLASS * len(CLASSES) // 5)
+                      for k in range(1, 6)}
+    nominal_unlabeled = UNLABELED_CLIPS
 
     @property
     def norm_stats(self) -> dict[str, tuple[float, float]]:
@@ -246,6 +250,8 @@ class SyntheticTask(ESC50Task):
             stale = root.with_name(f".{root.name}.stale-{uuid.uuid4().hex[:8]}")
             root.rename(stale)
             shutil.rmtree(stale, ignore_errors=True)
+        if not fetching_allowed():
+            raise DataNotHere(f"{root}: the synthetic dataset is not generated yet; it is when the run starts")
         with atomic_directory(root) as tmp:
             if tmp is not None:
                 t0 = time.time()

@@ -6,9 +6,9 @@
   to the empty string): tests see the built-ins and what they register themselves.
 * ``one_torch_thread``: a module opts in (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)
   to run its tiny models on one thread.
-* Datasets (the generated synthetic task) go to a per-session temporary directory; caches of
-  features and pretrained encoders live under each test's own results root (no
-  ``SSL_BENCH_CACHE``), so tests never see each other's checkpoints.
+* Datasets (the generated synthetic task) and the CLI's plugin index go to a per-session
+  temporary directory; caches of features and pretrained encoders live under each test's own
+  results root (no ``SSL_BENCH_CACHE``), so tests never see each other's checkpoints.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("ssl-bench-home")
-    old = {k: os.environ.get(k) for k in ("SSL_BENCH_DATA", "SSL_BENCH_CACHE")}
+    old = {k: os.environ.get(k) for k in ("SSL_BENCH_DATA", "SSL_BENCH_CACHE", "SSL_BENCH_PLUGIN_INDEX")}
     os.environ["SSL_BENCH_DATA"] = str(root / "data")
+    os.environ["SSL_BENCH_PLUGIN_INDEX"] = str(root / "plugin-index.json")
     os.environ.pop("SSL_BENCH_CACHE", None)
     yield root
     for k, v in old.items():

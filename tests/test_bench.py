@@ -18,6 +18,7 @@ REQUIRED = [
     "files_to_features_speedup", "files_to_features_clips_per_s", "files_to_features_reference_clips_per_s",
     "files_to_features_max_abs_diff", "resample_max_abs_diff", "bf16_gemm_speedup",
     "events_extract_s", "events_grid_s", "events_grid_over_extraction", "events_cache_read_s", "events_cache_speedup",
+    "cli_help_s", "cli_import_torch_s", "cli_python_s", "cli_help_vs_import_torch",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -89,7 +90,8 @@ def test_sweep_becomes_one_comparison_table(tmp_path, capsys):
     capsys.readouterr()
     assert main(["results", str(res), "--compare", "masker.ratio"]) == 0
     table = capsys.readouterr().out
-    assert "0.6" in table and "0.8" in table and "±" in table
+    assert "0.6" in table and "0.8" in table and "(McNemar, " in table  # per-clip predictions: paired by clip
+    assert re.search(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] \(n=\d\)", table)  # mean [interval] (n)
     df = results.load(res)
     assert sorted(df["masker.ratio"].unique()) == [0.6, 0.8]
     assert main(["results", str(res), "--compare", "masker.ratio", "--format", "md"]) == 0

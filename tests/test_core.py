@@ -256,9 +256,10 @@ def test_run_writer_is_atomic_and_loads(tmp_path):
     assert len(df) == 3 and set(df["masker.ratio"]) == {0.7, 0.8}
     table = results.compare(df, ["masker.ratio"])
     assert list(table.columns) == ["0.7", "0.8", "p: 0.8 vs 0.7", "runs"]  # runs: what each row pools
-    # mean ± the half-width of the 95% t interval (2 folds: t(0.975, 1) * 0.1414 / sqrt 2), n
-    assert table.iloc[0]["0.7"] == "0.6000 ± 1.2706 (n=2)" and table.iloc[0]["0.8"] == "0.9000 (n=1)"
-    assert table.iloc[0]["p: 0.8 vs 0.7"] == "n/a - (t, n=1)"  # one matched fold: no test
+    # mean [95% interval] (n): rows without per-clip predictions, so the bootstrap resamples the
+    # two folds' values and stays among them (Student's t gave 0.6 ± 1.27, outside [0, 1]); one value, none
+    assert table.iloc[0]["0.7"] == "0.6000 [0.5000, 0.7000] (n=2)" and table.iloc[0]["0.8"] == "0.9000 (n=1)"
+    assert table.iloc[0]["p: 0.8 vs 0.7"] == "n/a - (t, 1 pair)"  # one matched fold: no test
     assert "| model" in results.format_table(table, "md")
     with pytest.raises(KeyError, match="masker.ratio"):
         results.compare(df, ["masker.ration"])

@@ -3,7 +3,6 @@ that tell runs apart, one-line errors, and runs that say what they are doing."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -12,7 +11,10 @@ from ssl_bench.splitdata import TaskData
 from ssl_bench.config import ConfigError
 from ssl_bench.registry import set_registry
 from ssl_bench.runner import run_experiment
-from trainfixtures import tiny_config, tiny_registry
+from trainfixtures import SMALL, tiny_config, tiny_registry
+
+#: The tiny model's sizes as --set values (what tiny_config applies).
+SMALL_SETTINGS = {k: ("null" if v is None else v) for k, v in SMALL.items()}
 
 
 @pytest.fixture(scope="module")
@@ -237,11 +239,13 @@ def test_missing_data_is_one_line_with_the_hint(tmp_path, monkeypatch, capsys):
     from ssl_bench.cli import main
 
     monkeypatch.setenv("SSL_BENCH_OFFLINE", "1")
-    assert main(["run", "--model", "audiomae", "--task", "esc50", "--data-dir", str(tmp_path / "none"),
+    assert main(["run", "--model", "audiomae", "-p", "tiny", "--task", "esc50", "--data-dir", str(tmp_path / "none"),
                  "--results", str(tmp_path / "res")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("ssl-bench: error:")
-    assert "unpack it into" in err and "--data-dir" in err and "Traceback" not in err
+    assert "as published (the data is not here yet)" in err  # the plan came first, from the published sizes
+    assert [line for line in err.splitlines() if not line.startswith(("plan:", "  "))] == [err.splitlines()[-1]]
+    err = err.splitlines()[-1]
+    assert err.startswith("ssl-bench: error:") and "unpack it into" in err and "--data-dir" in err
 
 
 # --------------------------------------------------------------------------- long runs talk
@@ -428,3 +432,303 @@ def test_a_single_value_for_a_list_setting_is_a_one_value_grid():
 
     assert section_config(LinearProtocol, {"C": 1.0}).C == [1.0]
     assert section_config(LinearProtocol, {"C": [0.1, 1.0]}).C == [0.1, 1.0]
+
+
+# --------------------------------------------------------------------------- a command line that starts at once
+_PROBE = """
+import sys
+from ssl_bench.cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exc:
+    status = exc.code
+heavy = sorted(m for m in ("torch", "pandas", "sklearn", "scipy") if m in sys.modules)
+print("IMPORTED", ",".join(heavy) or "none", status)
+"""
+
+
+def _cli(argv, index, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SSL_BENCH_PLUGIN_INDEX": str(index)}
+    done = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+    return done.stdout, done.stderr
+
+
+def test_help_and_plugins_import_no_torch_once_the_index_knows_the_plugins(tmp_path):
+    from ssl_bench.registry import Registry
+
+    index = tmp_path / "index.json"
+    Registry(index=index)  # the plugins imported once (here, where torch is loaded already): the index is written
+    out, err = _cli(["--help"], index, tmp_path)
+    assert out.splitlines()[-1] == "IMPORTED none 0", err
+    assert "bench" in out and "knn" in out and "results" in out  # a plugin's command, a protocol's, a core one
+    out, err = _cli(["plugins"], index, tmp_path)
+    assert out.splitlines()[-1] == "IMPORTED none 0", err
+    assert "audiomae  (built-in, " in out and "audiomae: tiny, small, base" in out
+    out, err = _cli(["results", str(tmp_path / "nothing")], index, tmp_path)
+    assert out.splitlines()[-1] == "IMPORTED pandas 0", err  # pandas for the table; no torch, no scipy
+    _sweep(tmp_path / "res")  # runs whose configs name components (the protocols' slots are looked up)
+    out, err = _cli(["results", str(tmp_path / "res")], index, tmp_path)
+    assert "time-stripes" in out and out.splitlines()[-1] == "IMPORTED pandas 0", err
+
+
+def test_a_lazy_registry_imports_a_plugin_at_first_use_and_sees_a_changed_file(tmp_path):
+    import hashlib
+    import os
+    import sys
+
+    from ssl_bench.registry import Registry
+
+    folder, index = tmp_path / "plugs", tmp_path / "index.json"
+    folder.mkdir()
+    plugin = folder / "tally.py"
+    text = ("from ssl_bench import hookimpl\n\nclass Tally:\n    help = 'count things'\n\n"
+            "@hookimpl\ndef register_commands(register):\n    register('tally', Tally())\n")
+    plugin.write_text(text)
+    Registry(plugins_dirs=[folder], index=index, entry_points=False)
+    sys.modules.pop("ssl_bench_plugin_tally", None)
+    lazy = Registry(plugins_dirs=[folder], index=index, entry_points=False, lazy=True)
+    entry = lazy.get("command", "tally")
+    assert entry.listing["help"] == "count things" and "ssl_bench_plugin_tally" not in sys.modules
+    assert type(entry.factory).__name__ == "Tally" and "ssl_bench_plugin_tally" in sys.modules
+    info = {p["name"]: p for p in lazy.describe()}["tally"]
+    assert info["sha256"] == hashlib.sha256(text.encode()).hexdigest() and info["origin"] == f"file {plugin}"
+
+    plugin.write_text(text.replace("'tally'", "'count'"))  # edited: its index record no longer holds
+    os.utime(plugin, ns=(plugin.stat().st_atime_ns, plugin.stat().st_mtime_ns + 10**9))
+    fresh = Registry(plugins_dirs=[folder], index=index, entry_points=False, lazy=True)
+    assert fresh.names("command") == ["count"]
+
+
+def test_every_loaded_plugin_is_in_the_run_record_and_a_column_that_splits_no_table(tmp_path):
+    from ssl_bench import results
+    from ssl_bench.provenance import run_record
+    from ssl_bench.registry import Registry
+    from ssl_bench.results import RunWriter
+
+    folder = tmp_path / "plugs"
+    folder.mkdir()
+    (folder / "extra.py").write_text("from ssl_bench import hookimpl\n")
+    record = run_record(None, registry=Registry(plugins_dirs=[folder]))
+    plugins = {p["name"]: p for p in record["plugins"]}
+    assert plugins["audiomae"]["origin"] == "built-in" and plugins["audiomae"]["version"]
+    assert len(plugins["extra"]["sha256"]) == 64
+    for run, digest in (("20261201-100000-m-t-aaaaaa-0001", "a" * 64), ("20261201-100001-m-t-aaaaaa-0002", "b" * 64)):
+        provenance = {"plugins": [*record["plugins"][:1], {"name": "extra", "origin": "file x", "sha256": digest}]}
+        with RunWriter(tmp_path / "res", run, {"model": "m", "task": "t"}, provenance=provenance) as w:
+            w.add_row(task="t", protocol="linear", split="fold1", seed=0, init="random", init_id="random",
+                      metric="accuracy", value=0.5)
+    df = results.load(tmp_path / "res")
+    assert sorted(df["plugin.extra"]) == ["sha256:aaaaaaaaaaaa", "sha256:bbbbbbbbbbbb"]
+    assert len(results.summary(df)) == 1  # like code_version: shown and filtered on, never a setting
+    assert len(results.select(df, where=["plugin.extra=sha256:aaaaaaaaaaaa"])) == 1
+
+
+# --------------------------------------------------------------------------- partial runs, empty filters
+def test_an_interrupted_runs_finished_splits_show_marked_and_apart(registry, tmp_path, monkeypatch, capsys):
+    from ssl_bench import results
+    from ssl_bench.cli import main
+    from ssl_bench.runner import _Run
+
+    real = _Run.run_split
+
+    def stop_at_the_second(self, split):
+        if split.name == "fold2":
+            raise KeyboardInterrupt
+        return real(self, split)
+
+    monkeypatch.setattr(_Run, "run_split", stop_at_the_second)
+    res = tmp_path / "res"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_config(registry), data_dir=tmp_path / "data", results_root=res, protocols=("linear",),
+                       progress=False)
+    df = results.load(res)
+    assert set(df["split"]) == {"fold1"} and set(df["status"]) == {"interrupted"}
+    table = results.summary(df)
+    assert "status" in table.columns and set(table["status"]) == {"interrupted"}
+    assert main(["results", str(res)]) == 0
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.out and "not finished" in captured.err
+
+    monkeypatch.setattr(_Run, "run_split", real)  # the same command again: it finishes, the record goes
+    run_experiment(tiny_config(registry), data_dir=tmp_path / "data", results_root=res, protocols=("linear",),
+                   progress=False)
+    df = results.load(res)
+    assert "status" not in df.columns and set(df["split"]) == {"fold1", "fold2"} and df["run_id"].nunique() == 1
+
+
+def test_a_filter_that_matches_nothing_says_so_and_what_there_is(tmp_path, capsys):
+    from ssl_bench.cli import main
+
+    _sweep(tmp_path)
+    assert main(["results", str(tmp_path), "--where", "masker=block", "--task", "t"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == ("no rows match --task t --where masker=block (8 rows of 4 run(s) under "
+                   f"{tmp_path}; task: t; masker: random, time-stripes)")
+    assert main(["results", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out.strip() == f"no results under {tmp_path / 'empty'}"
+
+
+# --------------------------------------------------------------------------- Ctrl-C says what it does
+def _interrupt(tmp_path, capfd, stops, checkpoint_min_s=0.0):
+    """A 2-epoch x 4-step training; in global step ``k`` the process sends itself SIGINT
+    ``stops[k]`` times (as a terminal's Ctrl-C would).  Returns what was printed at once and the
+    exception."""
+    import os
+    import signal
+
+    from ssl_bench.train import FitHooks, TrainConfig, TrainingInterrupted, fit
+
+    def hit(step, model):
+        for _ in range(stops.get(step, 0)):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = TrainConfig(batch_size=4, epochs=2, checkpoint_min_s=checkpoint_min_s)
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(torch.nn.Linear(2, 1), _regression(), _mse, cfg, checkpoint_dir=tmp_path, progress=False,
+            desc="pretrain", hooks=FitHooks(on_step_end=hit))
+    return capfd.readouterr().err, info.value
+
+
+def test_the_first_ctrl_c_says_at_once_which_step_it_finishes_and_what_a_second_would_leave(tmp_path, capfd):
+    err, exc = _interrupt(tmp_path, capfd, stops={2: 1})
+    said = [line for line in err.splitlines() if line.startswith("ssl-bench: SIGINT received")]
+    assert len(said) == 1 and "pretrain: finishing step 2 of 8 (about " in said[0]  # said in step 2
+    assert "Ctrl-C again to stop at once without saving (nothing saved yet: a rerun would start pretrain over)" \
+        in said[0]
+    assert exc.checkpoint == tmp_path / "last.pt" and exc.exit_code == 130
+    assert str(exc) == (f"stopped by SIGINT; checkpoint saved to {tmp_path / 'last.pt'}; run the same command again "
+                        f"to resume pretrain from {tmp_path / 'last.pt'} (epoch 1 of 2, step 2 of 4)")
+
+
+def test_a_second_ctrl_c_stops_at_once_and_promises_only_the_checkpoint_there_is(tmp_path, capfd):
+    err, exc = _interrupt(tmp_path / "none", capfd, stops={1: 2}, checkpoint_min_s=1e9)
+    assert exc.checkpoint is None and exc.resume_from is None
+    assert str(exc) == "stopped by SIGINT; pretrain had no checkpoint yet, so running the same command again starts " \
+                       "it over"
+    # with a checkpoint at the end of epoch 1 (checkpoint_every 1, no minimum interval)
+    err, exc = _interrupt(tmp_path / "one", capfd, stops={5: 2})
+    assert "(a rerun resumes from " in err
+    assert exc.checkpoint is None and str(exc).endswith(
+        f"run the same command again to resume pretrain from {tmp_path / 'one' / 'last.pt'} (after epoch 1 of 2)")
+
+
+# --------------------------------------------------------------------------- the plan before the work
+def test_dry_run_prints_the_plan_and_reads_no_audio(registry, tmp_path, monkeypatch, capsys):
+    from ssl_bench.cli import main
+
+    def no_audio(self, *args, **kwargs):
+        raise AssertionError("a dry run read audio")
+
+    monkeypatch.setattr(TaskData, "load_features", no_audio)
+    argv = ["run", "-m", "audiomae", "-t", "tinytones", "-p", "tiny", "--dry-run", "--data-dir", str(tmp_path / "d"),
+            "--results", str(tmp_path / "res"), "--protocols", "pretrain,finetune,linear,knn"]
+    for key, value in SMALL_SETTINGS.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("plan: audiomae, preset tiny, 0.0 M parameters, task tinytones, device cpu")
+    assert out[1] == "  2 split(s): each train 14, valid 4, test 18 clips, from the task's metadata"
+    assert out[2].split()[:6] == ["pretrain", "2", "split(s)", "x", "2", "epochs"]
+    assert "linear    2 split(s) x 2 encoders (trained, random init) x 36 clips embedded" in out[4]
+    assert "(embeddings shared)" in out[5] and out[5].split()[0] == "knn"
+    assert out[6].startswith("  whole run: about ")
+    assert not (tmp_path / "res").exists() and not (tmp_path / "d").exists()
+
+
+def test_the_estimate_counts_each_protocols_work_once_per_split_and_encoder(registry):
+    from ssl_bench.plan import estimate
+    from ssl_bench.protocols.base import SplitSizes
+
+    cfg = tiny_config(registry, **{"pretrain.epochs": 3, "pretrain.batch_size": 8, "finetune.epochs": 2,
+                                   "finetune.batch_size": 4, "finetune.aug_factors": None,
+                                   "finetune.head_init": "random"})
+    sizes = {"a": SplitSizes(train=10, valid=2, test=5, unlabeled=12), "b": SplitSizes(10, 2, 5, 12)}
+    per = {"pretrain": 1.0, "train": 0.1, "forward": 0.01}
+    plans = {p.name: p for p in estimate(cfg, registry, ["pretrain", "finetune", "linear", "knn"], sizes, per,
+                                         checkpoint=False)}
+    assert plans["pretrain"].seconds == 2 * 3 * 8 * 1.0  # 2 splits x 3 epochs x one batch of 8 (of 12 clips)
+    assert plans["finetune"].seconds == pytest.approx(2 * (2 * 8 * 0.1 + (2 * 2 + 5) * 0.01))  # + valid, test
+    grid = tiny_config(registry, **{"finetune.epochs": 2, "finetune.batch_size": 4, "finetune.lr_factors": [1, 3],
+                                    "finetune.aug_factors": [0, 1], "finetune.head_init": "probe"})
+    four = estimate(grid, registry, ["finetune"], sizes, per, checkpoint=False)[0]
+    assert four.seconds == pytest.approx(2 * (4 * 2 * 8 * 0.1 + (4 * 2 * 2 + 5 + 12) * 0.01))  # + the probe head
+    assert four.work == "2 split(s) x 4 settings x 2 epochs x 8 clips"
+    assert plans["linear"].seconds == pytest.approx(2 * 2 * 17 * 0.01)  # trained and random init, one pass each
+    assert plans["knn"].seconds == 0.0  # the same embeddings
+    with_corpus = estimate({**cfg, "pretrain": {**cfg["pretrain"], "corpus": "task"}}, registry, ["pretrain"], sizes,
+                           per, checkpoint=False)
+    assert with_corpus[0].seconds == 3 * 8 * 1.0  # one encoder for every split
+    from_checkpoint = {p.name: p for p in estimate(cfg, registry, ["pretrain", "linear"], sizes, per,
+                                                   checkpoint=True)}
+    assert from_checkpoint["pretrain"].seconds == 0.0 and "--checkpoint" in from_checkpoint["pretrain"].work
+
+
+def test_a_gpu_sized_preset_on_the_cpu_says_so_and_names_the_small_one(registry, tmp_path, monkeypatch):
+    from ssl_bench import plan
+    from ssl_bench.config import resolve
+
+    monkeypatch.setattr(plan, "CPU_SIZED_PARAMETERS", 200_000)  # "small" cut to 2 blocks stands in for ViT-B
+    cfg = resolve("audiomae", preset="small", task="tinytones", registry=registry,
+                  overrides={"encoder.depth": 2, "decoder.depth": 1, "device": "cpu"})
+    made = plan.plan_run(cfg, registry, ["linear"], data_dir=tmp_path / "d", preset_given=False)
+    text = "\n".join(made.lines())
+    assert "preset small (the model's default; -p chooses another)" in text.splitlines()[0]
+    assert "warning: preset small (" in text and "is sized for a GPU and this run is on the CPU: about " in text
+    assert ". Preset tiny (0.1 M) is CPU-sized: about " in text and "(-p tiny)" in text
+    assert text.endswith("Nothing is changed: the run goes on with preset small")
+
+
+def test_sizes_of_a_task_whose_data_is_not_here_are_the_published_ones_and_nothing_is_fetched(tmp_path, monkeypatch):
+    from ssl_bench import download
+    from ssl_bench.config import resolve
+    from ssl_bench.plan import split_sizes
+    from ssl_bench.registry import get_registry
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the plan tried to download")
+
+    monkeypatch.setattr(download, "download", no_network)
+    reg = get_registry()
+    cfg = resolve("audiomae", preset="tiny", task="esc50", registry=reg)
+    task = reg.get("task", "esc50").factory(data_dir=tmp_path / "esc")
+    sizes, source = split_sizes(cfg, task, ["fold2"])
+    assert source == "as published (the data is not here yet)" and list(sizes) == ["fold2"]
+    assert (sizes["fold2"].train + sizes["fold2"].valid, sizes["fold2"].test) == (1600, 400)
+    assert not (tmp_path / "esc").exists()
+
+
+# --------------------------------------------------------------------------- plot always has something to say
+def test_plot_draws_the_board_of_two_checkpoints_and_says_what_it_cannot_draw(tmp_path, capsys):
+    from ssl_bench.cli import main
+    from ssl_bench.results import RunWriter
+
+    for k, (init, values) in enumerate((("ckpt-a", [0.6, 0.7]), ("ckpt-b", [0.4]))):
+        with RunWriter(tmp_path, f"20261201-10000{k}-m-t-aaaaa{k}-000{k}", {"model": "m", "task": "t"}) as w:
+            for split, value in enumerate(values):
+                w.add_row(task="t", protocol="linear", split=f"fold{split + 1}", seed=0, init=init,
+                          init_id=f"id{k}", metric="accuracy", value=value, primary_metric="accuracy")
+    assert main(["plot", str(tmp_path), "--kind", "board", "--kind", "layers,curves"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(tmp_path / "plots" / "board.png") and (tmp_path / "plots" / "board.png").stat().st_size > 5000
+    assert out[1:] == ["layers: nothing to draw (no per-layer probe rows: --protocols layers makes them)",
+                       "curves: nothing to draw (no run here trained: pretraining and fine-tuning write curves)"]
+    assert main(["plot", str(tmp_path), "--kind", "bars"]) == 2
+    assert "choose from board, ablation, layers, curves" in capsys.readouterr().err
+
+
+def test_an_ablation_plot_never_pools_runs_that_differ_in_another_setting(tmp_path):
+    from ssl_bench import results
+    from ssl_bench.plots import ablation_cells, plot_ablation
+
+    _sweep(tmp_path)  # masker random / time-stripes x ratio 0.6 / 0.8
+    df = results.load(tmp_path)
+    summary, others, panels = ablation_cells(df, "masker.ratio")
+    assert "masker" in others and {p[4] for p in panels} == {"random", "time-stripes"}
+    assert len(panels) == 2 * 2  # finetune and linear, for each masker
+    assert set(summary["n"]) == {1}  # no bar pools two runs
+    assert plot_ablation(df, "masker.ratio", tmp_path / "a.png").stat().st_size > 5000

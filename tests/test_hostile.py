@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -278,7 +277,7 @@ def test_a_masker_hiding_every_token_or_the_wrong_shape_is_refused_with_its_plug
 
 # --------------------------------------------------------------------------- 6: resume
 def _fit(ckpt_dir, log=None, loss_fn=None, epochs=3):
-    from ssl_bench.encoders import pretrain, pretrain_loss
+    from ssl_bench.encoders import pretrain
     import ssl_bench.encoders as pre
     from trainfixtures import toy_config, toy_model, toy_split
 

@@ -265,13 +265,19 @@ def test_numbers_written_naturally_are_taken_and_keyed_alike():
     assert validate(resolve("audiomae", preset="tiny", overrides={"linear.C": 1}))["linear"]["C"] == [1.0]
 
 
+def _without_plan(err: str) -> list[str]:
+    """The lines of ``err`` after the run's plan (its first line ``plan: ...``, then indented ones)."""
+    lines = err.strip().splitlines()
+    return [line for line in lines if not (line.startswith("plan: ") or line.startswith("  "))]
+
+
 def test_no_validation_data_for_a_grid_is_refused_before_features(tmp_path, capsys):
     from ssl_bench.cli import main
 
     data = make_folder(tmp_path / "data", per_class=4, seconds=0.25)
     rc = main(["run", "-m", "audiomae", "-p", "tiny", "-t", "folder", "--data-dir", str(data), "--splits", "fold1",
                "--protocols", "linear", "--results", str(tmp_path / "r"), "--set", "data.valid_fraction=0"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _without_plan(capsys.readouterr().err)
     assert rc == 2 and len(err) == 1 and "linear.C" in err[0] and "data.valid_fraction" in err[0], err
     assert not (tmp_path / "r" / ".cache" / "features").exists()  # before any feature was extracted
 
@@ -486,12 +492,12 @@ def test_a_plugin_exiting_during_a_run_fails_the_run(tmp_path, capsys):
     plugins.mkdir()
     (plugins / "quitter.py").write_text(
         "import sys\nfrom ssl_bench import hookimpl\n\n"
-        "class Quits:\n    name = 'quits'\n\n    def __init__(self, data_dir=None):\n        pass\n\n"
+        "class Quits:\n    name = 'quits'\n    sample_rate = 16000\n    clip_seconds = 1.0\n\n    def __init__(self, data_dir=None):\n        pass\n\n"
         "    def prepare(self):\n        sys.exit(0)\n\n"
         "@hookimpl\ndef register_tasks(register):\n    register('quits', Quits)\n")
     rc = main(["--plugins-dir", str(plugins), "run", "-m", "audiomae", "-p", "tiny", "-t", "quits",
                "--protocols", "linear", "--results", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _without_plan(capsys.readouterr().err)
     assert rc != 0
     assert len(err) == 1 and "sys.exit(0)" in err[0] and str(plugins / "quitter.py") in err[0], err
 

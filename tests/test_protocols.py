@@ -323,8 +323,9 @@ def test_layers_rows_from_one_extraction_per_split_and_init(e2e):
         assert len(weighted["layer_weights"]) == 4 and abs(sum(weighted["layer_weights"]) - 1) < 1e-4
     assert all(0.0 <= r["value"] <= 1.0 and r["metric"] == "accuracy" for r in rows)
     # the printed table and the summary keep one row per layer and init (5 layers x 2 inits)
-    # (one split: the mean alone, n 1, no interval)
-    printed = re.findall(r"(?m)\b(0|1|2|final|weighted)\s+\d\.\d{4}\s+\d\.\d{4}\s+1\s+-\s", e2e["stdout"])
+    # (one split: n 1, its interval by a bootstrap over the split's test clips, inside [0, 1])
+    printed = re.findall(r"(?m)\b(0|1|2|final|weighted)\s+\d\.\d{4}\s+\d\.\d{4}\s+1\s+\[[01]\.\d{4}, [01]\.\d{4}\]\s",
+                         e2e["stdout"])
     assert printed == ["0", "1", "2", "final", "weighted"] * 2, e2e["stdout"]
     summary = results.summary(results.load(e2e["root"] / "res"))
     per_layer = summary[summary["protocol"] == "layers"]

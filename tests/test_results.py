@@ -115,8 +115,10 @@ def test_pretrain_once_then_evaluate_both_encoders_on_two_tasks(flow, capsys):
     assert "| 0.6 | 0.8 | p: 0.8 vs 0.6 |" in header
     for task in ("tinytones", "tinytones-long"):
         line = next(ln for ln in table.splitlines() if f"| {task} |" in ln and "corpus" in ln)
-        assert len(re.findall(r"\d\.\d{4} ± \d\.\d{4} \(n=2\)", line)) == 2, line  # one interval per ratio
-        assert re.search(r"(\d[\d.e-]*|n/a) (\*+|ns|-) \(t, n=2\)", line), line  # a paired test over 2 folds
+        intervals = re.findall(r"(\d\.\d{4}) \[(\d\.\d{4}), (\d\.\d{4})\] \(n=2\)", line)
+        assert len(intervals) == 2, line  # one interval per ratio, from the clips of both folds
+        assert all(0 <= float(lo) <= float(m) <= float(hi) <= 1 for m, lo, hi in intervals), line
+        assert re.search(r"\d[\d.e-]* (\*+|ns) \(McNemar, \d+ clips\)", line), line  # paired clip by clip
 
 
 def test_the_encoder_is_reused_by_audio_content_and_retrained_when_it_changes(flow, tmp_path):
@@ -288,23 +290,24 @@ def _rows(task, values, init="enc", init_id="e1", protocol="linear", seeds=(0,),
     return out
 
 
-def test_summary_interval_and_separate_fold_and_seed_spread(tmp_path):
-    values = [0.80, 0.82, 0.70, 0.74, 0.90, 0.86]  # 3 folds x 2 seeds
+def test_without_per_clip_data_the_interval_resamples_the_values_and_stays_among_them(tmp_path):
+    values = [0.80, 0.82, 0.70, 0.74, 0.90, 0.86]  # 3 folds x 2 seeds, rows without predictions
     _write_runs(tmp_path, [({"model": "m", "task": "t"}, _rows("t", values, seeds=(0, 1)))])
     s = results.summary(results.load(tmp_path)).iloc[0]
-    assert s["n"] == 6 and s["n_splits"] == 3 and s["n_seeds"] == 2
+    assert s["n"] == 6 and s["n_splits"] == 3 and s["n_seeds"] == 2 and s["ci_method"] == "values"
     assert s["mean"] == pytest.approx(np.mean(values)) and s["std"] == pytest.approx(np.std(values, ddof=1))
     fold_means = np.array(values).reshape(3, 2).mean(axis=1)
-    half = stats.t.ppf(0.975, 2) * fold_means.std(ddof=1) / math.sqrt(3)  # over the folds, seeds averaged
-    assert s["ci95"] == pytest.approx(half) and s["ci_low"] == pytest.approx(np.mean(values) - half)
+    assert min(values) <= s["ci_low"] < s["mean"] < s["ci_high"] <= max(values)
     assert s["std_split"] == pytest.approx(fold_means.std(ddof=1))
     within = np.array(values).reshape(3, 2).std(axis=1, ddof=1)
     assert s["std_seed"] == pytest.approx(np.sqrt((within ** 2).mean()))
-    # one split, several seeds: the interval is over the seeds
-    _write_runs(tmp_path / "seeds", [({"model": "m", "task": "t"}, _rows("t", [0.5, 0.6, 0.7], seeds=(0, 1, 2)))])
-    s = results.summary(results.load(tmp_path / "seeds")).iloc[0]
-    assert s["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * np.std([0.5, 0.6, 0.7], ddof=1) / math.sqrt(3))
-    assert "std_split" not in s.index or not np.isfinite(s["std_split"])
+    again = results.summary(results.load(tmp_path)).iloc[0]
+    assert (again["ci_low"], again["ci_high"]) == (s["ci_low"], s["ci_high"])  # seeded: the same table twice
+    # one value: no interval is claimed
+    _write_runs(tmp_path / "one", [({"model": "m", "task": "t"}, _rows("t", [0.5]))])
+    s = results.summary(results.load(tmp_path / "one")).iloc[0]
+    assert math.isnan(s["ci_low"]) and s["ci_method"] == "-"
+    assert results.format_cell(s["mean"], s["ci_low"], s["ci_high"], s["n"]) == "0.5000 (n=1)"
 
 
 def test_paired_tests_follow_scipy():
@@ -330,10 +333,10 @@ def test_compare_pairs_splits_and_seeds_against_the_baseline(tmp_path):
     table = results.compare(df, ["masker.ratio"], baseline="0.6")
     row = table.iloc[0]
     diffs = np.array(better) - np.array(base)
-    p = stats.ttest_1samp(diffs, 0).pvalue
-    assert row["p: 0.8 vs 0.6"] == f"{p:.3g} {results.significance(p)} (t, n=5)"
-    half = stats.t.ppf(0.975, 4) * np.std(base, ddof=1) / math.sqrt(5)
-    assert row["0.6"] == f"{np.mean(base):.4f} ± {half:.4f} (n=5)"
+    p = stats.ttest_1samp(diffs, 0).pvalue  # no per-clip data: the t-test over the fold pairs
+    assert row["p: 0.8 vs 0.6"] == f"{p:.3g} {results.significance(p)} (t, 5 pairs)"
+    mean, low, high = re.fullmatch(r"(\S+) \[(\S+), (\S+)\] \(n=5\)", row["0.6"]).groups()
+    assert float(mean) == pytest.approx(np.mean(base), abs=5e-5) and min(base) <= float(low) <= float(high) <= max(base)
     assert table.index.get_level_values("init")[0] == "enc0.6, enc0.8"  # one row, the encoders named
     with pytest.raises(KeyError, match="takes the values 0.6, 0.8"):
         results.compare(df, ["masker.ratio"], baseline="0.7")
@@ -365,5 +368,89 @@ def test_tensorboard_scalars_and_per_layer_curves(tmp_path):
     assert events.Scalars("t/layers/enc/accuracy/layer2/mean")[0].value == pytest.approx(0.71)
     record = json.loads((tmp_path / "run0" / "result.json").read_text())
     assert record["provenance"]["tracking"]["tensorboard"]["dir"].endswith("run0")
-    written = plot_results(results.load(tmp_path), tmp_path, tmp_path / "plots")
-    assert sorted(p.name for p in written) == ["curves-run0.png", "layers-t.png"]
+    written, notes = plot_results(results.load(tmp_path), tmp_path, tmp_path / "plots")
+    assert sorted(p.name for p in written) == ["board.png", "curves-run0.png", "layers-t.png"]
+    assert notes == ["ablation: nothing to draw (no setting varies between these runs; --compare KEY names one)"]
+
+
+# --------------------------------------------------------------------------- statistics from per-clip predictions
+def _clip_run(root: Path, run_id: str, config: dict, evaluations: list[dict]) -> None:
+    """A run whose rows name per-clip predictions: each evaluation ``{split, seed, init, init_id,
+    correct}`` scores ``len(correct)`` clips of 3 classes, right where ``correct`` says so."""
+    from ssl_bench import predictions as P
+    from ssl_bench.results import RunWriter
+
+    labels = ["a", "b", "c"]
+    with RunWriter(root, run_id, config) as w:
+        for e in evaluations:
+            correct = np.asarray(e["correct"], dtype=bool)
+            truth = np.arange(len(correct)) % 3
+            scores = np.eye(3)[np.where(correct, truth, (truth + 1) % 3)] * 0.8 + 0.1
+            keys = [f"clip{i}.wav" for i in range(len(correct))]
+            name = f"linear-{e['init']}-{e['seed']}"
+            P.write(w.dir / "predictions" / e["split"], name, P.scene_layout(keys, scores, labels),
+                    P.scene_reference(keys, truth, labels))
+            w.add_row(task="t", protocol="linear", split=e["split"], seed=e["seed"], init=e["init"],
+                      init_id=e["init_id"], metric="accuracy", value=float(correct.mean()), primary_metric="accuracy",
+                      predictions=f"predictions/{e['split']}/{name}.json")
+
+
+def test_a_two_fold_accuracys_interval_resamples_clips_and_stays_inside_0_1(tmp_path):
+    rng = np.random.default_rng(0)
+    folds = {"fold1": rng.random(20) < 0.05, "fold2": rng.random(20) < 0.95}  # about 0.05 and 0.95
+    _clip_run(tmp_path, "20261201-100000-m-t-aaaaaa-0001", {"model": "m", "task": "t"},
+              [dict(split=s, seed=0, init="enc", init_id="e1", correct=c) for s, c in folds.items()])
+    s = results.summary(results.load(tmp_path)).iloc[0]
+    mean = np.mean([c.mean() for c in folds.values()])
+    assert s["ci_method"] == "splits and clips" and s["n_clips"] == 40 and s["mean"] == pytest.approx(mean)
+    assert 0.0 <= s["ci_low"] < mean < s["ci_high"] <= 1.0  # Student's t on 2 folds would leave [0, 1]
+    half = stats.t.ppf(0.975, 1) * np.std([c.mean() for c in folds.values()], ddof=1) / math.sqrt(2)
+    assert mean - half < 0 and mean + half > 1
+    # one fold alone: its 20 clips still give an interval
+    one = results.summary(results.load(tmp_path)[lambda d: d["split"] == "fold1"]).iloc[0]
+    assert one["ci_method"] == "clips" and 0.0 <= one["ci_low"] <= one["mean"] <= one["ci_high"] <= 1.0
+    assert one["ci_high"] > one["ci_low"]
+
+
+def test_compare_is_paired_clip_by_clip_and_holm_adjusted(tmp_path):
+    from ssl_bench.results.stats import holm, mcnemar_exact
+
+    base = np.zeros(30, dtype=bool)
+    base[:10] = True  # 10 of 30 right
+    variants = {0.6: base, 0.7: base.copy(), 0.8: base.copy(), 0.9: base.copy()}
+    variants[0.7][10:16] = True  # 6 more right, none lost: McNemar 6 vs 0
+    variants[0.8][10:22] = True  # 12 more right
+    variants[0.9][10:13], variants[0.9][:2] = True, False  # 3 won, 2 lost
+    for k, (ratio, correct) in enumerate(variants.items()):
+        config = {"model": "m", "task": "t", "masker": {"name": "random", "ratio": ratio}}
+        _clip_run(tmp_path, f"20261201-10000{k}-m-t-abcde{k}-000{k}", config,
+                  [dict(split="fold1", seed=0, init=f"enc{ratio}", init_id=f"id{ratio}", correct=correct)])
+    table = results.compare(results.load(tmp_path), ["masker.ratio"], baseline="0.6")
+    row = table.iloc[0]
+    raw = {0.7: mcnemar_exact(6, 0), 0.8: mcnemar_exact(12, 0), 0.9: mcnemar_exact(3, 2)}
+    adjusted = dict(zip(raw, holm(list(raw.values()))))
+    assert raw[0.8] == pytest.approx(2 * 0.5 ** 12) and adjusted[0.8] == pytest.approx(3 * raw[0.8])
+    for ratio in (0.7, 0.8, 0.9):
+        assert row[f"p: {ratio} vs 0.6"] == (f"{raw[ratio]:.3g} {results.significance(adjusted[ratio])} "
+                                             f"(McNemar, 30 clips; Holm {adjusted[ratio]:.3g} of 3)")
+    # 6 wins to none alone is p 0.031; among three comparisons with one baseline it is not significant
+    assert raw[0.7] < 0.05 and adjusted[0.7] > 0.05 and row["p: 0.7 vs 0.6"].split()[1] == "ns"
+
+
+def test_several_seeds_are_compared_by_a_paired_bootstrap_and_a_reused_pretraining_counts_once(tmp_path):
+    rng = np.random.default_rng(1)
+    evaluations = {r: [dict(split=f"fold{f}", seed=s, init=f"enc{r}", init_id=f"id{r}",
+                            correct=rng.random(24) < (0.4 if r == 0.6 else 0.8)) for f in (1, 2) for s in (0, 1)]
+                   for r in (0.6, 0.8)}
+    for k, (ratio, evals) in enumerate(evaluations.items()):
+        _clip_run(tmp_path, f"20261201-10000{k}-m-t-bbbbb{k}-000{k}",
+                  {"model": "m", "task": "t", "masker": {"name": "random", "ratio": ratio}}, evals)
+    row = results.compare(results.load(tmp_path), ["masker.ratio"]).iloc[0]
+    cell = row["p: 0.8 vs 0.6"]
+    assert cell.endswith("(paired bootstrap, 48 clips)") and float(cell.split()[0]) < 0.01
+    # one pretraining that five folds reused: one value, no interval from five copies of it
+    rows = [dict(task="t", protocol="pretrain", split=f"fold{i}", seed=0, init="pretraining from random",
+                 init_id="w1", metric="loss", value=0.64, pretrain_hash="h1") for i in range(1, 6)]
+    _write_runs(tmp_path / "pre", [({"model": "m", "task": "t"}, rows)])
+    s = results.summary(results.load(tmp_path / "pre")).iloc[0]
+    assert s["n"] == 1 and math.isnan(s["ci_low"])

@@ -181,7 +181,9 @@ def test_an_interrupted_run_continues_where_it_stopped(tiny, tmp_path, monkeypat
     root = tmp_path / "results"
     with pytest.raises(TrainingInterrupted):
         run_experiment(cfg, results_root=root, **kw)
-    assert results.load(root).empty and [p.name for p in root.iterdir()] == [".cache"]  # nothing half-written
+    assert [p.name for p in root.iterdir()] == [".cache"]  # no run directory: nothing half-written
+    partial = results.load(root)  # fold 1's rows so far, shown as interrupted
+    assert set(partial["split"]) == {"fold1"} and set(partial["status"]) == {"interrupted"}
     monkeypatch.setattr(pre, "pretrain_loss", original)
     run = run_experiment(cfg, results_root=root, **kw)
     log = (run / "log.txt").read_text()

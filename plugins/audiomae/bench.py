@@ -35,7 +35,10 @@ per-round ratios, so drift and bursts of other work on a shared machine mostly c
    40 ms by interpolation, float16, no cache) is timed against the ``events`` protocol's whole
    grid on those frames (linear and MLP heads, each checked on validation with every
    post-processing setting, the test part scored); the ratio is the grid's cost relative to one
-   extraction, and reading the extraction back from the cache is timed against computing it.
+   extraction, and reading the extraction back from the cache is timed against computing it;
+8. **command line**: ``ssl-bench --help`` in a fresh process (the plugin index warm, as after
+   any first command) against ``python -c "import torch"`` and an empty ``python -c pass``,
+   alternating; the median wall time of each and the median per-round ratio.
 
 :func:`run_bench` prints a table and returns (and writes) a flat dict of the figures.
 """
@@ -283,6 +286,33 @@ def build_reference(config: dict[str, Any], num_frames: int, num_bins: int, mask
 
 
 # --------------------------------------------------------------------------- parts
+#: Rounds of the command-line timing, full / quick.
+CLI_ROUNDS = {False: 9, True: 2}
+
+
+def bench_cli(quick: bool) -> dict[str, Any]:
+    """``ssl-bench --help`` in a fresh process against importing torch and an empty Python."""
+    import subprocess
+
+    from ssl_bench.registry import Registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        index = Path(tmp) / "plugin-index.json"
+        Registry(index=index)  # the index as any earlier command leaves it
+        env = {**os.environ, "SSL_BENCH_PLUGIN_INDEX": str(index)}
+
+        def command(*argv: str) -> Callable[[], None]:
+            return lambda: subprocess.run([sys.executable, *argv], env=env, cwd=tmp, check=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        times = interleaved_times({"help": command("-m", "ssl_bench", "--help"),
+                                   "torch": command("-c", "import torch"), "python": command("-c", "pass")},
+                                  CLI_ROUNDS[quick], torch.device("cpu"))
+    return {"cli_help_s": float(np.median(times["help"])), "cli_import_torch_s": float(np.median(times["torch"])),
+            "cli_python_s": float(np.median(times["python"])),
+            "cli_help_vs_import_torch": paired_ratio(times, "help", "torch")}
+
+
 def _frontend_factory():
     from ssl_bench.registry import get_registry
 
@@ -933,6 +963,10 @@ TABLE = [
     ("events", "events_heads", "heads trained on the one extraction"),
     ("events", "events_post_processing_settings", "post-processing settings per check"),
     ("events", "events_cache_speedup", "speedup, cached frames vs extracting"),
+    ("cli", "cli_help_s", "ssl-bench --help, fresh process, s"),
+    ("cli", "cli_import_torch_s", "python -c 'import torch', s"),
+    ("cli", "cli_python_s", "python -c pass, s"),
+    ("cli", "cli_help_vs_import_torch", "--help time / import torch time"),
     ("memory", "peak_memory_mb_ours", "CUDA peak, ours (global), MiB"),
     ("memory", "peak_memory_mb_reference", "CUDA peak, reference, MiB"),
     ("memory", "peak_memory_mb_shifted_window", "CUDA peak, shifted-window, MiB"),
@@ -987,6 +1021,7 @@ def run_bench(preset: str = "tiny", device: str | torch.device = "auto", quick: 
     results.update(bench_probe(dev, quick))
     results.update(bench_bf16(preset, dev, quick))
     results.update(bench_events(preset, dev, quick))
+    results.update(bench_cli(quick))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if dev.type == "cuda":
         results["peak_memory_mb"] = max(v for k, v in results.items() if k.startswith("peak_memory_mb_"))

@@ -219,6 +219,13 @@ def export_hear(checkpoint: str, out: str | Path, *, name: str | None = None, mo
     return out / name
 
 
+def pip_path(directory: str | Path) -> str:
+    """``directory`` as pip takes it: a bare name (``hear_pkg``) would be looked up on an index
+    as a requirement, so a relative path gets ``./`` in front."""
+    text = str(directory)
+    return text if Path(text).is_absolute() or text.startswith((".", "~")) else f"./{text}"
+
+
 class ExportHear(Command):
     help = "write an installable HEAR 2021 module (load_model, get_scene/timestamp_embeddings) of an encoder"
     description = ("Export an ssl-bench encoder as a HEAR 2021 module: a package directory to `pip install`, "
@@ -250,8 +257,9 @@ class ExportHear(Command):
         pkg = export_hear(args.checkpoint, args.out, name=args.name, model_name=args.model, preset=args.preset,
                           overrides=sweeps[0], window_seconds=args.window_seconds, hop_ms=args.hop_ms,
                           hop_method=args.hop_method)
+        where = pip_path(args.out)
         print(f"HEAR module {pkg.name} written to {Path(args.out)}\n"
-              f"install: pip install {args.out}   (offline: pip install --no-deps {args.out})\n"
+              f"install: pip install {where}   (offline: pip install --no-deps {where})\n"
               f"evaluate it here: ssl-bench run -m hear --set encoder.module={pkg.name} "
               f"--checkpoint {pkg / 'model.pt'} -t TASK --protocols linear")
         return 0

@@ -14,7 +14,6 @@ import math
 from statistics import NormalDist
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 #: AUC is clipped to [AUC_EPS, 1 - AUC_EPS] for d' so that a perfect score gives a large
 #: finite number (about 6.7) instead of infinity, which JSON and result tables cannot hold.
@@ -109,6 +108,8 @@ def roc_auc_per_class(scores, targets) -> np.ndarray:
     scores, targets = check_scores(scores, targets)
     hot = to_multi_hot(targets, scores.shape[1])
     out = np.full(scores.shape[1], np.nan)
+    from sklearn.metrics import roc_auc_score  # here: importing scikit-learn takes seconds, and few tasks need AUC
+
     for k in range(scores.shape[1]):
         pos = hot[:, k].sum()
         if 0 < pos < hot.shape[0]:

@@ -94,6 +94,45 @@ class ProtocolResult:
     pretrained: Pretrained | None = None
 
 
+@dataclass(frozen=True)
+class SplitSizes:
+    """What the plan of a run (:mod:`ssl_bench.plan`) knows of one split before any audio is
+    read: its labelled ``train``, ``valid`` and ``test`` clips and the ``unlabeled`` clips a
+    pretraining reads (the split's training audio, or a corpus)."""
+
+    train: int
+    valid: int
+    test: int
+    unlabeled: int
+
+    @property
+    def total(self) -> int:
+        return self.train + self.valid + self.test
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one split of a protocol costs, in examples through the model, for the plan printed
+    before a run: ``pretrain`` through the method's loss, forward and backward; ``train``
+    through the encoder and a head, forward and backward; ``forward`` through the encoder
+    alone.  Forward passes with the same ``shared`` key (frozen protocols reading one
+    embedding cache) are counted once per encoder and split."""
+
+    pretrain: int = 0
+    train: int = 0
+    forward: int = 0
+    shared: str | None = None
+    note: str = ""  # how it was counted, in a few words (``32 epochs x 1,440 clips``)
+
+
+def epoch_examples(n: int, batch_size: int, epoch_size: int | None = None) -> int:
+    """Examples one training epoch steps through: whole batches of ``batch_size`` (capped to the
+    data, as the runner does) over ``epoch_size`` or ``n`` examples."""
+    n = int(epoch_size or n)
+    batch = max(1, min(int(batch_size or 1), n)) if n else 1
+    return n // batch * batch
+
+
 class Protocol:
     """Base class of an evaluation protocol (see the module docstring).
 
@@ -123,7 +162,10 @@ class Protocol:
       the clip shapes, ``multiclass`` and ``multilabel``.  The runner refuses a task of another
       shape before any data work, naming both.
 
-    ``run(ctx)`` returns a list of :class:`ProtocolResult`.
+    ``run(ctx)`` returns a list of :class:`ProtocolResult`; ``workload(section, sizes)`` what
+    one split of it costs (:class:`Workload`), for the plan a run prints before it starts:
+    by default a frozen protocol's is one pass over the split's clips through the shared
+    embedding cache, and any other protocol's unknown (``None``: the plan says so).
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +185,12 @@ class Protocol:
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
         raise NotImplementedError(f"protocol {self.name!r} has no run()")
+
+    def workload(self, section: Any, sizes: SplitSizes) -> Workload | None:
+        """What one split of this protocol costs (see the class docstring)."""
+        if self.frozen:
+            return Workload(forward=sizes.total, shared="embeddings", note=f"{sizes.total:,} clips embedded")
+        return None
 
 
 @dataclass

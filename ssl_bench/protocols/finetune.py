@@ -42,7 +42,7 @@ from ..metrics import evaluate
 from ..nn import set_drop_path
 from ..registry import get_registry
 from ..train import FitHooks, FitResult, OptimConfig, Sampling, StepContext, TrainConfig, fit, predict, seed_everything
-from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
+from .base import Predictions, Protocol, ProtocolContext, ProtocolResult, SplitSizes, Workload, epoch_examples
 from .data import SplitData, normalize
 from .selection import VALID, Best, choose_on_validation, lower_loss, require_single
 
@@ -652,6 +652,18 @@ class FinetuneProtocol(Protocol):
     trains_on = "train"
     chosen_on_validation = ("lr_factors", "aug_factors")
     help = "only fine-tune (from --checkpoint, or from random initialisation)"
+
+    def workload(self, section: FinetuneConfig, sizes: SplitSizes) -> Workload:
+        """Every grid point's epochs over the training clips, validation scored after each
+        epoch, the test clips once (and the probe head's embedding pass, with ``head_init: probe``)."""
+        trials = len(grid_points(dataclasses.asdict(section)))
+        per_epoch = epoch_examples(sizes.train, section.batch_size, getattr(section, "epoch_size", None))
+        forward = trials * section.epochs * sizes.valid + sizes.test
+        if section.head_init == "probe":
+            forward += sizes.train + sizes.valid
+        grid = f"{trials} settings x " if trials > 1 else ""
+        return Workload(train=trials * section.epochs * per_epoch, forward=forward,
+                        note=f"{grid}{section.epochs} epochs x {per_epoch:,} clips")
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
         from ..compute import compute_columns, count_parameters, flops_per_sample, spec_probe

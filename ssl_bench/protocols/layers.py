@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import distributed as D
-from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
+from .base import Predictions, Protocol, ProtocolContext, ProtocolResult, SplitSizes, Workload
 from .linear import LinearConfig, probe_embeddings
 from .torch_linear import fit_layer_mixture
 
@@ -51,6 +51,10 @@ class LayersProtocol(Protocol):
     frozen = True
     chosen_on_validation = ("C",)
     help = "only the per-layer linear probes and the learned weighted sum of layers"
+
+    def workload(self, section: LayersConfig, sizes: SplitSizes) -> Workload:
+        # every layer from one forward pass, cached apart from the pooled embeddings
+        return Workload(forward=sizes.total, shared="layer embeddings", note=f"{sizes.total:,} clips, every layer")
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
         E = ctx.embeddings(layers=True)  # {"train": [N, K, D], ...}

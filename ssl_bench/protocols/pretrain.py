@@ -15,7 +15,7 @@ from ..config import ConfigError
 from ..encoders import made_by, pretrain_encoder
 from ..events import SHAPES
 from ..train import OptimConfig
-from .base import Protocol, ProtocolContext, ProtocolResult
+from .base import Protocol, ProtocolContext, ProtocolResult, SplitSizes, Workload, epoch_examples
 
 
 @dataclass
@@ -41,6 +41,10 @@ class PretrainProtocol(Protocol):
     trains_on = "unlabeled"
     shapes = SHAPES  # labels unused: any task's audio
     help = "only pretrain (checkpoints are cached and reused by config hash)"
+
+    def workload(self, section: PretrainConfig, sizes: SplitSizes) -> Workload:
+        per_epoch = epoch_examples(sizes.unlabeled, section.batch_size, getattr(section, "epoch_size", None))
+        return Workload(pretrain=section.epochs * per_epoch, note=f"{section.epochs} epochs x {per_epoch:,} clips")
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:
         if ctx.unlabeled is None:

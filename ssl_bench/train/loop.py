@@ -319,7 +319,9 @@ def fit(
         run.build_step()
         run.build_loader()
         run.start_clocks()
-        with run.stop.installed(), run.stop.deferred():
+        with run.stop.installed(), run.stop.deferred(), run.stop.training(run.desc, run.doing_now):
+            if saved is not None:
+                run.stop.resume_from = run.checkpoint_label(run.start_epoch, run.start_step)
             for epoch in range(run.start_epoch, run.cfg.epochs):
                 trained = run.train_epoch(epoch)
                 run.epoch_record(epoch, trained)
@@ -398,9 +400,37 @@ class _Run:
                 "samples": self.samples_run}
 
     def _save(self, epoch: int, step: int, finished: bool) -> Path | None:
-        return save_train_checkpoint(self.ckpt_path, self.model, self.optimizer, self.schedule, self.scaler, epoch,
+        path = save_train_checkpoint(self.ckpt_path, self.model, self.optimizer, self.schedule, self.scaler, epoch,
                                      step, self.result.history, self.result.step_losses, self.epoch_losses,
                                      self.hooks.state, finished=finished, compute=self.spent())
+        if path is not None:
+            self.stop.resume_from = self.checkpoint_label(epoch, step)
+        return path
+
+    def checkpoint_label(self, epoch: int, step: int) -> str:
+        """The training checkpoint at (``epoch``, ``step``), as a stop message names it."""
+        where = (f"after epoch {epoch} of {self.cfg.epochs}" if step == 0
+                 else f"epoch {epoch + 1} of {self.cfg.epochs}, step {step} of {self.steps_per_epoch}")
+        return f"{self.ckpt_path} ({where})"
+
+    def doing_now(self) -> str:
+        """What the loop is doing, for the message a stop request gets at once: the step it
+        finishes before it can stop, and about how long that takes."""
+        from ..progress import duration
+
+        estimate, total = self.estimate, self.cfg.epochs * self.steps_per_epoch
+        first = self.start_epoch * self.steps_per_epoch + self.start_step
+        step = min(first + estimate.steps + 1, total)
+        now = time.perf_counter()
+        running = now - estimate.t_step
+        if estimate.steps:
+            per_step = (estimate.t_step - estimate.t_loop) / estimate.steps
+            left = f"about {duration(max(per_step - running, 1.0))}"
+        else:
+            left = f"running for {duration(running)}, no step timed yet"
+        more = (f" and at most {self.checks_stop_every - 1} more (the processes agree where to stop)"
+                if self.checks_stop_every > 1 else "")
+        return f"{self.desc}: finishing step {step} of {total}{more} ({left})"
 
     # ----------------------------------------------------------------------- before training
     def plan_epochs(self) -> None:
@@ -568,7 +598,7 @@ class _Run:
             if done < steps and done % self.checks_stop_every == 0 and D.any_rank(self.stop.signum is not None):
                 bar.close()
                 path = self._save(epoch, done, finished=False)
-                raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, path)
+                raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, path, self.stop.resume_from, self.desc)
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -583,6 +613,7 @@ class _Run:
         the optimiser, the schedule and ``on_step_end``.  Returns the step's (unscaled) lr."""
         cfg, schedule, scaler = self.cfg, self.schedule, self.scaler
         lr = schedule.apply()
+        self.estimate.t_step = time.perf_counter()
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for m in range(cfg.accum_steps):
             batch = to_device(next(batches), self.device)
@@ -648,7 +679,8 @@ class _Run:
             self._save(epoch + 1, 0, finished=last)
             self.t_saved = time.perf_counter()
         if stopping:
-            raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, self.ckpt_path)
+            raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, self.ckpt_path, self.stop.resume_from,
+                                      self.desc)
 
     # ----------------------------------------------------------------------- after training
     def finish(self) -> FitResult:
@@ -682,7 +714,7 @@ class _Estimate:
     def __init__(self, say: Callable[[str], None], desc: str, total: int, epochs: int):
         self.say, self.desc, self.total, self.epochs = say, desc, total, epochs
         self.steps = 0
-        self.t_loop = time.perf_counter()
+        self.t_loop = self.t_step = time.perf_counter()  # t_step: when the current step began
         self.t_first: float | None = None  # when the first step ended
         self.done = False
 
