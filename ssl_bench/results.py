@@ -6,7 +6,7 @@ Layout of a results root::
       <run-id>/            one finished run, written atomically (temp dir + rename)
         config.yaml        the fully resolved configuration
         metrics.jsonl      one JSON object per epoch / step record
-        result.json        {"run_id", "config_hash", "provenance", "config", "rows": [...]}
+        result.json        {"run_id", "run_key", "config_hash", "provenance", "config", "rows": [...]}
         log.txt            what the run printed
         *.pt               checkpoints, where asked
       .tmp-<run-id>-<host>-<pid>-<start>-*/
@@ -112,8 +112,9 @@ class RunWriter:
 
     def __init__(self, root: str | Path, run_id: str, config: dict[str, Any], *, echo: bool = False,
                  keep_partial: bool = False, provenance: dict[str, Any] | None = None,
-                 track: dict[str, Any] | None = None):
+                 track: dict[str, Any] | None = None, run_key: str | None = None):
         self.root = Path(root)
+        self.run_key = run_key
         self.run_id = run_id
         self.config = config
         self.echo = echo
@@ -172,6 +173,7 @@ class RunWriter:
             self.provenance["tracking"] = self.trackers.describe()
         payload = {
             "run_id": self.run_id,
+            "run_key": self.run_key,
             "config_hash": config_hash(self.config),
             "host": socket.gethostname(),
             "wall_time_s": round(time.time() - self._t0, 3),
@@ -245,6 +247,21 @@ def run_dirs(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "result.json").is_file())
+
+
+def finished_runs(root: str | Path) -> dict[str, Path]:
+    """``{run key: run directory}`` of the finished runs under ``root`` that record their key
+    (:func:`ssl_bench.provenance.run_key`); of several with one key, the latest.  What a
+    launcher skips: the same computation, done."""
+    found: dict[str, Path] = {}
+    for d in run_dirs(root):
+        try:
+            key = json.loads((d / "result.json").read_text()).get("run_key")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(key, str) and key:
+            found[key] = d
+    return found
 
 
 def load(root: str | Path = "results") -> pd.DataFrame:
