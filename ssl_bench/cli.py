@@ -14,7 +14,7 @@ from typing import Any
 ALIASES = {"probe": "linear"}
 #: ``pretrain`` is the task-independent pretraining command (``run --protocols pretrain`` still
 #: runs the protocol inside a task's run).
-CORE_COMMANDS = ("run", "results", "plugins", "pretrain", "plot")
+CORE_COMMANDS = ("run", "results", "plugins", "pretrain", "plot", "status")
 
 
 def _registry(argv: list[str] | None):
@@ -28,17 +28,20 @@ def _registry(argv: list[str] | None):
     return Registry(plugins_dirs=known.plugins_dir) if known.plugins_dir else get_registry()
 
 
-def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str]) -> None:
+def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str],
+                     launchers: list[str]) -> None:
     p.add_argument("--model", "-m", help="registered model name (see `ssl-bench plugins`); an ssl-bench "
                                          "--checkpoint names its own")
-    p.add_argument("--task", "-t", required=True, help="task name, or a comma list of tasks")
+    p.add_argument("--task", "-t", required=protocols_default is None,
+                   help="task name, or a comma list of tasks" + (" (or --suite)" if protocols_default else ""))
     p.add_argument("--preset", "-p", help="size preset of the model (tiny, small, base, ...)")
     p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
                    help="YAML file of settings (repeatable; later files win)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. encoder.depth=6 or decoder=global; "
                         "a comma list (masker.ratio=0.7,0.8) runs once per value")
-    p.add_argument("--data-dir", help="where the task's data lives (or is downloaded/built)")
+    p.add_argument("--data-dir", action="append", default=[], metavar="DIR|TASK=DIR",
+                   help="where the task's data lives (or is downloaded/built); TASK=DIR for one of several tasks")
     p.add_argument("--results", default=os.environ.get("SSL_BENCH_RESULTS", "results"),
                    help="results root (default: ./results or $SSL_BENCH_RESULTS)")
     if protocols_default is not None:
@@ -54,9 +57,21 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--strict", action="store_true", help="unreadable clips are errors instead of counted skips")
     p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start pretraining afresh instead of continuing from the last checkpoint")
+                   help="compute everything again: finished runs become new runs, pretraining starts afresh "
+                        "instead of continuing from its last checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _tracking_args(p)
+    g = p.add_argument_group("launching (a sweep is units: features, encoders, evaluations per run and split)")
+    g.add_argument("--launcher", default="local", choices=launchers,
+                   help="where units run: local (this process; a pool with --jobs), slurm (submitit), ... "
+                        "(default: local)")
+    g.add_argument("--jobs", "-j", type=int, default=1, help="units at once (local: processes; default 1)")
+    g.add_argument("--threads", type=int, help="torch threads per job (default: cores / jobs for local pools; "
+                                               "jobs x threads may not exceed the cores)")
+    g.add_argument("--launch", action="append", default=[], metavar="KEY=VALUE|YAML",
+                   help="launcher setting (slurm: partition=gpu, time_min=120, gpus_per_job=8, ...), or a YAML "
+                        "file of them")
+    g.add_argument("--detach", action="store_true", help="submit and return; `ssl-bench status RESULTS` reports")
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
@@ -87,6 +102,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
 
         registry = get_registry()
     protocols = registry.names("protocol")
+    launchers = registry.names("launcher")
     parser = argparse.ArgumentParser(
         prog="ssl-bench",
         description="Benchmark self-supervised audio representations: pretrain, fine-tune and "
@@ -98,7 +114,10 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="pretrain, fine-tune and linear-probe a model on a task, split by split")
-    _common_run_args(p, ",".join(DEFAULT_PROTOCOLS), protocols)
+    _common_run_args(p, ",".join(DEFAULT_PROTOCOLS), protocols, launchers)
+    p.add_argument("--suite", metavar="NAME[@VERSION]",
+                   help="run a registered suite (its tasks, protocols and settings; see `ssl-bench plugins`) "
+                        "instead of --task/--protocols")
     # one subcommand per registered protocol that wants one: `ssl-bench knn ...` runs only it
     subcommands = {n: n for n in protocols if getattr(registry.get("protocol", n).factory, "subcommand", True)}
     subcommands.update({alias: target for alias, target in ALIASES.items() if target in protocols})
@@ -107,7 +126,7 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
             continue
         text = getattr(registry.get("protocol", proto).factory, "help", "") or f"only the {proto} protocol"
         sp = sub.add_parser(name, help=text)
-        _common_run_args(sp, None, protocols)
+        _common_run_args(sp, None, protocols, launchers)
         sp.set_defaults(protocols=proto, command="run")
 
     p = sub.add_parser("pretrain", help="pretrain a task-independent encoder on a corpus, once; "
@@ -134,13 +153,20 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     _tracking_args(p)
 
     p = sub.add_parser("results", help="show the results table (mean, std, n, 95%% interval)")
-    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
+    p.add_argument("root", nargs="*", metavar="ROOT",
+                   help="results roots, read as one table (runs deduplicated by id; default: ./results or "
+                        "$SSL_BENCH_RESULTS)")
     p.add_argument("--compare", nargs="+", metavar="KEY",
                    help="config keys to pivot on (e.g. masker.ratio), with a paired test against --baseline")
     p.add_argument("--baseline", metavar="VALUE", help="the --compare value the others are tested against "
                                                        "(default: the first; comma-joined for several keys)")
     p.add_argument("--board", action="store_true",
                    help="leaderboard: model/encoder x task, each task's primary metric with its 95%% interval")
+    p.add_argument("--suite", metavar="NAME[@VERSION]",
+                   help="only this suite's rows; with --board, encoders ranked by their mean over its tasks")
+    p.add_argument("--compute", action="store_true",
+                   help="the compute ledger beside the scores: wall time, CPU-hours, GPU-hours by device, peak "
+                        "memory, per unit of work and in total")
     p.add_argument("--format", "-f", default="table", choices=["table", "md", "csv", "latex"])
     p.add_argument("--raw", action="store_true", help="every row instead of the summary over splits and seeds")
     p.add_argument("--model", help="only this model")
@@ -153,14 +179,20 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--where", action="append", metavar="KEY=VALUE",
                    help="only runs whose setting KEY is VALUE (masker.ratio=0.8; repeatable)")
 
-    p = sub.add_parser("plot", help="write PNG plots: ablation bars, per-layer probe curves, training curves")
-    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
-    p.add_argument("--out", "-o", default=None, help="output folder (default <root>/plots)")
+    p = sub.add_parser("plot", help="write PNG plots: ablation bars, per-layer probe curves, label-efficiency "
+                                    "curves, training curves")
+    p.add_argument("root", nargs="*", metavar="ROOT", help="results roots, read as one table (default: ./results "
+                                                            "or $SSL_BENCH_RESULTS)")
+    p.add_argument("--out", "-o", default=None, help="output folder (default <first root>/plots)")
     p.add_argument("--compare", nargs="+", metavar="KEY",
                    help="settings to draw ablation bars for (default: every setting that varies)")
     p.add_argument("--model", help="only this model")
     p.add_argument("--task", help="only this task")
     p.add_argument("--protocol", help="only this protocol")
+
+    p = sub.add_parser("status", help="where the latest launch under a results root stands: each unit's state, "
+                                      "failures with their logs, an estimate")
+    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
 
     p = sub.add_parser("plugins", help="list plugins, where they come from and what they register")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -179,20 +211,45 @@ def build_parser(registry: Any = None) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, parse_overrides, resolve
+    from .launch.sweep import launch_options, make_launcher, run_sweep
+    from .launch.units import RunSpec
     from .model import checkpoint_model, checkpoint_settings, merge_checkpoint_settings
+    from .provenance import command_line
     from .registry import get_registry
-    from .runner import run_experiment
 
-    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
-    known = get_registry().names("protocol")
-    bad = [p for p in protocols if p not in known]
-    if bad or not protocols:
-        raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
-    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
-
-    for task in tasks:
-        get_registry().get("task", task)  # an unknown task fails before any work, listing the known ones
+    registry = get_registry()
+    known = registry.names("protocol")
+    splits = [s.strip() for s in args.splits.split(",")] if args.splits else None
     sweeps = parse_overrides(args.overrides)
+    columns: dict[str, Any] = {}
+    suite = getattr(args, "suite", None)
+    if suite:  # the suite says which tasks, protocols, settings and splits
+        from .suites import get_suite, pinned_conflicts
+
+        given = [flag for flag, value in (("--task", args.task), ("--splits", args.splits)) if value]
+        if given or args.protocols != _default_protocols():
+            raise ConfigError(f"--suite {suite} chooses the tasks, protocols and splits itself; drop "
+                              f"{', '.join(given) or '--protocols'}")
+        name, chosen = get_suite(suite, registry)
+        clash = pinned_conflicts(chosen, sweeps)
+        if clash:
+            raise ConfigError(f"--set {clash[0]}: suite {name} v{chosen.version} pins it (a result with another value "
+                              "would not be the suite's); run without --suite to vary it")
+        entries = [(e.task, list(e.protocols), dict(e.settings), list(e.splits) if e.splits else None)
+                   for e in chosen.tasks]
+        columns = chosen.columns(name)
+    else:
+        if not args.task:
+            raise ConfigError("--task is required (or --suite NAME; `ssl-bench plugins` lists tasks and suites)")
+        protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+        entries = [(t.strip(), protocols, {}, splits) for t in args.task.split(",") if t.strip()]
+    for _, protocols, _, _ in entries:
+        bad = [p for p in protocols if p not in known]
+        if bad or not protocols:
+            raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
+    for task, *_ in entries:
+        registry.get("task", task)  # an unknown task fails before any work, listing the known ones
+    data_dirs = _data_dirs(args.data_dir, [task for task, *_ in entries], registry)
     extra: dict[str, Any] = {}
     if args.seed is not None:
         extra["seed"] = args.seed
@@ -211,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        for c in args.checkpoint.split(",") if c.strip()]
     from .results import sweep_labels
 
-    configs = []
+    runs: list[RunSpec] = []
     labels = sweep_labels(sweeps)  # what each run of a sweep varied, for its directory name
     for checkpoint in checkpoints:
         # an ssl-bench checkpoint names its model and preset; a flag given wins
@@ -219,36 +276,54 @@ def cmd_run(args: argparse.Namespace) -> int:
                          else (args.model, args.preset))
         if not model:
             raise ConfigError("--model is required (only an ssl-bench --checkpoint names its own model)")
-        for task in tasks:
+        for task, protocols, pinned, task_splits in entries:
             # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
             ckpt = checkpoint_settings(model, checkpoint, task) if checkpoint else {}
             for sweep, label in zip(sweeps, labels):
-                overrides = merge_checkpoint_settings(ckpt, {**sweep, **extra})
-                configs.append((checkpoint, label, resolve(model, preset=preset, task=task, files=args.config,
-                                                           overrides=overrides)))
+                overrides = merge_checkpoint_settings(ckpt, {**pinned, **sweep, **extra})
+                config = resolve(model, preset=preset, task=task, files=args.config, overrides=overrides)
+                runs.append(RunSpec(config, protocols, data_dirs.get(task), task_splits,
+                                    str(checkpoint) if checkpoint else None, label, columns, _track(args)))
     from .model import check_config
 
-    for _, _, config in configs:  # every component checks its settings (and the memory) before any data work
-        check_config(config)
-    run_dirs = []
-    for checkpoint, label, config in configs:
-        run_dirs.append(
-            run_experiment(
-                config,
-                data_dir=args.data_dir,
-                results_root=args.results,
-                protocols=protocols,
-                checkpoint=checkpoint,
-                splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
-                resume=args.resume,
-                progress=not args.quiet,
-                track=_track(args),
-                label=label,
-            )
-        )
-    if _is_main_process():
-        _print_runs(args.results, [Path(d).name for d in run_dirs if d is not None])
+    for run in runs:  # every component checks its settings (and the memory) before any data work
+        check_config(run.config)
+    options = launch_options(args.launch)
+    launcher = make_launcher(args.launcher, options, jobs=args.jobs, threads=args.threads, registry=registry)
+    outcome = run_sweep(runs, launcher, results=args.results, resume=args.resume, detach=args.detach,
+                        plugins_dirs=list(args.plugins_dir), progress=not args.quiet, command=command_line(),
+                        registry=registry, launcher_options=options)
+    if outcome.detached or not _is_main_process():
+        return 0
+    _print_runs(args.results, [Path(d).name for d in outcome.run_dirs if d is not None])
+    if outcome.failed:
+        print(f"\n{len(outcome.failed)} unit(s) did not finish (their lines above give the error and the log); the same "
+              "command again runs only those", file=sys.stderr)
+        return 1
     return 0
+
+
+def _default_protocols() -> str:
+    from .runner import DEFAULT_PROTOCOLS
+
+    return ",".join(DEFAULT_PROTOCOLS)
+
+
+def _data_dirs(values: list[str] | None, tasks: list[str], registry: Any) -> dict[str, str | None]:
+    """``--data-dir DIR`` (every task) and ``--data-dir TASK=DIR`` (that task) per task."""
+    from .config import ConfigError
+
+    default: str | None = None
+    per_task: dict[str, str] = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if sep and name in registry.names("task"):
+            per_task[name] = path
+        elif default is None:
+            default = value
+        else:
+            raise ConfigError(f"--data-dir {value}: a second folder for every task; give TASK=DIR for each task")
+    return {task: per_task.get(task, default) for task in tasks}
 
 
 def _is_main_process() -> bool:
@@ -268,16 +343,21 @@ def _print_runs(root: str, run_ids: list[str]) -> None:
     print(f"\nresults written to {', '.join(str(Path(root) / r) for r in run_ids)}")
 
 
+def _roots(args: argparse.Namespace) -> list[str]:
+    return list(args.root) if args.root else [os.environ.get("SSL_BENCH_RESULTS", "results")]
+
+
 def _filtered(args: argparse.Namespace):
     from . import results
 
-    df = results.load(args.root)
+    roots = _roots(args)
+    df = results.load(roots if len(roots) > 1 else roots[0])
     for column in ("model", "task", "protocol"):
         if getattr(args, column, None):
             df = df[df[column] == getattr(args, column)]
     if not df.empty:
         df = results.select(df, runs=getattr(args, "run", None), since=getattr(args, "since", None),
-                            where=getattr(args, "where", None))
+                            where=getattr(args, "where", None), suite=getattr(args, "suite", None))
     return df
 
 
@@ -287,10 +367,15 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     df = _filtered(args)
     if df.empty:
-        print(f"no results under {args.root}")
+        print(f"no results under {', '.join(_roots(args))}")
+        return 0
+    if args.compute:
+        from .ledger import ledger
+
+        print(ledger(df).render(args.format))
         return 0
     if args.board:
-        table = results.board(df, args.format)
+        table = results.board(df, args.format, by_suite=bool(args.suite))
     elif args.compare:
         try:
             table = results.compare(df, args.compare, baseline=args.baseline)
@@ -356,17 +441,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_results
 
     df = _filtered(args)
+    roots = _roots(args)
     if df.empty:
-        print(f"no results under {args.root}")
+        print(f"no results under {', '.join(roots)}")
         return 0
-    out = Path(args.out) if args.out else Path(args.root) / "plots"
-    for path in plot_results(df, args.root, out, compare=args.compare):
+    out = Path(args.out) if args.out else Path(roots[0]) / "plots"
+    for path in plot_results(df, roots, out, compare=args.compare):
         print(path)
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .launch.state import report
+
+    report(args.root)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "results": cmd_results, "plugins": cmd_plugins, "pretrain": cmd_pretrain,
-            "plot": cmd_plot}
+            "plot": cmd_plot, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from torch import nn
 #: The kinds of model part a plugin can register, in the order a model is built.
 COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective", "method")
 #: Everything a plugin can register (one ``register_<kind>s`` hook each).
-KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "command")
+KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "command", "launcher", "suite")
 
 #: Token layouts an encoder can use.  Index of the token at grid cell (t, f):
 #: ``time-major``: t * n_freq + f (AudioMAE);  ``freq-major``: f * n_time + t (AST, SSAST).

@@ -14,7 +14,9 @@ a call ``factory(cfg, build)``, ``build`` being the model's
 :class:`ssl_bench.components.BuildContext` (methods too).  Model factories are
 :class:`ssl_bench.model.ModelSpec` objects; task factories are called as
 ``factory(data_dir=...)``; protocols are :class:`ssl_bench.protocols.base.Protocol` classes;
-commands are :class:`ssl_bench.commands.Command` objects.  Registering a name that another
+commands are :class:`ssl_bench.commands.Command` objects; launchers are
+:class:`ssl_bench.launch.base.Launcher` classes; suites are :class:`ssl_bench.suites.Suite`
+objects.  Registering a name that another
 plugin already registered is an error naming both plugins.
 """
 
@@ -83,3 +85,17 @@ def register_protocols(register):
 def register_commands(register):
     """Register CLI subcommands (``bench``, ``reconstruct``): :class:`ssl_bench.commands.Command`
     objects, added to ``ssl-bench`` as ``ssl-bench NAME``."""
+
+
+@hookspec
+def register_launchers(register):
+    """Register launchers (``local``, ``slurm``, ...): :class:`ssl_bench.launch.base.Launcher`
+    subclasses, chosen with ``ssl-bench run --launcher NAME`` and configured with ``--launch
+    KEY=VALUE`` (the fields of their ``Config`` dataclass).  A launcher decides where the units
+    of a sweep run, never what they compute."""
+
+
+@hookspec
+def register_suites(register):
+    """Register suites: named, versioned lists of (task, protocols, settings),
+    :class:`ssl_bench.suites.Suite` objects, run with ``ssl-bench run --suite NAME``."""

@@ -358,6 +358,12 @@ def set_command(argv: Sequence[str] | None) -> None:
     _COMMAND = ["ssl-bench", *argv] if argv is not None else None
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command line of this process's ssl-bench command, as runs record it."""
+    argv = list(argv if argv is not None else _COMMAND or sys.argv)
+    return shlex.join([Path(argv[0]).name if argv else "python", *argv[1:]])
+
+
 def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The provenance block of a run record (see the module docstring)."""
     import torch
@@ -365,7 +371,6 @@ def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[st
     dev = torch.device(device) if device is not None else None
     name = torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else (
         platform.processor() or platform.machine())
-    argv = list(argv if argv is not None else _COMMAND or sys.argv)
     return {
         "versions": versions(),
         "git": git_state(),
@@ -373,7 +378,7 @@ def run_record(device: Any = None, argv: Sequence[str] | None = None) -> dict[st
         "device": {"type": dev.type if dev is not None else None, "name": name},
         "host": socket.gethostname(),
         "platform": platform.platform(),
-        "command": shlex.join([Path(argv[0]).name if argv else "python", *argv[1:]]),
+        "command": command_line(argv),
         "job": job_record(),
     }
 

@@ -50,11 +50,12 @@ BUILTIN_MODULES = {
     "audioset": "ssl_bench.tasks.audioset",
     "folder": "ssl_bench.tasks.folder",
     "hear": "ssl_bench.tasks.hear",
+    "suites": "ssl_bench.tasks.suites",
 }
 
-#: The core's own registrations (the built-in protocols), loaded into every registry, also one
+#: The core's own registrations (the built-in protocols and launchers), loaded into every registry, also one
 #: made with ``entry_points=False``: they use the same hooks as any plugin, but are not optional.
-CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin"}
+CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin", "launchers": "ssl_bench.launch.builtin"}
 
 HOOKS = {f"register_{kind}s": kind for kind in KINDS}
 

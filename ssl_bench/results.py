@@ -264,17 +264,23 @@ def finished_runs(root: str | Path) -> dict[str, Path]:
     return found
 
 
-def load(root: str | Path = "results") -> pd.DataFrame:
-    """Every finished run under ``root`` as one tidy DataFrame (see module docstring).
+def load(root: str | Path | list[str | Path] = "results") -> pd.DataFrame:
+    """Every finished run under ``root`` (or under each of several roots) as one tidy DataFrame
+    (see module docstring); the ``root`` column says where each run was read.
 
-    Rows of runs written before encoders had ids keep ``random`` and ``pretrained`` (an in-run
-    pretraining, told apart by the config columns) as their ``init_id``; a checkpoint's row
-    gets ``unknown:<run id>``, so it never pools with another checkpoint of the same name."""
+    Roots from several machines merge: a run found under two roots is one run (runs are
+    deduplicated by run id); if its two records disagree, a :class:`ResultsWarning` names the
+    run and both places, and the first root's record is kept.  Rows of runs written before
+    encoders had ids keep ``random`` and ``pretrained`` (an in-run pretraining, told apart by the
+    config columns) as their ``init_id``; a checkpoint's row gets ``unknown:<run id>``, so it
+    never pools with another checkpoint of the same name."""
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     frames = []
     bad: list[tuple[Path, str]] = []
     loaded = 0
     settings: set[str] = set()
-    for d in run_dirs(root):
+    seen: dict[str, tuple[Path, str]] = {}  # run id -> (where, digest of its rows)
+    for d in (d for r in roots for d in run_dirs(r)):
         try:
             result = json.loads((d / "result.json").read_text())
             config = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
@@ -289,9 +295,18 @@ def load(root: str | Path = "results") -> pd.DataFrame:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             bad.append((d, reason[:200]))
             continue
+        digest = json.dumps(result.get("rows", []), sort_keys=True, default=str)
+        if d.name in seen:
+            where, first = seen[d.name]
+            if first != digest:
+                warnings.warn(f"run {d.name} differs between {shown(where)} and {shown(d)}: kept the first; remove "
+                              "or rename one of them", ResultsWarning, stacklevel=2)
+            continue
+        seen[d.name] = (d, digest)
         loaded += 1
         if df is None:
             continue
+        df["root"] = str(d.parent)
         if "init_id" not in df.columns:
             df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
         flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
@@ -334,11 +349,19 @@ def run_time(run_id: str) -> datetime | None:
 
 
 def select(df: pd.DataFrame, runs: list[str] | None = None, since: str | None = None,
-           where: list[str] | None = None) -> pd.DataFrame:
+           where: list[str] | None = None, suite: str | None = None) -> pd.DataFrame:
     """The rows of ``df`` from ``runs`` (full ids, short ids or id prefixes), of runs started at or
     after ``since`` (``2026-12-01`` or ``2026-12-01T14:00``, UTC) and whose settings match every
-    ``where`` (``masker.ratio=0.8``; ``-`` matches runs without the key)."""
+    ``where`` (``masker.ratio=0.8``; ``-`` matches runs without the key), and of ``suite``
+    (``NAME`` or ``NAME@VERSION``)."""
     from .config import ConfigError
+
+    if suite:
+        name, _, version = suite.partition("@")
+        keep = df["suite"].astype(str) == name if "suite" in df.columns else pd.Series(False, index=df.index)
+        if version and "suite_version" in df.columns:
+            keep &= df["suite_version"].astype(str) == version
+        df = df.loc[keep.to_numpy(dtype=bool)]
 
     if runs:
         wanted = [r.strip() for r in runs if r.strip()]
@@ -600,11 +623,21 @@ def primary_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["metric"] == df["task"].map(first)]
 
 
-def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
+def board(df: pd.DataFrame, fmt: str = "table", by_suite: bool = False) -> pd.DataFrame:
     """The leaderboard: a row per model, encoder (``init``, ``init_id``) and protocol (and any
     setting that varies within a task), a column per task holding the task's primary metric as
-    ``mean ± 95% CI (n)``; the best of each column is bold in ``md`` and ``latex``."""
+    ``mean ± 95% CI (n)``; the best of each column is bold in ``md`` and ``latex``.
+
+    ``by_suite``: rows of suites only, a row per suite (name and version), model, encoder and
+    setting, a column per (task, protocol) of the suite, ranked by ``suite mean``: the mean of
+    those cells' means, for an encoder with every cell (one without is unranked, ``-``)."""
     df = df[df["protocol"] != "pretrain"] if "protocol" in df.columns else df
+    if by_suite:
+        if "suite" not in df.columns:
+            return pd.DataFrame()
+        df = df[df["suite"].notna() & (df["suite"].astype(str) != MISSING)].copy()
+        df["protocol"] = df["task"].astype(str) + " · " + df["protocol"].astype(str)  # a column per cell
+        df["task"] = df["protocol"]
     df = primary_rows(df)
     if df.empty:
         return pd.DataFrame()
@@ -621,6 +654,8 @@ def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
                 if c in df.columns and c not in pretraining]
         df = pd.concat([df[~random], df[random].drop_duplicates(subset=rest)])
     index = ["model", *ENCODER_KEYS, "protocol", *extra, *variant_columns(df)]
+    if by_suite:
+        index = ["suite", "suite_version", "model", *ENCODER_KEYS, *extra, *variant_columns(df)]
     index = list(dict.fromkeys(c for c in index if c in df.columns))
     s = summary(df, by=index)
     tasks = sorted(s["task"].unique())
@@ -633,6 +668,16 @@ def board(df: pd.DataFrame, fmt: str = "table") -> pd.DataFrame:
     table = s.pivot_table(index=index, columns="task", values="cell", aggfunc="first").fillna("")
     table = table[tasks]
     table.columns = [f"{t} ({metric[t]})" for t in tasks]
+    if by_suite:
+        cells = s.groupby(index, dropna=False)["mean"]
+        complete = s.groupby(["suite", "suite_version"])["task"].transform("nunique")
+        s["_complete"] = s.groupby(index, dropna=False)["task"].transform("nunique") == complete
+        score = cells.mean().where(s.groupby(index, dropna=False)["_complete"].all())
+        table["suite mean"] = [f"{v:.4f}" if pd.notna(v) else "-" for v in score.reindex(table.index)]
+        order = score.reindex(table.index).fillna(-np.inf).to_numpy()
+        table = table.iloc[np.argsort(-order, kind="stable")]
+        ranks = score.reindex(table.index)
+        table.insert(0, "rank", [str(i + 1) if pd.notna(v) else "-" for i, v in enumerate(ranks)])
     return table
 
 
