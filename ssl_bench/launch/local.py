@@ -15,9 +15,11 @@ whose line says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -153,10 +155,32 @@ class LocalLauncher(Launcher):
                                          name=f"ssl-bench {unit.id}")
         state.start_attempt(unit.id, state="queued", kind=unit.kind, title=unit.title, launcher=job.launcher,
                             launch=job.launch_id, log=str(log), driver_pid=os.getpid(), driver_start=_start())
-        process.start()
+        with _main_module_hidden():
+            process.start()
         handle = _PoolJob(unit, state, process, str(log), slot)
         self.slots[slot] = handle
         return handle
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a job without the launching script: multiprocessing would import ``__main__`` again
+    in the child (a notebook's or a script's top-level code, or ``<stdin>``, which cannot be); the
+    job's function lives in this package and needs none of it."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    had_file, file, spec = hasattr(main, "__file__"), getattr(main, "__file__", None), getattr(main, "__spec__", None)
+    try:
+        if had_file:
+            del main.__file__
+        main.__spec__ = None
+        yield
+    finally:
+        if had_file:
+            main.__file__ = file
+        main.__spec__ = spec
 
 
 def _start() -> str:

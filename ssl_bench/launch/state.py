@@ -134,20 +134,24 @@ def _process_alive(pid: Any, start: Any) -> bool:
 def slurm_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     """``{job id: state}`` from ``squeue`` for the jobs still known to SLURM (pending, running,
     completing...); None when ``squeue`` cannot be asked."""
-    ids = sorted({str(j) for j in job_ids if j})
+    ids = {str(j) for j in job_ids if j}
     if not ids or shutil.which("squeue") is None:
         return None if ids else {}
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(ids)], capture_output=True, text=True,
-                             timeout=30)
-    except (OSError, subprocess.SubprocessError):
+        # every job of this user, one line per array task (-r): asking for ids SLURM has already
+        # forgotten would fail the whole query
+        import getpass
+
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T %r"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError, KeyError):
         return None
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+    if out.returncode != 0:
         return None
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split(None, 2)
-        if len(parts) >= 2:
+        if len(parts) >= 2 and parts[0] in ids:
             states[parts[0]] = parts[1] + (f" ({parts[2]})" if len(parts) > 2 and parts[2] != "None" else "")
     return states
 
@@ -221,7 +225,7 @@ class Progress:
         elif state == "done" and uid in self.started:
             self.durations.setdefault(unit.kind, []).append(time.time() - self.started[uid])
         tail = f"; {detail}" if detail else ""
-        if state in FINAL:
+        if state == "done":  # (a failure's line ends with its log)
             left = self.estimate()
             tail += f"; {left}" if left and len([s for s in self.state.values() if s in FINAL]) < len(self.order) else ""
         self.echo(f"[{self.count()}] {state:<9} {unit.kind:<10} {unit.title}{tail}")
