@@ -135,8 +135,9 @@ def test_a_finished_sweep_submits_nothing_and_prints_its_table(env, three_launch
     root = three_launchers["pool"]
     before = sorted(p.name for p in root.iterdir())
     assert main(argv(env, root, "--set", "masker.ratio=0.6,0.8", "--jobs", "2")) == 0
-    out = capsys.readouterr().out
-    assert "2 finished before; 0 unit(s) to run" in out and "queued" not in out
+    captured = capsys.readouterr()
+    assert "2 finished before; 0 unit(s) to run" in captured.err and "queued" not in captured.err
+    out = captured.out
     assert "masker.ratio" in out and "linear" in out and "fold1" in out  # the table
     assert sorted(p.name for p in root.iterdir()) == before  # no new run
 
@@ -155,15 +156,14 @@ def test_a_failed_unit_is_one_line_and_a_rerun_runs_only_it(env, capsys):
     finally:
         flag.unlink()
     captured = capsys.readouterr()
-    failed = [line for line in captured.out.splitlines() if " failed " in line]
+    failed = [line for line in captured.err.splitlines() if " failed " in line]
     assert len(failed) == 1 and "seed=1" in failed[0] and "RuntimeError: flaky failed on purpose" in failed[0]
     log = Path(failed[0].split("(log: ")[1].rstrip(")"))
     assert "flaky failed on purpose" in log.read_text() and "Traceback" in log.read_text()
     assert "1 unit(s) did not finish" in captured.err
     assert results.load(root)["seed"].tolist() == [0]
     assert main(argv(env, root, "--set", "seed=0,1", "--jobs", "2", protocols="flaky")) == 0
-    out = capsys.readouterr().out
-    assert "1 finished before; 1 unit(s) to run (1 evaluation)" in out
+    assert "1 finished before; 1 unit(s) to run (1 evaluation)" in capsys.readouterr().err
     assert sorted(results.load(root)["seed"]) == [0, 1]
 
 
@@ -171,8 +171,7 @@ def test_an_encoder_shared_by_runs_is_pretrained_once(env, capsys):
     root = env["root"] / "shared"
     args = argv(env, root, "--set", "linear.C=0.1,10.0", "--jobs", "2")
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "(1 features, 1 encoder, 2 evaluation)" in out
+    assert "(1 features, 1 encoder, 2 evaluation)" in capsys.readouterr().err
     df = results.load(root)
     pre = df[df["protocol"] == "pretrain"]
     assert len(pre) == 2 and pre["pretrain_hash"].nunique() == 1 and pre["reused"].all()
@@ -205,13 +204,12 @@ def test_a_suite_label_efficiency_sweep_detached_in_the_pool_then_plot(env, caps
              *[a for item in SMALL if not item.startswith("linear.") for a in ("--set", item)],
              "--set", "data.shots=1,4,all", "--set", "data.draw=0,1"]
     assert main([*sweep, "--detach"]) == 0
-    out = capsys.readouterr().out
-    assert "6 run(s)" in out and "detached" in out
+    err = capsys.readouterr().err
+    assert "6 run(s)" in err and "detached" in err
     status = _wait_for(root, capsys)
     assert "6 evaluation" not in status and status.count(" done ") == 7, status  # features + 6 evaluations
     assert main(sweep) == 0  # the same command again: everything is there
-    out = capsys.readouterr().out
-    assert "6 finished before; 0 unit(s) to run" in out
+    assert "6 finished before; 0 unit(s) to run" in capsys.readouterr().err
     df = results.load(root)
     assert set(df["suite"]) == {"tiny-bench"} and set(df["suite_version"]) == {"1"}
     assert set(df["data.shots"].astype(str)) == {"1", "4", "all"} and set(df["data.draw"]) == {0, 1}

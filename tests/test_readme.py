@@ -143,10 +143,16 @@ def test_every_readme_command_parses_and_every_run_resolves(reader):
                 raise AssertionError(f"README line {line}: ssl-bench {' '.join(argv)} does not parse") from exc
             if args.command != "run" or not getattr(args, "model", None):
                 continue
-            for task in args.task.split(","):
+            entries = [(task, {}) for task in (args.task or "").split(",") if task]
+            if getattr(args, "suite", None):  # a suite's tasks, with the settings it pins
+                from ssl_bench.suites import get_suite
+
+                entries = [(e.task, dict(e.settings)) for e in get_suite(args.suite, registry)[1].tasks]
+            assert entries, f"README line {line}: ssl-bench {' '.join(argv)} names no task"
+            for task, pinned in entries:
                 for sweep in parse_overrides(args.overrides):
-                    config = resolve(args.model, preset=args.preset, task=task, files=args.config, overrides=sweep,
-                                     registry=registry)
+                    config = resolve(args.model, preset=args.preset, task=task, files=args.config,
+                                     overrides={**pinned, **sweep}, registry=registry)
                     if config["model"] == "hear" and importlib.util.find_spec(
                             str(config["encoder"].get("module") or "-")) is None:
                         # README installs the exported module the line before; without it, one clear line

@@ -60,17 +60,17 @@ SWEEP = ("--set", "masker.ratio=0.6,0.8", "--set", "seed=0,1")
 def test_four_runs_as_slurm_jobs_then_nothing_then_the_same_numbers_locally(cluster, env, capsys):
     root = env["root"] / "slurm"
     assert main(argv(env, root, *SWEEP, "--launcher", "slurm")) == 0
-    out = capsys.readouterr().out
-    assert "4 run(s), 0 finished before; 5 unit(s) to run (1 features, 4 evaluation)" in out
-    assert out.count(" done ") == 5 and "fold1" in out and "masker.ratio" in out  # waited, then the table
+    captured = capsys.readouterr()
+    assert "4 run(s), 0 finished before; 5 unit(s) to run (1 features, 4 evaluation)" in captured.err
+    assert captured.err.count(" done ") == 5 and "fold1" in captured.out and "masker.ratio" in captured.out
     df = results.load(root)
     assert df["run_id"].nunique() == 4 and set(df["launcher"]) == {"slurm"}
     assert set(df["node"]) == {socket.gethostname().split(".")[0]} and set(df["threads"]) == {1}
     assert all(re.fullmatch(r"\d+_\d", j) for j in df["job_id"])  # one array of four evaluations
     assert sorted(df.drop_duplicates("run_id")["array_index"]) == [0, 1, 2, 3]
     assert main(argv(env, root, *SWEEP, "--launcher", "slurm")) == 0
-    out = capsys.readouterr().out
-    assert "4 finished before; 0 unit(s) to run" in out and "queued" not in out
+    err = capsys.readouterr().err
+    assert "4 finished before; 0 unit(s) to run" in err and "queued" not in err
     local = env["root"] / "local"
     assert main(argv(env, local, *SWEEP, "--jobs", "2")) == 0  # one thread each, as one CPU per SLURM job
     capsys.readouterr()
@@ -80,8 +80,7 @@ def test_four_runs_as_slurm_jobs_then_nothing_then_the_same_numbers_locally(clus
 def test_scancel_mid_sweep_then_the_rerun_completes_only_that_unit(cluster, env, capsys):
     root = env["root"] / "cancel"
     assert main(argv(env, root, *SWEEP, "--launcher", "slurm", "--detach")) == 0
-    out = capsys.readouterr().out
-    jobs = re.findall(r"job (\d+_\d)", out)
+    jobs = re.findall(r"job (\d+_\d)", capsys.readouterr().err)
     assert len(jobs) == 4  # the evaluations' array, waiting for the features job
     subprocess.run(["scancel", jobs[1]], check=True)
     time.sleep(1)
@@ -89,9 +88,21 @@ def test_scancel_mid_sweep_then_the_rerun_completes_only_that_unit(cluster, env,
     status = capsys.readouterr().out
     assert f"job {jobs[1]}: its job ended without finishing" in status
     assert main(argv(env, root, *SWEEP, "--launcher", "slurm")) == 0
-    out = capsys.readouterr().out
-    fresh = [line for line in out.splitlines() if " queued " in line and "submitted earlier" not in line]
+    err = capsys.readouterr().err
+    fresh = [line for line in err.splitlines() if " queued " in line and "submitted earlier" not in line]
     assert len(fresh) == 1 and "masker.ratio=0.6_seed=1" in fresh[0]  # only the cancelled unit, again
     df = results.load(root)
     assert df["run_id"].nunique() == 4
     assert rows(root) == rows(env["root"] / "slurm")
+
+
+def test_a_job_of_two_processes_runs_torchrun_inside_its_allocation(cluster, env, capsys):
+    """``processes_per_job=2`` (as ``gpus_per_job`` would on GPU nodes): the job runs torchrun on
+    the two CPUs it was given; the run is one run of world size 2, its rows name the job."""
+    root = env["root"] / "torchrun"
+    assert main(argv(env, root, "--launcher", "slurm", "--launch", "processes_per_job=2",
+                     "--launch", "cpus_per_job=2")) == 0
+    assert capsys.readouterr().err.count(" done ") == 1  # one run, one unit: its own features, its pretraining, its probe
+    df = results.load(root)
+    assert set(df["world_size"]) == {2} and set(df["launcher"]) == {"slurm"} and df["job_id"].nunique() == 1
+    assert set(df["protocol"]) == {"pretrain", "linear"}

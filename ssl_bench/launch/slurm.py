@@ -7,11 +7,12 @@ machine, no scheduler; how a SLURM setup is tried on a laptop, and how CI runs t
 no driver; units of one kind with the same needs go as one job array (at most
 ``array_parallelism`` tasks at once).  Settings (``--launch KEY=VALUE``, or a YAML file of them
 with ``--launch FILE``): ``partition``, ``time_min``, ``cpus_per_job``, ``gpus_per_job``,
-``mem_gb``, ``nodes``, ``array_parallelism``, ``sbatch`` (any other sbatch option, e.g.
+``processes_per_job``, ``mem_gb``, ``nodes``, ``array_parallelism``, ``sbatch`` (any other sbatch option, e.g.
 ``{qos: high, account: lab}``), ``setup`` (shell lines run before the job, e.g. ``module load``),
 ``folder`` (submitit's job files; default ``<results>/.cache/launch/submitit``).  A job runs its
-unit with ``cpus_per_job`` torch threads; with more than one GPU or node it runs ``torchrun``
-inside the allocation (one process per GPU, the rendezvous on the first node).  A job that is
+unit with ``cpus_per_job`` torch threads; with more than one GPU (or ``processes_per_job``) or
+node it runs ``torchrun`` inside the allocation (one process per GPU, the rendezvous on the
+first node; each process ``cpus_per_job / processes`` threads).  A job that is
 preempted or reaches its time limit is requeued by submitit and resumes from its checkpoints;
 one cancelled with ``scancel`` is a failed unit, submitted again by the next run.
 """
@@ -80,7 +81,8 @@ class SubmititLauncher(Launcher):
         partition: str | None = None
         time_min: int = 60  # the job's time limit, minutes
         cpus_per_job: int | None = None  # CPUs (and torch threads) per job; default --threads, else 1
-        gpus_per_job: int = 0  # >1: torchrun, one process per GPU
+        gpus_per_job: int = 0  # GPUs per node of a job
+        processes_per_job: int | None = None  # torchrun processes per node (default: gpus_per_job); >1: torchrun
         mem_gb: float | None = None
         nodes: int = 1
         array_parallelism: int = 256  # array tasks at once
@@ -99,10 +101,14 @@ class SubmititLauncher(Launcher):
         else:
             if cfg.cpus_per_job is None:
                 cfg.cpus_per_job = self.threads or 1
-            self.threads = self.threads or max(1, int(cfg.cpus_per_job) // max(1, int(cfg.gpus_per_job) or 1))
+            self.threads = self.threads or max(1, int(cfg.cpus_per_job) // self.processes())
         self._executor: Any = None
         self._squeue: tuple[float, dict[str, str] | None] = (0.0, None)
         self.submitted: list[str] = []
+
+    def processes(self) -> int:
+        """Processes per node of a job: ``processes_per_job``, else one per GPU, else one."""
+        return max(1, int(self.cfg.processes_per_job or self.cfg.gpus_per_job or 1))
 
     def capacity(self) -> int:
         return self.jobs if self.cluster == "local" else max(self.jobs, int(self.cfg.array_parallelism))
@@ -204,7 +210,7 @@ class SubmititLauncher(Launcher):
                                 launch=job.launch_id)
         from .job import UnitJob
 
-        processes = max(1, int(self.cfg.gpus_per_job)) if self.cluster == "slurm" else 1
+        processes = self.processes() if self.cluster == "slurm" else 1
         if len(units) > 1 and self.cluster == "slurm":
             with ex.batch():
                 jobs = [ex.submit(UnitJob(), unit.to_json(), job.__dict__, None, processes) for unit in units]

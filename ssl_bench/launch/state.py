@@ -27,6 +27,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -192,7 +193,7 @@ class Progress:
         self.units = {u.id: u for u in units}
         self.order = [u.id for u in units]
         self.capacity = max(1, capacity)
-        self.echo = echo or (lambda line: print(line, flush=True))
+        self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
         self.state: dict[str, str] = {}
         self.started: dict[str, float] = {}
         self.durations: dict[str, list[float]] = {}

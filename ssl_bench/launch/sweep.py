@@ -99,7 +99,8 @@ def run_sweep(runs: list[RunSpec], launcher: Launcher, *, results: str | Path, r
     from ..registry import get_registry
 
     registry = registry or get_registry()
-    echo = echo or (lambda line: print(line, flush=True))
+    # progress, like the meters, goes to stderr: stdout keeps the table (`ssl-bench run ... > table.txt`)
+    echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     is_main = int(os.environ.get("RANK", "0")) == 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not launcher.in_process:
         raise ConfigError("under torchrun every process is one rank of one run: use the local launcher without "
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     final = drive(Plan(units, record["runs"]), launcher, job, state)
     launcher.close()
     failed = [uid for uid, r in final.items() if r.get("state") != "done"]
-    print(f"launch {record['id']} ended after {time.time() - started:.1f} s; {len(failed)} unit(s) not done", flush=True)
+    print(f"launch {record['id']} ended after {time.time() - started:.1f} s; {len(failed)} unit(s) not done",
+          file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 
