@@ -399,6 +399,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for p in info:
         print(f"{p['name']}  ({p['origin']})")
         for kind, names in sorted(p["registered"].items()):
+            if kind == "suite":  # a suite is known by its version too
+                names = [f"{n} (v{p.get('suites', {}).get(n, {}).get('version', '?')})" for n in names]
             print(f"    {kind + 's':<11} {', '.join(names)}")
         for name, model in p.get("models", {}).items():
             if model["presets"]:

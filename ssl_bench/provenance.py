@@ -392,7 +392,8 @@ def job_record() -> dict[str, Any]:
     """The job this process runs in: ``launcher`` (``local`` unless a launcher said otherwise),
     ``job_id`` (SLURM's, ``<array job>_<index>`` for an array task; submitit's local job id; a
     pool worker's id; else this process's id), ``array_index``, ``node``, ``threads`` (torch's
-    intra-op threads) and ``jobs`` (how many jobs the launcher runs at once, when it said)."""
+    intra-op threads) and ``jobs`` (how many jobs the launcher runs at once; None where a
+    scheduler decides, or no launcher ran it)."""
     import torch
 
     env = os.environ
@@ -404,7 +405,7 @@ def job_record() -> dict[str, Any]:
     return {"launcher": env.get(LAUNCHER_ENV, "local"), "job_id": job_id,
             "array_index": int(env["SLURM_ARRAY_TASK_ID"]) if env.get("SLURM_ARRAY_TASK_ID", "").isdigit() else None,
             "node": env.get("SLURMD_NODENAME") or socket.gethostname(), "threads": int(torch.get_num_threads()),
-            "jobs": int(jobs) if jobs and jobs.isdigit() else 1}
+            "jobs": int(jobs) if jobs and jobs.isdigit() else None}
 
 
 def run_key(config: dict[str, Any], protocols: Sequence[str], splits: Sequence[str], data: str,

@@ -257,6 +257,34 @@ class Registry:
                 }
             if models:
                 entry["models"] = models
+            suites = {}
+            for name in sorted(info.registered.get("suite", ())):
+                try:
+                    suite = self.get("suite", name).factory
+                except Exception:  # noqa: BLE001 - a name another plugin took: listed, not described
+                    continue
+                suites[name] = {"version": str(getattr(suite, "version", "")),
+                                "description": getattr(suite, "description", ""),
+                                "tasks": [{"task": t.task, "protocols": list(t.protocols), "settings": dict(t.settings),
+                                           "splits": list(t.splits) if t.splits else None}
+                                          for t in getattr(suite, "tasks", ())]}
+            if suites:
+                entry["suites"] = suites
+            launchers = {}
+            for name in sorted(info.registered.get("launcher", ())):
+                try:
+                    cls = self.get("launcher", name).factory
+                except Exception:  # noqa: BLE001
+                    continue
+                import dataclasses
+
+                config = getattr(cls, "Config", None)
+                launchers[name] = {"help": getattr(cls, "help", ""), "settings": {
+                    f.name: (f.default if f.default is not dataclasses.MISSING else None)
+                    for f in (dataclasses.fields(config) if config is not None and dataclasses.is_dataclass(config)
+                              else ())}}
+            if launchers:
+                entry["launchers"] = launchers
             out.append(entry)
         return out
 

@@ -175,7 +175,7 @@ class _Run:
                  protocols: Sequence[str], checkpoint: str | Path | None, splits: Sequence[str] | None,
                  resume: bool, progress: bool, track: dict[str, Any] | None, label: str,
                  part: Sequence[str] | None = None, pretrain_only: bool = False,
-                 columns: dict[str, Any] | None = None):
+                 columns: dict[str, Any] | None = None, key: str | None = None):
         self.registry = get_registry()
         known = self.registry.names("protocol")
         unknown = [p for p in protocols if p not in known]
@@ -187,7 +187,7 @@ class _Run:
         self.config = copy.deepcopy(config)
         self.protocols = tuple(protocols)
         self.part = list(part) if part is not None else None
-        self.pretrain_only, self.columns = pretrain_only, dict(columns or {})
+        self.pretrain_only, self.columns, self.key = pretrain_only, dict(columns or {}), key
         self.checkpoint_given = bool(checkpoint)
         self.info = D.init(self.config.get("device"))
         self.results_root = Path(results_root)
@@ -239,7 +239,9 @@ class _Run:
             if unknown:
                 raise ConfigError(f"part {', '.join(unknown)}: not among the run's splits ({', '.join(names)})")
             sha = self.source.identity["sha256"] if self.checkpoint_given and self.source.identity else None
-            self.key = run_key(self.given, self.protocols, names, self.data.fingerprint(), sha, self.columns)
+            # a launcher passes the key it planned with, so every job of a launch agrees on it
+            self.key = self.key or run_key(self.given, self.protocols, names, self.data.fingerprint(), sha,
+                                           self.columns)
             self.state_dir = self.results_root / ".cache" / "runs" / self.key
             parts = _Parts(self.state_dir, self.info.is_main)
             todo = [s for s in self.data.splits if self.part is None or s.name in self.part]
@@ -479,6 +481,7 @@ def run_experiment(
     part: Sequence[str] | None = None,
     pretrain_only: bool = False,
     columns: dict[str, Any] | None = None,
+    run_key: str | None = None,
 ) -> Path | None:
     """Run ``protocols`` of a resolved ``config`` (with ``config["task"]`` set) on every split.
 
@@ -492,8 +495,9 @@ def run_experiment(
     rows for the call that completes the run (which returns the run directory; the others
     return ``None``); ``pretrain_only``: only the pretraining stage of ``part`` (an encoder for the
     cache, no rows); ``columns``: extra columns every row carries, part of the run's identity (a
-    suite's name and version).  See the module docstring.
+    suite's name and version); ``run_key``: the run's identity as a launcher planned it (default:
+    computed here, :func:`ssl_bench.provenance.run_key`).  See the module docstring.
     """
     return _Run(config, data_dir=data_dir, results_root=results_root, protocols=protocols, checkpoint=checkpoint,
                 splits=splits, resume=resume, progress=progress, track=track, label=label, part=part,
-                pretrain_only=pretrain_only, columns=columns).run()
+                pretrain_only=pretrain_only, columns=columns, key=run_key).run()

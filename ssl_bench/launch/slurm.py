@@ -106,6 +106,10 @@ class SubmititLauncher(Launcher):
         self._squeue: tuple[float, dict[str, str] | None] = (0.0, None)
         self.submitted: list[str] = []
 
+    def job_settings(self, base: JobSettings) -> JobSettings:
+        # SLURM decides how many jobs run at once (rows say so with jobs = None)
+        return replace(base, jobs=0) if self.cluster == "slurm" else base
+
     def processes(self) -> int:
         """Processes per node of a job: ``processes_per_job``, else one per GPU, else one."""
         return max(1, int(self.cfg.processes_per_job or self.cfg.gpus_per_job or 1))
@@ -230,3 +234,8 @@ class SubmititLocalLauncher(SubmititLauncher):
     help = "submitit's local executor: SLURM's job path on this machine, --jobs at once, jobs x threads <= cores"
     scheduler_dependencies = False
     cluster = "local"
+
+    @dataclass
+    class Config:
+        time_min: int = 60  # a job's time limit, minutes
+        folder: str | None = None  # submitit's job files (default <results>/.cache/launch/submitit)

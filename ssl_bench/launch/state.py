@@ -248,8 +248,8 @@ def report(results: str | Path, out: Callable[[str], None] = print) -> int:
     slurm = slurm_states(r.get("job_id") for r in records.values()
                          if r.get("launcher") == "slurm" and r.get("state") in ("queued", "running"))
     when = datetime.fromtimestamp(launch.get("created", 0), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    out(f"launch {launch['id']} ({when}, {launch.get('launcher')}, {launch.get('jobs', 1)} job(s) x "
-        f"{launch.get('threads') or 'default'} thread(s)): {launch.get('command', '')}")
+    how = launch.get("describe") or f"{launch.get('launcher')}, {launch.get('jobs', 1)} job(s)"
+    out(f"launch {launch['id']} ({when}; {how}): {launch.get('command', '')}")
     counts: dict[str, int] = {}
     durations: dict[str, list[float]] = {}
     for u in units:

@@ -114,15 +114,17 @@ def run_sweep(runs: list[RunSpec], launcher: Launcher, *, results: str | Path, r
              + (f" ({_counts(the_plan.units)})" if the_plan.units else "") + f"; {launcher.describe()}")
     if not the_plan.units:
         return SweepOutcome([r["run_dir"] for r in the_plan.runs])
-    record = {"command": command, "launcher": launcher.name, "options": launcher_options or {}, "jobs": launcher.jobs,
+    record = {"command": command, "launcher": launcher.name, "describe": launcher.describe(),
+              "options": launcher_options or {}, "jobs": launcher.jobs,
               "threads": launcher.threads, "resume": resume, "done_before": len(before), "runs": the_plan.runs,
               "units": [{"id": u.id, "kind": u.kind, "title": u.title, "needs": u.needs} for u in the_plan.units],
               "plan": [u.to_json() for u in the_plan.units], "results": str(results),
               "plugins_dirs": list(plugins_dirs or [])}
     launch_id = state.new_launch(record)
-    job = JobSettings(results=str(results), state_dir=str(state.root), launcher=launcher.name, jobs=launcher.jobs,
-                      threads=launcher.threads, resume=resume, plugins_dirs=list(plugins_dirs or []),
-                      progress=progress if launcher.in_process else True, launch_id=launch_id)
+    job = launcher.job_settings(JobSettings(
+        results=str(results), state_dir=str(state.root), launcher=launcher.name, jobs=launcher.jobs,
+        threads=launcher.threads, resume=resume, plugins_dirs=list(plugins_dirs or []),
+        progress=progress if launcher.in_process else True, launch_id=launch_id))
     if detach and not launcher.scheduler_dependencies:
         return _detach_driver(the_plan, launch_id, job, state, echo)
     final = drive(the_plan, launcher, job, state, wait=not detach, echo=echo if loud or detach else (lambda _: None))
@@ -192,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     set_registry(registry)
     launcher = make_launcher(record["launcher"], record.get("options") or {}, jobs=int(record["jobs"]),
                              threads=record.get("threads"), registry=registry)
-    job = JobSettings(results=record["results"], state_dir=str(state.root), launcher=launcher.name,
-                      jobs=launcher.jobs, threads=launcher.threads, resume=bool(record.get("resume", True)),
-                      plugins_dirs=dirs, launch_id=record["id"])
+    job = launcher.job_settings(JobSettings(
+        results=record["results"], state_dir=str(state.root), launcher=launcher.name, jobs=launcher.jobs,
+        threads=launcher.threads, resume=bool(record.get("resume", True)), plugins_dirs=dirs, launch_id=record["id"]))
     started = time.time()
     final = drive(Plan(units, record["runs"]), launcher, job, state)
     launcher.close()

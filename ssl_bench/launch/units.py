@@ -79,7 +79,7 @@ class Unit:
     part: list[str] = field(default_factory=list)
     pretrain_only: bool = False
     marker: str | None = None
-    key: str = ""  # the run key of an evaluation unit
+    key: str = ""  # the run key as planned (every job of a launch uses it; ssl_bench.provenance.run_key)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +97,7 @@ class JobSettings:
     results: str
     state_dir: str
     launcher: str = "local"
-    jobs: int = 1
+    jobs: int = 1  # units at once; 0: a scheduler decides
     threads: int | None = None
     resume: bool = True
     plugins_dirs: list[str] = field(default_factory=list)
@@ -252,10 +252,11 @@ def job_environment(unit: Unit, job: JobSettings) -> Iterator[None]:
     from ..provenance import JOBS_ENV, LAUNCHER_ENV
     from ..registry import set_registry
 
-    env = {LAUNCHER_ENV: job.launcher, JOBS_ENV: str(job.jobs)}
+    env = {LAUNCHER_ENV: job.launcher, **({JOBS_ENV: str(job.jobs)} if job.jobs else {})}
     if job.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = job.gpu
-    saved_env = {k: os.environ.get(k) for k in env}
+    saved_env = {k: os.environ.get(k) for k in (*env, JOBS_ENV)}
+    os.environ.pop(JOBS_ENV, None)
     saved_threads = torch.get_num_threads()
     os.environ.update(env)
     limits = contextlib.nullcontext()
@@ -353,7 +354,7 @@ def _work(unit: Unit, job: JobSettings) -> Path | None:
     return run_experiment(spec.config, data_dir=spec.data_dir, results_root=job.results, protocols=spec.protocols,
                           checkpoint=spec.checkpoint, splits=spec.splits, resume=job.resume, progress=job.progress,
                           track=spec.track, label=spec.label, part=unit.part, pretrain_only=unit.pretrain_only,
-                          columns=spec.columns)
+                          columns=spec.columns, run_key=unit.key or None)
 
 
 def main(argv: list[str] | None = None) -> int:
