@@ -306,15 +306,15 @@ def load(root: str | Path | list[str | Path] = "results") -> pd.DataFrame:
         loaded += 1
         if df is None:
             continue
-        df["root"] = str(d.parent)
         if "init_id" not in df.columns:
             df["init_id"] = [(i if i in ("random", "pretrained") else f"unknown:{d.name}") for i in df["init"]]
         flat = {k: v for k, v in flat_config(config or {}).items() if k not in df.columns}
         settings.update(flat)
-        if flat:
-            df = df.assign(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()})
-        df["config_hash"] = result.get("config_hash")
-        frames.append(df)
+        added = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()}
+        added.update(config_hash=result.get("config_hash"), root=str(d.parent))
+        # one block of columns at once (a column at a time fragments the frame)
+        frames.append(pd.concat([df, pd.DataFrame({k: [v] * len(df) for k, v in added.items()}, index=df.index)],
+                                axis=1))
     for d, reason in bad:  # one damaged record must not hide every other run
         warnings.warn(f"{shown(d / 'result.json')}: unreadable run record ({reason}); skipped, {loaded} run(s) "
                       "loaded; remove or repair that directory", ResultsWarning, stacklevel=2)
