@@ -96,8 +96,10 @@ def argv(env, results_root, *extra, protocols="pretrain,linear", small=True):
 def rows(root: Path) -> dict[tuple, float]:
     """Every row of a results root by what it is (settings, split, protocol, encoder, metric)."""
     df = results.load(root)
-    return {(r["masker.ratio"], r["split"], r["protocol"], r["init"], r["metric"]): r["value"]
-            for _, r in df.iterrows()}
+    got = {(r["masker.ratio"], r["seed"], r["split"], r["protocol"], r["init"], r["metric"]): r["value"]
+           for _, r in df.iterrows()}
+    assert len(got) == len(df), "two rows of one run, split, protocol, encoder and metric"
+    return got
 
 
 @pytest.fixture(scope="module")

@@ -215,11 +215,20 @@ class SubmititLauncher(Launcher):
         from .job import UnitJob
 
         processes = self.processes() if self.cluster == "slurm" else 1
-        if len(units) > 1 and self.cluster == "slurm":
-            with ex.batch():
+        try:
+            if len(units) > 1 and self.cluster == "slurm":
+                with ex.batch():
+                    jobs = [ex.submit(UnitJob(), unit.to_json(), job.__dict__, None, processes) for unit in units]
+            else:
                 jobs = [ex.submit(UnitJob(), unit.to_json(), job.__dict__, None, processes) for unit in units]
-        else:
-            jobs = [ex.submit(UnitJob(), unit.to_json(), job.__dict__, None, processes) for unit in units]
+        except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:  # sbatch said no
+            said = getattr(exc, "output", None) or getattr(exc, "stderr", None) or str(exc)
+            said = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+            lines = [line for line in said.strip().splitlines() if line.strip()]
+            for unit in units:
+                state.update(unit.id, state="failed", ended=time.time(), error=lines[-1] if lines else str(exc))
+            raise ConfigError(f"--launcher {self.name}: the scheduler refused the job ({lines[-1] if lines else exc}); "
+                              "check --launch partition/time_min/cpus_per_job/sbatch") from None
         out: dict[str, Handle] = {}
         for unit, submitted in zip(units, jobs):
             log = str(submitted.paths.stdout).replace("%t", "0")
