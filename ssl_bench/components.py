@@ -27,10 +27,12 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .events import Event
+
 #: The kinds of model part a plugin can register, in the order a model is built.
 COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective", "method")
 #: Everything a plugin can register (one ``register_<kind>s`` hook each).
-KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "command", "launcher", "suite")
+KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "metric", "command", "launcher", "suite")
 
 #: Token layouts an encoder can use.  Index of the token at grid cell (t, f):
 #: ``time-major``: t * n_freq + f (AudioMAE);  ``freq-major``: f * n_time + t (AST, SSAST).
@@ -219,13 +221,17 @@ class Method(Protocol):
 class Clip:
     """One labelled audio example.
 
-    ``path``: the audio file; ``labels``: class indices (one for multi-class tasks);
-    ``key``: a stable identifier (relative path) used for caching and error messages.
+    ``path``: the audio file; ``labels``: class indices (one for multi-class tasks; for an
+    events task, the set of labels among its events); ``key``: a stable identifier (relative
+    path) used for caching, error messages and as the file name of its predictions;
+    ``events``: for an events task, the clip's :class:`~ssl_bench.events.Event` s (label,
+    onset and offset in seconds), empty otherwise.
     """
 
     path: Path
     labels: tuple[int, ...]
     key: str
+    events: tuple[Event, ...] = ()
 
 
 @dataclass
@@ -247,12 +253,15 @@ class Task(Protocol):
     """A downstream task.
 
     Attributes: ``name``, ``classes`` (label names, index = class id), ``multilabel``,
-    ``sample_rate`` (rate the clips are resampled to, 16000), ``clip_seconds`` (length
-    clips are padded/cropped to), ``metrics`` (names in :mod:`ssl_bench.metrics`, first is
-    the primary one), ``split_protocol`` (a short human description recorded in every
-    result row), ``norm_stats`` (published feature statistics: ``{frontend stats_key: (mean,
-    std)}``, or ``{}``; the harness computes them on the training split for any other
-    frontend).
+    ``label_shape`` (optional: ``multiclass``, ``multilabel`` or ``events``, see
+    :mod:`ssl_bench.events`; without it the shape follows ``multilabel``; an events task's
+    clip-level targets are multi-hot, the labels present), ``sample_rate`` (rate
+    the clips are resampled to, 16000), ``clip_seconds`` (length clips are padded/cropped to),
+    ``metrics`` (names of registered metrics, see :mod:`ssl_bench.metrics`, of the kind the
+    shape needs: clip scores, or events for an events task; the first is the primary one),
+    ``split_protocol`` (a short human description recorded in every result row),
+    ``norm_stats`` (published feature statistics: ``{frontend stats_key: (mean, std)}``, or
+    ``{}``; the harness computes them on the training split for any other frontend).
 
     ``prepare()`` makes the data available (finds it, downloads it, or builds it) and raises
     a clear error naming what is missing; ``splits()`` returns the partitions.

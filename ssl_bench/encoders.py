@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 from . import distributed as D
 from .compute import compute_columns, count_parameters, cpu_seconds, flops_per_sample, spec_probe
 from .config import BOOKKEEPING_FIELDS, MODEL_SLOTS, ConfigError, config_hash, data_settings
-from .files import atomic_write_text, file_lock
+from .files import atomic_write_text, file_lock, json_default
 from .protocols.base import Pretrained
 from .protocols.data import SpecDataset, Unlabeled, normalize
 from .provenance import ID_LENGTH
@@ -292,13 +292,9 @@ def _pretrain_encoder(model: nn.Module, unlabeled: Unlabeled, h: str, name: str 
         meta.pop("encoder_id", None)  # the name records made before init_id was the one name
         meta["name"] = name or meta.get("name")
         if D.current().is_main:
-            atomic_write_text(meta_path, json.dumps(meta, indent=1, default=_json_default))
+            atomic_write_text(meta_path, json.dumps(meta, indent=1, default=json_default))
         D.barrier()
     return {**meta, "path": str(final), "reused": reused}
-
-
-def _json_default(obj: Any) -> Any:
-    return obj.item() if hasattr(obj, "item") else str(obj)
 
 
 def _verified_meta(final: Path, meta_path: Path, cache_dir: Path) -> dict[str, Any] | None:

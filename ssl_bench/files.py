@@ -38,6 +38,12 @@ def cache_root(results_root: str | os.PathLike) -> Path:
     return Path(env) if env else Path(results_root) / ".cache"
 
 
+def json_default(obj: Any) -> Any:
+    """``json.dumps``'s fallback for what a record may hold: a numpy or torch scalar as its
+    number, anything else as its text."""
+    return obj.item() if hasattr(obj, "item") else str(obj)
+
+
 def name_bytes(name: str | os.PathLike) -> bytes:
     """The bytes of a file name or clip key, surrogate-escaped characters included."""
     return os.fsencode(os.fspath(name))

@@ -14,9 +14,9 @@ a call ``factory(cfg, build)``, ``build`` being the model's
 :class:`ssl_bench.components.BuildContext` (methods too).  Model factories are
 :class:`ssl_bench.model.ModelSpec` objects; task factories are called as
 ``factory(data_dir=...)``; protocols are :class:`ssl_bench.protocols.base.Protocol` classes;
-commands are :class:`ssl_bench.commands.Command` objects; launchers are
-:class:`ssl_bench.launch.base.Launcher` classes; suites are :class:`ssl_bench.suites.Suite`
-objects.  Registering a name that another
+metrics are :class:`ssl_bench.metrics.Metric` objects; commands are
+:class:`ssl_bench.commands.Command` objects; launchers are :class:`ssl_bench.launch.base.Launcher`
+classes; suites are :class:`ssl_bench.suites.Suite` objects.  Registering a name that another
 plugin already registered is an error naming both plugins.
 """
 
@@ -79,6 +79,15 @@ def register_protocols(register):
     """Register evaluation protocols (``linear``, ``knn``, ...): :class:`ssl_bench.protocols.base.Protocol`
     subclasses.  Each becomes a ``--protocols`` choice, a ``--set NAME.field`` config section
     (its ``Config`` dataclass) and, unless it opts out, an ``ssl-bench NAME`` subcommand."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register evaluation metrics by name: :class:`ssl_bench.metrics.Metric` objects (a function
+    and its input kind: clip scores ``[N, C]`` against targets, or events per file against
+    reference events; a plain function is a clip metric).  Tasks list metrics by these names;
+    :func:`ssl_bench.metrics.evaluate` and :func:`~ssl_bench.metrics.evaluate_events` score
+    with them."""
 
 
 @hookspec

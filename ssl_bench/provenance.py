@@ -161,7 +161,8 @@ def audio_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) -> s
 
 def dataset_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) -> dict[str, Any]:
     """What a run records of the data it read: ``{"sha256", "files", "bytes", "missing"}``; the
-    digest covers each clip's key (its labels hang on it) and its content."""
+    digest covers each clip's key (its labels hang on it), its content and, for a clip with
+    events, the events themselves (an annotation file can change under the same audio)."""
     digests = file_digests([c.path for c in clips], cache_dir)
     lines, total, missing = [], 0, 0
     for c in clips:
@@ -171,7 +172,9 @@ def dataset_digest(clips: Sequence[Any], cache_dir: str | Path | None = None) ->
             missing += 1
             continue
         total += os.stat(key).st_size
-        lines.append(f"{c.key}\t{d}")
+        events = getattr(c, "events", ())
+        lines.append(f"{c.key}\t{d}" + ("\t" + ";".join(f"{e.label},{e.onset!r},{e.offset!r}" for e in events)
+                                         if events else ""))
     text = "\n".join(sorted(lines))
     return {"sha256": hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest(), "files": len(lines), "bytes": total,
             "missing": missing}

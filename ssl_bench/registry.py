@@ -20,6 +20,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,28 +35,32 @@ from .errors import UserError
 ENTRY_POINT_GROUP = "ssl_bench"
 DISTRIBUTION = "ssl-bench"
 
-#: Built-in plugin modules, loaded directly when the package's entry points are not
-#: visible (running from a source tree that was never installed).
-BUILTIN_MODULES = {
-    "audio": "ssl_bench.plugins.audio",
-    "audiomae": "ssl_bench.plugins.audiomae",
-    "ast": "ssl_bench.plugins.ast",
-    "eat": "ssl_bench.plugins.eat",
-    "beats": "ssl_bench.plugins.beats",
-    "wav2vec2": "ssl_bench.plugins.wav2vec2",
-    "hear-api": "ssl_bench.plugins.hear",
-    "synthetic": "ssl_bench.tasks.synthetic",
-    "esc50": "ssl_bench.tasks.esc50",
-    "speechcommands": "ssl_bench.tasks.speechcommands",
-    "audioset": "ssl_bench.tasks.audioset",
-    "folder": "ssl_bench.tasks.folder",
-    "hear": "ssl_bench.tasks.hear",
-    "suites": "ssl_bench.tasks.suites",
-}
+def _declared_builtins() -> dict[str, str]:
+    """The built-in plugins as ``pyproject.toml`` beside this source tree declares them in the
+    entry-point group: ``{name: module}``, or ``{}`` away from a source tree (an installed
+    package, whose entry points are visible).  One list: adding a built-in plugin is a line in
+    pyproject, never an edit here."""
+    path = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    head = f"[project.entry-points.{ENTRY_POINT_GROUP}]"
+    if head not in text:
+        return {}
+    section = text.split(head, 1)[1].split("\n[", 1)[0]
+    return dict(re.findall(r'^([\w-]+)\s*=\s*"([\w.]+)"\s*$', section, flags=re.M))  # tomllib is 3.11+
 
-#: The core's own registrations (the built-in protocols and launchers), loaded into every registry, also one
-#: made with ``entry_points=False``: they use the same hooks as any plugin, but are not optional.
-CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin", "launchers": "ssl_bench.launch.builtin"}
+
+#: Built-in plugin modules, loaded directly when the package's entry points are not visible
+#: (running from a source tree that was never installed): read from pyproject.toml.
+BUILTIN_MODULES = _declared_builtins()
+
+#: The core's own registrations (the built-in protocols, metrics and launchers), loaded into every
+#: registry, also one made with ``entry_points=False``: they use the same hooks as any plugin, but
+#: are not optional.
+CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin", "metrics": "ssl_bench.metrics.builtin",
+                "launchers": "ssl_bench.launch.builtin"}
 
 HOOKS = {f"register_{kind}s": kind for kind in KINDS}
 

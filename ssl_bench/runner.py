@@ -56,7 +56,7 @@ from .compute import Meter, RowStamp, compute_columns, count_parameters, cpu_sec
 from .config import ConfigError
 from .encoders import PRETRAINING_INIT, RANDOM, EncoderIdentity, EncoderSource, differs_from_random
 from .errors import UserError
-from .files import atomic_write_text, cache_root, file_lock
+from .files import atomic_write_text, cache_root, file_lock, json_default
 from .progress import RunClock
 from .protocols.base import Protocol, ProtocolContext, ProtocolResult, section_config
 from .protocols.data import SplitData, Unlabeled, normalize
@@ -72,10 +72,6 @@ DEFAULT_PROTOCOLS = ("pretrain", "finetune", "linear")
 def _slug(text: str) -> str:
     """``text`` as one file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-
-
-def _json_default(obj: Any) -> Any:
-    return obj.item() if hasattr(obj, "item") else str(obj)
 
 
 class _SavedRows:
@@ -96,7 +92,7 @@ class _SavedRows:
             return saved
         rows = compute()
         if self.is_main:
-            atomic_write_text(path, json.dumps({"rows": rows}, default=_json_default))
+            atomic_write_text(path, json.dumps({"rows": rows}, default=json_default))
         return rows
 
 
@@ -120,7 +116,7 @@ class _Recorder:
             print(message, flush=True)
 
     def metrics(self, record: dict[str, Any]) -> None:
-        self.records.append(json.loads(json.dumps(record, default=_json_default)))
+        self.records.append(json.loads(json.dumps(record, default=json_default)))
 
     def add_row(self, **row: Any) -> dict[str, Any]:
         self.rows.append(row)
@@ -162,7 +158,7 @@ class _Parts:
 
     def save(self, split: str, record: dict[str, Any]) -> None:
         if self.is_main:
-            atomic_write_text(self.path(split), json.dumps(record, default=_json_default))
+            atomic_write_text(self.path(split), json.dumps(record, default=json_default))
 
     def load(self, split: str) -> dict[str, Any]:
         return json.loads(self.path(split).read_text())
@@ -214,6 +210,16 @@ class _Run:
         return [n for n in self.protocols
                 if self.protocol(n).stage == stage and getattr(self.section(n), "enabled", True)]
 
+    def check_shapes(self) -> None:
+        """Every requested protocol serves the task's label shape (before any data work)."""
+        shape = self.data.label_shape
+        for name in self.protocols:
+            shapes = tuple(self.protocol(name).shapes)
+            if shape not in shapes:
+                serving = [n for n in self.registry.names("protocol") if shape in self.protocol(n).shapes]
+                raise ConfigError(f"protocol {name!r} serves {', '.join(shapes)} tasks; task {self.data.name!r} is "
+                                  f"{shape} (protocols for {shape}: {', '.join(serving) or 'none registered'})")
+
     def trainers(self) -> list[tuple[str, str]]:
         """``(name, trains_on)`` of each requested protocol whose batch must fit the data."""
         out = []
@@ -234,6 +240,7 @@ class _Run:
     def run(self) -> Path | None:
         with STOP.installed():
             self.data = TaskData(self.config, self.registry, self.data_dir, self.split_names)
+            self.check_shapes()
             names = [s.name for s in self.data.splits]
             unknown = [n for n in self.part or () if n not in names]
             if unknown:
@@ -335,6 +342,7 @@ class _Run:
                             writer.metrics(record)
                         for row in r["rows"]:
                             writer.add_row(**row)
+                    self.collect_predictions(writer.dir)  # every split's, from the state directory
                     wall = sum(r["compute"]["split"]["wall_s"] for r in records)
                     writer.log(f"done: {len(records)} split(s) in {wall:.1f} s")
                 final = writer.final_dir
@@ -460,10 +468,42 @@ class _Run:
         """One row per metric of every result, named by split and encoder."""
         rows = []
         for result in results:
+            extra = {**columns, **result.extra}
+            if result.predictions is not None:
+                extra["predictions"] = self.write_predictions(prepared.data, protocol, encoder, result)
             rows += self.stamp.rows(split=prepared.data.name, split_columns=prepared.columns, protocol=protocol,
                                     init=encoder.init, init_id=encoder.init_id, pretrained_by=encoder.pretrained_by,
-                                    metrics=result.metrics, extra={**columns, **result.extra})
+                                    metrics=result.metrics, extra=extra)
         return rows
+
+    def write_predictions(self, data: SplitData, protocol: str, encoder: EncoderIdentity,
+                          result: ProtocolResult) -> str:
+        """Write a result's per-clip predictions and their reference in HEAR's layout (see
+        :mod:`ssl_bench.predictions`) into the run's state directory, where they survive an
+        interruption with the rows; returns the path the run directory will have them at."""
+        from . import predictions as P
+
+        name = "-".join(_slug(str(p)) for p in (protocol, encoder.init, result.extra.get("layer")) if p is not None)
+        keys = [self.data.features.clips[int(i)].key for i in data.test]
+        labels = [str(c) for c in self.data.classes]
+        made = result.predictions
+        if made.events is not None:
+            predicted = P.event_layout(made.events, labels)
+            reference = P.event_layout({k: self.data.features.clips[int(i)].events for k, i in zip(keys, data.test)},
+                                       labels)
+        else:
+            predicted = P.scene_layout(keys, made.scores, labels)
+            reference = P.scene_reference(keys, data.part_targets("test"), labels)
+        if self.info.is_main:
+            P.write(self.state_dir / data.name / "predictions", name, predicted, reference)
+        return f"predictions/{data.name}/{name}.json"
+
+    def collect_predictions(self, run_dir: Path | None) -> None:
+        """Copy every split's predictions from the state directory into the run directory."""
+        if run_dir is None:
+            return
+        for folder in sorted(self.state_dir.glob("*/predictions")):
+            shutil.copytree(folder, run_dir / "predictions" / folder.parent.name, dirs_exist_ok=True)
 
 
 def run_experiment(

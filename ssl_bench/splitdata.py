@@ -34,6 +34,7 @@ import torch
 from . import distributed as D
 from .components import BuildContext, Clip
 from .config import ConfigError, data_settings, instantiate_config
+from .events import EVENTS, MULTICLASS, label_shape_of
 from .protocols.data import SplitData, label_targets
 
 #: Suffixes of the audio files a folder corpus is made of.
@@ -205,8 +206,13 @@ class TaskData:
             raise ConfigError(f"task {config['task']!r} has no splits")
         self.splits = splits
         self.classes = list(self.task.classes)
-        self.multilabel = bool(self.task.multilabel)
+        try:
+            self.label_shape = label_shape_of(self.task)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.multilabel = self.label_shape != MULTICLASS  # an events task's clip targets are multi-hot
         self.metric_names = list(self.task.metrics)
+        self.check_metrics()
         self.seed = int(config.get("seed", 0))
         self.shots, self.fraction, self.draw = label_settings(config)
         self.frontend: Any = None
@@ -219,6 +225,28 @@ class TaskData:
     @property
     def name(self) -> str:
         return self.task.name
+
+    def check_metrics(self) -> None:
+        """The task's metrics are registered and score what its shape predicts (events, or clip
+        scores), and the first, which choices on validation maximise, grows when results improve."""
+        from .metrics import CLIP, UnknownMetricError, get_metric
+        from .metrics import EVENTS as EVENT_INPUT
+
+        names, task = self.metric_names, self.task.name
+        if not names:
+            raise ConfigError(f"task {task!r} names no metrics")
+        want = EVENT_INPUT if self.label_shape == EVENTS else CLIP
+        for name in names:
+            try:
+                metric = get_metric(name, self.registry)
+            except UnknownMetricError as exc:
+                raise ConfigError(f"task {task!r}: {exc}") from None
+            if metric.input != want:
+                raise ConfigError(f"task {task!r}: metric {name!r} scores {metric.input}, but the task's label "
+                                  f"shape is {self.label_shape}: it is scored with {want} metrics")
+        if not get_metric(names[0], self.registry).greater_is_better:
+            raise ConfigError(f"task {task!r}: its first metric {names[0]!r} is better lower, but choices on "
+                              "validation keep the higher score of the first metric: list another one first")
 
     @property
     def clip_seconds(self) -> float:
@@ -235,7 +263,7 @@ class TaskData:
 
             clips = [c for c in split.train if c.key in self.feature_index] if readable else split.train
             fraction = float(data_settings(self.config).valid_fraction)
-            train, valid = carve_validation(clips, fraction, self.seed, self.multilabel)
+            train, valid = carve_validation(clips, fraction, self.seed, self.label_shape)
             parts = SplitParts(list(train), list(valid), True)
         if self.shots is not None or self.fraction is not None:
             from .splits import label_subset
@@ -243,7 +271,7 @@ class TaskData:
             whole = [c for c in parts.train if c.key in self.feature_index] if readable else parts.train
             parts.whole_train = whole
             parts.train = label_subset(whole, shots=self.shots, fraction=self.fraction, seed=self.draw,
-                                       multilabel=self.multilabel)
+                                       shape=self.label_shape)
         return parts
 
     def training_sizes(self, unlabeled: bool) -> dict[str, int]:
@@ -256,7 +284,7 @@ class TaskData:
         path, size and modification time), the class names and the clip length.  Stat-based
         like the feature cache's key: changed audio or labels give another fingerprint."""
         h = hashlib.sha256()
-        h.update(repr((self.task.name, self.classes, self.multilabel, self.clip_seconds)).encode())
+        h.update(repr((self.task.name, self.classes, self.label_shape, self.clip_seconds)).encode())
         stamps: dict[Any, str] = {}
         for split in self.splits:
             h.update(f"\nsplit {split.name}".encode("utf-8", "surrogateescape"))
@@ -271,7 +299,8 @@ class TaskData:
                         except OSError:
                             stamp = "missing"
                         stamps[clip.path] = stamp
-                    h.update(f"\n{clip.key}\t{list(clip.labels)}\t{stamp}".encode("utf-8", "surrogateescape"))
+                    events = [(e.label, e.onset, e.offset) for e in getattr(clip, "events", ())]
+                    h.update(f"\n{clip.key}\t{list(clip.labels)}\t{events}\t{stamp}".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def size_frontend(self) -> None:
@@ -364,12 +393,13 @@ class TaskData:
         # statistics describe the audio, not the labels: those of the whole training part
         whole = self.indices(parts.whole_train) if parts.whole_train is not None else train
         mean_std_, stats_from = self.norm_stats(whole, corpus)
-        targets = label_targets(self.features.clips, len(self.classes), self.multilabel)
+        targets = label_targets(self.features.clips, len(self.classes), self.label_shape)
         weights = None
         if callable(getattr(self.task, "train_weights", None)):  # class-balanced sampling (AudioSet-2M)
             weights = np.asarray(self.task.train_weights([self.features.clips[i] for i in train]), dtype=np.float64)
         data = SplitData(self.features, train, valid, test, targets, len(self.classes), self.multilabel,
-                         self.metric_names, self.num_frames, name=split.name, train_weights=weights)
+                         self.metric_names, self.num_frames, name=split.name, train_weights=weights,
+                         label_shape=self.label_shape, classes=list(self.classes))
         columns = {"n_train": int(len(train)), "n_valid": int(len(valid)), "n_test": int(len(test)),
                    "n_skipped": int(n_skipped), "split_protocol": getattr(self.task, "split_protocol", ""),
                    "valid_source": "carved from train" if parts.carved else "task"}

@@ -8,19 +8,20 @@ nothing.  Task plugins import it; they never import each other's registration co
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import shutil
 import tempfile
 import uuid
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Hashable, Iterable, Iterator, Sequence
 
 from ssl_bench.components import Clip, Split
 from ssl_bench.errors import UserError
-from ssl_bench.files import follow_umask
+from ssl_bench.files import follow_umask, name_bytes
 
 #: The ``stats_key`` of the 128-bin Kaldi fbank frontend of AudioMAE and AST (16 kHz, 25/10 ms):
 #: the features every published statistic below was measured on.
@@ -234,6 +235,29 @@ def fold_splits(clip_folds: Iterable[tuple[Clip, int | str]], prefix: str = "fol
         )
         for f in folds
     ]
+
+
+def _hash_order(key: str) -> str:
+    # a file name need not be valid UTF-8 (its undecodable bytes arrive as surrogate escapes)
+    return hashlib.sha1(name_bytes(key)).hexdigest()
+
+
+def stratified_folds(clips: Sequence[Clip], folds: int = 5,
+                     stratum: Callable[[Clip], Hashable] = lambda c: c.labels[:1]) -> list[tuple[Clip, int]]:
+    """Assign each clip a fold 1..``folds``, round-robin within each stratum (default: its
+    first label) in the order of a hash of its key, so a fold keeps its clips when files are
+    added."""
+    by_stratum: dict = defaultdict(list)
+    for clip in clips:
+        by_stratum[stratum(clip)].append(clip)
+    out = []
+    offset = 0
+    for key in sorted(by_stratum):
+        members = sorted(by_stratum[key], key=lambda c: _hash_order(c.key))
+        for i, clip in enumerate(members):
+            out.append((clip, (i + offset) % folds + 1))
+        offset += len(members)  # spread the strata's remainders over different folds
+    return out
 
 
 def class_balanced_weights(clips: Sequence[Clip], num_classes: int) -> list[float]:

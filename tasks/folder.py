@@ -19,9 +19,7 @@ added).  Clip length: the longest clip, capped at 10 s, unless ``task.yaml`` (ke
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import soundfile as sf
@@ -29,8 +27,7 @@ import yaml
 
 from ssl_bench import hookimpl
 from ssl_bench.components import Clip, Split
-from ssl_bench.files import name_bytes
-from ssl_bench.metrics import METRICS
+from ssl_bench.metrics import CLIP, metric_names
 
 from .common import (
     DataNotFoundError,
@@ -42,6 +39,7 @@ from .common import (
     loaded_attribute,
     read_csv,
     resolve_inside,
+    stratified_folds,
 )
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
@@ -49,26 +47,6 @@ CSV_NAMES = ("labels.csv", "metadata.csv")
 SPLIT_NAMES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid", "test": "test"}
 MAX_SECONDS = 10.0
 DEFAULT_FOLDS = 5
-
-
-def _hash_order(key: str) -> str:
-    # a file name need not be valid UTF-8 (its undecodable bytes arrive as surrogate escapes)
-    return hashlib.sha1(name_bytes(key)).hexdigest()
-
-
-def stratified_folds(clips: list[Clip], folds: int = DEFAULT_FOLDS) -> list[tuple[Clip, int]]:
-    """Assign each clip a fold 1..``folds``, round-robin within each class in hash order."""
-    by_class: dict[tuple[int, ...], list[Clip]] = defaultdict(list)
-    for clip in clips:
-        by_class[clip.labels[:1]].append(clip)
-    out = []
-    offset = 0
-    for key in sorted(by_class):
-        members = sorted(by_class[key], key=lambda c: _hash_order(c.key))
-        for i, clip in enumerate(members):
-            out.append((clip, (i + offset) % folds + 1))
-        offset += len(members)  # spread the classes' remainders over different folds
-    return out
 
 
 class FolderTask(DatasetTask):
@@ -215,9 +193,10 @@ class FolderTask(DatasetTask):
             if unknown:
                 raise MetadataError(f"{root / 'task.yaml'}: unknown key(s) {', '.join(sorted(unknown))}; valid: clip_seconds, metrics")
         if "metrics" in options:
-            bad = [m for m in options["metrics"] if m not in METRICS]
+            known = metric_names(CLIP)
+            bad = [m for m in options["metrics"] if m not in known]
             if bad:
-                raise MetadataError(f"{root / 'task.yaml'}: unknown metric(s) {', '.join(bad)}; valid: {', '.join(METRICS)}")
+                raise MetadataError(f"{root / 'task.yaml'}: unknown metric(s) {', '.join(bad)}; valid: {', '.join(known)}")
             self.metrics = list(options["metrics"])
         else:
             self.metrics = ["mAP", "AUC", "d_prime"] if self.multilabel else ["accuracy", "mAP"]

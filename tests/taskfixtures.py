@@ -187,20 +187,54 @@ def make_folder_csv(root: Path, multilabel: bool = False, column: str | None = "
 
 
 # --------------------------------------------------------------------------- HEAR
+HEAR_EVENT_VOCAB = ["Bark", "Door knock", "Speech"]
+
+
+def event_clip(events: list[tuple[int, float, float]], seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Quiet noise with a label-coded tone during each ``(label, onset, offset)``."""
+    rng = np.random.default_rng(seed)
+    wave = 0.01 * rng.standard_normal(int(round(seconds * sr)))
+    for label, onset, offset in events:
+        a, b = int(round(onset * sr)), int(round(offset * sr))
+        t = np.arange(b - a) / sr
+        wave[a:b] += 0.4 * np.sin(2 * np.pi * 300.0 * (1.5 ** label) * t)
+    return wave.astype(np.float32)
+
+
 def make_hear(root: Path, multilabel: bool = False, kfold: bool = True, per_split: int = 6,
-              seconds: float = 1.0) -> Path:
-    """A HEAR 2021 scene task directory: ``task_metadata.json``, ``labelvocabulary.csv``,
-    ``{split}.json`` and ``16000/{split}/*.wav``."""
+              seconds: float = 1.0, embedding: str = "scene", split_mode: str | None = None,
+              rate: int = 16000, pitch: bool = False) -> Path:
+    """A HEAR 2021 task directory as hear-preprocess writes it: ``task_metadata.json``,
+    ``labelvocabulary.csv``, ``{split}.json`` and ``{rate}/{split}/*.wav``.
+
+    ``embedding="scene"``: ``{file: [labels]}`` (``pitch``: NSynth-pitch-like, integer MIDI
+    labels, pitch_acc/chroma_acc); ``embedding="event"``: ``{file: [{"label", "start", "end"}]}``
+    in ms (DCASE 2016 task 2-like, onset F and segment ER).  ``split_mode``: ``trainvaltest``,
+    ``presplit_kfold``, ``new_split_kfold`` (default from ``kfold``) or
+    ``new_split_stratified_kfold``; k-fold modes write 3 folds.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    vocab = ["bark", "meow", "moo"]
+    split_mode = split_mode or ("new_split_kfold" if kfold else "trainvaltest")
+    kfold = split_mode != "trainvaltest"
     splits = [f"fold{i:02d}" for i in range(3)] if kfold else ["train", "valid", "test"]
+    if embedding == "event":
+        vocab, evaluation, name = HEAR_EVENT_VOCAB, ["event_onset_200ms_fms", "segment_1s_er"], "fixture_event"
+        prediction = "multilabel"
+    elif pitch:
+        vocab, evaluation, name = [str(p) for p in range(57, 72)], ["pitch_acc", "chroma_acc"], "fixture_pitch"
+        prediction = "multiclass"
+    else:
+        vocab = ["bark", "meow", "moo"]
+        evaluation = ["mAP", "d_prime", "aucroc"] if multilabel else ["top1_acc", "mAP"]
+        name, prediction = "fixture_scene", "multilabel" if multilabel else "multiclass"
     meta = {
-        "task_name": "fixture_scene", "version": "fixture-v1", "embedding_type": "scene",
-        "prediction_type": "multilabel" if multilabel else "multiclass",
-        "split_mode": "new_split_kfold" if kfold else "trainvaltest",
-        "sample_duration": seconds, "evaluation": ["mAP", "d_prime", "aucroc"] if multilabel else ["top1_acc", "mAP"],
+        "task_name": name, "version": "fixture-v1", "embedding_type": embedding, "prediction_type": prediction,
+        "split_mode": split_mode, "sample_duration": seconds, "evaluation": evaluation,
         "default_mode": "full", "mode": "full",
     }
+    if embedding == "event":
+        grid = {"median_filter_ms": [250], "min_duration": [125, 250]}
+        meta["evaluation_params"] = {"event_postprocessing_grid": grid}
     if kfold:
         meta["nfolds"] = len(splits)
         meta["splits"] = splits
@@ -208,14 +242,59 @@ def make_hear(root: Path, multilabel: bool = False, kfold: bool = True, per_spli
     with open(root / "labelvocabulary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["idx", "label"])
-        for i, name in enumerate(vocab):
-            w.writerow([i, name])
+        for i, label in enumerate(vocab):
+            w.writerow([i, label])
     for split in splits:
         labels = {}
         for i in range(per_split):
             label = i % len(vocab)
-            name = f"{split}_{i}.wav"
-            write_wav(root / "16000" / split / name, tone(label, seconds, 16000, seed=i), 16000)
-            labels[name] = [vocab[label]] + ([vocab[(label + 1) % 3]] if multilabel and i % 2 else [])
-        (root / f"{split}.json").write_text(json.dumps(labels))
+            file = f"{split}_{i}.wav"  # hear-preprocess names files by a hash; unique across splits
+            if embedding == "event":
+                events = [(label, round(0.1 * (i % 3), 3), round(0.1 * (i % 3) + 0.4, 3))]
+                if i % 2:
+                    events.append(((label + 1) % len(vocab), 0.5, seconds))
+                if i == per_split - 1:
+                    events = []  # a clip without events
+                write_wav(root / str(rate) / split / file, event_clip(events, seconds, rate, seed=i), rate)
+                labels[file] = [{"label": vocab[k], "start": 1000.0 * a, "end": 1000.0 * b} for k, a, b in events]
+            elif pitch:
+                midi = 57 + (i * 5) % len(vocab)
+                f0 = 440.0 * 2 ** ((midi - 69) / 12)
+                t = np.arange(int(seconds * rate)) / rate
+                write_wav(root / str(rate) / split / file, (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), rate)
+                labels[file] = [midi]  # hear-preprocess writes NSynth's pitch as an integer
+            else:
+                write_wav(root / str(rate) / split / file, tone(label, seconds, rate, seed=i), rate)
+                labels[file] = [vocab[label]] + ([vocab[(label + 1) % 3]] if multilabel and i % 2 else [])
+        (root / f"{split}.json").write_text(json.dumps(labels, indent=True))
+    return root
+
+
+# --------------------------------------------------------------------------- folder-events (DESED TSVs)
+EVENT_CLASSES = ["Alarm_bell_ringing", "Dog", "Speech"]
+
+
+def make_folder_events(root: Path, layout: str = "split", per_part: int = 4, seconds: float = 1.0,
+                       header: bool = True, nested: bool = False, sr: int = 22050) -> Path:
+    """Audio plus DESED-style TSVs (``filename, onset, offset, event_label``, seconds).
+
+    ``layout``: ``split`` (train/validation/test.tsv), ``folds`` (fold1..3.tsv) or ``single``
+    (one ``events.tsv``); ``nested``: audio under ``audio/<TSV name>/`` as DESED keeps it, else
+    flat in ``audio/``.  Each part's last clip has no event (listed by its file name alone).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    parts = {"split": ["train", "validation", "test"], "folds": ["fold1", "fold2", "fold3"],
+             "single": ["events"]}[layout]
+    count = per_part * (3 if layout == "single" else 1)
+    for part in parts:
+        lines = ["filename\tonset\toffset\tevent_label"] if header else []
+        for i in range(count):
+            name = f"{part}_{i}.wav"
+            label = i % len(EVENT_CLASSES)
+            events = [(label, 0.1, 0.6)] + ([((label + 1) % 3, 0.4, seconds)] if i % 2 else [])
+            events = [] if i == count - 1 else events
+            folder = root / "audio" / (part if nested else "")
+            write_wav(folder / name, event_clip(events, seconds, sr, seed=i), sr)
+            lines += [f"{name}\t{a}\t{b}\t{EVENT_CLASSES[k]}" for k, a, b in events] or [name]
+        (root / f"{part}.tsv").write_text("\n".join(lines) + "\n")
     return root

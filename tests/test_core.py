@@ -277,9 +277,11 @@ def test_concurrent_writers_lose_no_row(tmp_path):
     assert all(json.loads((tmp_path / i / "result.json").read_text())["rows"] for i in ids)
 
 
-def test_source_tree_fallback_lists_every_entry_point():
-    # a plugin added to pyproject's entry points but not to BUILTIN_MODULES vanished when run
-    # from a source tree that was never installed (beats, wav2vec2 and hear-api did)
+def test_source_tree_fallback_lists_every_entry_point(monkeypatch):
+    # a plugin added to pyproject's entry points but not to a hand-kept list vanished when run
+    # from a source tree that was never installed (beats, wav2vec2 and hear-api did): the
+    # fallback now reads pyproject itself, and loads every built-in without entry points
+    import importlib.metadata
     import re
 
     from ssl_bench.registry import BUILTIN_MODULES, ENTRY_POINT_GROUP
@@ -287,4 +289,8 @@ def test_source_tree_fallback_lists_every_entry_point():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     section = text.split(f"[project.entry-points.{ENTRY_POINT_GROUP}]", 1)[1].split("\n[", 1)[0]
     declared = dict(re.findall(r'^([\w-]+) = "([\w.]+)"$', section, flags=re.M))  # tomllib is 3.11+
-    assert declared == BUILTIN_MODULES
+    assert declared == BUILTIN_MODULES and {"audiomae", "hear", "folder-events", "synthetic-events"} <= set(declared)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    reg = Registry()
+    assert {n for n, p in reg.plugins.items() if p.origin == "built-in" and not p.error} >= set(declared)
+    assert {"folder-events", "synthetic-events"} <= set(reg.names("task"))

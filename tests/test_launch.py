@@ -281,7 +281,7 @@ def test_label_subset_is_stratified_seeded_and_order_free():
     assert len(draws) > 1  # another draw, other clips
     assert len(label_subset(clips, fraction=0.3, seed=0)) == 9
     assert label_subset(clips, shots=50, seed=0) == clips  # a class with fewer keeps them all
-    multi = label_subset(_clips(10, multilabel=True), shots=2, seed=0)
+    multi = label_subset(_clips(10, multilabel=True), shots=2, seed=0, shape="multilabel")
     counts = np.zeros(3)
     for c in multi:
         counts[list(c.labels)] += 1

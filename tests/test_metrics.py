@@ -123,7 +123,7 @@ def test_carve_validation_never_empty_and_keeps_singletons_in_train():
 
 def test_carve_validation_multilabel_covers_rare_labels():
     labels = [(0, 1)] * 30 + [(0, 2)] * 10 + [(0,)] * 20
-    train, valid = carve_validation(_clips(labels), 0.2, seed=1, multilabel=True)
+    train, valid = carve_validation(_clips(labels), 0.2, seed=1, shape="multilabel")
     assert len(valid) == 12
     assert any(2 in c.labels for c in valid) and any(2 in c.labels for c in train)
     assert any(1 in c.labels for c in valid)

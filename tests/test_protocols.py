@@ -23,6 +23,7 @@ import torch
 from ssl_bench import results
 from ssl_bench.cli import main
 from ssl_bench.config import ConfigError
+from ssl_bench.metrics import accuracy
 from ssl_bench.protocols.knn import fit_knn, neighbours, vote_scores
 from ssl_bench.protocols.layers import layer_names
 from ssl_bench.protocols.linear import fit_linear
@@ -191,7 +192,7 @@ def test_knn_votes_ties_and_choice_of_k():
     np.testing.assert_allclose(s4, 0.5, atol=1e-6)  # 2-2 votes ...
     assert s4[1, 0] > s4[1, 1]  # ... the closer class wins the tie
     X, y = clusters(n=400, d=16, c=5, spread=1.5)
-    test, extra = fit_knn(X, y, num_classes=5, metrics=["accuracy"], ks=[1, 5, 20])
+    test, extra, _ = fit_knn(X, y, num_classes=5, metrics=["accuracy"], ks=[1, 5, 20])
     assert extra["k"] in (1, 5, 20) and extra["selection"] == "valid" and test["accuracy"] > 0.8
     assert set(extra["valid_by_k"]) == {"1", "5", "20"}
     assert max(extra["valid_by_k"].values()) == extra["valid_accuracy"]
@@ -201,7 +202,7 @@ def test_knn_votes_ties_and_choice_of_k():
 
 def test_knn_multilabel_scores_are_mean_of_neighbour_targets():
     X, y = audioset_like(n=300, d=16, c=20, seed=2, offset=-1.0)
-    test, extra = fit_knn(X, y, num_classes=20, metrics=["mAP"], ks=[1], weighting="similarity")
+    test, extra, _ = fit_knn(X, y, num_classes=20, metrics=["mAP"], ks=[1], weighting="similarity")
     assert extra["k"] == 1 and 0.0 < test["mAP"] <= 1.0
     # k = 1: each test clip's scores are its nearest training clip's multi-hot (plus the tie-break)
     Z = {p: (x - X["train"].mean(0)) / X["train"].std(0) for p, x in X.items()}
@@ -226,19 +227,20 @@ def test_mlp_learns_what_a_linear_probe_cannot_and_is_deterministic():
     X, y = xor_problem()
     cfg = MLPConfig(hidden=[16, 64], lr=[1e-2, 1e-3], max_epochs=60, patience=15, train_batch_size=64)
     state = torch.random.get_rng_state()
-    test, extra = fit_mlp(X, y, num_classes=2, multilabel=False, metrics=["accuracy"], cfg=cfg, seed=3)
+    test, extra, scores = fit_mlp(X, y, num_classes=2, multilabel=False, metrics=["accuracy"], cfg=cfg, seed=3)
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left as found
     linear = fit_linear(X, y, num_classes=2, multilabel=False, metrics=["accuracy"], Cs=[1.0])
     assert test["accuracy"] > 0.85 and linear.test["accuracy"] < 0.7
     assert extra["hidden"] in (16, 64) and extra["lr"] in (1e-2, 1e-3) and 1 <= extra["best_epoch"] <= 60
     again = fit_mlp(X, y, num_classes=2, multilabel=False, metrics=["accuracy"], cfg=cfg, seed=3)
-    assert again == (test, extra)
+    assert again[:2] == (test, extra) and np.array_equal(again[2], scores)
+    assert scores.shape == (len(y["test"]), 2) and accuracy(scores, y["test"]) == test["accuracy"]
 
 
 def test_mlp_multilabel_and_bad_grid():
     X, y = audioset_like(n=400, d=16, c=12, seed=4, offset=-1.0)
     cfg = MLPConfig(hidden=[32], lr=[3e-3], max_epochs=30, patience=5, train_batch_size=64)
-    test, extra = fit_mlp(X, y, num_classes=12, multilabel=True, metrics=["mAP"], cfg=cfg)
+    test, extra, _ = fit_mlp(X, y, num_classes=12, multilabel=True, metrics=["mAP"], cfg=cfg)
     assert 0.2 < test["mAP"] <= 1.0 and extra["selection"] == "valid"
     with pytest.raises(ConfigError, match="mlp.hidden and mlp.lr"):
         fit_mlp(X, y, num_classes=12, multilabel=True, metrics=["mAP"], cfg=MLPConfig(hidden=[]))

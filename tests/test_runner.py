@@ -16,7 +16,7 @@ from ssl_bench.registry import set_registry
 from ssl_bench.config import MODEL_SLOTS
 from ssl_bench.encoders import pretrain_hash
 from ssl_bench.runner import run_experiment
-from trainfixtures import TinyTones, tiny_config, tiny_registry
+from trainfixtures import CLASSES, TinyTones, tiny_config, tiny_registry
 
 @pytest.fixture(scope="module")
 def registry():
@@ -97,6 +97,26 @@ def test_rows_for_every_protocol_and_split(first_run):
     # results.load sees one run with every row
     df = results.load(first_run["root"])
     assert len(df) == len(rows) and set(df["init"]) == {"random", "pretrained", "pretraining from random"}
+
+
+def test_every_evaluation_writes_its_per_clip_predictions_in_hears_layout(first_run):
+    """Each evaluated split, protocol and init leaves its test predictions ({file: {label: score}})
+    and reference ({file: [label]}) in the run directory, and they give the row's number back."""
+    from ssl_bench import predictions
+    from ssl_bench.metrics import evaluate
+
+    rows = [r for r in _rows(first_run["dir"]) if r["protocol"] != "pretrain"]
+    assert rows and all(r.get("predictions") for r in rows)
+    assert len({r["predictions"] for r in rows}) == len({(r["split"], r["protocol"], r["init"]) for r in rows})
+    for r in rows:
+        path = first_run["dir"] / r["predictions"]
+        predicted, reference = predictions.read(path)
+        assert len(predicted) == r["n_test"] and set(predicted) == set(reference)
+        assert all(list(scores) == list(CLASSES) for scores in predicted.values())
+        files, labels, scores, targets = predictions.scores_and_targets(path)
+        assert np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)  # class probabilities of one-label clips
+        again = evaluate([r["metric"]], scores, targets.argmax(axis=1))[r["metric"]]
+        assert again == pytest.approx(r["value"], abs=1e-9)
 
 
 def test_pretraining_sees_only_training_audio(first_run):

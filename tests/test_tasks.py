@@ -20,7 +20,7 @@ import soundfile as sf
 import taskfixtures as fx
 from ssl_bench.components import Task
 from ssl_bench.tasks import synthetic
-from ssl_bench.metrics import METRICS
+from ssl_bench.metrics import metric_names
 
 
 def get_task(name, data_dir=None):
@@ -34,7 +34,7 @@ def check_protocol(task):
     assert isinstance(task, Task)
     assert task.classes and all(isinstance(c, str) for c in task.classes)
     assert task.sample_rate == 16000 and task.clip_seconds > 0
-    assert task.metrics and all(m in METRICS for m in task.metrics)
+    assert task.metrics and all(m in metric_names() for m in task.metrics)
     assert task.split_protocol
     for split in task.splits():
         keys_train = {c.key for c in split.train}
@@ -495,25 +495,74 @@ def test_folder_bad_csv(tmp_path, edit, match):
 
 
 # --------------------------------------------------------------------------- HEAR
-def test_hear_kfold_follows_hear_eval_kit(tmp_path):
-    root = fx.make_hear(tmp_path / "h", kfold=True)
+def _fold(clip):
+    return clip.path.parent.name  # {rate}/{split}/{file}
+
+
+@pytest.mark.parametrize("mode", ["presplit_kfold", "new_split_kfold", "new_split_stratified_kfold"])
+def test_hear_kfold_follows_hear_eval_kit(tmp_path, mode):
+    root = fx.make_hear(tmp_path / "h", split_mode=mode)
     task = get_task("hear", root)
     check_protocol(task)
     assert task.classes == ["bark", "meow", "moo"] and task.metrics == ["accuracy", "mAP"]
+    assert task.label_shape == "multiclass" and mode in task.split_protocol
     splits = task.splits()
-    assert [(s.name, {c.key.split("/")[0] for c in s.valid}, {c.key.split("/")[0] for c in s.train}) for s in splits] == [
+    assert [(s.name, {_fold(c) for c in s.valid}, {_fold(c) for c in s.train}) for s in splits] == [
         ("fold00", {"fold01"}, {"fold02"}), ("fold01", {"fold02"}, {"fold00"}), ("fold02", {"fold00"}, {"fold01"})]
     assert all(c.path.parent.parent.name == "16000" for c in splits[0].test)
+    # clips are keyed by HEAR's file names, as its JSON files and prediction files key them
+    assert [c.key for c in splits[0].test] == [f"fold00_{i}.wav" for i in range(6)]
 
 
 def test_hear_trainvaltest_multilabel(tmp_path):
     root = fx.make_hear(tmp_path / "h", multilabel=True, kfold=False)
     task = get_task("hear", root)
     check_protocol(task)
-    assert task.multilabel and task.metrics == ["mAP", "d_prime", "AUC"]
+    assert task.multilabel and task.label_shape == "multilabel" and task.metrics == ["mAP", "d_prime", "AUC"]
     (split,) = task.splits()
     assert (len(split.train), len(split.valid), len(split.test)) == (6, 6, 6)
     assert task.describe()["hear_task"] == "fixture_scene"
+
+
+@pytest.mark.parametrize("mode", ["trainvaltest", "new_split_kfold"])
+def test_hear_event_task_carries_events_in_seconds(tmp_path, mode):
+    root = fx.make_hear(tmp_path / "h", embedding="event", split_mode=mode, seconds=1.5)
+    task = get_task("hear", root)
+    check_protocol(task)
+    assert task.label_shape == "events" and task.multilabel
+    assert task.classes == fx.HEAR_EVENT_VOCAB and task.clip_seconds == 1.5
+    assert task.metrics == ["event_onset_200ms_fms", "segment_1s_er"]
+    assert task.evaluation_params["event_postprocessing_grid"]["min_duration"] == [125, 250]
+    first = root / ("train.json" if mode == "trainvaltest" else "fold00.json")
+    written = json.loads(first.read_text())
+    clips = {c.key: c for s in task.splits() for part in (s.train, s.valid, s.test) for c in part}
+    for name, events in written.items():
+        clip = clips[name]
+        assert [(e.label, e.onset * 1000, e.offset * 1000) for e in clip.events] == [
+            (fx.HEAR_EVENT_VOCAB.index(e["label"]), e["start"], e["end"]) for e in events]
+        assert clip.labels == tuple(sorted({e.label for e in clip.events}))
+    assert any(not c.events and not c.labels for c in clips.values())  # a clip without events is kept
+    assert len(task.splits()) == (1 if mode == "trainvaltest" else 3)
+
+
+def test_hear_pitch_task_and_another_rate_folder(tmp_path):
+    root = fx.make_hear(tmp_path / "h", pitch=True, kfold=False, rate=22050)
+    task = get_task("hear", root)
+    check_protocol(task)
+    assert task.label_shape == "multiclass" and task.metrics == ["pitch_acc", "chroma_acc"]
+    (split,) = task.splits()
+    assert split.test[0].path.parent.parent.name == "22050"
+    assert [task.classes[c.labels[0]] for c in split.test[:3]] == ["57", "62", "67"]  # integer labels in the JSON
+
+
+def test_hear_prefers_16k_then_the_nearest_rate_above(tmp_path):
+    from ssl_bench.tasks.hear import audio_folder
+
+    for rates, want in [((16000, 48000), "16000"), ((8000, 22050, 48000), "22050"), ((8000, 11025), "11025")]:
+        root = tmp_path / "-".join(map(str, rates))
+        for r in rates:
+            (root / str(r)).mkdir(parents=True)
+        assert audio_folder(root).name == want
 
 
 def test_hear_bad_metadata(tmp_path):
@@ -523,10 +572,34 @@ def test_hear_bad_metadata(tmp_path):
     (root / "test.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"test.json: entry 'test_0.wav': unknown label 'woof'"):
         get_task("hear", root).prepare()
+    data["test_0.wav"] = ["bark"]
+    data["train_1.wav"] = ["bark"]
+    (root / "test.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"test.json: entry 'train_1.wav' is also in train.json"):
+        get_task("hear", root).prepare()
     meta = json.loads((root / "task_metadata.json").read_text())
-    meta["embedding_type"] = "event"
+    meta["embedding_type"] = "frame"
     (root / "task_metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="embedding_type 'event' is not supported"):
+    with pytest.raises(ValueError, match="embedding_type must be scene or event, got 'frame'"):
+        get_task("hear", root).prepare()
+    meta["embedding_type"], meta["evaluation"] = "scene", ["onset_fms"]
+    (root / "task_metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"none of the evaluation metrics \['onset_fms'\] is supported"):
+        get_task("hear", root).prepare()
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"label": "Meow", "start": 0, "end": 10}, r"entry 'train_0.wav', event 0: unknown label 'Meow'"),
+    ({"label": "Bark", "start": 500, "end": 100}, r"event 0: needs 0 <= start <= end \(ms\), got start 500.0"),
+    ({"label": "Bark", "start": "soon", "end": 100}, r"event 0: start and end must be numbers of milliseconds"),
+    ({"label": "Bark", "onset": 0.1, "offset": 0.2}, r"event 0: expected an object with label, start and end"),
+])
+def test_hear_bad_event_entries_name_file_entry_and_event(tmp_path, entry, match):
+    root = fx.make_hear(tmp_path / "h", embedding="event", kfold=False)
+    data = json.loads((root / "train.json").read_text())
+    data["train_0.wav"] = [entry]
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=match):
         get_task("hear", root).prepare()
 
 

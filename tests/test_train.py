@@ -406,10 +406,10 @@ def test_fit_frames_and_targets():
     padded = fit_frames(x, 7)
     assert padded.shape == (7, 3) and torch.equal(padded[5:], torch.zeros(2, 3))
     feats = toy_features(8, 4)
-    assert label_targets(feats.clips, 4, False).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
-    multi = label_targets(feats.clips, 4, True)
+    assert label_targets(feats.clips, 4, "multiclass").tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    multi = label_targets(feats.clips, 4, "multilabel")
     assert multi.shape == (8, 4) and multi.sum() == 8
-    ds = SpecDataset(feats, [2, 5], T, targets=label_targets(feats.clips, 4, False))
+    ds = SpecDataset(feats, [2, 5], T, targets=label_targets(feats.clips, 4, "multiclass"))
     item = ds[1]
     assert item["spec"].shape == (T, 4) and item["index"] == 5 and int(item["target"]) == 1
 

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..config import data_settings
+from ..events import CLIP_SHAPES
 from .data import SplitData, Unlabeled
 from .embeddings import extract_embeddings
 
@@ -67,13 +68,29 @@ class Pretrained:
 
 
 @dataclass
+class Predictions:
+    """What a protocol predicted for the test part of its split, clip by clip, so that an
+    outside scorer can check its number and statistics can resample clips.
+
+    ``scores``: ``[n_test, classes]`` class scores (probabilities) aligned with
+    ``data.test``, for clip-level tasks; ``events``: predicted events per test clip key
+    (``{clip key: [Event, ...]}``, seconds), for event tasks.  The runner writes them, with
+    the reference, in HEAR's layout (:mod:`ssl_bench.predictions`)."""
+
+    scores: np.ndarray | None = None
+    events: dict[str, list[Any]] | None = None
+
+
+@dataclass
 class ProtocolResult:
     """One result of a protocol on one split: ``metrics`` (name -> value, on the test part)
     and ``extra`` row columns (chosen hyperparameters, validation scores, compute, ``layer``);
-    ``pretrained``: for a pretraining-stage protocol, the encoder it made."""
+    ``predictions``: what it predicted for each test clip; ``pretrained``: for a
+    pretraining-stage protocol, the encoder it made."""
 
     metrics: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    predictions: Predictions | None = None
     pretrained: Pretrained | None = None
 
 
@@ -98,6 +115,9 @@ class Protocol:
       ``"train"`` (its labelled training part, after any validation is carved out) or
       ``None``.  The runner checks that batch against the split's size before any feature
       is extracted, and caps it (with a warning naming ``NAME.batch_size``) for small data.
+    * ``shapes``: the task label shapes it serves (:data:`ssl_bench.events.SHAPES`); default
+      the clip shapes, ``multiclass`` and ``multilabel``.  The runner refuses a task of another
+      shape before any data work, naming both.
 
     ``run(ctx)`` returns a list of :class:`ProtocolResult`.
     """
@@ -110,6 +130,7 @@ class Protocol:
     help: ClassVar[str] = ""
     subcommand: ClassVar[bool] = True
     trains_on: ClassVar[str | None] = None
+    shapes: ClassVar[tuple[str, ...]] = CLIP_SHAPES
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -200,6 +221,20 @@ class ProtocolContext:
         from ..metrics import evaluate
 
         return evaluate(self.data.metrics, scores, self.data.part_targets(part))
+
+    def evaluate_events(self, predicted: dict[str, list[Any]], part: str) -> dict[str, float]:
+        """The task's event metrics of ``predicted`` (``{clip key: [Event, ...]}``) against the
+        events of ``part`` (an events task); every clip of the part is scored, a clip missing
+        from ``predicted`` as predicting nothing.  A key that is not a clip of ``part`` is a bug
+        of the caller (ValueError)."""
+        from ..metrics import evaluate_events
+
+        reference = self.data.reference_events(part)
+        foreign = [k for k in predicted if k not in reference]
+        if foreign:
+            raise ValueError(f"predictions for {len(foreign)} clip(s) not in the {part} part of split "
+                             f"{self.data.name!r}, e.g. {foreign[0]!r}")
+        return evaluate_events(self.data.metrics, predicted, reference, self.data.classes)
 
 
 def section_config(protocol: type[Protocol] | Protocol, values: dict[str, Any] | None) -> Any:

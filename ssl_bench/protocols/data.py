@@ -1,7 +1,9 @@
 """What the protocols train and evaluate on: cached raw log-mel features of one split.
 
 A :class:`SplitData` holds the :class:`~ssl_bench.features.FeatureSet` of a task's clips, the
-feature indices of the split's train/valid/test parts, and the targets.  Its datasets yield
+feature indices of the split's train/valid/test parts, the targets and the task's label shape
+(:mod:`ssl_bench.events`); for an events task also each clip's events
+(:meth:`SplitData.events`).  Its datasets yield
 ``{"spec": [T, F] raw log-mel padded/cropped to the model's length, "target": ..., "index": i}``;
 augmentation and normalisation happen on the device inside the loss functions (after the
 cache, as issue 6 asks).
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..components import Clip
+from ..events import CLIP_SHAPES, EVENTS, MULTICLASS, MULTILABEL, SHAPES, Event, labels_present
 
 
 def fit_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -30,19 +33,30 @@ def fit_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, num_frames - t))
 
 
-def label_targets(clips: Sequence[Clip], num_classes: int, multilabel: bool) -> np.ndarray:
-    """``[N]`` int64 class ids (multi-class) or ``[N, C]`` float32 multi-hot (multi-label)."""
-    if multilabel:
-        out = np.zeros((len(clips), num_classes), dtype=np.float32)
+def label_targets(clips: Sequence[Clip], num_classes: int, shape: str) -> np.ndarray:
+    """Clip-level targets of a task of label ``shape`` (see :mod:`ssl_bench.events`):
+    ``[N]`` int64 class ids (``multiclass``) or ``[N, C]`` float32 multi-hot (``multilabel``, and
+    ``events``: the labels present among each clip's events)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown label shape {shape!r}; shapes: {', '.join(SHAPES)}")
+    if shape == MULTICLASS:
+        out = np.zeros(len(clips), dtype=np.int64)
         for i, clip in enumerate(clips):
-            for c in clip.labels:
-                out[i, c] = 1.0
+            if len(clip.labels) != 1:
+                raise ValueError(f"clip {clip.key}: a multi-class task needs exactly one label, "
+                                 f"got {list(clip.labels)}")
+            out[i] = clip.labels[0]
         return out
-    out = np.zeros(len(clips), dtype=np.int64)
+    out = np.zeros((len(clips), num_classes), dtype=np.float32)
     for i, clip in enumerate(clips):
-        if len(clip.labels) != 1:
-            raise ValueError(f"clip {clip.key}: a multi-class task needs exactly one label, got {list(clip.labels)}")
-        out[i] = clip.labels[0]
+        labels = clip.labels
+        if shape == EVENTS:
+            labels = labels_present(clip.events)
+            if tuple(sorted(set(clip.labels))) != labels:
+                raise ValueError(f"clip {clip.key}: labels {list(clip.labels)} are not the labels of its events "
+                                 f"{list(labels)}")
+        for c in labels:
+            out[i, c] = 1.0
     return out
 
 
@@ -82,10 +96,12 @@ class SplitData:
     """One split of a task over a shared feature set.
 
     ``train``/``valid``/``test``: feature indices; ``targets``: aligned with the feature set
-    (``[N]`` class ids or ``[N, C]`` multi-hot); ``metrics``: names for
-    :func:`ssl_bench.metrics.evaluate`, the first is used for model selection;
+    (``[N]`` class ids or ``[N, C]`` multi-hot, see :func:`label_targets`); ``metrics``: names
+    of registered metrics (:mod:`ssl_bench.metrics`), the first is used for model selection;
     ``train_weights``: optional sampling weights of the training examples (aligned with
-    ``train``) for class-balanced fine-tuning.
+    ``train``) for class-balanced fine-tuning; ``label_shape``: the task's shape (derived from
+    ``multilabel`` when not given); ``classes``: the class names (event metrics and
+    predictions name labels by them).
     """
 
     features: Any
@@ -100,14 +116,47 @@ class SplitData:
     name: str = "split"
     train_weights: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    label_shape: str = ""
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.label_shape:
+            self.label_shape = MULTILABEL if self.multilabel else MULTICLASS
+        if self.label_shape not in SHAPES:
+            raise ValueError(f"unknown label shape {self.label_shape!r}; shapes: {', '.join(SHAPES)}")
+
+    def indices(self, part: str) -> np.ndarray:
+        """Feature indices of ``part`` (``train``, ``valid`` or ``test``)."""
+        try:
+            return {"train": self.train, "valid": self.valid, "test": self.test}[part]
+        except KeyError:
+            raise ValueError(f"unknown part {part!r}; parts: train, valid, test") from None
 
     def dataset(self, part: str, with_targets: bool = True, random_crop: bool = False) -> SpecDataset:
-        indices = {"train": self.train, "valid": self.valid, "test": self.test}[part]
-        return SpecDataset(self.features, indices, self.num_frames, self.targets if with_targets else None,
-                           random_crop=random_crop)
+        return SpecDataset(self.features, self.indices(part), self.num_frames,
+                           self.targets if with_targets else None, random_crop=random_crop)
 
     def part_targets(self, part: str) -> np.ndarray:
-        return self.targets[{"train": self.train, "valid": self.valid, "test": self.test}[part]]
+        return self.targets[self.indices(part)]
+
+    def clips(self, part: str) -> list[Clip]:
+        """The clips of ``part``, in the order of its indices."""
+        return [self.features.clips[int(i)] for i in self.indices(part)]
+
+    def keys(self, part: str) -> list[str]:
+        """The keys of ``part``'s clips (the file names its predictions are written under)."""
+        return [clip.key for clip in self.clips(part)]
+
+    def events(self, part: str) -> list[tuple[Event, ...]]:
+        """Each clip's events, aligned with ``part``'s indices (an events task only)."""
+        if self.label_shape in CLIP_SHAPES:
+            raise ValueError(f"split {self.name!r}: a {self.label_shape} task has no events")
+        return [clip.events for clip in self.clips(part)]
+
+    def reference_events(self, part: str) -> dict[str, list[Event]]:
+        """``{clip key: [Event, ...]}`` of ``part``: the reference an event metric scores
+        predictions against (every clip of the part, also those without events)."""
+        return {key: list(events) for key, events in zip(self.keys(part), self.events(part))}
 
 
 def normalize(model: Any, spec: torch.Tensor) -> torch.Tensor:

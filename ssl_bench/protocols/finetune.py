@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +42,7 @@ from ..metrics import evaluate
 from ..nn import set_drop_path
 from ..registry import get_registry
 from ..train import FitHooks, FitResult, OptimConfig, Sampling, StepContext, TrainConfig, fit, predict, seed_everything
-from .base import Protocol, ProtocolContext, ProtocolResult
+from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
 from .data import SplitData, normalize
 from .selection import VALID, Best, choose_on_validation, lower_loss, require_single
 
@@ -94,6 +95,7 @@ class FinetuneResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     head_init: str = "random"
     head_C: float | None = None  # the probe head's regularisation (head_init "probe"), chosen on validation
+    test_scores: np.ndarray | None = None  # [n_test, classes] class probabilities of the chosen model
 
     @property
     def final_loss(self) -> float:
@@ -225,19 +227,34 @@ def finetune_loss(section: dict[str, Any], data: SplitData) -> Callable[[nn.Modu
     return loss_fn
 
 
-def score(model: nn.Module, data: SplitData, part: str, *, batch_size: int, device: torch.device | str,
-          amp: bool = True, num_workers: int = 0, progress: bool = False,
-          with_loss: bool = False) -> dict[str, float]:
-    """The task metrics of ``model`` (logits) on one part of the split; ``with_loss``: also
-    ``"loss"``, the mean cross-entropy (BCE for multi-label) of the logits."""
+def part_logits(model: nn.Module, data: SplitData, part: str, *, batch_size: int, device: torch.device | str,
+                amp: bool = True, num_workers: int = 0, progress: bool = False) -> torch.Tensor:
+    """The classifier's logits ``[n, classes]`` on one part of the split (eval mode)."""
     was_training = model.training
     model.eval()
     try:
-        logits = predict(lambda b: model.classify(normalize(model, b["spec"])), data.dataset(part, with_targets=False),
-                         batch_size=batch_size, device=device, amp=amp, num_workers=num_workers,
-                         progress=progress, desc=f"score {part}")
+        return predict(lambda b: model.classify(normalize(model, b["spec"])), data.dataset(part, with_targets=False),
+                       batch_size=batch_size, device=device, amp=amp, num_workers=num_workers,
+                       progress=progress, desc=f"score {part}")
     finally:
         model.train(was_training)
+
+
+def probabilities(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
+    """Class scores of logits: sigmoid per class (multi-label) or softmax (multi-class)."""
+    logits = logits.float()
+    return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)).numpy()
+
+
+def score(model: nn.Module, data: SplitData, part: str, *, batch_size: int, device: torch.device | str,
+          amp: bool = True, num_workers: int = 0, progress: bool = False,
+          with_loss: bool = False, logits: torch.Tensor | None = None) -> dict[str, float]:
+    """The task metrics of ``model`` (logits) on one part of the split; ``with_loss``: also
+    ``"loss"``, the mean cross-entropy (BCE for multi-label) of the logits; ``logits``: the
+    part's logits when they were computed already."""
+    if logits is None:
+        logits = part_logits(model, data, part, batch_size=batch_size, device=device, amp=amp,
+                             num_workers=num_workers, progress=progress)
     targets = data.part_targets(part)
     metrics = evaluate(data.metrics, logits.numpy(), targets)
     if with_loss:
@@ -597,10 +614,12 @@ def finetune(
     if log_metrics is not None and len(points) > 1:
         log_metrics({"protocol": "finetune", "chosen": _trial_name({"lr": cfg.peak_lr, "aug": strength}),
                      "valid_by_grid": {_trial_name(t): t["best_valid"] for t in trials}})
-    test = score(model, data, "test", batch_size=eval_bs, device=device, amp=cfg.amp, num_workers=cfg.num_workers,
-                 progress=progress)
+    test_logits = part_logits(model, data, "test", batch_size=eval_bs, device=device, amp=cfg.amp,
+                              num_workers=cfg.num_workers, progress=progress)
+    test = score(model, data, "test", batch_size=eval_bs, device=device, logits=test_logits)
     total = dataclasses.replace(result, wall_s=wall, train_s=train_s)
     return FinetuneResult(best_epoch=best_epoch, metric=metric, valid=dict(tracker.valid), test=test,
+                          test_scores=probabilities(test_logits, data.multilabel),
                           selection=selection, fit=total, history=copy.deepcopy(result.history),
                           lr=cfg.peak_lr, aug=strength, trials=trials, head_init=head_init,
                           head_C=head_info.get("head_C"))
@@ -634,4 +653,4 @@ class FinetuneProtocol(Protocol):
         ctx.log(f"[{ctx.split}] finetune ({ctx.init}): best epoch {res.best_epoch} by valid "
                 f"{res.metric} {res.valid.get(res.metric, float('nan')):.4f}; test "
                 + ", ".join(f"{k} {v:.4f}" for k, v in res.test.items()))
-        return [ProtocolResult(res.test, extra)]
+        return [ProtocolResult(res.test, extra, predictions=Predictions(scores=res.test_scores))]

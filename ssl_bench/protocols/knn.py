@@ -21,7 +21,7 @@ import torch
 from .. import distributed as D
 from ..config import ConfigError
 from ..metrics import evaluate, to_multi_hot
-from .base import Protocol, ProtocolContext, ProtocolResult
+from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
 from .selection import VALID, choose_on_validation, require_single
 from .torch_linear import standardise
 
@@ -82,8 +82,9 @@ def fit_knn(
     standardize: bool = True,
     chunk: int = 4096,
     device: torch.device | str = "cpu",
-) -> tuple[dict[str, float], dict[str, object]]:
-    """Choose ``k`` on ``valid``, score ``test``; returns ``(test metrics, extra columns)``."""
+) -> tuple[dict[str, float], dict[str, object], np.ndarray]:
+    """Choose ``k`` on ``valid``, score ``test``; returns ``(test metrics, extra columns, test
+    scores [n_test, classes])``."""
     if weighting not in WEIGHTINGS:
         raise ConfigError(f"knn.weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     ks = sorted({int(k) for k in ks})
@@ -111,10 +112,11 @@ def fit_knn(
     choice = choose_on_validation(usable, trial, metrics[0])  # ascending k: ties keep the smaller k
     best_k = choice.candidate
     sims, idx = neighbours(Z["train"], Z["test"], best_k, chunk)
-    test = evaluate(metrics, vote_scores(sims, idx, onehot, best_k, weighting), y["test"])
+    test_scores = vote_scores(sims, idx, onehot, best_k, weighting)
+    test = evaluate(metrics, test_scores, y["test"])
     extra = {"k": best_k, "weighting": weighting, "selection": VALID if has_valid else "single k",
              **{f"valid_{m}": v for m, v in choice.valid.items()}}
-    return test, {**extra, "valid_by_k": {str(k): v for k, v in choice.scores.items()}}
+    return test, {**extra, "valid_by_k": {str(k): v for k, v in choice.scores.items()}}, test_scores
 
 
 class KNNProtocol(Protocol):
@@ -130,11 +132,12 @@ class KNNProtocol(Protocol):
         if not D.current().is_main:
             return []
         cfg = ctx.section
-        test, extra = fit_knn(X, ctx.targets(), num_classes=ctx.data.num_classes, metrics=ctx.data.metrics,
+        test, extra, scores = fit_knn(X, ctx.targets(), num_classes=ctx.data.num_classes, metrics=ctx.data.metrics,
                               ks=list(cfg.k), weighting=str(cfg.weighting), standardize=bool(cfg.standardize),
                               chunk=int(cfg.chunk), device=ctx.device)
         by_k = extra.pop("valid_by_k")
         ctx.metrics({"split": ctx.split, "k": extra["k"], "valid_by_k": by_k})
         ctx.log(f"[{ctx.split}] knn ({ctx.init}): k={extra['k']} ({extra['weighting']}); test "
                 + ", ".join(f"{m} {v:.4f}" for m, v in test.items()))
-        return [ProtocolResult(test, {**extra, "embeddings_cached": ctx.embeddings_cached()})]
+        return [ProtocolResult(test, {**extra, "embeddings_cached": ctx.embeddings_cached()},
+                               predictions=Predictions(scores=scores))]

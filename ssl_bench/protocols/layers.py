@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import distributed as D
-from .base import Protocol, ProtocolContext, ProtocolResult
+from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
 from .linear import LinearConfig, probe_embeddings
 from .torch_linear import fit_layer_mixture
 
@@ -66,7 +66,8 @@ class LayersProtocol(Protocol):
                          "valid_by_C": {str(c): v for c, v in result.valid_by_C.items()}})
             out.append(ProtocolResult(result.test, {
                 "layer": name, "C": result.C, "solver": solver, "selection": result.selection,
-                "embeddings_cached": cached, **{f"valid_{m}": v for m, v in result.valid.items()}}))
+                "embeddings_cached": cached, **{f"valid_{m}": v for m, v in result.valid.items()}},
+                predictions=Predictions(scores=result.test_scores)))
         if cfg.weighted:
             result, weights = fit_layer_mixture(
                 {p: np.asarray(e) for p, e in E.items()}, y, num_classes=data.num_classes,
@@ -78,7 +79,8 @@ class LayersProtocol(Protocol):
             out.append(ProtocolResult(result.test, {
                 "layer": "weighted", "C": result.C, "solver": "torch", "selection": result.selection,
                 "layer_weights": rounded, "embeddings_cached": cached,
-                **{f"valid_{m}": v for m, v in result.valid.items()}}))
+                **{f"valid_{m}": v for m, v in result.valid.items()}},
+                predictions=Predictions(scores=result.test_scores)))
         ctx.log(f"[{ctx.split}] layers ({ctx.init}): test {data.metrics[0]} by layer " + ", ".join(
             f"{r.extra['layer']} {r.metrics[data.metrics[0]]:.4f}" for r in out))
         return out

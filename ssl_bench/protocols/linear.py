@@ -23,7 +23,7 @@ from torch import nn
 from .. import distributed as D
 from ..config import data_settings
 from ..metrics import evaluate
-from .base import Protocol, ProtocolContext, ProtocolResult
+from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
 from .data import SplitData
 from .embeddings import extract_embeddings
 from .selection import VALID, choose_on_validation, require_single
@@ -102,9 +102,11 @@ def fit_linear(
         return evaluate(metrics, _scores(clf, Z["valid"], num_classes, multilabel), y["valid"]), clf
 
     choice = choose_on_validation(Cs, trial, metric)  # in the order given: ties keep the earlier C
-    test = evaluate(metrics, _scores(choice.kept, Z["test"], num_classes, multilabel), y["test"])
+    test_scores = _scores(choice.kept, Z["test"], num_classes, multilabel)
+    test = evaluate(metrics, test_scores, y["test"])
     return ProbeResult(C=choice.candidate, metric=metric, valid=choice.valid, test=test, valid_by_C=choice.scores,
-                       embed_dim=int(X["train"].shape[1]), selection=VALID if has_valid else "single C")
+                       embed_dim=int(X["train"].shape[1]), selection=VALID if has_valid else "single C",
+                       test_scores=test_scores)
 
 
 def linear_probe(
@@ -192,4 +194,5 @@ class LinearProtocol(Protocol):
                 + ", ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
         return [ProtocolResult(result.test, {"C": result.C, "solver": solver, "selection": result.selection,
                                              "embeddings_cached": result.from_cache,
-                                             **{f"valid_{k}": v for k, v in result.valid.items()}})]
+                                             **{f"valid_{k}": v for k, v in result.valid.items()}},
+                               predictions=Predictions(scores=result.test_scores))]

@@ -24,7 +24,7 @@ from torch import nn
 from .. import distributed as D
 from ..config import ConfigError
 from ..metrics import evaluate
-from .base import Protocol, ProtocolContext, ProtocolResult
+from .base import Predictions, Protocol, ProtocolContext, ProtocolResult
 from .selection import VALID, Best, choose_on_validation, require_single
 from .torch_linear import standardise
 
@@ -124,9 +124,9 @@ def fit_mlp(
     seed: int = 0,
     device: torch.device | str = "cpu",
     log_choice: Any = None,
-) -> tuple[dict[str, float], dict[str, Any]]:
+) -> tuple[dict[str, float], dict[str, Any], np.ndarray]:
     """Standardise, train every grid pair, choose on ``valid``, score ``test``; returns
-    ``(test metrics, extra columns)``.  ``log_choice(record)`` receives each pair's result."""
+    ``(test metrics, extra columns, test scores [n_test, classes])``.  ``log_choice(record)`` receives each pair's result."""
     grid = [(int(h), float(lr)) for h in sorted(cfg.hidden) for lr in cfg.lr]
     if not grid:
         raise ConfigError("mlp.hidden and mlp.lr must each list at least one value")
@@ -147,10 +147,11 @@ def fit_mlp(
 
     choice = choose_on_validation(grid, trial, metrics[0])  # ties keep the earlier pair
     (hidden, lr), (model, epoch) = choice.candidate, choice.kept
-    test = evaluate(metrics, _scores(model, Z["test"], multilabel), y["test"])
+    test_scores = _scores(model, Z["test"], multilabel)
+    test = evaluate(metrics, test_scores, y["test"])
     extra = {"hidden": hidden, "lr": lr, "best_epoch": epoch, "selection": VALID if has_valid else "max epochs",
              **{f"valid_{k}": v for k, v in choice.valid.items()}}
-    return test, extra
+    return test, extra, test_scores
 
 
 class MLPProtocol(Protocol):
@@ -169,9 +170,10 @@ class MLPProtocol(Protocol):
         def log_choice(record: dict[str, Any]) -> None:
             ctx.metrics({"split": ctx.split, **record})
 
-        test, extra = fit_mlp(X, ctx.targets(), num_classes=ctx.data.num_classes, multilabel=ctx.data.multilabel,
+        test, extra, scores = fit_mlp(X, ctx.targets(), num_classes=ctx.data.num_classes, multilabel=ctx.data.multilabel,
                               metrics=ctx.data.metrics, cfg=ctx.section, seed=ctx.seed, device=ctx.device,
                               log_choice=log_choice)
         ctx.log(f"[{ctx.split}] mlp ({ctx.init}): hidden {extra['hidden']}, lr {extra['lr']:g}, epoch "
                 f"{extra['best_epoch']}; test " + ", ".join(f"{m} {v:.4f}" for m, v in test.items()))
-        return [ProtocolResult(test, {**extra, "embeddings_cached": ctx.embeddings_cached()})]
+        return [ProtocolResult(test, {**extra, "embeddings_cached": ctx.embeddings_cached()},
+                               predictions=Predictions(scores=scores))]

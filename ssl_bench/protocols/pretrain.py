@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..config import ConfigError
 from ..encoders import made_by, pretrain_encoder
+from ..events import SHAPES
 from ..train import OptimConfig
 from .base import Protocol, ProtocolContext, ProtocolResult
 
@@ -38,6 +39,7 @@ class PretrainProtocol(Protocol):
     Config = PretrainConfig
     stage = "pretrain"
     trains_on = "unlabeled"
+    shapes = SHAPES  # labels unused: any task's audio
     help = "only pretrain (checkpoints are cached and reused by config hash)"
 
     def run(self, ctx: ProtocolContext) -> list[ProtocolResult]:

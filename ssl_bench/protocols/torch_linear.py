@@ -64,6 +64,7 @@ class ProbeResult:
     embed_dim: int = 0
     from_cache: bool = False
     selection: str = VALID
+    test_scores: np.ndarray | None = None  # [n_test, classes]: the chosen fit's scores, clip by clip
 
 
 @contextlib.contextmanager
@@ -488,9 +489,11 @@ def fit_path(
     with torch.no_grad():
         if has_valid and list(metrics) != [metric]:  # the selection metric alone is already there
             valid = evaluate(metrics, targets.scores(model(Z["valid"])), y["valid"])
-        test = evaluate(metrics, targets.scores(model(Z["test"])), y["test"])
+        test_scores = targets.scores(model(Z["test"]))
+        test = evaluate(metrics, test_scores, y["test"])
     result = ProbeResult(C=C, metric=metric, valid=valid, test=test, valid_by_C=choice.scores,
-                         embed_dim=int(Z["train"].shape[-1]), selection=VALID if has_valid else "single C")
+                         embed_dim=int(Z["train"].shape[-1]), selection=VALID if has_valid else "single C",
+                         test_scores=test_scores)
     return result, {"state": state, "iterations": iterations}
 
 

@@ -1,22 +1,17 @@
-"""Evaluation metrics: top-1 accuracy, mAP, macro ROC AUC and d-prime.
+"""Clip metrics: top-1 accuracy, mAP, macro ROC AUC, d-prime, and HEAR's pitch and chroma accuracy.
 
-One entry point, :func:`evaluate`, so every protocol scores predictions the same way::
-
-    evaluate(["accuracy", "mAP"], scores, targets)  # -> {"accuracy": 0.9, "mAP": 0.81}
-
-``scores`` is ``[N, C]`` (logits, probabilities or decision values: only their order within a
-column or row matters); ``targets`` is either ``[N]`` integer class ids (multi-class) or
-``[N, C]`` multi-hot (multi-label).  Class-wise metrics follow the AudioSet/HEAR convention:
-mAP averages the average precision of the classes that have at least one positive, AUC
-averages the ROC AUC of the classes that have both positives and negatives, and
-d' = sqrt(2) * Phi^-1(AUC).
+Each takes ``scores`` ``[N, C]`` (logits, probabilities or decision values: only their order
+within a column or row matters) and ``targets``, either ``[N]`` integer class ids (multi-class)
+or ``[N, C]`` multi-hot (multi-label), and returns a float.  Class-wise metrics follow the
+AudioSet/HEAR convention: mAP averages the average precision of the classes that have at least
+one positive, AUC averages the ROC AUC of the classes that have both positives and negatives,
+and d' = sqrt(2) * Phi^-1(AUC).  They are registered by name in :mod:`ssl_bench.metrics.builtin`.
 """
 
 from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -26,7 +21,9 @@ from sklearn.metrics import roc_auc_score
 AUC_EPS = 1e-6
 
 
-def _as_arrays(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+def check_scores(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, targets)`` as arrays, checked: ``scores`` ``[N, C]`` finite, ``N > 0``;
+    ``targets`` ``[N]`` class ids in ``[0, C)`` or ``[N, C]`` multi-hot."""
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets)
     if scores.ndim != 2:
@@ -65,7 +62,7 @@ def to_multi_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
 
 def accuracy(scores, targets) -> float:
     """Top-1 accuracy; for multi-hot targets, the fraction whose top class is a positive."""
-    scores, targets = _as_arrays(scores, targets)
+    scores, targets = check_scores(scores, targets)
     top = scores.argmax(axis=1)
     if targets.ndim == 1:
         return float(np.mean(top == targets))
@@ -79,7 +76,7 @@ def average_precision_per_class(scores, targets) -> np.ndarray:
     the distinct score values ``t``, ties counted together), all classes at once: one sort per
     column instead of one scikit-learn call per class (527 of them for AudioSet).
     """
-    scores, targets = _as_arrays(scores, targets)
+    scores, targets = check_scores(scores, targets)
     hot = to_multi_hot(targets, scores.shape[1])
     if scores.shape[0] == 0:
         return np.full(scores.shape[1], np.nan)
@@ -109,7 +106,7 @@ def mean_average_precision(scores, targets) -> float:
 
 def roc_auc_per_class(scores, targets) -> np.ndarray:
     """ROC AUC of each class; NaN for a class with no positives or no negatives."""
-    scores, targets = _as_arrays(scores, targets)
+    scores, targets = check_scores(scores, targets)
     hot = to_multi_hot(targets, scores.shape[1])
     out = np.full(scores.shape[1], np.nan)
     for k in range(scores.shape[1]):
@@ -139,32 +136,21 @@ def d_prime(scores, targets) -> float:
     return d_prime_from_auc(macro_auc(scores, targets))
 
 
-#: Metric name -> function(scores, targets) -> float.  Tasks list names from here.
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": accuracy,
-    "mAP": mean_average_precision,
-    "AUC": macro_auc,
-    "d_prime": d_prime,
-}
+def _class_ids(targets: np.ndarray) -> np.ndarray:
+    """``[N]`` class ids: the targets themselves, or the first positive of one-hot rows (as
+    hear-eval-kit's ``argmax`` of a one-hot target)."""
+    return targets if targets.ndim == 1 else targets.argmax(axis=1)
 
 
-def evaluate(names: Sequence[str], scores, targets) -> dict[str, float]:
-    """Compute each named metric of ``scores`` ``[N, C]`` against ``targets``.
+def pitch_accuracy(scores, targets) -> float:
+    """HEAR's ``pitch_acc``: top-1 accuracy over pitch classes (NSynth pitch, 88 MIDI notes)."""
+    scores, targets = check_scores(scores, targets)
+    return float(np.mean(scores.argmax(axis=1) == _class_ids(targets)))
 
-    ``targets``: ``[N]`` integer class ids or ``[N, C]`` multi-hot.  Returns ``{name: value}``
-    in the order of ``names``.  An unknown name raises ``KeyError`` listing the valid ones.
-    """
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise KeyError(f"unknown metric {', '.join(map(repr, unknown))}; available: {', '.join(METRICS)}")
-    scores, targets = _as_arrays(scores, targets)
-    out: dict[str, float] = {}
-    auc = None
-    for name in names:
-        if name in ("AUC", "d_prime"):
-            if auc is None:  # the per-class AUCs are the slow part: compute them once
-                auc = macro_auc(scores, targets)
-            out[name] = auc if name == "AUC" else d_prime_from_auc(auc)
-        else:
-            out[name] = METRICS[name](scores, targets)
-    return out
+
+def chroma_accuracy(scores, targets) -> float:
+    """HEAR's ``chroma_acc``: top-1 accuracy that ignores octave errors, the predicted and the
+    true class index compared modulo 12 (the task's classes are consecutive semitones, as
+    hear-eval-kit assumes)."""
+    scores, targets = check_scores(scores, targets)
+    return float(np.mean(scores.argmax(axis=1) % 12 == _class_ids(targets) % 12))
