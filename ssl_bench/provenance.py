@@ -416,8 +416,9 @@ def run_key(config: dict[str, Any], protocols: Sequence[str], splits: Sequence[s
     """A run's identity by content (see the module docstring): the resolved ``config`` as given
     (minus what changes no number: checkpoint cadence, loader workers, the checkpoint's path,
     which ``checkpoint_sha256`` replaces), ``protocols``, ``splits`` (names, in order), ``data``
-    (the task's fingerprint), extra row ``columns`` (a suite's name and version) and the code
-    (:func:`code_version`; a dirty checkout's edits are not seen)."""
+    (the task's fingerprint) and extra row ``columns`` (a suite's name and version).  Not the
+    code, as no cache here is keyed by it: a run keeps the ``code_version`` that computed it in
+    every row, and a launcher says when a finished run it reuses came from other code."""
     from .config import BOOKKEEPING_FIELDS, config_hash
 
     def strip(node: Any) -> Any:
@@ -428,9 +429,8 @@ def run_key(config: dict[str, Any], protocols: Sequence[str], splits: Sequence[s
     settings = strip({k: v for k, v in config.items() if k != "checkpoint"})
     if isinstance(settings.get("data"), dict):
         settings["data"] = {k: v for k, v in settings["data"].items() if k != "num_workers"}
-    # the code is part of what a number is: after a commit, a rerun computes again
     return config_hash({"config": settings, "protocols": list(protocols), "splits": list(splits), "data": data,
-                        "checkpoint": checkpoint_sha256, "columns": dict(columns or {}), "code": code_version()})
+                        "checkpoint": checkpoint_sha256, "columns": dict(columns or {})})
 
 
 def jsonable(obj: Any) -> Any:

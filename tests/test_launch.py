@@ -142,6 +142,15 @@ def test_a_finished_sweep_submits_nothing_and_prints_its_table(env, three_launch
     out = captured.out
     assert "masker.ratio" in out and "linear" in out and "fold1" in out  # the table
     assert sorted(p.name for p in root.iterdir()) == before  # no new run
+    assert "note:" not in captured.err
+    # a finished run computed by other code is reused, and the sweep says so
+    record_path = next(root.glob("*/result.json"))
+    record = json.loads(record_path.read_text())
+    record["provenance"]["code_version"] = "0.0.9+gearlier"
+    record_path.write_text(json.dumps(record))
+    assert main(argv(env, root, "--set", "masker.ratio=0.6,0.8", "--jobs", "2")) == 0
+    err = capsys.readouterr().err
+    assert "0 unit(s) to run" in err and "1 finished run(s) were computed by code 0.0.9+gearlier" in err
 
 
 def test_oversubscription_is_refused(env, capsys):

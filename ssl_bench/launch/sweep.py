@@ -112,6 +112,8 @@ def run_sweep(runs: list[RunSpec], launcher: Launcher, *, results: str | Path, r
     if is_main and (loud or before):
         echo(f"sweep: {len(runs)} run(s), {len(before)} finished before; {len(the_plan.units)} unit(s) to run"
              + (f" ({_counts(the_plan.units)})" if the_plan.units else "") + f"; {launcher.describe()}")
+    if is_main:
+        _say_other_code(before, echo)
     if not the_plan.units:
         return SweepOutcome([r["run_dir"] for r in the_plan.runs])
     record = {"command": command, "launcher": launcher.name, "describe": launcher.describe(),
@@ -134,6 +136,18 @@ def run_sweep(runs: list[RunSpec], launcher: Launcher, *, results: str | Path, r
              "command again waits for them (or resubmits what failed)")
         return SweepOutcome([r["run_dir"] for r in the_plan.runs], detached=True, launch_id=launch_id)
     return _outcome(the_plan, final, results, launch_id)
+
+
+def _say_other_code(before: list[dict[str, Any]], echo: Callable[[str], None]) -> None:
+    """A note when finished runs that a sweep reuses were computed by other code than this."""
+    from ..provenance import code_version
+
+    here = code_version()
+    other = sorted({str(r["code_version"]) for r in before if r.get("code_version") not in (None, here)})
+    if other:
+        count = sum(1 for r in before if r.get("code_version") not in (None, here))
+        echo(f"note: {count} finished run(s) were computed by code {', '.join(other)} (this is {here}); their rows "
+             "say so (code_version); --no-resume computes them again")
 
 
 def _outcome(the_plan: Plan, final: dict[str, dict[str, Any]], results: str | Path, launch_id: str) -> SweepOutcome:

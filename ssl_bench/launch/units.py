@@ -135,7 +135,6 @@ def encoder_key(config: dict[str, Any], registry: Any, fingerprint: str, split_n
     key need the same encoder; the cache itself is keyed by content, so a plan that guessed
     wrong costs a second pretraining, never a wrong number."""
     from ..config import BOOKKEEPING_FIELDS, config_hash
-    from ..provenance import code_version
 
     evaluate = {n for n in registry.names("protocol")
                 if getattr(registry.get("protocol", n).factory, "stage", "evaluate") == "evaluate"}
@@ -148,8 +147,7 @@ def encoder_key(config: dict[str, Any], registry: Any, fingerprint: str, split_n
     recipe = strip({k: v for k, v in config.items() if k not in evaluate and k != "checkpoint"})
     if isinstance(recipe.get("data"), dict):
         recipe["data"] = {k: v for k, v in recipe["data"].items() if k not in LABEL_KEYS}
-    return config_hash({"recipe": recipe, "data": fingerprint, "splits": split_names, "split": split,
-                        "code": code_version()})
+    return config_hash({"recipe": recipe, "data": fingerprint, "splits": split_names, "split": split})
 
 
 def _pretrains(spec: RunSpec, registry: Any) -> bool:
@@ -189,7 +187,8 @@ def plan(runs: list[RunSpec], *, results: str | Path, resume: bool, registry: An
         sha = weights_digest(spec.checkpoint, cache) if spec.checkpoint else None
         key = run_key(spec.config, spec.protocols, names, fingerprint, sha, spec.columns)
         out_runs.append({"index": index, "key": key, "title": spec.title(),
-                         "run_dir": str(finished[key]) if key in finished else None})
+                         "run_dir": str(finished[key]) if key in finished else None,
+                         "code_version": _code_of(finished[key]) if key in finished else None})
         if key in finished:
             continue
         state = results / ".cache" / "runs" / key
@@ -240,6 +239,14 @@ def plan(runs: list[RunSpec], *, results: str | Path, resume: bool, registry: An
         for user in users:
             user.needs.append(unit.id)
     return Plan(units + evaluations, out_runs)
+
+
+def _code_of(run_dir: Path) -> str | None:
+    """The code version a finished run was computed by (its provenance)."""
+    try:
+        return json.loads((Path(run_dir) / "result.json").read_text())["provenance"]["code_version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- running one
