@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SWEEP = ["run", "-m", "audiomae", "-p", "tiny", "-t", "synthetic", "--splits", "fold1", "--protocols", "pretrain,linear",
-         "--set", "masker.ratio=0.6,0.8", "--set", "seed=0,1", "--quiet"]
+SWEEP = ["run", "-m", "audiomae", "-p", "tiny", "-t", "synthetic", "--splits", "fold1",
+         "--protocols", "pretrain,linear", "--set", "masker.ratio=0.6,0.8", "--set", "seed=0,1", "--quiet"]
 
 
 def ssl_bench(args: list[str], env: dict[str, str]) -> float:

@@ -297,8 +297,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     _print_runs(args.results, [Path(d).name for d in outcome.run_dirs if d is not None])
     if outcome.failed:
-        print(f"\n{len(outcome.failed)} unit(s) did not finish (their lines above give the error and the log); the same "
-              "command again runs only those", file=sys.stderr)
+        print(f"\n{len(outcome.failed)} unit(s) did not finish (their lines above give the error and the log); "
+              "the same command again runs only those", file=sys.stderr)
         return 1
     return 0
 

@@ -149,7 +149,8 @@ def label_settings(config: dict[str, Any]) -> tuple[int | None, float | None, in
         shots = None
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, float)) or shots < 1
                               or int(shots) != shots):
-        raise ConfigError(f"data.shots={data.shots!r}: expected a number of labelled clips per class (1, 4, ...) or all")
+        raise ConfigError(f"data.shots={data.shots!r}: expected a number of labelled clips per class (1, 4, ...) "
+                          "or all")
     if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                  or not 0.0 < float(fraction) <= 1.0):
         raise ConfigError(f"data.fraction={fraction!r}: expected a fraction of each class's training clips in (0, 1]")
@@ -417,8 +418,8 @@ class TaskData:
         return np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index], dtype=np.int64)
 
 
-def prepare_features(config: dict[str, Any], registry: Any, *, data_dir: str | Path | None, splits: Sequence[str] | None,
-                     cache_dir: Path, device: torch.device, progress: bool) -> TaskData:
+def prepare_features(config: dict[str, Any], registry: Any, *, data_dir: str | Path | None,
+                     splits: Sequence[str] | None, cache_dir: Path, device: torch.device, progress: bool) -> TaskData:
     """A launcher's features unit: every clip of ``splits`` of the config's task, with the config's
     frontend sized for the task, through the feature cache (the entry a run of the same splits
     reads), and the digest of the audio."""

@@ -60,8 +60,8 @@ def get_suite(spec: str, registry: Any) -> tuple[str, Suite]:
     if not isinstance(suite, Suite):
         raise ConfigError(f"suite {name!r} is registered as {type(suite).__name__}, not a Suite")
     if version and version.strip() != str(suite.version):
-        raise ConfigError(f"--suite {spec}: suite {name!r} is at version {suite.version}; run it as {name}@{suite.version}"
-                          " (rows record the version, so older results stay apart)")
+        raise ConfigError(f"--suite {spec}: suite {name!r} is at version {suite.version}; run it as "
+                          f"{name}@{suite.version} (rows record the version, so older results stay apart)")
     return name.strip(), suite
 
 

@@ -31,7 +31,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm_local.sh"
 @pytest.fixture(scope="module")
 def cluster():
     """SLURM_CONF of a running cluster: the one in the environment, or scripts/slurm_local.sh's."""
-    missing = [t for t in ("sbatch", "sinfo", "squeue", "scancel", "slurmctld", "slurmd", "munged") if shutil.which(t) is None]
+    tools = ("sbatch", "sinfo", "squeue", "scancel", "slurmctld", "slurmd", "munged")
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         pytest.skip(f"SLURM is not installed here (no {', '.join(missing)}): apt-get install slurm-wlm munge, "
                     "then scripts/slurm_local.sh")
@@ -102,7 +103,8 @@ def test_a_job_of_two_processes_runs_torchrun_inside_its_allocation(cluster, env
     root = env["root"] / "torchrun"
     assert main(argv(env, root, "--launcher", "slurm", "--launch", "processes_per_job=2",
                      "--launch", "cpus_per_job=2")) == 0
-    assert capsys.readouterr().err.count(" done ") == 1  # one run, one unit: its own features, its pretraining, its probe
+    # one run, one unit: its own features, its pretraining, its probe
+    assert capsys.readouterr().err.count(" done ") == 1
     df = results.load(root)
     assert set(df["world_size"]) == {2} and set(df["launcher"]) == {"slurm"} and df["job_id"].nunique() == 1
     assert set(df["protocol"]) == {"pretrain", "linear"}

@@ -170,7 +170,8 @@ def drive(plan: Plan, launcher: Launcher, job: JobSettings, state: LaunchState, 
                     progress.mark(uid, "done", f"{wall:.1f} s" if wall is not None else "")
                 else:
                     log = f" (log: {record['log']})" if record.get("log") else ""
-                    progress.mark(uid, record.get("state", "failed"), f"{record.get('error') or 'no error recorded'}{log}")
+                    error = record.get("error") or "no error recorded"
+                    progress.mark(uid, record.get("state", "failed"), f"{error}{log}")
             if len(final) < len(units) and not launcher.in_process:
                 time.sleep(poll_s)
     except KeyboardInterrupt:

@@ -228,7 +228,8 @@ class Progress:
         tail = f"; {detail}" if detail else ""
         if state == "done":  # (a failure's line ends with its log)
             left = self.estimate()
-            tail += f"; {left}" if left and len([s for s in self.state.values() if s in FINAL]) < len(self.order) else ""
+            finished = sum(1 for s in self.state.values() if s in FINAL)
+            tail += f"; {left}" if left and finished < len(self.order) else ""
         self.echo(f"[{self.count()}] {state:<9} {unit.kind:<10} {unit.title}{tail}")
 
 
@@ -276,7 +277,8 @@ def report(results: str | Path, out: Callable[[str], None] = print) -> int:
     if left and all(durations.get(u["kind"]) for u in left):
         seconds = sum(sum(durations[u["kind"]]) / len(durations[u["kind"]]) for u in left)
         estimate = f"; about {_duration(seconds / max(1, int(launch.get('jobs', 1))))} left"
-    out(f"{len(units)} unit(s): {summary or 'none'}{estimate}" + (f"; {before} run(s) finished before" if before else ""))
+    earlier = f"; {before} run(s) finished before" if before else ""
+    out(f"{len(units)} unit(s): {summary or 'none'}{estimate}{earlier}")
     if counts.get("failed") or counts.get("interrupted"):
         out("run the same command again to retry what failed (finished units are not submitted again)")
     elif not left and launch.get("runs"):
