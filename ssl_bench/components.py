@@ -65,6 +65,19 @@ class BuildContext:
 
 
 # --------------------------------------------------------------------------- outputs
+@dataclass(frozen=True)
+class FrameTiming:
+    """When a frontend's frames are: frame ``i`` is centred at ``first_s + i * hop_s`` seconds
+    from the start of the audio (what a frontend's optional ``frame_timing()`` returns)."""
+
+    hop_s: float
+    first_s: float
+
+    def seconds(self, frames: torch.Tensor) -> torch.Tensor:
+        """Times in seconds of (fractional) frame positions ``frames``."""
+        return self.first_s + frames.to(torch.float64) * self.hop_s
+
+
 class EncoderOutput(NamedTuple):
     """What an encoder returns.
 
@@ -115,6 +128,8 @@ class Frontend(Protocol):
       features.
     * ``cache_config() -> dict``: every setting that changes ``compute``'s output (the feature
       cache key).
+    * ``frame_timing() -> FrameTiming`` (optional): when its frames are, for frame-level
+      timestamps (:mod:`ssl_bench.frames` measures it from ``compute`` when absent).
     """
 
     sample_rate: int
@@ -143,6 +158,11 @@ class Encoder(Protocol):
     * ``dim``, ``depth``, ``num_prefix_tokens``;
       ``layer_id(param_name) -> int`` in ``0..depth+1`` for layer-wise lr decay
       (0 = embeddings, i+1 = block i, depth+1 = everything after the blocks).
+    * Frame-level output (:mod:`ssl_bench.frames`), optional: ``column_centres(num_frames) ->
+      [n_time]``, the centre of each time column of the grid in input frames (without it,
+      columns are taken to tile the input evenly); or ``time_columns(spec, layers=False) ->
+      (columns [B, n, D] or [B, K, n, D], centres [n] in input frames)`` for an encoder that
+      makes its frames itself (a HEAR module).
     """
 
     dim: int

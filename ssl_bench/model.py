@@ -5,7 +5,8 @@ settings, size presets and per-task recipes.  :func:`build_model` turns a resolv
 into an :class:`SSLModel`, an ``nn.Module`` with one attribute per slot (``.frontend``,
 ``.encoder``, ``.masker``, ``.decoder``, ``.objective``, ``.method``; ``None`` when the model
 has none; a protocol's slot ``finetune.masker`` is ``.finetune_masker``) and, once a task
-sets it, ``.head``.  Pretraining is the method's business (:meth:`SSLModel.forward_pretrain`
+sets it, ``.head``.  Downstream it gives a pooled clip embedding (:meth:`SSLModel.embed`) and
+frame-level embeddings with timestamps (:meth:`SSLModel.frames`).  Pretraining is the method's business (:meth:`SSLModel.forward_pretrain`
 calls it); downstream use needs only the encoder.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 from .components import BuildContext, EncoderOutput
 from .config import ConfigError, instantiate_config, resolve, slots
 from .errors import UserError
+from .frames import NATIVE, Frames, frame_timing, window_frames
 from .registry import Registry, get_registry
 
 
@@ -120,6 +122,19 @@ class SSLModel(nn.Module):
             raise ConfigError(f"encoder {type(self.encoder).__name__} does not return hidden_states")
         pooled = [self.encoder.pool(out._replace(tokens=h, hidden_states=None)) for h in out.hidden_states]
         return torch.stack(pooled + [self.encoder.pool(out)], dim=1)
+
+    def frames(self, spec: torch.Tensor, layers: bool = False) -> Frames:
+        """Frame-level embeddings of normalised windows ``spec`` ``[B, T, F]``, timm's
+        ``forward_features`` before the pooling: the encoder's time columns ``[B, n_time, D]``
+        (prefix tokens dropped, patch tokens averaged over frequency; ``layers``: ``[B, depth +
+        2, n_time, D]``, every layer as :meth:`embed` orders them, one forward pass) and their
+        timestamps ``[n_time]``, the centre of each column's span in seconds from the start of
+        ``spec``.  Whole clips of any length and hops finer than a column:
+        :func:`ssl_bench.frames.clip_frames`."""
+        columns, centres = window_frames(self, spec, layers)
+        timing = frame_timing(self.frontend)
+        step = float(centres[1] - centres[0]) if len(centres) > 1 else float(spec.shape[1])
+        return Frames(columns, timing.seconds(centres), NATIVE, step * timing.hop_s)
 
     def draw_mask(self, slot: str, batch_size: int, grid: tuple[int, int], device: Any = "cpu",
                   generator: torch.Generator | None = None, need_hidden: bool = False) -> torch.Tensor:

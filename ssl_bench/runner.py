@@ -239,6 +239,8 @@ class _Run:
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path | None:
         with STOP.installed():
+            for name in self.protocols:  # each protocol's typed section: its settings checked before any data work
+                self.section(name)
             self.data = TaskData(self.config, self.registry, self.data_dir, self.split_names)
             self.check_shapes()
             names = [s.name for s in self.data.splits]

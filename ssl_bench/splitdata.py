@@ -400,7 +400,7 @@ class TaskData:
             weights = np.asarray(self.task.train_weights([self.features.clips[i] for i in train]), dtype=np.float64)
         data = SplitData(self.features, train, valid, test, targets, len(self.classes), self.multilabel,
                          self.metric_names, self.num_frames, name=split.name, train_weights=weights,
-                         label_shape=self.label_shape, classes=list(self.classes))
+                         label_shape=self.label_shape, classes=list(self.classes), clip_seconds=self.clip_seconds)
         columns = {"n_train": int(len(train)), "n_valid": int(len(valid)), "n_test": int(len(test)),
                    "n_skipped": int(n_skipped), "split_protocol": getattr(self.task, "split_protocol", ""),
                    "valid_source": "carved from train" if parts.carved else "task"}

@@ -17,6 +17,7 @@ REQUIRED = [
     "data_audio_clips_per_s", "data_cache_clips_per_s", "data_wait_fraction", "peak_memory_mb", "peak_rss_mb",
     "files_to_features_speedup", "files_to_features_clips_per_s", "files_to_features_reference_clips_per_s",
     "files_to_features_max_abs_diff", "resample_max_abs_diff", "bf16_gemm_speedup",
+    "events_extract_s", "events_grid_s", "events_grid_over_extraction", "events_cache_read_s", "events_cache_speedup",
 ]
 
 
@@ -69,6 +70,9 @@ def test_quick_bench_figures(quick_results):
         assert saved["probe_speedup"] > 0 and saved["probe_sklearn_s"] > 0 and saved["probe_torch_s"] > 0
         assert saved["probe_sklearn_1thread_s"] > 0 and saved["probe_speedup_vs_sklearn_1thread"] > 0
         assert saved["probe_map_diff_points"] <= 1.0
+    # events: the whole grid (both heads, every post-processing setting) ran on one extraction
+    assert saved["events_heads"] == 2 and saved["events_post_processing_settings"] == 18
+    assert saved["events_frames"] == saved["events_clips"] * 50  # 2 s clips, a frame every 40 ms
     for key in ("torch_version", "torchaudio_version", "timm_version", "device_name"):
         assert isinstance(saved[key], str) and saved[key]
 

@@ -208,7 +208,7 @@ def test_the_runner_refuses_a_protocol_that_does_not_serve_the_tasks_shape(tmp_p
     try:
         cfg = resolve("audiomae", preset="tiny", task="beeps", registry=reg)
         with pytest.raises(ConfigError, match=r"^protocol 'linear' serves multiclass, multilabel tasks; task 'beeps' "
-                                              r"is events \(protocols for events: pretrain\)$"):
+                                              r"is events \(protocols for events: events, events_finetune, pretrain\)$"):
             run_experiment(cfg, results_root=tmp_path, protocols=("pretrain", "linear"), progress=False)
     finally:
         set_registry(old)

@@ -282,7 +282,8 @@ def test_presets_below_base_follow_the_stated_rule(model):
     for preset in ("tiny", "small"):
         cfg = resolve(model, preset=preset)
         rule = ft.scaled_recipe(cfg["encoder"]["dim"])
-        assert {k: cfg["finetune"][k.split(".", 1)[1]] for k in rule} == rule, preset
+        assert {k: cfg[k.split(".")[0]][k.split(".", 1)[1]] for k in rule} == rule, preset
+        assert cfg["events_finetune"]["blr"] == cfg["finetune"]["blr"]  # events fine-tuning: the same rule
         for task in ("esc50", "audioset"):  # the rule wins over the (ViT-B) task recipes
             f = resolve(model, preset=preset, task=task)["finetune"]
             assert f["lr"] is None and f["blr"] == rule["finetune.blr"] and f["head_init"] == "probe"

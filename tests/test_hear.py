@@ -82,11 +82,12 @@ def test_scene_and_timestamp_shapes_dtypes_and_timestamps(exported):
     assert emb.shape[:2] == ts.shape and emb.shape[0] == 3 and emb.shape[2] == hear.timestamp_embedding_size
     hop = hear.hop_ms  # 16-frame patch columns of 10 ms frames
     assert hop == pytest.approx(160.0)
-    # centred timestamps in ms: hop/2, 3 hop/2, ... up to the end of the audio, the same for every sound
-    expected = (torch.arange(ts.shape[1], dtype=torch.float32) + 0.5) * hop
-    assert torch.allclose(ts[0], expected) and torch.equal(ts[0], ts[2])
+    # centred timestamps in ms, the same for every sound: column t spans Kaldi frames 16 t .. 16 t + 15,
+    # samples 2560 t .. 2560 t + 2799, centred on sample 2560 t + 1399.5 (87.47 ms, then every 160 ms)
+    expected = (torch.arange(ts.shape[1], dtype=torch.float64) * 2560 + 1399.5) / 16
+    assert torch.allclose(ts[0], expected.float()) and torch.equal(ts[0], ts[2])
     assert ts[0, -1] < 2500 and ts[0, -1] + hop >= 2500 - hop
-    assert ts.shape[1] == 16  # columns centred inside 2.5 s: 80, 240, ..., 2480 ms
+    assert ts.shape[1] == 16  # columns centred inside 2.5 s: 87.5, 247.5, ..., 2487.5 ms
     assert torch.isfinite(emb).all() and torch.isfinite(scene).all()
 
 
@@ -116,7 +117,7 @@ def test_long_clips_are_windowed(exported):
     module, hear = exported["module"], exported["hear"]
     audio = 0.1 * torch.randn(1, 4 * SR)  # four 1.28 s windows (the last one padded)
     emb, ts = module.get_timestamp_embeddings(audio, hear)
-    assert ts.shape[1] == 25 and bool((ts[0, 1:] - ts[0, :-1] == hear.hop_ms).all())
+    assert ts.shape[1] == 25 and torch.allclose(ts[0, 1:] - ts[0, :-1], torch.tensor(hear.hop_ms))
     scene = module.get_scene_embeddings(audio, hear)
     windows, count = hear._windows(audio)
     assert count == 4 and windows.shape == (4, NUM_FRAMES, 128)

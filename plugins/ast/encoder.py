@@ -189,6 +189,13 @@ class ASTEncoder(Component):
         c = self.cfg
         return patch_grid(num_frames, num_bins, c.patch_size, c.time_stride, c.freq_stride)
 
+    def column_centres(self, num_frames: int) -> torch.Tensor:
+        """Centre of each time column in input frames: column ``t`` covers frames
+        ``stride t .. stride t + patch - 1`` (overlapping columns, 10 frames apart by default)."""
+        c = self.cfg
+        n_time = patch_grid(num_frames, c.patch_size, c.patch_size, c.time_stride, c.freq_stride)[0]
+        return torch.arange(n_time, dtype=torch.float64) * c.time_stride + (c.patch_size - 1) / 2
+
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The position table for ``grid``: the stored one, or adapted as the original does."""
         return adapt_pos_embed(self.pos_embed, self.grid, grid)

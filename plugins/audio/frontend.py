@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torchaudio.compliance.kaldi import get_mel_banks
 
-from ssl_bench.components import BuildContext, Component
+from ssl_bench.components import BuildContext, Component, FrameTiming
 from ssl_bench.errors import UserError
 
 #: Kaldi's floor on spectral values: ``std::numeric_limits<float>::epsilon()``.
@@ -132,6 +132,12 @@ class KaldiFbank(Component):
                 f"mean={c.mean}, std={c.std}")
 
     # ------------------------------------------------------------------ sizes
+    def frame_timing(self) -> FrameTiming:
+        """Frame ``i`` covers samples ``i * shift .. i * shift + length - 1`` (``snip_edges``): its
+        centre is ``(i * shift + (length - 1) / 2) / sample_rate`` seconds."""
+        rate = float(self.cfg.sample_rate)
+        return FrameTiming(hop_s=self.window_shift / rate, first_s=(self.window_size - 1) / 2 / rate)
+
     def frames_for_samples(self, num_samples: int) -> int:
         """Frames Kaldi produces for ``num_samples`` samples (``snip_edges=True``)."""
         if num_samples < self.window_size:

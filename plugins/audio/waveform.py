@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ssl_bench.components import BuildContext, Component
+from ssl_bench.components import BuildContext, Component, FrameTiming
 from ssl_bench.errors import UserError
 
 
@@ -54,6 +54,10 @@ class Waveform(Component):
     @property
     def num_frames(self) -> int | None:
         return self.cfg.num_frames
+
+    def frame_timing(self) -> FrameTiming:
+        """A frame is a sample: sample ``i`` is at ``i / sample_rate`` seconds."""
+        return FrameTiming(hop_s=1.0 / self.cfg.sample_rate, first_s=0.0)
 
     def num_frames_for(self, seconds: float) -> int:
         """Samples in a clip of ``seconds``."""

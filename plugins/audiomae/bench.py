@@ -29,7 +29,13 @@ per-round ratios, so drift and bursts of other work on a shared machine mostly c
    itself;
 6. **bf16**: whether the CPU has bf16 matrix instructions, a GEMM in bf16 against float32, and
    where bf16 autocast engages (such CPUs, CUDA) an encoder forward and a pretraining step in
-   bf16 against float32, with the embeddings' cosine similarity.
+   bf16 against float32, with the embeddings' cosine similarity;
+7. **events**: frame embeddings extracted once serve every event head and post-processing
+   choice.  One extraction of clips' frame embeddings (AudioMAE at the preset, frames every
+   40 ms by interpolation, float16, no cache) is timed against the ``events`` protocol's whole
+   grid on those frames (linear and MLP heads, each checked on validation with every
+   post-processing setting, the test part scored); the ratio is the grid's cost relative to one
+   extraction, and reading the extraction back from the cache is timed against computing it.
 
 :func:`run_bench` prints a table and returns (and writes) a flat dict of the figures.
 """
@@ -77,6 +83,8 @@ F2F_ROUNDS = (5, 3)
 PROBE = ((20000, 768, 527, 4, 1), (1200, 64, 24, 24, 2))
 PROBE_C = 1.0
 BF16_ROUNDS = (5, 3)
+#: (clips, seconds, rounds, head epochs) of the events part, full / quick
+EVENTS_SIZES = ((64, 10.0, 3, 30), (12, 2.0, 2, 4))
 DATA_CLIPS = (64, 16)
 DATA_SECONDS = (10.0, 2.0)
 DATA_BATCH = (16, 4)
@@ -696,6 +704,74 @@ def bench_probe(device: torch.device, quick: bool) -> dict[str, Any]:
     }
 
 
+def bench_events(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
+    """One extraction of frame embeddings against the ``events`` protocol's whole grid on them."""
+    from ssl_bench.events import Event
+    from ssl_bench.features import extract
+    from ssl_bench.model import create_model
+    from ssl_bench.protocols.data import SplitData
+    from ssl_bench.protocols.embeddings import extract_frame_embeddings
+    from ssl_bench.protocols.events import EventsConfig, fit_event_heads, head_grid, post_processing_grid
+
+    n_clips, seconds, rounds, epochs = EVENTS_SIZES[quick]
+    classes = ["a", "b", "c"]
+    metrics = ["event_onset_200ms_fms", "segment_1s_er"]
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-bench-") as tmp:
+        plain = _write_clips(Path(tmp), n_clips, seconds, 16000)
+        clips = []
+        for clip in plain:  # two or three events a clip, the labels they hold
+            events = []
+            for _ in range(int(rng.integers(2, 4))):
+                onset = float(rng.uniform(0, seconds * 0.8))
+                events.append(Event(int(rng.integers(len(classes))), round(onset, 3),
+                                    round(min(seconds, onset + float(rng.uniform(0.2, 1.0))), 3)))
+            clips.append(Clip(path=clip.path, labels=tuple(sorted({e.label for e in events})), key=clip.key,
+                              events=tuple(events)))
+        torch.manual_seed(0)
+        model = create_model("audiomae", preset=preset, **{"frontend.mean": -6.0, "frontend.std": 4.0})
+        frames_per_clip = int(model.frontend.num_frames_for(seconds))
+        model = create_model("audiomae", preset=preset, **{"frontend.num_frames": frames_per_clip,
+                                                           "frontend.mean": -6.0, "frontend.std": 4.0}).eval()
+        feats = extract(clips, model.frontend, clip_seconds=seconds, cache_dir=None, device=device, progress=False)
+        n = len(feats)
+        idx = np.arange(n)
+        train, valid, test = idx[: n * 3 // 5], idx[n * 3 // 5: n * 4 // 5], idx[n * 4 // 5:]
+        data = SplitData(feats, train, valid, test, np.zeros((n, len(classes)), np.float32), len(classes), True,
+                         metrics, frames_per_clip, name="bench", label_shape="events", classes=classes,
+                         clip_seconds=seconds)
+        cfg = EventsConfig(max_epochs=epochs, check_every=max(1, epochs // 5), patience=epochs, hop_ms=40.0)
+        made: dict[str, Any] = {}
+
+        def extraction(cache_dir: Path | None = None) -> None:
+            made["frames"] = extract_frame_embeddings(model, data, idx, batch_size=16, device=device,
+                                                      cache_dir=cache_dir, hop_s=0.04, dtype="float16")
+
+        def grid() -> None:
+            frames = made["frames"]
+            parts = {"train": train, "valid": valid, "test": test}
+            made["result"] = fit_event_heads(
+                {p: frames.select(rows) for p, rows in parts.items()}, {p: data.events(p) for p in parts},
+                {p: data.keys(p) for p in parts}, classes=classes, metrics=metrics, cfg=cfg, device=device,
+                clip_seconds=seconds)
+
+        extraction()
+        cache = Path(tmp) / "frames"
+        extraction(cache)  # fills the cache that the third side reads
+        times = interleaved_times({"extract": extraction, "grid": grid, "cached": lambda: extraction(cache)},
+                                  rounds, device)
+    heads, posts = len(head_grid(cfg)), len(post_processing_grid(cfg))
+    frames = made["frames"]
+    return {
+        "events_clips": n, "events_clip_seconds": seconds, "events_frames": len(frames.timestamps),
+        "events_frame_hop_ms": 40.0, "events_heads": heads, "events_post_processing_settings": posts,
+        "events_head_epochs": epochs, "events_extract_s": min(times["extract"]), "events_grid_s": min(times["grid"]),
+        "events_grid_over_extraction": paired_ratio(times, "grid", "extract"),
+        "events_cache_read_s": min(times["cached"]),
+        "events_cache_speedup": paired_ratio(times, "extract", "cached"),
+    }
+
+
 #: bf16 pays where matrix products dominate a step: the bench also times this preset (ViT-S)
 #: when it runs a narrower one, so the JSON answers "does bf16 pay here" at a size that trains.
 BF16_ALSO = "small"
@@ -851,6 +927,12 @@ TABLE = [
     ("bf16", f"bf16_forward_speedup_{BF16_ALSO}", f"encoder forward, bf16 vs float32 ({BF16_ALSO})"),
     ("bf16", f"bf16_pretrain_step_speedup_{BF16_ALSO}", f"pretraining step, bf16 vs float32 ({BF16_ALSO})"),
     ("bf16", f"bf16_embedding_cosine_min_{BF16_ALSO}", f"min cosine, bf16 vs float32 ({BF16_ALSO})"),
+    ("events", "events_extract_s", "frame embeddings, one extraction, s"),
+    ("events", "events_grid_s", "every head x post-processing on them, s"),
+    ("events", "events_grid_over_extraction", "grid cost / one extraction"),
+    ("events", "events_heads", "heads trained on the one extraction"),
+    ("events", "events_post_processing_settings", "post-processing settings per check"),
+    ("events", "events_cache_speedup", "speedup, cached frames vs extracting"),
     ("memory", "peak_memory_mb_ours", "CUDA peak, ours (global), MiB"),
     ("memory", "peak_memory_mb_reference", "CUDA peak, reference, MiB"),
     ("memory", "peak_memory_mb_shifted_window", "CUDA peak, shifted-window, MiB"),
@@ -904,6 +986,7 @@ def run_bench(preset: str = "tiny", device: str | torch.device = "auto", quick: 
     results.update(bench_data(preset, dev, quick))
     results.update(bench_probe(dev, quick))
     results.update(bench_bf16(preset, dev, quick))
+    results.update(bench_events(preset, dev, quick))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if dev.type == "cuda":
         results["peak_memory_mb"] = max(v for k, v in results.items() if k.startswith("peak_memory_mb_"))

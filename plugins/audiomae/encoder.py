@@ -142,6 +142,12 @@ class ViTEncoder(Component):
             )
         return num_frames // p, num_bins // p
 
+    def column_centres(self, num_frames: int) -> torch.Tensor:
+        """Centre of each time column in input frames: column ``t`` covers frames ``p t .. p t + p - 1``."""
+        p = self.cfg.patch_size
+        n_time = self.grid_for(num_frames, p)[0]
+        return torch.arange(n_time, dtype=torch.float64) * p + (p - 1) / 2
+
     def patchify(self, spec: torch.Tensor) -> torch.Tensor:
         """``[B, T, F]`` -> ``[B, L, p*p]`` in token order; values row-major (time, freq) within a patch.
 

@@ -258,6 +258,12 @@ class BEATsEncoder(Component):
                              f"got {num_frames} frames x {num_bins} bins")
         return num_frames // p, num_bins // p
 
+    def column_centres(self, num_frames: int) -> torch.Tensor:
+        """Centre of each time column in input frames: column ``t`` covers frames ``p t .. p t + p - 1``."""
+        p = self.cfg.patch_size
+        n_time = self.grid_for(num_frames, p)[0]
+        return torch.arange(n_time, dtype=torch.float64) * p + (p - 1) / 2
+
     def patchify(self, spec: torch.Tensor) -> torch.Tensor:
         """``spec [B, T, F]`` -> ``[B, L, p*p]`` non-overlapping patches in token (time-major)
         order; within a patch, time-row-major (the conv kernel's order)."""

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torchaudio.compliance import kaldi
 
-from ssl_bench.components import BuildContext, Component
+from ssl_bench.components import BuildContext, Component, FrameTiming
 from ssl_bench.errors import UserError
 
 #: The release's normalisation constants (``BEATs.extract_features`` keyword defaults).
@@ -88,6 +88,11 @@ class BEATsFbank(Component):
     def extra_repr(self) -> str:
         c = self.cfg
         return f"num_bins={c.num_bins}, num_frames={c.num_frames}, mean={c.mean}, std={c.std} (fixed)"
+
+    def frame_timing(self) -> FrameTiming:
+        """Frame ``i`` is centred on samples ``160 i .. 160 i + 399``."""
+        rate = float(self.cfg.sample_rate)
+        return FrameTiming(hop_s=self.window_shift / rate, first_s=(self.window_size - 1) / 2 / rate)
 
     def frames_for_samples(self, num_samples: int) -> int:
         """Frames Kaldi makes of ``num_samples`` samples (``snip_edges``)."""

@@ -4,7 +4,8 @@
 calls ``NAME.load_model(FILE)`` and embeds each clip's waveform (the ``waveform`` frontend, at
 the module's ``sample_rate``) with ``NAME.get_scene_embeddings``: one token per clip, the clip
 embedding.  Per-layer probes (``layers``) work when the module also has
-``get_layer_embeddings(audio, model) -> [n, K, D]`` (modules ssl-bench exports do).
+``get_layer_embeddings(audio, model) -> [n, K, D]`` (modules ssl-bench exports do).  Its
+frame-level output (:mod:`ssl_bench.frames`) is ``NAME.get_timestamp_embeddings``.
 
 The HEAR model is the encoder's child (``.model``): it moves with the encoder, its weights key
 the embedding cache, and it is frozen (no gradients; fine-tuning is off for this model).  It
@@ -111,6 +112,23 @@ class HearEncoder(Component):
             raise ValueError(f"{self.cfg.module}.get_scene_embeddings returned shape {tuple(emb.shape)}, "
                              f"expected {(audio.shape[0], self.dim)}")
         return EncoderOutput(emb.float()[:, None, :], None, 0, states)
+
+    @torch.no_grad()
+    def time_columns(self, spec: torch.Tensor, layers: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame-level output (:mod:`ssl_bench.frames`): the module's ``get_timestamp_embeddings``
+        of the waveforms ``spec``, ``([B, n, D], centres [n] in samples)``."""
+        if layers:
+            raise ConfigError(f"HEAR module {self.cfg.module} gives no per-layer timestamp embeddings")
+        audio = (spec[..., 0] if spec.ndim == 3 else spec).float()
+        emb, ts = self.api.get_timestamp_embeddings(audio, self.model)
+        if emb.ndim != 3 or ts.ndim != 2 or emb.shape[:2] != ts.shape or emb.shape[0] != audio.shape[0]:
+            raise ValueError(f"{self.cfg.module}.get_timestamp_embeddings returned embeddings {tuple(emb.shape)} and "
+                             f"timestamps {tuple(ts.shape)}; expected [n_sounds, n_timestamps, D] and "
+                             "[n_sounds, n_timestamps]")
+        ts = ts.detach().to("cpu", torch.float64)
+        if not torch.allclose(ts, ts[:1].expand_as(ts), atol=1e-3):
+            raise ValueError(f"{self.cfg.module}.get_timestamp_embeddings gave clips of one length different timestamps")
+        return emb.float(), ts[0] / 1000.0 * float(self.model.sample_rate)
 
     def pool(self, out: EncoderOutput) -> torch.Tensor:
         return out.tokens[:, 0]

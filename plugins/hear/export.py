@@ -23,14 +23,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ssl_bench.checkpoint import save_model
 from ssl_bench.commands import Command
 from ssl_bench.config import ConfigError, parse_overrides
+from ssl_bench.frames import HOP_METHODS
 
 MODULE_TEMPLATE = '''"""HEAR 2021 module exported by ssl-bench.
 
-model {model}, checkpoint {source} (init_id {init_id}); {hop_ms:.1f} ms between timestamps,
-{window_s:.2f} s windows at {sample_rate} Hz, {dim}-dimensional embeddings.
+model {model}, checkpoint {source} (init_id {init_id}); {hop_ms:.1f} ms between timestamps
+({hop_how}), {window_s:.2f} s windows at {sample_rate} Hz, {dim}-dimensional embeddings.
 """
 
 from pathlib import Path
@@ -38,11 +41,15 @@ from pathlib import Path
 from ssl_bench.plugins.hear.api import HearModel, load_exported
 
 WEIGHTS = Path(__file__).with_name("model.pt")
+#: seconds between timestamps when finer than the encoder's time columns (None: the columns)
+HOP_S = {hop_s!r}
+#: how the finer frames are made (ssl_bench.frames): "interpolate" or "overlap"
+HOP_METHOD = {hop_method!r}
 
 
 def load_model(model_file_path: str = "") -> HearModel:
     """The model (a torch.nn.Module with sample_rate, scene_embedding_size, timestamp_embedding_size)."""
-    return load_exported(model_file_path or WEIGHTS)
+    return load_exported(model_file_path or WEIGHTS, hop_s=HOP_S, hop_method=HOP_METHOD)
 
 
 def get_timestamp_embeddings(audio, model):
@@ -168,15 +175,23 @@ def _with(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def export_hear(checkpoint: str, out: str | Path, *, name: str | None = None, model_name: str | None = None,
                 preset: str | None = None, overrides: dict[str, Any] | None = None,
-                window_seconds: float | None = None) -> Path:
-    """Write the installable HEAR package of ``checkpoint`` to ``out`` (see the module docstring)."""
+                window_seconds: float | None = None, hop_ms: float | None = None,
+                hop_method: str = "interpolate") -> Path:
+    """Write the installable HEAR package of ``checkpoint`` to ``out`` (see the module docstring).
+
+    ``hop_ms``: timestamps this many ms apart instead of the encoder's time columns, made by
+    ``hop_method`` (:mod:`ssl_bench.frames`: ``interpolate`` or ``overlap``)."""
     from .api import HearModel
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"-o {out}: exists and is not empty; choose a new directory")
     model, identity = build_for_export(checkpoint, model_name, preset, overrides, window_seconds)
-    hear = HearModel(model)  # checks the input length and the statistics before anything is written
+    hop_s = None if hop_ms is None else float(hop_ms) / 1000.0
+    # checks the input length, the statistics and the hop before anything is written
+    hear = HearModel(model, hop_s=hop_s, hop_method=hop_method)
+    if hop_s is not None and hop_method == "overlap":
+        hear.timestamp_embeddings(torch.zeros(1, hear.window_samples))  # a hop that does not divide the stride
     name = name or f"sslbench_{model.config['model']}_{identity['init_id'][:8]}"
     name = re.sub(r"[^A-Za-z0-9_]", "_", name)
     if not name.isidentifier():
@@ -188,7 +203,9 @@ def export_hear(checkpoint: str, out: str | Path, *, name: str | None = None, mo
         pkg.mkdir()
         save_model(model, pkg / "model.pt", source=identity["source"], init_id=identity["init_id"])
         info = dict(model=model.config["model"], source=identity["source"], init_id=identity["init_id"],
-                    hop_ms=hear.hop_ms, window_s=hear.window_samples / hear.sample_rate,
+                    hop_ms=hear.hop_ms, hop_s=hop_s, hop_method=hop_method if hop_s is not None else "interpolate",
+                    hop_how=(f"method {hop_method}" if hop_s is not None else "the encoder's time columns"),
+                    window_s=hear.window_samples / hear.sample_rate,
                     sample_rate=hear.sample_rate, dim=hear.scene_embedding_size, name=name)
         (pkg / "__init__.py").write_text(MODULE_TEMPLATE.format(**info))
         (tmp / "pyproject.toml").write_text(PYPROJECT_TEMPLATE.format(**info))
@@ -217,6 +234,12 @@ class ExportHear(Command):
         parser.add_argument("--name", help="the Python module name (default sslbench_<model>_<init_id>)")
         parser.add_argument("--window-seconds", type=float,
                             help="window length for a model of any input length (wav2vec2 family; default 10 s)")
+        parser.add_argument("--hop-ms", type=float,
+                            help="milliseconds between timestamps, finer than the encoder's time columns (AudioMAE: "
+                                 "160); HEAR's validator asks for 50 or less")
+        parser.add_argument("--hop-method", choices=HOP_METHODS, default="interpolate",
+                            help="how frames finer than the columns are made: interpolate (linear, no extra cost) or "
+                                 "overlap (the encoder on inputs shifted by the hop; stride/hop times the compute)")
         parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="dotted setting, e.g. frontend.mean=-4.27 (statistics the encoder was trained with)")
 
@@ -225,7 +248,8 @@ class ExportHear(Command):
         if len(sweeps) != 1:
             raise ConfigError("export-hear exports one encoder: give each --set one value")
         pkg = export_hear(args.checkpoint, args.out, name=args.name, model_name=args.model, preset=args.preset,
-                          overrides=sweeps[0], window_seconds=args.window_seconds)
+                          overrides=sweeps[0], window_seconds=args.window_seconds, hop_ms=args.hop_ms,
+                          hop_method=args.hop_method)
         print(f"HEAR module {pkg.name} written to {Path(args.out)}\n"
               f"install: pip install {args.out}   (offline: pip install --no-deps {args.out})\n"
               f"evaluate it here: ssl-bench run -m hear --set encoder.module={pkg.name} "

@@ -47,7 +47,7 @@ from torch import nn
 from ..config import data_settings
 from ..events import CLIP_SHAPES
 from .data import SplitData, Unlabeled
-from .embeddings import extract_embeddings
+from .embeddings import FrameEmbeddings, extract_embeddings, extract_frame_embeddings
 
 #: Stages, in run order: ``pretrain`` protocols make the encoder, ``evaluate`` ones score it.
 STAGES = ("pretrain", "evaluate")
@@ -169,6 +169,7 @@ class ProtocolContext:
     log_metrics: Callable[[dict[str, Any]], None] | None = None
     unlabeled: Unlabeled | None = None
     _embeddings: dict[tuple[int, bool], tuple[np.ndarray, bool]] = field(default_factory=dict, repr=False)
+    _frames: dict[tuple[Any, ...], FrameEmbeddings] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -211,6 +212,30 @@ class ProtocolContext:
         """Whether :meth:`embeddings` came from the disk cache (call it first)."""
         hit = self._embeddings.get((id(self.model), layers))
         return bool(hit[1]) if hit else False
+
+    def frame_embeddings(self, *, hop_s: float | None = None, method: str = "interpolate", layers: bool = False,
+                         dtype: str = "float16", batch_size: int | None = None) -> dict[str, FrameEmbeddings]:
+        """Frozen frame-level embeddings of the train/valid/test parts (``{"train":
+        FrameEmbeddings, ...}``, one entry per clip in the part's order), from the on-disk cache
+        when the same encoder weights already made the same frames of the same clips.
+
+        ``hop_s``/``method``: frames finer than the encoder's time columns
+        (:mod:`ssl_bench.frames`); ``layers``: every layer (``values [frames, K, D]``);
+        ``dtype``: ``float16`` or ``float32`` storage.  Extracted once per setting and served to
+        every head and post-processing choice that reads them.
+        """
+        parts = ("train", "valid", "test")
+        key = (id(self.model), hop_s, method, layers, dtype)
+        if key not in self._frames:
+            indices = np.concatenate([getattr(self.data, p) for p in parts])
+            bs = int(batch_size or getattr(self.section, "batch_size", 0) or 16)
+            self._frames[key] = extract_frame_embeddings(
+                self.model, self.data, indices, batch_size=bs, device=self.device,
+                cache_dir=self.cache_dir / "frames", amp=bool(self.config.get("amp", True)), hop_s=hop_s,
+                method=method, layers=layers, dtype=dtype, progress=self.progress)
+        frames = self._frames[key]
+        bounds = np.cumsum([0] + [len(getattr(self.data, p)) for p in parts])
+        return {p: frames.select(range(bounds[i], bounds[i + 1])) for i, p in enumerate(parts)}
 
     def targets(self) -> dict[str, np.ndarray]:
         """``{"train": y, "valid": y, "test": y}``: class ids ``[N]`` or multi-hot ``[N, C]``."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
+from .events import EventsProtocol
+from .events_finetune import EventsFinetuneProtocol
 from .finetune import FinetuneProtocol
 from .knn import KNNProtocol
 from .layers import LayersProtocol
@@ -19,3 +21,5 @@ def register_protocols(register):
     register("knn", KNNProtocol)
     register("mlp", MLPProtocol)
     register("layers", LayersProtocol)
+    register("events", EventsProtocol)
+    register("events_finetune", EventsFinetuneProtocol)

@@ -101,7 +101,8 @@ class SplitData:
     ``train_weights``: optional sampling weights of the training examples (aligned with
     ``train``) for class-balanced fine-tuning; ``label_shape``: the task's shape (derived from
     ``multilabel`` when not given); ``classes``: the class names (event metrics and
-    predictions name labels by them).
+    predictions name labels by them); ``clip_seconds``: the length the task's clips were cut
+    or padded to before their features (frame-level timestamps end there).
     """
 
     features: Any
@@ -118,6 +119,7 @@ class SplitData:
     extra: dict[str, Any] = field(default_factory=dict)
     label_shape: str = ""
     classes: list[str] = field(default_factory=list)
+    clip_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not self.label_shape:

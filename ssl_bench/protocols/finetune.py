@@ -303,7 +303,8 @@ def scaled_recipe(dim: int, *, reference_blr: float = REFERENCE_BLR,
       with the width (Adam's update of a hidden weight matrix changes its output in proportion
       to the width, so narrower models need proportionally larger steps; the muP rule); the
       lr actually used is chosen on validation from ``lr_factors`` = x1, x3, x9 of it
-      (:data:`SCALED_LR_FACTORS` says why the grid goes up from the rule);
+      (:data:`SCALED_LR_FACTORS` says why the grid goes up from the rule); ``events_finetune``
+      takes the rule's lr as it is;
     * **head**: initialised as a linear probe of the frozen encoder (``head_init: probe``,
       LP-FT): with a few hundred clips a near-zero head sends the encoder uninformative
       gradients for much of the short run, and the probe's solution is where fine-tuning
@@ -324,6 +325,9 @@ def scaled_recipe(dim: int, *, reference_blr: float = REFERENCE_BLR,
         "finetune.lr_factors": list(SCALED_LR_FACTORS),
         "finetune.aug_factors": [0.0, 1.0],
         "finetune.head_init": "probe",
+        # fine-tuning for events (a frame-level head) follows the same lr rule
+        "events_finetune.lr": None,
+        "events_finetune.blr": reference_blr * reference_width / dim,
     }
 
 
