@@ -285,9 +285,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 runs.append(RunSpec(config, protocols, data_dirs.get(task), task_splits,
                                     str(checkpoint) if checkpoint else None, label, columns, _track(args)))
     from .model import check_config
+    from .runner import check_protocol_settings
 
-    for run in runs:  # every component checks its settings (and the memory) before any data work
+    for run in runs:  # every component and protocol checks its settings (and the memory) before any data work
         check_config(run.config)
+        check_protocol_settings(run.config, run.protocols)
     options = launch_options(args.launch)
     launcher = make_launcher(args.launcher, options, jobs=args.jobs, threads=args.threads, registry=registry)
     outcome = run_sweep(runs, launcher, results=args.results, resume=args.resume, detach=args.detach,

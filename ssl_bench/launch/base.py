@@ -107,14 +107,15 @@ class Launcher:
 
 
 def drive(plan: Plan, launcher: Launcher, job: JobSettings, state: LaunchState, *, wait: bool = True,
-          echo: Callable[[str], None] | None = None, poll_s: float = 0.2) -> dict[str, dict[str, Any]]:
+          echo: Callable[[str], None] | None = None, poll_s: float = 0.2,
+          quiet: bool = False) -> dict[str, dict[str, Any]]:
     """Submit ``plan``'s units with ``launcher`` (each when what it needs is done, or all at once
     with scheduler dependencies) and, with ``wait``, wait for them, printing one line per
-    unit state change.  A unit whose job from an earlier launch still runs is waited for, not
-    submitted again.  A unit whose need failed is ``skipped``.  Returns each unit's final
-    record (or its last one, without ``wait``)."""
+    unit state change (``quiet``: only for what went wrong).  A unit whose job from an earlier
+    launch still runs is waited for, not submitted again.  A unit whose need failed is
+    ``skipped``.  Returns each unit's final record (or its last one, without ``wait``)."""
     units = {u.id: u for u in plan.units}
-    progress = Progress(plan.units, launcher.capacity(), echo)
+    progress = Progress(plan.units, launcher.capacity(), echo, quiet=quiet)
     handles: dict[str, Handle] = {}
     final: dict[str, dict[str, Any]] = {}
     for unit in plan.units:  # jobs of earlier launches that still run

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import ConfigError
+from ..errors import UserError
 from .base import Handle, Launcher
 from .state import LaunchState, VANISHED
 from .units import JobSettings, Unit, execute
@@ -140,7 +141,9 @@ class LocalLauncher(Launcher):
                                 launch=job.launch_id, pid=os.getpid(), log=log)
             try:
                 record = execute(unit, job, log=log)
-            except Exception as exc:  # noqa: BLE001 - the unit failed; the others go on
+            except UserError:
+                raise  # in this process, an error in what was asked is one line and stops, as it always did
+            except Exception as exc:  # noqa: BLE001 - a bug in one unit: its traceback is printed, the others go on
                 record = state.read(unit.id)
                 _write_traceback(state.log_path(unit.id), exc)
                 record = {**record, "state": record.get("state", "failed")}

@@ -17,7 +17,7 @@ whose job is still queued or running (:func:`alive`).
 
 :class:`Progress` prints one line per unit state change and a whole-sweep estimate: each
 kind of unit at the mean duration of its finished units, spread over the jobs that run at
-once.
+once (a run of one unit in this process prints only a failure's line).
 """
 
 from __future__ import annotations
@@ -189,7 +189,9 @@ class Progress:
     mean duration of the finished units of its kind (a running one minus its time so far),
     divided by ``capacity``; until a kind has a finished unit there is none."""
 
-    def __init__(self, units: list[Any], capacity: int, echo: Callable[[str], None] | None = None):
+    def __init__(self, units: list[Any], capacity: int, echo: Callable[[str], None] | None = None,
+                 quiet: bool = False):
+        self.quiet = quiet  # only what went wrong (a run of one unit in this process)
         self.units = {u.id: u for u in units}
         self.order = [u.id for u in units]
         self.capacity = max(1, capacity)
@@ -230,7 +232,8 @@ class Progress:
             left = self.estimate()
             finished = sum(1 for s in self.state.values() if s in FINAL)
             tail += f"; {left}" if left and finished < len(self.order) else ""
-        self.echo(f"[{self.count()}] {state:<9} {unit.kind:<10} {unit.title}{tail}")
+        if not self.quiet or state in ("failed", "interrupted", "skipped"):
+            self.echo(f"[{self.count()}] {state:<9} {unit.kind:<10} {unit.title}{tail}")
 
 
 # --------------------------------------------------------------------------- status

@@ -129,7 +129,7 @@ def run_sweep(runs: list[RunSpec], launcher: Launcher, *, results: str | Path, r
         progress=progress if launcher.in_process else True, launch_id=launch_id))
     if detach and not launcher.scheduler_dependencies:
         return _detach_driver(the_plan, launch_id, job, state, echo)
-    final = drive(the_plan, launcher, job, state, wait=not detach, echo=echo if loud or detach else (lambda _: None))
+    final = drive(the_plan, launcher, job, state, wait=not detach, echo=echo, quiet=not (loud or detach))
     launcher.close()
     if detach:
         echo(f"submitted {len(the_plan.units)} unit(s); `ssl-bench status {results}` reports on them, and the same "
