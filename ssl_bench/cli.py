@@ -13,7 +13,7 @@ from typing import Any
 ALIASES = {"probe": "linear"}
 #: ``pretrain`` is the task-independent pretraining command (``run --protocols pretrain`` still
 #: runs the protocol inside a task's run).
-CORE_COMMANDS = ("run", "results", "plugins", "pretrain", "plot")
+CORE_COMMANDS = ("run", "results", "plugins", "pretrain", "plot", "status")
 
 
 #: Commands that list or read what exists: they need the names plugins register, not their
@@ -49,17 +49,20 @@ def _registry(argv: list[str], listing: bool):
     return get_registry()  # one set in code (tests, notebooks) is used as it is
 
 
-def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str]) -> None:
+def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, protocols: list[str],
+                     launchers: list[str]) -> None:
     p.add_argument("--model", "-m", help="registered model name (see `ssl-bench plugins`); an ssl-bench "
                                          "--checkpoint names its own")
-    p.add_argument("--task", "-t", required=True, help="task name, or a comma list of tasks")
+    p.add_argument("--task", "-t", required=protocols_default is None,
+                   help="task name, or a comma list of tasks" + (" (or --suite)" if protocols_default else ""))
     p.add_argument("--preset", "-p", help="size preset of the model (tiny, small, base, ...)")
     p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
                    help="YAML file of settings (repeatable; later files win)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. encoder.depth=6 or decoder=global; "
                         "a comma list (masker.ratio=0.7,0.8) runs once per value")
-    p.add_argument("--data-dir", help="where the task's data lives (or is downloaded/built)")
+    p.add_argument("--data-dir", action="append", default=[], metavar="DIR|TASK=DIR",
+                   help="where the task's data lives (or is downloaded/built); TASK=DIR for one of several tasks")
     p.add_argument("--results", default=os.environ.get("SSL_BENCH_RESULTS", "results"),
                    help="results root (default: ./results or $SSL_BENCH_RESULTS)")
     if protocols_default is not None:
@@ -75,13 +78,25 @@ def _common_run_args(p: argparse.ArgumentParser, protocols_default: str | None, 
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--strict", action="store_true", help="unreadable clips are errors instead of counted skips")
     p.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start pretraining afresh instead of continuing from the last checkpoint")
+                   help="compute everything again: finished runs become new runs, pretraining starts afresh "
+                        "instead of continuing from its last checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _verify_arg(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (model, preset, device, splits, the work and an estimate of the time) and "
                         "stop, reading no audio")
     _tracking_args(p)
+    g = p.add_argument_group("launching (a sweep is units: features, encoders, evaluations per run and split)")
+    g.add_argument("--launcher", default="local", choices=launchers,
+                   help="where units run: local (this process; a pool with --jobs), slurm (submitit), ... "
+                        "(default: local)")
+    g.add_argument("--jobs", "-j", type=int, default=1, help="units at once (local: processes; default 1)")
+    g.add_argument("--threads", type=int, help="torch threads per job (default: cores / jobs for local pools; "
+                                               "jobs x threads may not exceed the cores)")
+    g.add_argument("--launch", action="append", default=[], metavar="KEY=VALUE|YAML",
+                   help="launcher setting (slurm: partition=gpu, time_min=120, gpus_per_job=8, ...), or a YAML "
+                        "file of them")
+    g.add_argument("--detach", action="store_true", help="submit and return; `ssl-bench status RESULTS` reports")
 
 
 def _verify_arg(p: argparse.ArgumentParser) -> None:
@@ -120,6 +135,7 @@ def build_parser(registry: Any = None, only: str | None = None) -> argparse.Argu
 
         registry = get_registry()
     protocols = registry.names("protocol")
+    launchers = registry.names("launcher")
     parser = argparse.ArgumentParser(
         prog="ssl-bench",
         description="Benchmark self-supervised audio representations: pretrain, fine-tune and "
@@ -131,7 +147,10 @@ def build_parser(registry: Any = None, only: str | None = None) -> argparse.Argu
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="pretrain, fine-tune and linear-probe a model on a task, split by split")
-    _common_run_args(p, ",".join(DEFAULT_PROTOCOLS), protocols)
+    _common_run_args(p, ",".join(DEFAULT_PROTOCOLS), protocols, launchers)
+    p.add_argument("--suite", metavar="NAME[@VERSION]",
+                   help="run a registered suite (its tasks, protocols and settings; see `ssl-bench plugins`) "
+                        "instead of --task/--protocols")
     # one subcommand per registered protocol that wants one: `ssl-bench knn ...` runs only it
     subcommands = {n: n for n in protocols if registry.get("protocol", n).listing.get("subcommand", True)}
     subcommands.update({alias: target for alias, target in ALIASES.items() if target in protocols})
@@ -140,7 +159,7 @@ def build_parser(registry: Any = None, only: str | None = None) -> argparse.Argu
             continue
         text = registry.get("protocol", proto).listing.get("help") or f"only the {proto} protocol"
         sp = sub.add_parser(name, help=text)
-        _common_run_args(sp, None, protocols)
+        _common_run_args(sp, None, protocols, launchers)
         sp.set_defaults(protocols=proto, command="run")
 
     p = sub.add_parser("pretrain", help="pretrain a task-independent encoder on a corpus, once; "
@@ -168,13 +187,20 @@ def build_parser(registry: Any = None, only: str | None = None) -> argparse.Argu
     _tracking_args(p)
 
     p = sub.add_parser("results", help="show the results table (mean, std, n, 95%% interval)")
-    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
+    p.add_argument("root", nargs="*", metavar="ROOT",
+                   help="results roots, read as one table (runs deduplicated by id; default: ./results or "
+                        "$SSL_BENCH_RESULTS)")
     p.add_argument("--compare", nargs="+", metavar="KEY",
                    help="config keys to pivot on (e.g. masker.ratio), with a paired test against --baseline")
     p.add_argument("--baseline", metavar="VALUE", help="the --compare value the others are tested against "
                                                        "(default: the first; comma-joined for several keys)")
     p.add_argument("--board", action="store_true",
                    help="leaderboard: model/encoder x task, each task's primary metric with its 95%% interval")
+    p.add_argument("--suite", metavar="NAME[@VERSION]",
+                   help="only this suite's rows; with --board, encoders ranked by their mean over its tasks")
+    p.add_argument("--compute", action="store_true",
+                   help="the compute ledger beside the scores: wall time, CPU-hours, GPU-hours by device, peak "
+                        "memory, per unit of work and in total")
     p.add_argument("--format", "-f", default="table", choices=["table", "md", "csv", "latex"])
     p.add_argument("--raw", action="store_true", help="every row instead of the summary over splits and seeds")
     p.add_argument("--model", help="only this model")
@@ -188,16 +214,22 @@ def build_parser(registry: Any = None, only: str | None = None) -> argparse.Argu
                    help="only runs whose setting KEY is VALUE (masker.ratio=0.8; repeatable)")
 
     p = sub.add_parser("plot", help="write PNG plots: the board (encoders x tasks), ablation bars, per-layer probe "
-                                    "curves, training curves")
-    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
-    p.add_argument("--out", "-o", default=None, help="output folder (default <root>/plots)")
+                                    "curves, label-efficiency curves, training curves")
+    p.add_argument("root", nargs="*", metavar="ROOT", help="results roots, read as one table (default: ./results "
+                                                            "or $SSL_BENCH_RESULTS)")
+    p.add_argument("--out", "-o", default=None, help="output folder (default <first root>/plots)")
     p.add_argument("--kind", action="append", metavar="KIND",
-                   help="only these plots (repeatable): board, ablation, layers, curves (default: all)")
+                   help="only these plots (repeatable): board, ablation, layers, label-efficiency, curves "
+                        "(default: all)")
     p.add_argument("--compare", nargs="+", metavar="KEY",
                    help="settings to draw ablation bars for (default: every setting that varies)")
     p.add_argument("--model", help="only this model")
     p.add_argument("--task", help="only this task")
     p.add_argument("--protocol", help="only this protocol")
+
+    p = sub.add_parser("status", help="where the latest launch under a results root stands: each unit's state, "
+                                      "failures with their logs, an estimate")
+    p.add_argument("root", nargs="?", default=os.environ.get("SSL_BENCH_RESULTS", "results"))
 
     p = sub.add_parser("plugins", help="list plugins, where they come from and what they register")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -233,20 +265,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_yaml, parse_overrides, resolve
     from .encoders import refuse_pretraining_settings
     from .files import cache_root, check_writable
+    from .launch.sweep import launch_options, make_launcher, run_sweep
+    from .launch.units import RunSpec
     from .model import check_config, checkpoint_model, checkpoint_settings, merge_checkpoint_settings
+    from .provenance import command_line
     from .registry import get_registry
-    from .runner import run_experiment
 
-    protocols = _names(args.protocols, "--protocols") or []
-    known = get_registry().names("protocol")
-    bad = [p for p in protocols if p not in known]
-    if bad:
-        raise ConfigError(f"unknown protocol {', '.join(bad)}; choose from {', '.join(known)}")
-    tasks = _names(args.task, "--task") or []
+    registry = get_registry()
+    known = registry.names("protocol")
     splits = _names(args.splits, "--splits")
-    for task in tasks:
-        get_registry().get("task", task)  # an unknown task fails before any work, listing the known ones
     sweeps = parse_overrides(args.overrides)
+    columns: dict[str, Any] = {}
+    suite = getattr(args, "suite", None)
+    if suite:  # the suite says which tasks, protocols, settings and splits
+        from .suites import get_suite, pinned_conflicts
+
+        given_flags = [flag for flag, value in (("--task", args.task), ("--splits", args.splits)) if value]
+        if given_flags or args.protocols != _default_protocols():
+            raise ConfigError(f"--suite {suite} chooses the tasks, protocols and splits itself; drop "
+                              f"{', '.join(given_flags) or '--protocols'}")
+        name, chosen = get_suite(suite, registry)
+        clash = pinned_conflicts(chosen, sweeps)
+        if clash:
+            raise ConfigError(f"--set {clash[0]}: suite {name} v{chosen.version} pins it (a result with another value "
+                              "would not be the suite's); run without --suite to vary it")
+        entries = [(e.task, list(e.protocols), dict(e.settings), list(e.splits) if e.splits else None)
+                   for e in chosen.tasks]
+        columns = chosen.columns(name)
+    else:
+        tasks = _names(args.task, "--task")
+        if not tasks:
+            raise ConfigError("--task is required (or --suite NAME; `ssl-bench plugins` lists tasks and suites)")
+        protocols = _names(args.protocols, "--protocols") or []
+        entries = [(task, protocols, {}, splits) for task in tasks]
+    for _, protocols, _, _ in entries:
+        bad = [p for p in protocols if p not in known]
+        if bad or not protocols:
+            raise ConfigError(f"unknown protocol {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
+    for task, *_ in entries:
+        registry.get("task", task)  # an unknown task fails before any work, listing the known ones
+    data_dirs = _data_dirs(args.data_dir, [task for task, *_ in entries], registry)
     extra: dict[str, Any] = {}
     if args.seed is not None:
         extra["seed"] = args.seed
@@ -264,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .results import sweep_labels
 
     given = {k: v for f in args.config for k, v in load_yaml(f).items()}  # what the user set, files and --set
-    configs = []
+    runs: list[RunSpec] = []
     labels = sweep_labels(sweeps)  # what each run of a sweep varied, for its directory name
     for checkpoint in checkpoints:
         # an ssl-bench checkpoint names its model and preset; a flag given wins
@@ -272,49 +330,67 @@ def cmd_run(args: argparse.Namespace) -> int:
                          else (args.model, args.preset))
         if not model:
             raise ConfigError("--model is required (only an ssl-bench --checkpoint names its own model)")
-        for task in tasks:
+        for task, protocols, pinned, task_splits in entries:
             # settings a checkpoint dictates (sizes, strides, stats) sit under the user's own overrides
             ckpt = checkpoint_settings(model, checkpoint, task) if checkpoint else {}
             for sweep, label in zip(sweeps, labels):
-                overrides = merge_checkpoint_settings(ckpt, {**sweep, **extra})
+                overrides = merge_checkpoint_settings(ckpt, {**pinned, **sweep, **extra})
                 config = resolve(model, preset=preset, task=task, files=args.config, overrides=overrides)
                 if checkpoint:  # its encoder was pretrained already: a pretraining setting cannot change it
-                    refuse_pretraining_settings({**given, **sweep}, config, checkpoint)
-                configs.append((checkpoint, label, config))
-    for _, _, config in configs:  # every setting checked (values, components, memory) before any data work
-        check_config(config, protocols=protocols)
+                    refuse_pretraining_settings({**given, **pinned, **sweep}, config, checkpoint)
+                runs.append(RunSpec(config, protocols, data_dirs.get(task), task_splits,
+                                    str(checkpoint) if checkpoint else None, label, columns, _track(args)))
+    for run in runs:  # every setting checked (values, components, memory) before any data work
+        check_config(run.config, protocols=run.protocols)
     if not args.dry_run:  # (a plan writes nothing)
         check_writable(args.results, "--results")
         check_writable(cache_root(args.results), "the cache folder (SSL_BENCH_CACHE)")
     if _is_main_process():  # what will run and about how long it takes, before any audio is read
         from .plan import format_plans, plan_run
 
-        plans = [plan_run(config, get_registry(), protocols, data_dir=args.data_dir, checkpoint=checkpoint is not None,
-                          splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
-                          preset_given=bool(args.preset) or checkpoint is not None)
-                 for checkpoint, _, config in configs]
+        plans = [plan_run(run.config, registry, run.protocols, data_dir=run.data_dir,
+                          checkpoint=run.checkpoint is not None, splits=run.splits,
+                          preset_given=bool(args.preset) or run.checkpoint is not None)
+                 for run in runs]
         print(format_plans(plans), file=sys.stdout if args.dry_run else sys.stderr, flush=True)
     if args.dry_run:
         return 0
-    run_dirs = []
-    for checkpoint, label, config in configs:
-        run_dirs.append(
-            run_experiment(
-                config,
-                data_dir=args.data_dir,
-                results_root=args.results,
-                protocols=protocols,
-                checkpoint=checkpoint,
-                splits=splits,
-                resume=args.resume,
-                progress=not args.quiet,
-                track=_track(args),
-                label=label,
-            )
-        )
-    if _is_main_process():
-        _print_runs(args.results, [Path(d).name for d in run_dirs if d is not None])
+    options = launch_options(args.launch)
+    launcher = make_launcher(args.launcher, options, jobs=args.jobs, threads=args.threads, registry=registry)
+    outcome = run_sweep(runs, launcher, results=args.results, resume=args.resume, detach=args.detach,
+                        plugins_dirs=list(args.plugins_dir), progress=not args.quiet, command=command_line(),
+                        registry=registry, launcher_options=options)
+    if outcome.detached or not _is_main_process():
+        return 0
+    _print_runs(args.results, [Path(d).name for d in outcome.run_dirs if d is not None])
+    if outcome.failed:
+        print(f"\n{len(outcome.failed)} unit(s) did not finish (their lines above give the error and the log); "
+              "the same command again runs only those", file=sys.stderr)
+        return 1
     return 0
+
+
+def _default_protocols() -> str:
+    from .config import DEFAULT_PROTOCOLS
+
+    return ",".join(DEFAULT_PROTOCOLS)
+
+
+def _data_dirs(values: list[str] | None, tasks: list[str], registry: Any) -> dict[str, str | None]:
+    """``--data-dir DIR`` (every task) and ``--data-dir TASK=DIR`` (that task) per task."""
+    from .config import ConfigError
+
+    default: str | None = None
+    per_task: dict[str, str] = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if sep and name in registry.names("task"):
+            per_task[name] = path
+        elif default is None:
+            default = value
+        else:
+            raise ConfigError(f"--data-dir {value}: a second folder for every task; give TASK=DIR for each task")
+    return {task: per_task.get(task, default) for task in tasks}
 
 
 def _is_main_process() -> bool:
@@ -334,17 +410,22 @@ def _print_runs(root: str, run_ids: list[str]) -> None:
     print(f"\nresults written to {', '.join(str(Path(root) / r) for r in run_ids)}")
 
 
+def _roots(args: argparse.Namespace) -> list[str]:
+    return list(args.root) if args.root else [os.environ.get("SSL_BENCH_RESULTS", "results")]
+
+
 def _filtered(args: argparse.Namespace):
     """``(every row under args.root, the rows its filters keep)``."""
     from . import results
 
-    everything = df = results.load(args.root)
+    roots = _roots(args)
+    everything = df = results.load(roots if len(roots) > 1 else roots[0])
     for column in ("model", "task", "protocol"):
         if getattr(args, column, None):
             df = df[df[column] == getattr(args, column)]
     if not df.empty:
         df = results.select(df, runs=getattr(args, "run", None), since=getattr(args, "since", None),
-                            where=getattr(args, "where", None))
+                            where=getattr(args, "where", None), suite=getattr(args, "suite", None))
     return everything, df
 
 
@@ -352,13 +433,15 @@ def _nothing_matched(args: argparse.Namespace, everything: Any) -> str:
     """The line ``results`` and ``plot`` print when their filters leave no row: the filters,
     what the root holds and the values the filtered columns take there."""
     if everything.empty:
-        return f"no results under {args.root}"
+        return f"no results under {', '.join(_roots(args))}"
     asked, columns = [], []
     for column in ("model", "task", "protocol"):
         if getattr(args, column, None):
             asked.append(f"--{column} {getattr(args, column)}")
             columns.append(column)
     asked += [f"--run {r}" for r in getattr(args, "run", None) or []]
+    if getattr(args, "suite", None):
+        asked.append(f"--suite {args.suite}")
     if getattr(args, "since", None):
         asked.append(f"--since {args.since}")
     for condition in getattr(args, "where", None) or []:
@@ -371,7 +454,7 @@ def _nothing_matched(args: argparse.Namespace, everything: Any) -> str:
         seen = sorted({str(v) for v in everything[column]})
         values.append(f"{column}: {', '.join(seen[:8])}{', ...' if len(seen) > 8 else ''}")
     runs = everything["run_id"].nunique()
-    return (f"no rows match {' '.join(asked)} ({len(everything)} rows of {runs} run(s) under {args.root}"
+    return (f"no rows match {' '.join(asked)} ({len(everything)} rows of {runs} run(s) under {', '.join(_roots(args))}"
             + (f"; {'; '.join(values)}" if values else "") + ")")
 
 
@@ -396,8 +479,13 @@ def cmd_results(args: argparse.Namespace) -> int:
     if df.empty:
         print(_nothing_matched(args, everything))
         return 0
+    if args.compute:
+        from .ledger import ledger
+
+        print(ledger(df).render(args.format))
+        return 0
     if args.board:
-        table = results.board(df)
+        table = results.board(df, by_suite=bool(args.suite))
     elif args.compare:
         try:
             table = results.compare(df, args.compare, baseline=args.baseline)
@@ -425,6 +513,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         which = f", sha256 {p['sha256'][:12]}" if p.get("sha256") else (f", {p['version']}" if p.get("version") else "")
         print(f"{p['name']}  ({p['origin']}{which})")
         for kind, names in sorted(p["registered"].items()):
+            if kind == "suite":  # a suite is known by its version too
+                names = [f"{n} (v{p.get('suites', {}).get(n, {}).get('version', '?')})" for n in names]
             print(f"    {kind + 's':<11} {', '.join(names)}")
         for name, model in p.get("models", {}).items():
             if model["presets"]:
@@ -473,15 +563,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import plot_results
 
     everything, df = _filtered(args)
+    roots = _roots(args)
     if df.empty:
         print(_nothing_matched(args, everything))
         return 0
-    out = Path(args.out) if args.out else Path(args.root) / "plots"
+    out = Path(args.out) if args.out else Path(roots[0]) / "plots"
     from .files import check_writable
 
     check_writable(out, "plot --out" if args.out else "the plots folder")
     kinds = [k.strip() for item in args.kind or [] for k in item.split(",") if k.strip()] or None
-    written, notes = plot_results(df, args.root, out, compare=args.compare, kinds=kinds)
+    written, notes = plot_results(df, roots, out, compare=args.compare, kinds=kinds)
     for path in written:
         print(path)
     for note in notes:
@@ -489,8 +580,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .launch.state import report
+
+    report(args.root)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "results": cmd_results, "plugins": cmd_plugins, "pretrain": cmd_pretrain,
-            "plot": cmd_plot}
+            "plot": cmd_plot, "status": cmd_status}
 
 
 def _one_line_warnings(default: Any) -> Any:

@@ -73,6 +73,11 @@ class DataConfig:
     cache: bool = True  # cache frontend features on disk
     strict: bool = False  # unreadable clips are errors instead of counted skips
     num_workers: int = 0
+    # label efficiency: train on `shots` labelled clips per class ("all" or null: every clip), or
+    # on `fraction` of each class's training clips; validation and test are untouched
+    shots: int | str | None = None
+    fraction: float | None = None
+    draw: int = 0  # seed of the labelled subset: one draw per value (--set data.draw=0,1)
 
     def check(self) -> None:
         if not 0.0 <= self.valid_fraction < 1.0:

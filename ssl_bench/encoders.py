@@ -22,7 +22,9 @@ An encoder under evaluation has one of four sources, and every row names it by c
 Pretraining is cached by content: :func:`pretrain_encoder` keys a finished pretraining by
 :func:`pretrain_hash` (model slots, pretraining settings, seed, normalisation and the audio's
 *content*) under ``<cache>/pretrain/<hash>/`` and reuses it; an interrupted one continues from
-its per-epoch checkpoint there.  The training loop knows no method by name: each step calls
+its per-epoch checkpoint there.  The entry's lock is held while it is made, so two processes
+that need one encoder (parallel jobs of a sweep) never both train it: the second waits and
+reuses it.  The training loop knows no method by name: each step calls
 ``model.method.loss(model, spec, step)`` on a micro-batch of normalised features
 (:func:`pretrain_loss`); randomness a method shares across a global batch (MAE's masks) comes
 from ``step.generator()``, so pretraining is the same computation for any number of
@@ -31,6 +33,7 @@ processes or accumulation steps, and after any resume.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -46,7 +49,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import distributed as D
-from .compute import compute_columns, count_parameters, flops_per_sample, spec_probe
+from .compute import compute_columns, count_parameters, cpu_seconds, flops_per_sample, spec_probe
 from .config import (
     BOOKKEEPING_FIELDS,
     EXECUTION_FIELDS,
@@ -56,7 +59,7 @@ from .config import (
     config_hash,
     data_settings,
 )
-from .files import atomic_write_text, json_default
+from .files import atomic_write_text, file_lock, json_default
 from .protocols.base import Pretrained
 from .protocols.data import SpecDataset, Unlabeled, normalize
 from .provenance import ID_LENGTH
@@ -296,17 +299,33 @@ def pretrain_encoder(model: nn.Module, unlabeled: Unlabeled, *, num_frames: int,
     content id, the ``init_id`` of rows evaluated from it), ``name`` (``{hash}`` in it becomes
     the hash's first characters), and ``reused``.
     """
-    from .checkpoint import load_into, save_model
-    from .provenance import file_sha256
-
     prefix = f"[{unlabeled.label}] " if unlabeled.label else ""
     h = pretrain_hash(config, unlabeled.clips, MODEL_SLOTS, getattr(model.frontend, "norm_stats", None), cache_dir,
                       device=device)
     name = name.format(hash=h[:6]) if name else None
     out_dir = cache_dir / "pretrain" / h
+    # one writer per encoder: a process that needs the same pretraining (a parallel job of a
+    # sweep) waits here, then reuses what the first one made
+    lock = (file_lock(cache_dir / "pretrain" / ".locks" / h,
+                      waiting=lambda: log(f"{prefix}pretrain: another process is pretraining {h}; waiting for it"))
+            if D.current().is_main else contextlib.nullcontext())
+    with lock:
+        return _pretrain_encoder(model, unlabeled, h, name, out_dir, num_frames=num_frames, config=config,
+                                 device=device, cache_dir=cache_dir, resume=resume, progress=progress, log=log,
+                                 log_metrics=log_metrics, prefix=prefix)
+
+
+def _pretrain_encoder(model: nn.Module, unlabeled: Unlabeled, h: str, name: str | None, out_dir: Path, *,
+                      num_frames: int, config: dict[str, Any], device: torch.device, cache_dir: Path, resume: bool,
+                      progress: bool, log: Callable[[str], None], log_metrics: Callable[[dict[str, Any]], None] | None,
+                      prefix: str) -> dict[str, Any]:
+    """:func:`pretrain_encoder` with the encoder's lock held."""
+    from .checkpoint import load_into, save_model
+    from .provenance import file_sha256
+
     final = out_dir / "pretrained.pt"
     meta_path = out_dir / "meta.json"
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
     meta = D.broadcast_object(_verified_meta(final, meta_path, cache_dir) if D.current().is_main else None)
     if meta is not None:
         load_into(model, final, strict=True)
@@ -323,7 +342,8 @@ def pretrain_encoder(model: nn.Module, unlabeled: Unlabeled, *, num_frames: int,
             "num_frames": int(num_frames), "norm": getattr(model.frontend, "norm_stats", None),
             "compute": compute_columns(parameters=count_parameters(model),
                                        flops=pretraining_flops(model, num_frames, device), fit=result,
-                                       wall_s=result.wall_s, device=device, world_size=D.current().world_size),
+                                       wall_s=result.wall_s, device=device, world_size=D.current().world_size,
+                                       cpu_s=cpu_seconds() - cpu0),
         }
         if D.current().is_main:
             save_model(model, final, pretrain_hash=h, **({"name": name} if name else {}))

@@ -25,7 +25,9 @@ changing any audio file (even keeping its size and restoring its modification ti
 -p`` and ``rsync -a`` do) or any spectrogram setting gives a new entry, while re-running, a
 second epoch, ``touch``, or a different ``num_frames`` reads the existing one.  Entries are written to a temporary directory and
 renamed into place, so a crash leaves nothing half-written and concurrent writers are safe
-(the first rename wins, the others discard their copy).
+(the first rename wins, the others discard their copy); a writer holds the entry's lock
+(:func:`~ssl_bench.files.file_lock`), so a second process waits and reads what the first wrote
+instead of computing it again.  The manifest records what the extraction cost (``compute``).
 
 Unreadable, empty or NaN clips are skipped with a warning naming the file and counted in
 :attr:`FeatureSet.skipped` (or raise :class:`~ssl_bench.audio.AudioError` with ``strict``).
@@ -56,8 +58,8 @@ import torch
 
 from .audio import AudioError, read_audio, resample_batch
 from .components import Clip
-from .files import (CacheWarning, check_file, clean_stale_temps, file_record, file_stamp, follow_umask, name_bytes,
-                    shown, temp_prefix, verify_all)
+from .files import (CacheWarning, check_file, clean_stale_temps, file_lock, file_record, file_stamp, follow_umask,
+                    name_bytes, shown, temp_prefix, verify_all)
 
 #: Bumped whenever the on-disk layout or the way features are computed changes.
 CACHE_VERSION = 2  # 2: keyed by content digests; verified.json holds full stamps
@@ -408,6 +410,9 @@ def _in_memory(clips, frontend, clip_seconds, device, batch_size, strict, progre
 
 
 def _write_entry(tmp: Path, clips, frontend, clip_seconds, device, batch_size, strict, progress) -> None:
+    from .compute import cpu_seconds
+
+    t0, cpu0 = time.time(), cpu_seconds()
     rows: list[tuple[int, int, int]] = []
     offset = 0
     num_bins = [None]
@@ -444,6 +449,9 @@ def _write_entry(tmp: Path, clips, frontend, clip_seconds, device, batch_size, s
         "skipped": skipped,
         "files": files,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # what the extraction cost (the compute ledger, `ssl-bench results --compute`)
+        "compute": {"wall_s": round(time.time() - t0, 3), "cpu_hours": round((cpu_seconds() - cpu0) / 3600.0, 6),
+                    "device": str(device)},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
     _write_stamp(tmp)  # the checksums were just taken: a first read need not take them again
@@ -591,14 +599,21 @@ def extract(
         if fs is not None:
             return fs
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(entry.name), dir=cache_dir))
-    follow_umask(tmp, directory=True)
-    try:
-        _write_entry(tmp, clips, frontend, clip_seconds, device, batch_size, strict, progress)
-        _install(tmp, entry)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    # one writer per entry: a second process (a parallel job of a sweep) waits, then reads it
+    with file_lock(cache_dir / ".locks" / entry.name,
+                   waiting=lambda: print(f"features: waiting for another process to write {entry}", flush=True)):
+        if entry.is_dir():
+            fs = _read_entry(entry, clips, strict, warn=False)
+            if fs is not None:
+                return fs
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(entry.name), dir=cache_dir))
+        follow_umask(tmp, directory=True)
+        try:
+            _write_entry(tmp, clips, frontend, clip_seconds, device, batch_size, strict, progress)
+            _install(tmp, entry)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     fs = _read_entry(entry, clips, strict=False, warn=False)  # _compute already warned
     if fs is None:  # pragma: no cover - only if the entry vanished between rename and read
         raise RuntimeError(f"feature cache entry {entry} could not be read back")

@@ -17,6 +17,8 @@
   file again (digests, cache entries, weights);
 * :func:`disk_full_message`: one line saying that the disk is full, naming the file;
 * :func:`check_writable`: before any work, one line when a folder cannot be written.
+* :func:`file_lock`: one writer at a time for a cache entry, across processes and hosts that
+  share the filesystem (``flock``, which Linux NFS clients carry over as POSIX locks);
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -401,3 +403,30 @@ def atomic_write(path: str | Path, mode: str, write: Any) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     return atomic_write(path, "w", lambda fh: fh.write(text))
+
+
+# --------------------------------------------------------------------------- locks
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, waiting: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` (created, with its folder, if missing) for the block.
+
+    Every writer of one cache entry takes the entry's lock, so two processes never write it at
+    once: the second waits, then finds the entry the first made.  The lock goes with the
+    process (a killed writer leaves no stale lock).  ``waiting`` is called once when the lock
+    is held by someone else, before blocking (to say so in a log).
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock

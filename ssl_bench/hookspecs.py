@@ -15,8 +15,9 @@ a call ``factory(cfg, build)``, ``build`` being the model's
 :class:`ssl_bench.model.ModelSpec` objects; task factories are called as
 ``factory(data_dir=...)``; protocols are :class:`ssl_bench.protocols.base.Protocol` classes;
 metrics are :class:`ssl_bench.metrics.Metric` objects; commands are
-:class:`ssl_bench.commands.Command` objects.  Registering a name that another plugin already
-registered is an error naming both plugins.
+:class:`ssl_bench.commands.Command` objects; launchers are :class:`ssl_bench.launch.base.Launcher`
+classes; suites are :class:`ssl_bench.suites.Suite` objects.  Registering a name that another
+plugin already registered is an error naming both plugins.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pluggy
 #: The kinds of model part a plugin can register, in the order a model is built.
 COMPONENT_KINDS = ("frontend", "encoder", "masker", "decoder", "objective", "method")
 #: Everything a plugin can register (one ``register_<kind>s`` hook each).
-KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "metric", "command")
+KINDS = COMPONENT_KINDS + ("model", "task", "protocol", "metric", "command", "launcher", "suite")
 
 hookspec = pluggy.HookspecMarker("ssl_bench")
 hookimpl = pluggy.HookimplMarker("ssl_bench")
@@ -98,3 +99,17 @@ def register_metrics(register):
 def register_commands(register):
     """Register CLI subcommands (``bench``, ``reconstruct``): :class:`ssl_bench.commands.Command`
     objects, added to ``ssl-bench`` as ``ssl-bench NAME``."""
+
+
+@hookspec
+def register_launchers(register):
+    """Register launchers (``local``, ``slurm``, ...): :class:`ssl_bench.launch.base.Launcher`
+    subclasses, chosen with ``ssl-bench run --launcher NAME`` and configured with ``--launch
+    KEY=VALUE`` (the fields of their ``Config`` dataclass).  A launcher decides where the units
+    of a sweep run, never what they compute."""
+
+
+@hookspec
+def register_suites(register):
+    """Register suites: named, versioned lists of (task, protocols, settings),
+    :class:`ssl_bench.suites.Suite` objects, run with ``ssl-bench run --suite NAME``."""

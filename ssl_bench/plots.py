@@ -11,6 +11,10 @@
   task's primary metric, the error bar its 95% interval (:func:`ssl_bench.results.summary`).
 * ``layers-<task>.png``: per-layer probe curves (rows with a ``layer`` column): the metric of
   each layer with its 95% interval as a band, one line per model, encoder and protocol.
+* ``label-efficiency-<task>.png``: the primary metric against the labelled training clips
+  per class (``data.shots``; ``all`` at the right) or the fraction of them (``data.fraction``),
+  one line per model, encoder and protocol, the band its 95% interval over splits, seeds and
+  draws (``data.draw``).
 * ``curves-<run-id>.png``: the training curves in the run's ``metrics.jsonl``: the
   pretraining loss per epoch, the fine-tuning loss and its validation score, one line per
   split.
@@ -40,7 +44,7 @@ TRIAL_KEYS = ("lr_peak", "aug")
 #: At most this many settings get an ablation plot when none are named.
 MAX_AUTO_ABLATIONS = 6
 #: What ``ssl-bench plot --kind`` draws.
-KINDS = ("board", "ablation", "layers", "curves")
+KINDS = ("board", "ablation", "layers", "label-efficiency", "curves")
 
 
 def _figure(width: float, height: float):
@@ -230,6 +234,65 @@ def plot_layers(df: pd.DataFrame, task: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+# --------------------------------------------------------------------------- label efficiency
+#: Settings a label-efficiency sweep varies, in the order they are looked for.
+LABEL_SETTINGS = ("data.shots", "data.fraction")
+
+
+def _label_amount(value: Any, key: str) -> float | None:
+    """The x of a row: shots per class, or the fraction; ``all`` / unset is the whole training
+    part (``inf`` for shots, 1 for fractions)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip().lower() in (
+            "all", "none", "null", "-", ""):
+        return math.inf if key == "data.shots" else 1.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_label_efficiency(df: pd.DataFrame, task: str, path: Path) -> Path | None:
+    """The primary metric against labelled data (see the module docstring)."""
+    rows = df[(df["task"] == task) & (df["protocol"] != "pretrain")]
+    key = next((k for k in LABEL_SETTINGS if k in rows.columns and rows[k].astype(str).nunique() > 1), None)
+    if key is None:
+        return None
+    rows = primary_rows(rows)
+    if "layer" in rows.columns:
+        rows = rows[rows["layer"].fillna("").astype(str) == ""]
+    rows = rows.assign(_x=[_label_amount(v, key) for v in rows[key]])
+    rows = rows[rows["_x"].notna()]
+    if rows.empty:
+        return None
+    finite = [x for x in rows["_x"].unique() if math.isfinite(x)]
+    top = max(finite) * 2 if finite else 1.0  # where "all" sits on the shots axis
+    rows["_x"] = [top if not math.isfinite(x) else x for x in rows["_x"]]
+    fig = _figure(6.0, 3.8)
+    ax = fig.subplots()
+    metric = rows["metric"].iloc[0]
+    for (model, init, init_id, protocol), part in rows.groupby(["model", "init", "init_id", "protocol"], sort=True):
+        s = summary(part, by=["_x"]).sort_values("_x")
+        x, y = s["_x"].to_numpy(dtype=float), s["mean"].to_numpy(dtype=float)
+        ci = np.nan_to_num(s["ci95"].to_numpy(dtype=float))
+        style = "--" if str(init_id) == "random" else "-"
+        line, = ax.plot(x, y, style, marker="o", ms=3, label=f"{model} {init} ({protocol})")
+        ax.fill_between(x, y - ci, y + ci, color=line.get_color(), alpha=0.2, linewidth=0)
+    xs = sorted(rows["_x"].unique())
+    if key == "data.shots":
+        ax.set_xscale("log")
+        ax.set_xticks(xs, ["all" if x == top and top not in finite else f"{x:g}" for x in xs])
+        ax.set_xlabel("labelled training clips per class")
+    else:
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xlabel("fraction of the labelled training clips")
+    ax.minorticks_off()
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: label efficiency, band = 95% CI over splits, seeds and draws", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------- training curves
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
@@ -301,11 +364,11 @@ def plot_curves(run_dir: Path, path: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- all
-def plot_results(df: pd.DataFrame, root: str | Path, out: str | Path, compare: list[str] | None = None,
-                 kinds: list[str] | None = None) -> tuple[list[Path], list[str]]:
-    """Every plot of ``kinds`` (default :data:`KINDS`) the rows of ``df`` (loaded from ``root``)
-    allow, written under ``out``; returns the files written and one line per kind that had
-    nothing to draw."""
+def plot_results(df: pd.DataFrame, root: str | Path | list[str | Path], out: str | Path,
+                 compare: list[str] | None = None, kinds: list[str] | None = None) -> tuple[list[Path], list[str]]:
+    """Every plot of ``kinds`` (default :data:`KINDS`) the rows of ``df`` (loaded from ``root``, or
+    several roots) allow, written under ``out``; returns the files written and one line per kind
+    that had nothing to draw."""
     out = Path(out)
     kinds = list(kinds or KINDS)
     unknown = [k for k in kinds if k not in KINDS]
@@ -322,8 +385,9 @@ def plot_results(df: pd.DataFrame, root: str | Path, out: str | Path, compare: l
         else:
             notes.append("board: nothing to draw (no evaluation rows: only pretraining losses)")
     if "ablation" in kinds:
-        keys = list(compare) if compare else splitting_columns(
-            df[df["protocol"] != "pretrain"], ["model", "task", "protocol", "metric"])[:MAX_AUTO_ABLATIONS]
+        keys = list(compare) if compare else [k for k in splitting_columns(
+            df[df["protocol"] != "pretrain"], ["model", "task", "protocol", "metric"])
+            if k not in (*LABEL_SETTINGS, "data.draw")][:MAX_AUTO_ABLATIONS]
         missing = [k for k in keys if k not in df.columns]
         if missing:
             from .config import ConfigError
@@ -341,9 +405,21 @@ def plot_results(df: pd.DataFrame, root: str | Path, out: str | Path, compare: l
         written += drawn
         if not drawn:
             notes.append("layers: nothing to draw (no per-layer probe rows: --protocols layers makes them)")
+    if "label-efficiency" in kinds:
+        drawn = [p for task in sorted(df["task"].dropna().unique())
+                 if (p := plot_label_efficiency(df, task, out / f"label-efficiency-{_slug(task)}.png")) is not None]
+        written += drawn
+        if not drawn:
+            notes.append("label-efficiency: nothing to draw (no sweep over data.shots or data.fraction here)")
     if "curves" in kinds:
-        drawn = [p for run_id in sorted(df["run_id"].dropna().unique())
-                 if (p := plot_curves(Path(root) / run_id, out / f"curves-{_slug(run_id)}.png")) is not None]
+        roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+        where = dict(zip(df["run_id"], df["root"])) if "root" in df.columns else {}
+        drawn = []
+        for run_id in sorted(df["run_id"].dropna().unique()):
+            run_dir = Path(where[run_id]) / run_id if run_id in where else roots[0] / run_id
+            p = plot_curves(run_dir, out / f"curves-{_slug(run_id)}.png")
+            if p is not None:
+                drawn.append(p)
         written += drawn
         if not drawn:
             notes.append("curves: nothing to draw (no run here trained: pretraining and fine-tuning write curves)")

@@ -18,6 +18,11 @@
   (and whether the checkout was dirty), Python/torch/torchaudio/CUDA versions, device, host,
   command line, and every plugin loaded (name, origin, version or a file plugin's SHA-256:
   :meth:`ssl_bench.registry.Registry.provenance`).
+  It also records the job that ran it (:func:`job_record`: launcher, SLURM job id and array
+  index, node, threads).
+* :func:`run_key` is a run's identity by content: its settings, protocols, splits, the task's
+  data as listed (:meth:`ssl_bench.splitdata.TaskData.fingerprint`) and a checkpoint's
+  weights.  A finished run with the same key is the same computation: launchers skip it.
 """
 
 from __future__ import annotations
@@ -434,6 +439,12 @@ def set_command(argv: Sequence[str] | None) -> None:
     _COMMAND = ["ssl-bench", *argv] if argv is not None else None
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command line of this process's ssl-bench command, as runs record it."""
+    argv = list(argv if argv is not None else _COMMAND or sys.argv)
+    return shlex.join([Path(argv[0]).name if argv else "python", *argv[1:]])
+
+
 def run_record(device: Any = None, argv: Sequence[str] | None = None, registry: Any = None) -> dict[str, Any]:
     """The provenance block of a run record (see the module docstring); ``registry``: where the
     plugins were loaded (default the process-wide one)."""
@@ -444,7 +455,6 @@ def run_record(device: Any = None, argv: Sequence[str] | None = None, registry: 
     dev = torch.device(device) if device is not None else None
     name = torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else (
         platform.processor() or platform.machine())
-    argv = list(argv if argv is not None else _COMMAND or sys.argv)
     return {
         "versions": versions(),
         "git": git_state(),
@@ -452,9 +462,57 @@ def run_record(device: Any = None, argv: Sequence[str] | None = None, registry: 
         "device": {"type": dev.type if dev is not None else None, "name": name},
         "host": socket.gethostname(),
         "platform": platform.platform(),
-        "command": shlex.join([Path(argv[0]).name if argv else "python", *argv[1:]]),
+        "command": command_line(argv),
         "plugins": (registry if registry is not None else get_registry()).provenance(),
+        "job": job_record(),
     }
+
+
+#: Environment variables through which a launcher tells a unit's process what it is
+#: (:func:`job_record`); SLURM and submitit set their own.
+LAUNCHER_ENV, JOB_ENV, JOBS_ENV = "SSL_BENCH_LAUNCHER", "SSL_BENCH_JOB_ID", "SSL_BENCH_JOBS"
+
+
+def job_record() -> dict[str, Any]:
+    """The job this process runs in: ``launcher`` (``local`` unless a launcher said otherwise),
+    ``job_id`` (SLURM's, ``<array job>_<index>`` for an array task; submitit's local job id; a
+    pool worker's id; else this process's id), ``array_index``, ``node``, ``threads`` (torch's
+    intra-op threads) and ``jobs`` (how many jobs the launcher runs at once; None where a
+    scheduler decides, or no launcher ran it)."""
+    import torch
+
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    else:
+        job_id = env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or env.get(JOB_ENV) or f"pid{os.getpid()}"
+    jobs = env.get(JOBS_ENV)
+    return {"launcher": env.get(LAUNCHER_ENV, "local"), "job_id": job_id,
+            "array_index": int(env["SLURM_ARRAY_TASK_ID"]) if env.get("SLURM_ARRAY_TASK_ID", "").isdigit() else None,
+            "node": env.get("SLURMD_NODENAME") or socket.gethostname(), "threads": int(torch.get_num_threads()),
+            "jobs": int(jobs) if jobs and jobs.isdigit() else None}
+
+
+def run_key(config: dict[str, Any], protocols: Sequence[str], splits: Sequence[str], data: str,
+            checkpoint_sha256: str | None = None, columns: dict[str, Any] | None = None) -> str:
+    """A run's identity by content (see the module docstring): the resolved ``config`` as given
+    (minus what changes no number: checkpoint cadence, loader workers, the checkpoint's path,
+    which ``checkpoint_sha256`` replaces), ``protocols``, ``splits`` (names, in order), ``data``
+    (the task's fingerprint) and extra row ``columns`` (a suite's name and version).  Not the
+    code, as no cache here is keyed by it: a run keeps the ``code_version`` that computed it in
+    every row, and a launcher says when a finished run it reuses came from other code."""
+    from .config import BOOKKEEPING_FIELDS, config_hash
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in BOOKKEEPING_FIELDS}
+        return node
+
+    settings = strip({k: v for k, v in config.items() if k != "checkpoint"})
+    if isinstance(settings.get("data"), dict):
+        settings["data"] = {k: v for k, v in settings["data"].items() if k != "num_workers"}
+    return config_hash({"config": settings, "protocols": list(protocols), "splits": list(splits), "data": data,
+                        "checkpoint": checkpoint_sha256, "columns": dict(columns or {})})
 
 
 def jsonable(obj: Any) -> Any:

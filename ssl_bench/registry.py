@@ -69,10 +69,11 @@ def _declared_builtins() -> dict[str, str]:
 #: (running from a source tree that was never installed): read from pyproject.toml.
 BUILTIN_MODULES = _declared_builtins()
 
-#: The core's own registrations (the built-in protocols and metrics), loaded into every registry,
-#: also one made with ``entry_points=False``: they use the same hooks as any plugin, but are not
-#: optional.
-CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin", "metrics": "ssl_bench.metrics.builtin"}
+#: The core's own registrations (the built-in protocols, metrics and launchers), loaded into every
+#: registry, also one made with ``entry_points=False``: they use the same hooks as any plugin, but
+#: are not optional.
+CORE_MODULES = {"protocols": "ssl_bench.protocols.builtin", "metrics": "ssl_bench.metrics.builtin",
+                "launchers": "ssl_bench.launch.builtin"}
 
 HOOKS = {f"register_{kind}s": kind for kind in KINDS}
 
@@ -392,6 +393,34 @@ class Registry:
                 models[name] = dict(found.listing)
             if models:
                 entry["models"] = models
+            suites = {}
+            for name in sorted(info.registered.get("suite", ())):
+                try:
+                    suite = self.get("suite", name).factory
+                except Exception:  # noqa: BLE001 - a name another plugin took: listed, not described
+                    continue
+                suites[name] = {"version": str(getattr(suite, "version", "")),
+                                "description": getattr(suite, "description", ""),
+                                "tasks": [{"task": t.task, "protocols": list(t.protocols), "settings": dict(t.settings),
+                                           "splits": list(t.splits) if t.splits else None}
+                                          for t in getattr(suite, "tasks", ())]}
+            if suites:
+                entry["suites"] = suites
+            launchers = {}
+            for name in sorted(info.registered.get("launcher", ())):
+                try:
+                    cls = self.get("launcher", name).factory
+                except Exception:  # noqa: BLE001
+                    continue
+                import dataclasses
+
+                config = getattr(cls, "Config", None)
+                launchers[name] = {"help": getattr(cls, "help", ""), "settings": {
+                    f.name: (f.default if f.default is not dataclasses.MISSING else None)
+                    for f in (dataclasses.fields(config) if config is not None and dataclasses.is_dataclass(config)
+                              else ())}}
+            if launchers:
+                entry["launchers"] = launchers
             out.append(entry)
         return out
 

@@ -6,7 +6,13 @@ unless set), the features of every clip (extracted once, through the feature cac
 digest of the audio's content.  :meth:`TaskData.split_data` gives a split's
 :class:`~ssl_bench.protocols.data.SplitData`: validation from the task's own validation set or
 carved out of the split's training clips (stratified, seeded; the test part is never used for
-a choice), targets, sampling weights and normalisation statistics.
+a choice), targets, sampling weights and normalisation statistics.  With ``data.shots`` or
+``data.fraction`` (label efficiency) the labelled training part is a stratified draw
+(``data.draw`` its seed) from what remains after validation is carved; validation, test, the
+pretraining audio and the normalisation statistics stay those of the whole split.
+:meth:`TaskData.fingerprint` is the task's identity as listed (clips, labels, splits, file
+sizes and times), which a run's identity is built on; :func:`prepare_features` is a launcher's
+features unit (every clip of a run's splits through the feature cache, once).
 
 The functions below it are the same steps for audio that is not a task's (``ssl-bench
 pretrain --corpus DIR``): folder listing, frontend sizing, extraction, statistics.
@@ -14,8 +20,10 @@ pretrain --corpus DIR``): folder listing, frontend sizing, extraction, statistic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +37,7 @@ from . import distributed as D
 from .components import BuildContext, Clip
 from .config import ConfigError, data_settings, instantiate_config
 from .events import EVENTS, MULTICLASS, label_shape_of
+from .files import file_stamp
 from .protocols.data import SplitData, label_targets
 
 #: Suffixes of the audio files a folder corpus is made of.
@@ -135,6 +144,28 @@ def published_stats(task: Any, frontend: Any) -> tuple[float, float] | None:
     return None
 
 
+def label_settings(config: dict[str, Any]) -> tuple[int | None, float | None, int]:
+    """``(shots, fraction, draw)`` of the ``data`` section, checked: ``shots`` a positive number of
+    clips per class (``all`` or null: every clip), ``fraction`` in (0, 1], not both."""
+    data = data_settings(config)
+    shots, fraction = data.shots, data.fraction
+    if isinstance(shots, str) and shots.strip().lower() in ("all", "none", "null", ""):
+        shots = None
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, float)) or shots < 1
+                              or int(shots) != shots):
+        raise ConfigError(f"data.shots={data.shots!r}: expected a number of labelled clips per class (1, 4, ...) "
+                          "or all")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0.0 < float(fraction) <= 1.0):
+        raise ConfigError(f"data.fraction={fraction!r}: expected a fraction of each class's training clips in (0, 1]")
+    if shots is not None and fraction is not None:
+        raise ConfigError("data.shots and data.fraction both set: choose one way to draw the labelled clips")
+    if isinstance(data.draw, bool) or not isinstance(data.draw, int) or data.draw < 0:
+        raise ConfigError(f"data.draw={data.draw!r}: expected the seed of the labelled draw (0, 1, ...)")
+    return (int(shots) if shots is not None else None,
+            float(fraction) if fraction is not None else None, int(data.draw))
+
+
 # --------------------------------------------------------------------------- a task's clips
 @dataclass
 class SplitParts:
@@ -143,6 +174,7 @@ class SplitParts:
     train: list[Clip]
     valid: list[Clip]
     carved: bool  # carved out of the training clips (the task gives no validation set)
+    whole_train: list[Clip] | None = None  # the training part before a label-efficiency draw (None: no draw)
 
 
 @dataclass
@@ -187,6 +219,7 @@ class TaskData:
         self.metric_names = list(self.task.metrics)
         self.check_metrics()
         self.seed = int(config.get("seed", 0))
+        self.shots, self.fraction, self.draw = label_settings(config)
         self.frontend: Any = None
         self.num_frames = self.num_bins = 0
         self.features: Any = None
@@ -229,18 +262,51 @@ class TaskData:
         clips (stratified, seeded) when the task gives none; ``readable``: carved from the clips
         whose features were extracted, so no unreadable clip takes a validation place."""
         if split.valid is not None:
-            return SplitParts(list(split.train), list(split.valid), False)
-        from .splits import carve_validation
+            parts = SplitParts(list(split.train), list(split.valid), False)
+        else:
+            from .splits import carve_validation
 
-        clips = [c for c in split.train if c.key in self.feature_index] if readable else split.train
-        fraction = float(data_settings(self.config).valid_fraction)
-        train, valid = carve_validation(clips, fraction, self.seed, self.label_shape)
-        return SplitParts(list(train), list(valid), True)
+            clips = [c for c in split.train if c.key in self.feature_index] if readable else split.train
+            fraction = float(data_settings(self.config).valid_fraction)
+            train, valid = carve_validation(clips, fraction, self.seed, self.label_shape)
+            parts = SplitParts(list(train), list(valid), True)
+        if self.shots is not None or self.fraction is not None:
+            from .splits import label_subset
+
+            whole = [c for c in parts.train if c.key in self.feature_index] if readable else parts.train
+            parts.whole_train = whole
+            parts.train = label_subset(whole, shots=self.shots, fraction=self.fraction, seed=self.draw,
+                                       shape=self.label_shape)
+        return parts
 
     def training_sizes(self, unlabeled: bool) -> dict[str, int]:
         """Per split, the examples a training protocol's batch is drawn from: the split's whole
         training audio (``unlabeled``), else its labelled training part."""
         return {s.name: len(s.train) if unlabeled else len(self.parts(s).train) for s in self.splits}
+
+    def fingerprint(self) -> str:
+        """The task's identity as listed: per split, each part's clips (key, labels, resolved
+        path and :func:`~ssl_bench.files.file_stamp`: size, modification time, inode and ctime),
+        the class names and the clip length.  Stat-based like the digest cache's key: changed
+        audio or labels give another fingerprint, whatever the modification time says."""
+        h = hashlib.sha256()
+        h.update(repr((self.task.name, self.classes, self.label_shape, self.clip_seconds)).encode())
+        stamps: dict[Any, str] = {}
+        for split in self.splits:
+            h.update(f"\nsplit {split.name}".encode("utf-8", "surrogateescape"))
+            for part, clips in (("train", split.train), ("valid", split.valid), ("test", split.test)):
+                h.update(f"\n{part} {'-' if clips is None else len(clips)}".encode())
+                for clip in clips or ():
+                    stamp = stamps.get(clip.path)
+                    if stamp is None:
+                        try:
+                            stamp = f"{os.path.realpath(clip.path)}:{file_stamp(os.stat(clip.path))}"
+                        except OSError:
+                            stamp = "missing"
+                        stamps[clip.path] = stamp
+                    events = [(e.label, e.onset, e.offset) for e in getattr(clip, "events", ())]
+                    h.update(f"\n{clip.key}\t{list(clip.labels)}\t{events}\t{stamp}".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
 
     def size_frontend(self) -> None:
         """Build the frontend and settle the model's input length for the task's clips."""
@@ -278,7 +344,21 @@ class TaskData:
 
         root = getattr(self.task, "root", None)
         return {"task": self.task.name, "root": str(root) if root else None, **self.digest,
-                "download": download_record(root) if root else None}
+                "download": download_record(root) if root else None, "features": self.features_record()}
+
+    def features_record(self) -> dict[str, Any] | None:
+        """The feature cache entry the run read and what extracting it cost (its manifest's
+        ``compute``), for the compute ledger; None when the features were not cached."""
+        import json
+
+        entry = getattr(self.features, "path", None)
+        if entry is None:
+            return None
+        try:
+            manifest = json.loads((Path(entry) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {"entry": Path(entry).name}
+        return {"entry": Path(entry).name, "clips": manifest.get("num_kept"), **(manifest.get("compute") or {})}
 
     def norm_stats(self, train: np.ndarray, corpus: Any = None) -> tuple[tuple[float, float] | None, str]:
         """``((mean, std), source)`` to give the model's frontend, or ``(None, why)`` when it needs
@@ -315,7 +395,9 @@ class TaskData:
         if len(train) == 0 or len(test) == 0:
             raise ConfigError(f"task {self.task.name!r} split {split.name!r}: no usable training or test clips "
                               f"({n_skipped} skipped)")
-        mean_std_, stats_from = self.norm_stats(train, corpus)
+        # statistics describe the audio, not the labels: those of the whole training part
+        whole = self.indices(parts.whole_train) if parts.whole_train is not None else train
+        mean_std_, stats_from = self.norm_stats(whole, corpus)
         targets = label_targets(self.features.clips, len(self.classes), self.label_shape)
         weights = None
         if callable(getattr(self.task, "train_weights", None)):  # class-balanced sampling (AudioSet-2M)
@@ -327,13 +409,28 @@ class TaskData:
                    "n_skipped": int(n_skipped), "split_protocol": getattr(self.task, "split_protocol", ""),
                    "valid_source": "carved from train" if parts.carved else "task"}
         norm = f"norm mean {mean_std_[0]:.4f} std {mean_std_[1]:.4f} ({stats_from}); " if mean_std_ else ""
-        log(f"[{split.name}] train {len(train)}, valid {len(valid)}{' (carved)' if parts.carved else ''}, "
+        drawn = ""
+        if parts.whole_train is not None:
+            how = f"data.shots={self.shots}" if self.shots is not None else f"data.fraction={self.fraction:g}"
+            drawn = f" ({how} of {len(whole)}, draw {self.draw})"
+        log(f"[{split.name}] train {len(train)}{drawn}, valid {len(valid)}{' (carved)' if parts.carved else ''}, "
             f"test {len(test)}, skipped {n_skipped}; {norm}{self.num_frames} frames")
         return PreparedSplit(data, columns, mean_std_)
 
     def indices(self, clips: Sequence[Clip]) -> np.ndarray:
         """Feature indices of the readable clips among ``clips``."""
         return np.array([self.feature_index[c.key] for c in clips if c.key in self.feature_index], dtype=np.int64)
+
+
+def prepare_features(config: dict[str, Any], registry: Any, *, data_dir: str | Path | None,
+                     splits: Sequence[str] | None, cache_dir: Path, device: torch.device, progress: bool) -> TaskData:
+    """A launcher's features unit: every clip of ``splits`` of the config's task, with the config's
+    frontend sized for the task, through the feature cache (the entry a run of the same splits
+    reads), and the digest of the audio."""
+    task_data = TaskData(config, registry, data_dir, splits)
+    task_data.size_frontend()
+    task_data.load_features(cache_dir, device, progress)
+    return task_data
 
 
 def cap_batch_sizes(config: dict[str, Any], trainers: Sequence[tuple[str, str]], task_data: TaskData,

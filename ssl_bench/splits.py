@@ -1,9 +1,11 @@
-"""Validation sets carved out of training data: stratified and deterministic.
+"""Validation sets carved out of training data, and labelled subsets of it: stratified and deterministic.
 
 Tasks without an official validation set (ESC-50 folds, a user's folder) get one from the
 training split only, never from the test split, so model selection cannot see test data.
 Stratification follows the task's label shape (:mod:`ssl_bench.events`): by class, by the
 rarest label of a multi-label clip, by the set of labels an events clip holds.
+:func:`label_subset` draws the labelled clips of a label-efficiency run (``data.shots`` clips
+per class, or ``data.fraction`` of each class) from what remains for training.
 """
 
 from __future__ import annotations
@@ -104,6 +106,42 @@ def carve_validation(
     train = [c for i, c in enumerate(clips) if i not in valid_idx]
     valid = [c for i, c in enumerate(clips) if i in valid_idx]
     return train, valid
+
+
+def label_subset(clips: Sequence[Clip], *, shots: int | None = None, fraction: float | None = None, seed: int = 0,
+                 shape: str = MULTICLASS) -> list[Clip]:
+    """The labelled clips of a label-efficiency run, drawn from ``clips`` (a split's training
+    part): ``shots`` clips of every class, or ``fraction`` of each class's clips (at least one),
+    in the input order.
+
+    The draw depends only on the set of clips and ``seed`` (each draw of a sweep is a seed), not
+    on the order a task lists them; a class with fewer clips than asked keeps all of them.
+    Multi-label and events (a clip's labels: those of its events): clips are taken in the draw's
+    order whenever one of their labels still needs examples, so every class reaches its count (a
+    clip counts for each of its labels); with ``fraction``, that fraction of the clips without
+    any label (recordings without an event) comes along.
+    """
+    if shots is None and fraction is None:
+        return list(clips)
+    clips = list(clips)
+    multilabel = shape != MULTICLASS
+    counts: Counter = Counter(c for clip in clips for c in (clip.labels if multilabel else clip.labels[:1]))
+    if shots is not None:
+        wanted = {c: min(int(shots), n) for c, n in counts.items()}
+    else:
+        wanted = {c: min(n, max(1, int(round(float(fraction) * n)))) for c, n in counts.items()}
+    order = sorted(range(len(clips)), key=lambda i: (_order_key(clips[i], seed), clips[i].key))
+    have: Counter = Counter()
+    keep: set[int] = set()
+    for i in order:
+        labels = clips[i].labels if multilabel else clips[i].labels[:1]
+        if any(have[c] < wanted[c] for c in labels):
+            keep.add(i)
+            have.update(labels)
+    if fraction is not None:
+        empty = [i for i in order if not clips[i].labels]
+        keep.update(empty[:int(round(float(fraction) * len(empty)))])
+    return [c for i, c in enumerate(clips) if i in keep]
 
 
 def label_histogram(clips: Sequence[Clip], num_classes: int) -> np.ndarray:

@@ -180,10 +180,16 @@ def _resolves(argv: list[str]) -> None:
     old = set_registry(registry)
     try:
         args = build_parser(registry).parse_args(argv)
-        for task in args.task.split(","):
+        entries = [(task, {}) for task in (args.task or "").split(",") if task]
+        if getattr(args, "suite", None):  # a suite's tasks, with the settings it pins
+            from ssl_bench.suites import get_suite
+
+            entries = [(e.task, dict(e.settings)) for e in get_suite(args.suite, registry)[1].tasks]
+        assert entries, f"ssl-bench {' '.join(argv)} names no task"
+        for task, pinned in entries:
             for sweep in parse_overrides(args.overrides):
-                config = resolve(args.model, preset=args.preset, task=task, files=args.config, overrides=sweep,
-                                 registry=registry)
+                config = resolve(args.model, preset=args.preset, task=task, files=args.config,
+                                 overrides={**pinned, **sweep}, registry=registry)
                 if config["model"] == "hear" and importlib.util.find_spec(
                         str(config["encoder"].get("module") or "-")) is None:
                     with pytest.raises(ConfigError, match="install the HEAR package first"):
@@ -248,7 +254,7 @@ def test_every_readme_step_runs_as_written(reader, capsys, monkeypatch):
         if argv is not None:
             argv = [a.replace("<hash>", encoder) for a in argv]
             command = argv[2] if argv[:1] == ["--plugins-dir"] else argv[0]
-            if command not in ("results", "plugins", "plot", "reconstruct", "export-hear"):  # a run
+            if command not in ("results", "plugins", "plot", "reconstruct", "export-hear", "status"):  # a run
                 if any(name in step for name in NEEDS_FILES if not Path(name).exists()):
                     _resolves(argv)
                     checked.append((step, "needs a file the reader brings"))

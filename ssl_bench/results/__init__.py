@@ -6,7 +6,7 @@ Layout of a results root::
       <run-id>/            one finished run, written atomically (temp dir + rename)
         config.yaml        the fully resolved configuration
         metrics.jsonl      one JSON object per epoch / step record
-        result.json        {"run_id", "config_hash", "provenance", "config", "rows": [...]}
+        result.json        {"run_id", "run_key", "config_hash", "provenance", "config", "rows": [...]}
         log.txt            what the run printed
         *.pt               checkpoints, where asked
       .tmp-<run-id>-<host>-<pid>-<start>-*/
@@ -39,14 +39,14 @@ from .columns import (
     varying_columns,
 )
 from .formatting import Best, csv_safe, format_cell, format_p, format_table, latex_escape
-from .load import MISSING, ResultsWarning, load, run_dirs, run_time, select, short_run_id
+from .load import MISSING, ResultsWarning, finished_runs, load, run_dirs, run_time, select, short_run_id
 from .stats import WILCOXON_MIN_PAIRS, cell_interval, holm, paired_comparison, paired_test, significance
 from .views import board, compare, split_table, summary
 from .writer import NullWriter, RunWriter, new_run_id, sweep_labels
 
 __all__ = ["ENCODER_KEYS", "MISSING", "NOT_SETTINGS", "PRETRAINING_PREFIXES", "ROW_KEYS", "VARIANT_KEYS",
            "WILCOXON_MIN_PAIRS", "Best", "NullWriter", "ResultsWarning", "RunWriter", "board", "cell_interval", "compare",
-           "csv_safe", "format_cell", "format_p", "format_table", "latex_escape", "holm", "is_setting", "load", "new_run_id", "paired_comparison",
+           "csv_safe", "finished_runs", "format_cell", "format_p", "format_table", "latex_escape", "holm", "is_setting", "load", "new_run_id", "paired_comparison",
            "paired_test", "primary_rows", "run_dirs",
            "run_time", "select", "short_run_id", "significance", "split_table", "splitting_columns", "summary",
            "sweep_labels", "variant_columns", "varying_columns"]

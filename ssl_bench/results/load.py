@@ -41,8 +41,28 @@ def run_dirs(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "result.json").is_file())
 
 
-def load(root: str | Path = "results") -> pd.DataFrame:
-    """Every run under ``root`` as one tidy DataFrame (see module docstring).
+def finished_runs(root: str | Path) -> dict[str, Path]:
+    """``{run key: run directory}`` of the finished runs under ``root`` that record their key
+    (:func:`ssl_bench.provenance.run_key`); of several with one key, the latest.  What a
+    launcher skips: the same computation, done."""
+    found: dict[str, Path] = {}
+    for d in run_dirs(root):
+        try:
+            key = json.loads((d / "result.json").read_text()).get("run_key")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(key, str) and key:
+            found[key] = d
+    return found
+
+
+def load(root: str | Path | list[str | Path] = "results") -> pd.DataFrame:
+    """Every run under ``root`` (or under each of several roots) as one tidy DataFrame (see
+    module docstring); the ``root`` column says where each run was read.
+
+    Roots from several machines merge: a run found under two roots is one run (runs are
+    deduplicated by run id); if its two records disagree, a :class:`ResultsWarning` names the
+    run and both places, and the first root's record is kept.
 
     Rows of runs written before encoders had ids keep ``random`` and ``pretrained`` (an in-run
     pretraining, told apart by the config columns) as their ``init_id``; a checkpoint's row
@@ -56,7 +76,9 @@ def load(root: str | Path = "results") -> pd.DataFrame:
     loaded = 0
     settings: set[str] = set()
     skipped_rows: list[tuple[Path, list[Any]]] = []
-    for d in run_dirs(root):
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+    seen: dict[str, tuple[Path, str]] = {}  # run id -> (where, digest of its rows)
+    for d in (d for r in roots for d in run_dirs(r)):
         record = d / "result.json"
         try:
             result = json.loads(record.read_text())
@@ -73,22 +95,31 @@ def load(root: str | Path = "results") -> pd.DataFrame:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             bad.append((record, reason[:200]))
             continue
+        digest = json.dumps(result.get("rows", []), sort_keys=True, default=str)
+        if d.name in seen:
+            where, first = seen[d.name]
+            if first != digest:
+                warnings.warn(f"run {d.name} differs between {shown(where)} and {shown(d)}: kept the first; remove "
+                              "or rename one of them", ResultsWarning, stacklevel=2)
+            continue
+        seen[d.name] = (d, digest)
         if dropped:
             skipped_rows.append((d / "result.json", dropped))
         loaded += 1
         if df is not None:
-            frames.append(df)
+            frames.append(df.assign(root=str(d.parent)))
     for path, reason in bad:  # one damaged record must not hide every other run
         warnings.warn(f"{shown(path)}: unreadable run record ({reason}); skipped, {loaded} run(s) "
                       "loaded; remove or repair that directory", ResultsWarning, stacklevel=2)
     for path, dropped in skipped_rows:
         warnings.warn(f"{shown(path)}: {len(dropped)} row(s) whose value is not a number left out (the first: "
                       f"{dropped[0]!r}); the run's other rows are loaded", ResultsWarning, stacklevel=2)
-    finished = {d.name for d in run_dirs(root)}
+    finished = set(seen)
+    finished_keys = {k for r in roots for k in finished_runs(r)}
     unfinished = []
-    for info, rows in partial_runs(root):
-        if info["run_id"] in finished:  # ended between its rename and the state's removal
-            continue
+    for info, rows in (found for r in roots for found in partial_runs(r)):
+        if info["run_id"] in finished or info.get("run_key") in finished_keys:  # ended between its rename and
+            continue  # the state's removal
         try:
             df = _frame({**info, "rows": rows}, info.get("config") or {}, info["run_id"], settings,
                         partial(_unfinished_predictions, Path(info["dir"])))
@@ -199,11 +230,19 @@ def run_time(run_id: str) -> datetime | None:
 
 
 def select(df: pd.DataFrame, runs: list[str] | None = None, since: str | None = None,
-           where: list[str] | None = None) -> pd.DataFrame:
+           where: list[str] | None = None, suite: str | None = None) -> pd.DataFrame:
     """The rows of ``df`` from ``runs`` (full ids, short ids or id prefixes), of runs started at or
     after ``since`` (``2026-12-01`` or ``2026-12-01T14:00``, UTC) and whose settings match every
-    ``where`` (``masker.ratio=0.8``; ``-`` matches runs without the key)."""
+    ``where`` (``masker.ratio=0.8``; ``-`` matches runs without the key), and of ``suite``
+    (``NAME`` or ``NAME@VERSION``)."""
     from ..config import ConfigError
+
+    if suite:
+        name, _, version = suite.partition("@")
+        keep = df["suite"].astype(str) == name if "suite" in df.columns else pd.Series(False, index=df.index)
+        if version and "suite_version" in df.columns:
+            keep &= df["suite_version"].astype(str) == version
+        df = df.loc[keep.to_numpy(dtype=bool)]
 
     if runs:
         wanted = [r.strip() for r in runs if r.strip()]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .columns import ENCODER_KEYS, PRETRAINING_PREFIXES, primary_rows, splitting_columns, variant_columns
 from .formatting import Best, format_cell, format_p
-from .load import _matches, short_run_id
+from .load import MISSING, _matches, short_run_id
 from .stats import ClipData, cell_interval, holm, paired_comparison, units
 
 #: The statistics columns of :func:`summary`, after its key columns.
@@ -160,12 +160,22 @@ def compare(df: pd.DataFrame, keys: list[str], baseline: str | None = None) -> p
     return out.set_index(index)
 
 
-def board(df: pd.DataFrame) -> pd.DataFrame:
+def board(df: pd.DataFrame, by_suite: bool = False) -> pd.DataFrame:
     """The leaderboard: a row per model, encoder (``init``, ``init_id``) and protocol (and any
     setting that varies within a task), a column per task holding the task's primary metric as
     ``mean [95% interval] (n)``; the best of each column is a :class:`Best` cell, which
-    :func:`format_table` shows in bold in ``md`` and ``latex``."""
+    :func:`format_table` shows in bold in ``md`` and ``latex``.
+
+    ``by_suite``: rows of suites only, a row per suite (name and version), model, encoder and
+    setting, a column per (task, protocol) of the suite, ranked by ``suite mean``: the mean of
+    those cells' means, for an encoder with every cell (one without is unranked, ``-``)."""
     df = df[df["protocol"] != "pretrain"] if "protocol" in df.columns else df
+    if by_suite:
+        if "suite" not in df.columns:
+            return pd.DataFrame()
+        df = df[df["suite"].notna() & (df["suite"].astype(str) != MISSING)].copy()
+        df["protocol"] = df["task"].astype(str) + " · " + df["protocol"].astype(str)  # a column per cell
+        df["task"] = df["protocol"]
     df = primary_rows(df)
     if df.empty:
         return pd.DataFrame()
@@ -182,6 +192,8 @@ def board(df: pd.DataFrame) -> pd.DataFrame:
                 if c in df.columns and c not in pretraining]
         df = pd.concat([df[~random], df[random].drop_duplicates(subset=rest)])
     index = ["model", *ENCODER_KEYS, "protocol", *extra, *variant_columns(df)]
+    if by_suite:
+        index = ["suite", "suite_version", "model", *ENCODER_KEYS, *extra, *variant_columns(df)]
     index = list(dict.fromkeys(c for c in index if c in df.columns))
     s = summary(df, by=index)
     tasks = sorted(s["task"].unique())
@@ -192,6 +204,16 @@ def board(df: pd.DataFrame) -> pd.DataFrame:
     table = s.pivot_table(index=index, columns="task", values="cell", aggfunc="first").fillna("")
     table = table[tasks]
     table.columns = [f"{t} ({metric[t]})" for t in tasks]
+    if by_suite:
+        cells = s.groupby(index, dropna=False)["mean"]
+        complete = s.groupby(["suite", "suite_version"])["task"].transform("nunique")
+        s["_complete"] = s.groupby(index, dropna=False)["task"].transform("nunique") == complete
+        score = cells.mean().where(s.groupby(index, dropna=False)["_complete"].all())
+        table["suite mean"] = [f"{v:.4f}" if pd.notna(v) else "-" for v in score.reindex(table.index)]
+        order = score.reindex(table.index).fillna(-np.inf).to_numpy()
+        table = table.iloc[np.argsort(-order, kind="stable")]
+        ranks = score.reindex(table.index)
+        table.insert(0, "rank", [str(i + 1) if pd.notna(v) else "-" for i, v in enumerate(ranks)])
     return table
 
 

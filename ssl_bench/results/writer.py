@@ -19,7 +19,6 @@ from typing import Any
 
 from ..config import config_hash, dump_yaml
 from ..files import atomic_write_text, clean_stale_temps, follow_umask, temp_prefix
-from .partial import Journal
 
 
 def new_run_id(config: dict[str, Any], label: str = "") -> str:
@@ -52,15 +51,14 @@ class RunWriter:
     ``provenance``: the run's provenance block (:func:`ssl_bench.provenance.run_record` plus
     data and checkpoint digests), saved in ``result.json``.  ``track``: trackers to copy the
     params, per-epoch metrics and final rows to (``{"mlflow": URI, "tensorboard": DIR}``).
-    ``journal``: the run's state directory, where its rows are also written as they come
-    (:class:`~ssl_bench.results.partial.Journal`), so an interrupted run's rows can be shown.
     """
 
     def __init__(self, root: str | Path, run_id: str, config: dict[str, Any], *, echo: bool = False,
                  keep_partial: bool = False, provenance: dict[str, Any] | None = None,
-                 track: dict[str, Any] | None = None, journal: str | Path | None = None):
+                 track: dict[str, Any] | None = None, run_key: str | None = None):
         self.root = Path(root)
         self.run_id = run_id
+        self.run_key = run_key
         self.config = config
         self.echo = echo
         self.keep_partial = keep_partial
@@ -69,7 +67,6 @@ class RunWriter:
         self.final_dir = self.root / run_id
         self.dir: Path | None = None
         self._t0 = time.time()
-        self.journal = Journal(journal, default=_jsonable) if journal is not None else None
         self.trackers = None
         if track:
             from ..tracking import Trackers
@@ -85,9 +82,6 @@ class RunWriter:
         self.dir = Path(tempfile.mkdtemp(prefix=temp_prefix(self.run_id), dir=self.root))
         follow_umask(self.dir, directory=True)  # a shared results directory stays readable to the team
         atomic_write_text(self.dir / "config.yaml", dump_yaml(self.config))
-        if self.journal is not None:
-            self.journal.start(run_id=self.run_id, config_hash=config_hash(self.config), config=self.config,
-                               provenance=self.provenance)
         if self.trackers:
             self.trackers.start(self.run_id, self.config, self._tags())
         return self
@@ -97,8 +91,6 @@ class RunWriter:
         if exc_type is None:
             self._finish()
         else:
-            if self.journal is not None:
-                self.journal.end(interrupted=issubclass(exc_type, KeyboardInterrupt))
             if self.trackers:
                 self.trackers.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
             if self.keep_partial:
@@ -124,6 +116,7 @@ class RunWriter:
             self.provenance["tracking"] = self.trackers.describe()
         payload = {
             "run_id": self.run_id,
+            "run_key": self.run_key,
             "config_hash": config_hash(self.config),
             "host": socket.gethostname(),
             "wall_time_s": round(time.time() - self._t0, 3),
@@ -155,8 +148,6 @@ class RunWriter:
             "split": split, "seed": seed, "init": init, "metric": metric, "value": float(value), **extra,
         }
         self.rows.append(row)
-        if self.journal is not None:
-            self.journal.add(row)
         return row
 
     def save_checkpoint(self, model: Any, name: str = "checkpoint.pt", **extra: Any) -> Path:
