@@ -50,7 +50,7 @@ class Ledger:
 
         def shown(frame: pd.DataFrame) -> pd.DataFrame:  # hours of tiny runs need significant digits
             out = frame.copy()
-            for col in ("wall_h", "cpu_h", "gpu_h", "mean", "ci95"):
+            for col in ("wall_h", "cpu_h", "gpu_h", "mean", "ci_low", "ci_high"):
                 if col in out.columns:
                     out[col] = [f"{v:.4g}" if isinstance(v, (int, float)) and np.isfinite(v) else "-" for v in out[col]]
             if "peak_mb" in out.columns:
@@ -163,7 +163,7 @@ def ledger(df: pd.DataFrame) -> Ledger:
                       "cpu_h": sum(_num(v) for v in part.get("cpu_hours", [])),
                       "gpu_h": sum(_num(v) for v in part.get("gpu_hours", [])),
                       "peak_mb": max((_num(v) for v in part.get("peak_memory_mb", [])), default=np.nan)})
-    scores = s[[*keys, "mean", "ci95", "n"]]
+    scores = s[[*keys, "mean", "ci_low", "ci_high", "n"]]
     scores = pd.concat([scores.reset_index(drop=True), pd.DataFrame(costs)], axis=1)
     u = units(df)
     totals = []

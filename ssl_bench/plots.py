@@ -273,10 +273,12 @@ def plot_label_efficiency(df: pd.DataFrame, task: str, path: Path) -> Path | Non
     for (model, init, init_id, protocol), part in rows.groupby(["model", "init", "init_id", "protocol"], sort=True):
         s = summary(part, by=["_x"]).sort_values("_x")
         x, y = s["_x"].to_numpy(dtype=float), s["mean"].to_numpy(dtype=float)
-        ci = np.nan_to_num(s["ci95"].to_numpy(dtype=float))
+        low, high = s["ci_low"].to_numpy(dtype=float), s["ci_high"].to_numpy(dtype=float)
         style = "--" if str(init_id) == "random" else "-"
         line, = ax.plot(x, y, style, marker="o", ms=3, label=f"{model} {init} ({protocol})")
-        ax.fill_between(x, y - ci, y + ci, color=line.get_color(), alpha=0.2, linewidth=0)
+        shown = np.isfinite(low) & np.isfinite(high)  # one value without per-clip data has no band
+        ax.fill_between(x, np.where(shown, low, y), np.where(shown, high, y), color=line.get_color(), alpha=0.2,
+                        linewidth=0)
     xs = sorted(rows["_x"].unique())
     if key == "data.shots":
         ax.set_xscale("log")
@@ -287,7 +289,7 @@ def plot_label_efficiency(df: pd.DataFrame, task: str, path: Path) -> Path | Non
         ax.set_xlabel("fraction of the labelled training clips")
     ax.minorticks_off()
     ax.set_ylabel(metric)
-    ax.set_title(f"{task}: label efficiency, band = 95% CI over splits, seeds and draws", fontsize=10)
+    ax.set_title(f"{task}: label efficiency, band = 95% interval (test clips, splits, seeds, draws)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -370,6 +372,7 @@ def plot_results(df: pd.DataFrame, root: str | Path | list[str | Path], out: str
     several roots) allow, written under ``out``; returns the files written and one line per kind
     that had nothing to draw."""
     out = Path(out)
+    asked = list(kinds or [])
     kinds = list(kinds or KINDS)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -409,7 +412,7 @@ def plot_results(df: pd.DataFrame, root: str | Path | list[str | Path], out: str
         drawn = [p for task in sorted(df["task"].dropna().unique())
                  if (p := plot_label_efficiency(df, task, out / f"label-efficiency-{_slug(task)}.png")) is not None]
         written += drawn
-        if not drawn:
+        if not drawn and "label-efficiency" in asked:  # (a sweep of its own: unsaid unless asked for)
             notes.append("label-efficiency: nothing to draw (no sweep over data.shots or data.fraction here)")
     if "curves" in kinds:
         roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]

@@ -545,15 +545,6 @@ class _Run:
             shutil.copytree(folder, run_dir / "predictions" / folder.parent.name, dirs_exist_ok=True)
 
 
-def check_protocol_settings(config: dict[str, Any], protocols: Sequence[str], registry: Any = None) -> None:
-    """Each requested protocol's typed section of ``config``: a bad setting is one error here,
-    before any data work (a launcher checks every run of a sweep before it plans)."""
-    registry = registry or get_registry()
-    for name in protocols:
-        factory = registry.get("protocol", name).factory
-        section_config(factory(name) if isinstance(factory, type) else factory, config.get(name))
-
-
 def run_experiment(
     config: dict[str, Any],
     *,

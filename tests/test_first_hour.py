@@ -718,7 +718,7 @@ def test_plot_draws_the_board_of_two_checkpoints_and_says_what_it_cannot_draw(tm
     assert out[1:] == ["layers: nothing to draw (no per-layer probe rows: --protocols layers makes them)",
                        "curves: nothing to draw (no run here trained: pretraining and fine-tuning write curves)"]
     assert main(["plot", str(tmp_path), "--kind", "bars"]) == 2
-    assert "choose from board, ablation, layers, curves" in capsys.readouterr().err
+    assert "choose from board, ablation, layers, label-efficiency, curves" in capsys.readouterr().err
 
 
 def test_an_ablation_plot_never_pools_runs_that_differ_in_another_setting(tmp_path):

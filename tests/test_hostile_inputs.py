@@ -661,9 +661,11 @@ def test_every_setting_keys_the_pretraining_or_is_listed_as_unable_to_change_wei
         assert keyed(key, value), key
     for key, value in {"pretrain.checkpoint_every": 9, "pretrain.checkpoint_min_s": 1.0}.items():
         assert key.split(".")[1] in BOOKKEEPING_FIELDS and not keyed(key, value), key
-    # the data section: what loads the audio changes nothing; which clips validate changes no pretraining
+    # the data section: what loads the audio changes nothing; which clips validate, and which labelled
+    # clips a probe trains on (label efficiency: shots, fraction, their draw), change no pretraining, which
+    # reads every training clip's audio
     assert {f"data.{f.name}" for f in dataclasses.fields(DataConfig)} - set(BOOKKEEPING_FIELDS) == {
-        "data.valid_fraction"}
+        "data.valid_fraction", "data.shots", "data.fraction", "data.draw"}
 
 
 # --------------------------------------------------------------------------- 11: hostile strings in tables
