@@ -345,21 +345,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.dry_run:  # (a plan writes nothing)
         check_writable(args.results, "--results")
         check_writable(cache_root(args.results), "the cache folder (SSL_BENCH_CACHE)")
-    if _is_main_process():  # what will run and about how long it takes, before any audio is read
+    def print_plans(todo: list[RunSpec]) -> None:  # what will run and about how long, before any audio is read
         from .plan import format_plans, plan_run
 
+        if not todo:
+            return
+        timings: dict[str, Any] = {}  # runs that differ only in their seed are timed once
         plans = [plan_run(run.config, registry, run.protocols, data_dir=run.data_dir,
                           checkpoint=run.checkpoint is not None, splits=run.splits,
-                          preset_given=bool(args.preset) or run.checkpoint is not None)
-                 for run in runs]
+                          preset_given=bool(args.preset) or run.checkpoint is not None, timings=timings)
+                 for run in todo]
         print(format_plans(plans), file=sys.stdout if args.dry_run else sys.stderr, flush=True)
-    if args.dry_run:
+
+    if args.dry_run:  # every run's plan (finished or not), and nothing else
+        if _is_main_process():
+            print_plans(runs)
         return 0
     options = launch_options(args.launch)
     launcher = make_launcher(args.launcher, options, jobs=args.jobs, threads=args.threads, registry=registry)
     outcome = run_sweep(runs, launcher, results=args.results, resume=args.resume, detach=args.detach,
                         plugins_dirs=list(args.plugins_dir), progress=not args.quiet, command=command_line(),
-                        registry=registry, launcher_options=options)
+                        registry=registry, launcher_options=options, before_work=print_plans)
     if outcome.detached or not _is_main_process():
         return 0
     _print_runs(args.results, [Path(d).name for d in outcome.run_dirs if d is not None])

@@ -179,6 +179,31 @@ class SSLModel(nn.Module):
         return self.head(self.encoder.pool(self.encoder(spec, mask)))
 
 
+#: ``torch.nn.init`` functions a dry run skips: meta tensors hold no values, and initialising them
+#: goes through torch's Python reference kernels, whose first call imports ``torch._dynamo`` (about
+#: a second of every command's start).
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                 "sparse_")
+
+
+@contextlib.contextmanager
+def _values_unset():
+    """``torch.nn.init``'s initialisers as no-ops, for a build on the meta device."""
+    saved = {name: getattr(nn.init, name) for name in _INITIALISERS if hasattr(nn.init, name)}
+
+    def unset(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(nn.init, name, unset)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def build_model(config: dict[str, Any], registry: Registry | None = None, dry_run: bool = False) -> SSLModel:
     """Instantiate every slot of a resolved config, in order, sharing a :class:`BuildContext`.
 
@@ -201,7 +226,7 @@ def build_model(config: dict[str, Any], registry: Registry | None = None, dry_ru
         # a dry run builds weights on the meta device (no memory); the frontend's tables are data
         where = torch.device("meta") if dry_run and slot != "frontend" else contextlib.nullcontext()
         try:
-            with where:
+            with where, (_values_unset() if dry_run and slot != "frontend" else contextlib.nullcontext()):
                 parts[slot] = entry.factory(cfg, build)
         except UserError:
             raise

@@ -31,6 +31,7 @@ changed (the run goes on as asked).
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,6 +214,19 @@ def _timed(fn: Any, x: torch.Tensor, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def _timed_once(config: dict[str, Any], registry: Any, device: torch.device, pretrain: bool,
+                timings: dict[str, Any] | None) -> tuple[dict[str, tuple[float, int]], int]:
+    """:func:`per_example_seconds`, once per config (its seed aside), device and ``pretrain``
+    among the plans that share ``timings`` (the runs of one sweep)."""
+    if timings is None:
+        return per_example_seconds(config, registry, device, pretrain=pretrain)
+    key = json.dumps([{k: v for k, v in config.items() if k != "seed"}, str(device), pretrain], sort_keys=True,
+                     default=str)
+    if key not in timings:
+        timings[key] = per_example_seconds(config, registry, device, pretrain=pretrain)
+    return timings[key]
+
+
 def per_example_seconds(config: dict[str, Any], registry: Any, device: torch.device, pretrain: bool = True
                         ) -> tuple[dict[str, tuple[float, int]], int]:
     """``({kind: (seconds per example, batch timed)}, encoder parameters)`` of the config's
@@ -356,8 +370,9 @@ def estimate(config: dict[str, Any], registry: Any, protocols: list[str], sizes:
 
 def plan_run(config: dict[str, Any], registry: Any, protocols: list[str], *, data_dir: str | Path | None = None,
              splits: list[str] | None = None, checkpoint: bool = False, preset_given: bool = True,
-             alternative: bool = True) -> RunPlan:
-    """The :class:`RunPlan` of one resolved config (see the module docstring)."""
+             alternative: bool = True, timings: dict[str, Any] | None = None) -> RunPlan:
+    """The :class:`RunPlan` of one resolved config (see the module docstring).  ``timings``: a
+    dict shared by the plans of one sweep, so runs that differ only in their seed are timed once."""
     from . import distributed as D
 
     device = D.resolve_device(config.get("device"))
@@ -367,7 +382,7 @@ def plan_run(config: dict[str, Any], registry: Any, protocols: list[str], *, dat
     size_frontend(sized, registry, float(task.clip_seconds))
     pretrains = not checkpoint and any(proto.stage == "pretrain" for _, proto, _ in _protocols(registry, config,
                                                                                                   protocols))
-    timed, parameters = per_example_seconds(sized, registry, device, pretrain=pretrains)
+    timed, parameters = _timed_once(sized, registry, device, pretrains, timings)
     world = D.env_world_size()
     # data-parallel: the examples are shared out
     per_example = {k: v / max(world, 1) for k, (v, _) in timed.items()}

@@ -102,6 +102,10 @@ class Launcher:
         """One line: where units run, how many at once, threads each."""
         return f"{self.name}, {self.jobs} job(s) x {self.threads or 'default'} thread(s)"
 
+    def prepare(self) -> None:
+        """Called once it is known that units will run, before they are planned in full: start
+        what takes time to start (the local pool's forkserver) while the launch is planned."""
+
     def close(self) -> None:
         """Release what the launcher holds (executors, the forkserver's children)."""
 

@@ -134,6 +134,16 @@ class LocalLauncher(Launcher):
             self._context.set_forkserver_preload(PRELOAD)
         return self._context
 
+    def prepare(self) -> None:
+        """With ``--jobs N``, start the forkserver now: it imports torch and the plugins (seconds)
+        while this process plans the launch, instead of when the first job is submitted."""
+        if self.jobs > 1:
+            from multiprocessing import forkserver
+
+            self.context()
+            with _main_module_hidden():
+                forkserver.ensure_running()
+
     def submit(self, unit: Unit, job: JobSettings, state: LaunchState, after: list[Handle]) -> Handle:
         if self.jobs == 1:
             log = str(state.log_path(unit.id))

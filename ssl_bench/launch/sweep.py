@@ -93,9 +93,12 @@ def _counts(units: list[Unit]) -> str:
 def run_sweep(runs: list[RunSpec], launcher: Launcher, *, results: str | Path, resume: bool = True,
               detach: bool = False, plugins_dirs: list[str] | None = None, progress: bool = True,
               command: str = "", registry: Any = None, launcher_options: dict[str, Any] | None = None,
-              echo: Callable[[str], None] | None = None) -> SweepOutcome:
+              echo: Callable[[str], None] | None = None,
+              before_work: Callable[[list[RunSpec]], None] | None = None) -> SweepOutcome:
     """Run ``runs`` with ``launcher`` (see the module docstring); ``resume=False`` runs every
-    unit again and makes new runs of finished ones."""
+    unit again and makes new runs of finished ones.  ``before_work``: called (on rank 0) with
+    the runs that are not finished yet, before any unit is submitted (``ssl-bench run`` prints
+    their plan)."""
     from ..registry import get_registry
 
     registry = registry or get_registry()
@@ -105,7 +108,14 @@ def run_sweep(runs: list[RunSpec], launcher: Launcher, *, results: str | Path, r
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not launcher.in_process:
         raise ConfigError("under torchrun every process is one rank of one run: use the local launcher without "
                           "--jobs (--launcher slurm runs torchrun inside each job itself)")
-    the_plan = plan(runs, results=results, resume=resume, registry=registry)
+
+    def pending(indices: list[int]) -> None:
+        if is_main and indices:
+            launcher.prepare()  # (the local pool's forkserver imports while the plans are timed)
+            if before_work is not None:
+                before_work([runs[i] for i in indices])
+
+    the_plan = plan(runs, results=results, resume=resume, registry=registry, pending=pending)
     before = [r for r in the_plan.runs if r["run_dir"]]
     state = LaunchState(launch_root(results), readonly=not is_main)
     loud = is_main and (len(the_plan.units) > 1 or not launcher.in_process)

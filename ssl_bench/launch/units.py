@@ -35,9 +35,10 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 #: The settings of the ``data`` section that say which labelled clips train, not what the
 #: audio or the encoder is: runs that differ only in them share features and encoders.
@@ -163,8 +164,12 @@ def _pretrains(spec: RunSpec, registry: Any) -> bool:
     return False
 
 
-def plan(runs: list[RunSpec], *, results: str | Path, resume: bool, registry: Any) -> Plan:
-    """The units ``runs`` still need (see the module docstring)."""
+def plan(runs: list[RunSpec], *, results: str | Path, resume: bool, registry: Any,
+         pending: Callable[[list[int]], None] | None = None) -> Plan:
+    """The units ``runs`` still need (see the module docstring).  ``pending`` is called with the
+    indices of the runs that are not finished once their identities are known, before any
+    file is hashed for the feature cache's key."""
+    from ..errors import UserError
     from ..features import cache_key
     from ..files import cache_root
     from ..provenance import run_key, weights_digest
@@ -179,9 +184,15 @@ def plan(runs: list[RunSpec], *, results: str | Path, resume: bool, registry: An
     feature_users: dict[str, list[Unit]] = {}
     feature_units: dict[str, Unit] = {}
     encoder_users: dict[str, list[Unit]] = {}
-    for index, spec in enumerate(runs):
+    known = []
+    for index, spec in enumerate(runs):  # each run's identity first (stat-based, nothing hashed)
         config = copy.deepcopy(spec.config)  # sizing the frontend writes into it
-        task_data = TaskData(config, registry, spec.data_dir, spec.splits)
+        try:
+            task_data = TaskData(config, registry, spec.data_dir, spec.splits)
+        except UserError:  # its data is not here: its plan is shown, then the error
+            if pending is not None:
+                pending([r["index"] for r in out_runs if r["run_dir"] is None] + [index])
+            raise
         names = [s.name for s in task_data.splits]
         fingerprint = task_data.fingerprint()
         sha = weights_digest(spec.checkpoint, cache) if spec.checkpoint else None
@@ -189,6 +200,10 @@ def plan(runs: list[RunSpec], *, results: str | Path, resume: bool, registry: An
         out_runs.append({"index": index, "key": key, "title": spec.title(),
                          "run_dir": str(finished[key]) if key in finished else None,
                          "code_version": _code_of(finished[key]) if key in finished else None})
+        known.append((config, task_data, names, fingerprint, key))
+    if pending is not None:
+        pending([r["index"] for r in out_runs if r["run_dir"] is None])
+    for spec, (config, task_data, names, fingerprint, key) in zip(runs, known):
         if key in finished:
             continue
         state = results / ".cache" / "runs" / key
