@@ -13,7 +13,6 @@ import signal
 import socket
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from ssl_bench.audio import AudioError, read_audio
 from ssl_bench.components import Clip
 from ssl_bench.errors import DiskFullError, DivergedError, UserError
 from ssl_bench.files import CacheWarning, clean_stale_temps, temp_prefix
-from taskfixtures import tone, write_wav
+from taskfixtures import Frames, tone, write_wav
 
 BAD_NAME = os.fsdecode(b"caf\xe9-\xff.wav")  # Latin-1 bytes: not valid UTF-8
 
@@ -38,22 +37,6 @@ def _wav(path: Path, label: int = 0, seconds: float = 0.25, sr: int = 8000, seed
     plain = write_wav(path.with_name(".writing.wav"), tone(label, seconds, sr, seed=seed), sr)
     os.rename(plain, path)
     return path
-
-
-class Frames:
-    """A frontend stand-in: 8 kHz audio in frames of 4 samples (cheap, deterministic)."""
-
-    @dataclass
-    class Config:
-        sample_rate: int = 8000
-        num_bins: int = 4
-
-    def __init__(self):
-        self.cfg = self.Config()
-
-    def compute(self, wave: torch.Tensor) -> torch.Tensor:
-        n = wave.shape[-1] // 4 * 4
-        return wave[..., :n].reshape(wave.shape[0], -1, 4)
 
 
 # --------------------------------------------------------------------------- 1: non-UTF-8 names

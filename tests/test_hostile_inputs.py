@@ -17,14 +17,13 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from taskfixtures import make_folder, tone, write_wav
+from taskfixtures import Frames, make_folder, tone, write_wav
 
 from ssl_bench import results
 from ssl_bench.components import Clip
@@ -32,22 +31,6 @@ from ssl_bench.config import ConfigError
 from ssl_bench.files import CacheWarning
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class Frames:
-    """A frontend stand-in: 8 kHz audio in frames of 4 samples (cheap, deterministic)."""
-
-    @dataclass
-    class Config:
-        sample_rate: int = 8000
-        num_bins: int = 4
-
-    def __init__(self):
-        self.cfg = self.Config()
-
-    def compute(self, wave: torch.Tensor) -> torch.Tensor:
-        n = wave.shape[-1] // 4 * 4
-        return wave[..., :n].reshape(wave.shape[0], -1, 4)
 
 
 def _restore_times(path: Path, st: os.stat_result) -> None:
