@@ -1,9 +1,10 @@
 """The HEAR 2021 API both ways: our conformance test of an exported tiny AudioMAE, the round trip
 export -> pip install (offline, into a temporary target) -> import as ``-m hear``, and the CLI.
 
-``hearvalidator`` (the HEAR kit's own check) is not installed here: it pulls TensorFlow.  The
-contract it checks (names, attributes, shapes, dtypes, timestamps) is what the conformance test
-below checks.
+``hearvalidator`` (the HEAR kit's own check) is not a test dependency: it pulls TensorFlow.  It
+passes an export made with ``--hop-ms 40`` when run by hand (README, "HEAR modules, both ways");
+the contract it checks (names, attributes, shapes, dtypes, timestamps) is what the conformance
+test below checks.
 """
 
 from __future__ import annotations
