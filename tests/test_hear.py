@@ -1,9 +1,10 @@
 """The HEAR 2021 API both ways: our conformance test of an exported tiny AudioMAE, the round trip
 export -> pip install (offline, into a temporary target) -> import as ``-m hear``, and the CLI.
 
-``hearvalidator`` (the HEAR kit's own check) is not installed here: it pulls TensorFlow.  The
-contract it checks (names, attributes, shapes, dtypes, timestamps) is what the conformance test
-below checks.
+``hearvalidator`` (the HEAR kit's own check) is not a test dependency: it pulls TensorFlow.  It
+passes an export made with ``--hop-ms 40`` when run by hand (README, "HEAR modules, both ways");
+the contract it checks (names, attributes, shapes, dtypes, timestamps) is what the conformance
+test below checks.
 """
 
 from __future__ import annotations
@@ -304,3 +305,46 @@ def test_a_third_party_hear_module(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="no per-layer embeddings"):
         model.embed(spec, layers=True)
     sys.modules.pop("toy_hear_module_for_tests", None)
+
+
+BROKEN_MODULE = '''
+"""A HEAR 2021 module whose load_model fails in its own code, as hearbaseline 2021.1.1's does with
+librosa 0.10 and later (librosa.filters.mel called with a positional sample rate)."""
+
+
+def _mel(*, sr, n_fft):
+    return [sr, n_fft]
+
+
+def load_model(model_file_path=""):
+    return _mel(44100, n_fft=4096)
+
+
+def get_scene_embeddings(audio, model):
+    raise AssertionError("never reached")
+
+
+get_timestamp_embeddings = get_scene_embeddings
+'''
+
+
+def test_a_module_failing_in_its_own_code_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from ssl_bench.cli import main
+
+    (tmp_path / "broken_hear_load.py").write_text(BROKEN_MODULE)
+    (tmp_path / "broken_hear_import.py").write_text("import math\nmath.no_such_function()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^broken_hear_load\.load_model\(\) failed inside the module: TypeError: "
+                                          r"_mel\(\) takes 0 positional arguments.* \(at .*broken_hear_load\.py:11\)"):
+        ssl_bench.create_model("hear", **{"encoder.module": "broken_hear_load"})
+    with pytest.raises(ConfigError, match=r"^broken_hear_load\.load_model\('x\.pt'\) failed inside the module"):
+        ssl_bench.create_model("hear", **{"encoder.module": "broken_hear_load", "encoder.model_file": "x.pt"})
+    with pytest.raises(ConfigError, match=r"^encoder.module=broken_hear_import: importing it failed inside the "
+                                          r"module: AttributeError: .*no_such_function.*broken_hear_import\.py:2\)"):
+        ssl_bench.create_model("hear", **{"encoder.module": "broken_hear_import"})
+    rc = main(["run", "-m", "hear", "--set", "encoder.module=broken_hear_load", "-t", "synthetic",
+               "--splits", "fold1", "--protocols", "linear", "--results", str(tmp_path / "r"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("ssl-bench: error: broken_hear_load.load_model() failed") and err.count("\n") == 1
+    for name in ("broken_hear_load", "broken_hear_import"):
+        sys.modules.pop(name, None)

@@ -42,8 +42,45 @@ def test_map_auc_dprime_match_sklearn_and_skip_classes_without_positives():
     assert out["AUC"] == pytest.approx(np.mean(auc))
     from scipy.stats import norm
 
-    assert out["d_prime"] == pytest.approx(math.sqrt(2) * norm.ppf(np.mean(auc)))
+    assert out["d_prime"] == pytest.approx(np.mean(math.sqrt(2) * norm.ppf(auc)))  # hear-eval-kit's
     assert list(out) == ["mAP", "AUC", "d_prime"]
+    assert evaluate(["d_prime_mean_auc"], scores, targets)["d_prime_mean_auc"] == pytest.approx(
+        math.sqrt(2) * norm.ppf(np.mean(auc)))  # PANNs' and AST's
+
+
+def test_scene_metrics_by_hand():
+    # 4 clips, 3 classes. Class 0: positives score 0.9, 0.4, negatives 0.5, 0.1 -> 3 of the 4
+    # (positive, negative) pairs ordered right, AUC 3/4; ranked P N P N, AP (1/1 + 2/3) / 2 = 5/6.
+    # Class 1: positives 0.8, 0.2, negatives 0.6, 0.3 -> AUC 2/4; ranked P N N P, AP (1 + 2/4) / 2 = 3/4.
+    # Class 2 has no positives: left out of every average.
+    scores = np.array([[0.9, 0.8, 0.3], [0.4, 0.2, 0.1], [0.5, 0.6, 0.7], [0.1, 0.3, 0.2]])
+    targets = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]])
+    out = evaluate(["mAP", "AUC", "d_prime", "d_prime_mean_auc", "accuracy"], scores, targets)
+    assert out["mAP"] == pytest.approx((5 / 6 + 3 / 4) / 2, abs=1e-12)
+    assert out["AUC"] == pytest.approx(0.625, abs=1e-12)
+    # hear-eval-kit's d': the mean of the classes' sqrt(2) Phi^-1(AUC), Phi^-1(3/4) = 0.6744897501960817
+    # (the normal's upper quartile) and Phi^-1(1/2) = 0: 0.6744897501960817 * sqrt(2) / 2
+    assert out["d_prime"] == pytest.approx(0.4769362762044699, abs=1e-12)
+    # the AudioSet papers' d' of the mean AUC: sqrt(2) Phi^-1(0.625) = sqrt(2) * 0.31863936396437514
+    assert out["d_prime_mean_auc"] == pytest.approx(0.4506241100243562, abs=1e-12)
+    assert out["accuracy"] == 0.5  # top classes 0, 0, 2, 1: positives for the first two clips
+
+
+def test_scene_metrics_match_hear_eval_kit():
+    score = pytest.importorskip("heareval.score", reason="hear-eval-kit's scorer: pip install --no-deps heareval")
+    rng = np.random.default_rng(3)
+    labels = {str(k): k for k in range(7)}
+    multilabel = (rng.random((80, 7)) < 0.3).astype(float)
+    one_hot = np.eye(7)[rng.integers(0, 7, 80)]
+    for targets in (multilabel, one_hot):
+        scores = rng.normal(size=(80, 7)) + 1.2 * targets
+        scores[:, 4] = np.round(scores[:, 4])  # ties
+        ours = evaluate(["mAP", "d_prime", "AUC", "accuracy"], scores, targets)
+        for name, theirs in (("mAP", "mAP"), ("d_prime", "d_prime"), ("AUC", "aucroc")):
+            assert ours[name] == pytest.approx(float(score.available_scores[theirs](labels)(scores, targets)),
+                                               abs=1e-12), name
+    # top1_acc compares the top class with the first positive: the same as ours for one-hot targets
+    assert ours["accuracy"] == pytest.approx(score.available_scores["top1_acc"](labels)(scores, one_hot), abs=1e-12)
 
 
 def test_map_with_tied_scores_matches_sklearn_per_class():

@@ -218,7 +218,7 @@ def test_pitch_and_chroma_accuracy_as_hear_defines_them():
 
 # --------------------------------------------------------------------------- the registry
 def test_builtins_are_registered_with_their_input_kinds():
-    assert metric_names(CLIP) == ["accuracy", "mAP", "AUC", "d_prime", "pitch_acc", "chroma_acc"]
+    assert metric_names(CLIP) == ["accuracy", "mAP", "AUC", "d_prime", "d_prime_mean_auc", "pitch_acc", "chroma_acc"]
     assert metric_names(EVENTS) == list(HEAR)
     assert not get_metric("segment_1s_er").greater_is_better and get_metric("event_onset_50ms_fms").greater_is_better
     with pytest.raises(ValueError, match=r"'event_onset_200ms_fms' scores events, not clip \(use evaluate_events\)"):

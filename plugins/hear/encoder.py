@@ -43,10 +43,37 @@ def import_hear_module(name: str):
         module = importlib.import_module(name)
     except ImportError as exc:
         raise ConfigError(f"encoder.module={name}: cannot import it ({exc}); install the HEAR package first") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed while importing: say where, in one line
+        raise ConfigError(f"encoder.module={name}: importing it failed inside the module: {type(exc).__name__}: "
+                          f"{exc} (at {_innermost(exc)}); the HEAR package may need older versions of the "
+                          "libraries it imports") from exc
     missing = [f for f in REQUIRED if not callable(getattr(module, f, None))]
     if missing:
         raise ConfigError(f"encoder.module={name}: not a HEAR 2021 module, it has no {', '.join(missing)}")
     return module
+
+
+def _innermost(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised (its traceback's innermost frame)."""
+    tb, where = exc.__traceback__, "unknown code"
+    while tb is not None:
+        where, tb = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}", tb.tb_next
+    return where
+
+
+def _call_load_model(api, name: str, *args) -> torch.nn.Module:
+    """``api.load_model(*args)``; an exception inside the module's own code (a HEAR 2021 package
+    meeting newer libraries, e.g. hearbaseline 2021.1.1 calling ``librosa.filters.mel``
+    positionally, which librosa 0.10 and later refuse) as one line that names the module, the
+    error and where it was raised (``--debug`` shows the traceback)."""
+    try:
+        return api.load_model(*args)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the third-party module's own failure, reported as such
+        call = f"{name}.load_model({', '.join(repr(a) for a in args)})"
+        raise ConfigError(f"{call} failed inside the module: {type(exc).__name__}: {exc} (at {_innermost(exc)}); "
+                          "the HEAR package may need older versions of the libraries it imports") from exc
 
 
 def load_hear_model(api, name: str, model_file: str = "") -> torch.nn.Module:
@@ -54,7 +81,7 @@ def load_hear_model(api, name: str, model_file: str = "") -> torch.nn.Module:
     without a file; on the CPU, also inside a dry run on the meta device."""
     with torch.device("cpu"):  # a real load even in a dry run on the meta device: its size is the model's
         if model_file:
-            return api.load_model(model_file)
+            return _call_load_model(api, name, model_file)
         try:
             params = list(inspect.signature(api.load_model).parameters.values())
         except (TypeError, ValueError):  # a builtin or C function: just call it
@@ -63,7 +90,7 @@ def load_hear_model(api, name: str, model_file: str = "") -> torch.nn.Module:
                 inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
             raise ConfigError(f"{name}.load_model takes a file and has no default weights: give it with "
                               "--checkpoint FILE")
-        return api.load_model()
+        return _call_load_model(api, name)
 
 
 def default_weights_id(api, model: torch.nn.Module) -> str:

@@ -9,8 +9,8 @@ Two entry points, so every protocol scores predictions the same way::
 A metric is a :class:`Metric`: a function and the kind of input it scores.
 
 * ``clip``: ``fn(scores [N, C], targets) -> float``; ``targets`` are ``[N]`` class ids or
-  ``[N, C]`` multi-hot (:mod:`ssl_bench.metrics.clip`: accuracy, mAP, AUC, d_prime, pitch_acc,
-  chroma_acc).
+  ``[N, C]`` multi-hot (:mod:`ssl_bench.metrics.clip`: accuracy, mAP, AUC, d_prime, d_prime_mean_auc,
+  pitch_acc, chroma_acc).
 * ``events``: ``fn(predicted, reference, labels) -> {part: value}``; ``predicted`` and
   ``reference`` map a file to its events (:class:`~ssl_bench.events.Event` or HEAR's
   ``{"label", "start", "end"}`` dicts in ms), ``labels`` are the class names
@@ -35,9 +35,12 @@ A plugin adds one in a few lines, and tasks name it in their ``metrics``::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..errors import UserError
 from .clip import (
@@ -47,8 +50,10 @@ from .clip import (
     check_scores,
     d_prime,
     d_prime_from_auc,
+    d_prime_mean_auc,
     macro_auc,
     mean_average_precision,
+    mean_d_prime,
     roc_auc_per_class,
     to_multi_hot,
 )
@@ -56,7 +61,8 @@ from .clip import (
 __all__ = [
     "CLIP", "EVENTS", "INPUTS", "Metric", "UnknownMetricError", "get_metric", "metric_names", "evaluate",
     "evaluate_events", "AUC_EPS", "accuracy", "average_precision_per_class", "mean_average_precision",
-    "roc_auc_per_class", "macro_auc", "d_prime", "d_prime_from_auc", "to_multi_hot",
+    "roc_auc_per_class", "macro_auc", "d_prime", "d_prime_mean_auc", "d_prime_from_auc", "mean_d_prime",
+    "to_multi_hot",
 ]
 
 #: A metric of clip scores ``[N, C]`` against clip targets.
@@ -151,10 +157,13 @@ def evaluate(names: Sequence[str], scores, targets, registry: Any = None) -> dic
     out: dict[str, float] = {}
     auc = None
     for name, metric in metrics:
-        if metric.fn in (macro_auc, d_prime):
+        if metric.fn in (macro_auc, d_prime, d_prime_mean_auc):
             if auc is None:  # the per-class AUCs are the slow part: compute them once
-                auc = macro_auc(scores, targets)
-            out[name] = auc if metric.fn is macro_auc else d_prime_from_auc(auc)
+                auc = roc_auc_per_class(scores, targets)
+            defined = auc[~np.isnan(auc)]
+            mean = float(defined.mean()) if defined.size else math.nan
+            out[name] = (mean if metric.fn is macro_auc else mean_d_prime(auc) if metric.fn is d_prime
+                         else d_prime_from_auc(mean))
         else:
             out.update(_named(name, metric.fn(scores, targets)))
     return out

@@ -10,7 +10,15 @@ from functools import partial
 
 from ..hookspecs import hookimpl
 from . import CLIP, EVENTS, Metric
-from .clip import accuracy, chroma_accuracy, d_prime, macro_auc, mean_average_precision, pitch_accuracy
+from .clip import (
+    accuracy,
+    chroma_accuracy,
+    d_prime,
+    d_prime_mean_auc,
+    macro_auc,
+    mean_average_precision,
+    pitch_accuracy,
+)
 from .sed import event_based, segment_based
 
 
@@ -19,7 +27,9 @@ def register_metrics(register):
     register("accuracy", Metric(accuracy, CLIP, help="top-1 accuracy (multi-label: top class is a positive)"))
     register("mAP", Metric(mean_average_precision, CLIP, help="mean average precision over classes with a positive"))
     register("AUC", Metric(macro_auc, CLIP, help="macro ROC AUC over classes with positives and negatives"))
-    register("d_prime", Metric(d_prime, CLIP, help="d' = sqrt(2) Phi^-1(macro AUC)"))
+    register("d_prime", Metric(d_prime, CLIP, help="HEAR: mean over classes of d' = sqrt(2) Phi^-1(class AUC)"))
+    register("d_prime_mean_auc", Metric(d_prime_mean_auc, CLIP,
+                                        help="AudioSet papers (PANNs, AST): d' = sqrt(2) Phi^-1(macro AUC)"))
     register("pitch_acc", Metric(pitch_accuracy, CLIP, help="HEAR: top-1 accuracy of the pitch class"))
     register("chroma_acc", Metric(chroma_accuracy, CLIP, help="HEAR: top-1 accuracy modulo octaves (class % 12)"))
     register("event_onset_200ms_fms", Metric(

@@ -2,10 +2,23 @@
 
 Each takes ``scores`` ``[N, C]`` (logits, probabilities or decision values: only their order
 within a column or row matters) and ``targets``, either ``[N]`` integer class ids (multi-class)
-or ``[N, C]`` multi-hot (multi-label), and returns a float.  Class-wise metrics follow the
-AudioSet/HEAR convention: mAP averages the average precision of the classes that have at least
-one positive, AUC averages the ROC AUC of the classes that have both positives and negatives,
-and d' = sqrt(2) * Phi^-1(AUC).  They are registered by name in :mod:`ssl_bench.metrics.builtin`.
+or ``[N, C]`` multi-hot (multi-label), and returns a float.  Class-wise metrics are macro
+averages: mAP averages the average precision of the classes that have at least one positive,
+AUC the ROC AUC of the classes that have both positives and negatives, and ``d_prime`` is
+hear-eval-kit's: the mean over those classes of each class's d' = sqrt(2) * Phi^-1(AUC_k).
+``d_prime_mean_auc`` is the AudioSet papers' (PANNs, AST): sqrt(2) * Phi^-1 of the macro AUC,
+no larger than ``d_prime`` when every class's AUC is at least 0.5 (Phi^-1 is convex there).
+They are registered by name in :mod:`ssl_bench.metrics.builtin`.
+
+Against hear-eval-kit (``heareval.score``): mAP, AUC and ``d_prime`` are its numbers when every
+class has positives and negatives and no class's AUC is 0 or 1, and ``accuracy`` is its
+``top1_acc`` for multi-class (one-hot) targets.  They differ in three cases: a class with no
+positives (or, for AUC and d', no negatives) is left out of the average here, where
+hear-eval-kit's AUC and d' are NaN for the whole matrix and its mAP counts the class as AP 0
+(what scikit-learn 1.9's ``average_precision_score`` gives it); a class's AUC is clipped to
+``[AUC_EPS, 1 - AUC_EPS]`` for d', where hear-eval-kit's d' is infinite; and for multi-hot
+targets ``accuracy`` counts the top class being any positive, where ``top1_acc`` (which HEAR
+scores multi-class tasks only with) compares it with the first positive.
 """
 
 from __future__ import annotations
@@ -124,16 +137,32 @@ def macro_auc(scores, targets) -> float:
     return float(auc.mean()) if auc.size else math.nan
 
 
-def d_prime_from_auc(auc: float) -> float:
-    """d' = sqrt(2) * Phi^-1(AUC), the sensitivity index AudioSet papers report."""
-    if math.isnan(auc):
-        return math.nan
-    auc = min(max(auc, AUC_EPS), 1.0 - AUC_EPS)
-    return math.sqrt(2.0) * NormalDist().inv_cdf(auc)
+def d_prime_from_auc(auc):
+    """d' = sqrt(2) * Phi^-1(AUC) of one AUC (a float; NaN stays NaN) or of each of an array of
+    them, the AUC clipped to ``[AUC_EPS, 1 - AUC_EPS]`` (see :data:`AUC_EPS`)."""
+    if np.ndim(auc) == 0:
+        auc = float(auc)
+        if math.isnan(auc):
+            return math.nan
+        auc = min(max(auc, AUC_EPS), 1.0 - AUC_EPS)
+        return math.sqrt(2.0) * NormalDist().inv_cdf(auc)
+    return np.array([d_prime_from_auc(a) for a in np.asarray(auc, dtype=np.float64).ravel()]).reshape(np.shape(auc))
+
+
+def mean_d_prime(auc_per_class: np.ndarray) -> float:
+    """hear-eval-kit's d': the mean of the per-class d' of the classes whose AUC is defined."""
+    auc = np.asarray(auc_per_class, dtype=np.float64)
+    auc = auc[~np.isnan(auc)]
+    return float(np.mean(d_prime_from_auc(auc))) if auc.size else math.nan
 
 
 def d_prime(scores, targets) -> float:
-    """d' computed from the macro AUC."""
+    """hear-eval-kit's ``d_prime``: the mean over classes of sqrt(2) * Phi^-1(AUC_k)."""
+    return mean_d_prime(roc_auc_per_class(scores, targets))
+
+
+def d_prime_mean_auc(scores, targets) -> float:
+    """The AudioSet papers' d' (PANNs, AST): sqrt(2) * Phi^-1(macro AUC)."""
     return d_prime_from_auc(macro_auc(scores, targets))
 
 
