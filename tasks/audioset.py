@@ -173,7 +173,9 @@ class AudioSetTask(DatasetTask):
     multilabel = True
     sample_rate = 16000
     clip_seconds = 10.0
-    metrics = ["mAP", "AUC", "d_prime"]
+    #: d' as the AudioSet papers report it (PANNs, AST: d' of the mean AUC; HEAR's ``d_prime`` is the
+    #: mean of the classes' d', another number)
+    metrics = ["mAP", "AUC", "d_prime_mean_auc"]
     #: AudioMAE's published log-mel statistics of AudioSet (128-bin Kaldi fbank)
     norm_stats = {KALDI_FBANK_128: (-4.2677393, 4.5689974)}
     split_protocol = "AudioSet-20K: official balanced_train for training, official eval set for testing; validation carved from training"
