@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -152,6 +153,28 @@ class DatasetTask:
 
 
 # --------------------------------------------------------------------------- metadata helpers
+def read_class_list(root: Path) -> list[str] | None:
+    """The class names of ``root/classes.txt`` in its order (one a line), or None without one;
+    a name listed twice is a :class:`MetadataError` naming the file."""
+    path = root / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise MetadataError(f"{path}: a class is listed twice")
+    return names
+
+
+def generated_current(marker: Path, version: int, seed: int) -> bool:
+    """Whether an embedded task's generated data (its ``marker`` JSON) is of this ``version``
+    and ``seed``; an unreadable or missing marker is not."""
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("version") == version and info.get("seed") == seed
+
+
 def read_csv(path: Path, required: Sequence[str], *, optional: Sequence[str] = ()) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)`` of a headed CSV, checking the header first.
 

@@ -37,6 +37,7 @@ from .common import (
     clip_key,
     fold_splits,
     loaded_attribute,
+    read_class_list,
     read_csv,
     resolve_inside,
     stratified_folds,
@@ -77,15 +78,6 @@ class FolderTask(DatasetTask):
         return self.data_dir
 
     # ------------------------------------------------------------------ reading
-    def _fixed_classes(self, root: Path) -> list[str] | None:
-        path = root / "classes.txt"
-        if not path.is_file():
-            return None
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if len(set(names)) != len(names):
-            raise MetadataError(f"{path}: a class is listed twice")
-        return names
-
     def _read_csv(self, root: Path) -> None:
         path = self.csv_path
         rows = []
@@ -108,7 +100,7 @@ class FolderTask(DatasetTask):
             rows.append((line, file, labels, part, fold))
         if not rows:
             raise MetadataError(f"{path}: no clips listed")
-        fixed = self._fixed_classes(root)
+        fixed = read_class_list(root)
         if fixed is not None:
             classes = fixed
             for line, _, labels, _, _ in rows:
@@ -149,7 +141,7 @@ class FolderTask(DatasetTask):
 
     def _read_class_folders(self, root: Path) -> None:
         dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-        fixed = self._fixed_classes(root)
+        fixed = read_class_list(root)
         clips = []
         names = [d.name for d in dirs if any(f.suffix.lower() in AUDIO_EXTENSIONS for f in d.rglob("*"))]
         if fixed is not None:

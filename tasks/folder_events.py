@@ -53,6 +53,7 @@ from .common import (
     check_present,
     fold_splits,
     loaded_attribute,
+    read_class_list,
     resolve_inside,
     stratified_folds,
 )
@@ -159,15 +160,6 @@ class FolderEventsTask(DatasetTask):
                                 "fold1.tsv..., or keep one")
         return "auto", {"all": tsvs[0]}
 
-    def _fixed_classes(self, root: Path) -> list[str] | None:
-        path = root / "classes.txt"
-        if not path.is_file():
-            return None
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if len(set(names)) != len(names):
-            raise MetadataError(f"{path}: a class is listed twice")
-        return names
-
     def _audio(self, audio_root: Path, table: Path, filename: str, line: int) -> Path:
         candidates = [resolve_inside(audio_root, f"{table.stem}/{filename}", table, line),
                       resolve_inside(audio_root, filename, table, line)]
@@ -188,7 +180,7 @@ class FolderEventsTask(DatasetTask):
                 rows[part].append((line, filename, event))
             if not rows[part]:
                 raise MetadataError(f"{table}: no clips listed")
-        fixed = self._fixed_classes(root)
+        fixed = read_class_list(root)
         if fixed is not None:
             classes = fixed
             for part, table in tables.items():

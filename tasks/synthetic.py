@@ -34,7 +34,7 @@ from ssl_bench import hookimpl
 from ssl_bench.components import Clip
 from ssl_bench.download import DataNotHere, fetching_allowed
 
-from .common import KALDI_FBANK_128, DataNotFoundError, atomic_directory, data_home
+from .common import KALDI_FBANK_128, DataNotFoundError, atomic_directory, data_home, generated_current
 from .esc50 import ESC50_COLUMNS, ESC50_META, ESC50Task, read_esc50_layout
 
 #: Bump when the generator changes: an old copy on disk is then rebuilt.
@@ -204,11 +204,7 @@ def corpus_norm_stats(waves: list[np.ndarray]) -> list[float] | None:
 
 
 def _current(directory: Path) -> bool:
-    try:
-        info = json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("version") == VERSION and info.get("seed") == SEED
+    return generated_current(directory / MARKER, VERSION, SEED)
 
 
 class SyntheticTask(ESC50Task):

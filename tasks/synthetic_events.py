@@ -33,7 +33,7 @@ from ssl_bench import hookimpl
 from ssl_bench.components import Clip, Split
 from ssl_bench.events import Event, labels_present
 
-from .common import DataNotFoundError, DatasetTask, atomic_directory, data_home
+from .common import DataNotFoundError, DatasetTask, atomic_directory, data_home, generated_current
 
 #: Bump when the generator changes: an old copy on disk is then rebuilt.
 VERSION = 1
@@ -125,11 +125,7 @@ def build(directory: Path, seed: int = SEED) -> None:
 
 
 def _current(directory: Path) -> bool:
-    try:
-        info = json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("version") == VERSION and info.get("seed") == SEED
+    return generated_current(directory / MARKER, VERSION, SEED)
 
 
 class SyntheticEventsTask(DatasetTask):
