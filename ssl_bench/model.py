@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .components import BuildContext, EncoderOutput
 from .config import ConfigError, instantiate_config, resolve, slots, validate
@@ -179,29 +180,17 @@ class SSLModel(nn.Module):
         return self.head(self.encoder.pool(self.encoder(spec, mask)))
 
 
-#: ``torch.nn.init`` functions a dry run skips: meta tensors hold no values, and initialising them
-#: goes through torch's Python reference kernels, whose first call imports ``torch._dynamo`` (about
-#: a second of every command's start).
-_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
-                 "sparse_")
+class _ValuesUnset(TorchFunctionMode):
+    """``torch.nn.init``'s functions as no-ops, for a build on the meta device: meta tensors hold
+    no values, and initialising them goes through torch's Python reference kernels, whose first
+    call imports ``torch._dynamo`` (about a second of every command's start).  A torch function
+    mode, so it holds in this thread only, for as long as the build."""
 
-
-@contextlib.contextmanager
-def _values_unset():
-    """``torch.nn.init``'s initialisers as no-ops, for a build on the meta device."""
-    saved = {name: getattr(nn.init, name) for name in _INITIALISERS if hasattr(nn.init, name)}
-
-    def unset(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
-
-    try:
-        for name in saved:
-            setattr(nn.init, name, unset)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)
 
 
 def build_model(config: dict[str, Any], registry: Registry | None = None, dry_run: bool = False) -> SSLModel:
@@ -226,7 +215,7 @@ def build_model(config: dict[str, Any], registry: Registry | None = None, dry_ru
         # a dry run builds weights on the meta device (no memory); the frontend's tables are data
         where = torch.device("meta") if dry_run and slot != "frontend" else contextlib.nullcontext()
         try:
-            with where, (_values_unset() if dry_run and slot != "frontend" else contextlib.nullcontext()):
+            with where, (_ValuesUnset() if dry_run and slot != "frontend" else contextlib.nullcontext()):
                 parts[slot] = entry.factory(cfg, build)
         except UserError:
             raise
